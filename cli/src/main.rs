@@ -1,0 +1,65 @@
+//! The `shoal` command: a thin front end over the shoal library.
+#![forbid(unsafe_code)]
+
+mod create;
+mod info;
+mod swarm;
+mod tracker;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// shoal: create, inspect, download and seed BitTorrent torrents.
+#[derive(Debug, Parser)]
+#[command(name = "shoal", version, about, long_about = None)]
+struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a .torrent file from a file or a directory.
+    Create(create::Args),
+    /// Show what a .torrent file holds.
+    Info(info::Args),
+    /// Download a torrent into a folder.
+    Download(swarm::DownloadArgs),
+    /// Seed a torrent from the file or folder it was made from.
+    Seed(swarm::SeedArgs),
+    /// Check data on disk against a torrent and report the pieces that fail.
+    Verify(swarm::VerifyArgs),
+    /// Run a small HTTP tracker.
+    Tracker(tracker::Args),
+    /// Run a complete local swarm on loopback: tracker, one seeder, several downloaders.
+    Demo(swarm::DemoArgs),
+}
+
+/// An error for the user: printed as one line on stderr, exit code 1.
+pub type CliResult = Result<(), String>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp_millis()
+        .init();
+    let result = match cli.command {
+        Command::Create(args) => create::run(args),
+        Command::Info(args) => info::run(args),
+        Command::Download(args) => swarm::download(args),
+        Command::Seed(args) => swarm::seed(args),
+        Command::Verify(args) => swarm::verify(args),
+        Command::Tracker(args) => tracker::run(args),
+        Command::Demo(args) => swarm::demo(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("shoal: error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+

@@ -1,0 +1,9 @@
+//! shoal: a BitTorrent engine and client built from small actors on smol.
+//!
+//! This crate is the facade that embedders depend on: it re-exports the pure engine
+//! ([`engine`]) and the actor system ([`actors`]).
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
+
+pub use shoal_actors as actors;
+pub use shoal_engine as engine;
