@@ -62,4 +62,3 @@ fn main() -> ExitCode {
         }
     }
 }
-

@@ -64,7 +64,8 @@ impl PeerId {
         id[..8].copy_from_slice(b"-SH0100-");
         for b in &mut id[8..] {
             // Printable alphanumerics, so the id reads well in logs and trackers.
-            const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+            const ALPHABET: &[u8] =
+                b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
             *b = ALPHABET[fastrand::usize(..ALPHABET.len())];
         }
         Self(id)
