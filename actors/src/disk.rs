@@ -1,0 +1,343 @@
+//! The disk actor: a small pool of threads that alone owns a torrent's files.
+//!
+//! Blocking file I/O never runs on the executor. Verified pieces arrive from the hasher as the
+//! blocks they were received in and are written with positional writes; uploads read blocks
+//! into pooled buffers. Files and folders are created under the download folder only: every
+//! path comes from validated metainfo (no absolute paths, no `..`).
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use async_channel::{Receiver, Sender};
+use sha1::{Digest, Sha1};
+use shoal_engine::bitfield::Bitfield;
+use shoal_engine::lengths::{BlockInfo, Lengths};
+use shoal_engine::storage::Layout;
+
+use crate::buffers::{Block, BlockPool};
+
+/// How many jobs may wait for a disk thread. Writers (the hasher) and readers (peers) wait
+/// when it is full.
+pub const DISK_QUEUE: usize = 64;
+
+/// Whether the files may be written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Download: create missing files and folders, read and write.
+    ReadWrite,
+    /// Seed data the user gave us: open existing files read-only, never change them.
+    ReadOnly,
+}
+
+/// A torrent's files, opened.
+pub struct Storage {
+    /// Where the files live, and how the torrent's bytes map onto them.
+    layout: Layout,
+    /// The torrent's piece and block arithmetic.
+    lengths: Lengths,
+    /// One open handle per file of `layout` (`None` for a file missing in read-only mode).
+    files: Vec<Option<File>>,
+}
+
+impl fmt::Debug for Storage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Storage").field("files", &self.files.len()).finish()
+    }
+}
+
+impl Storage {
+    /// Opens (and in [`Mode::ReadWrite`], creates) every file of `layout` under `root`.
+    /// Zero-length files are created too. Existing data is kept.
+    pub fn open(root: &Path, layout: Layout, lengths: Lengths, mode: Mode) -> io::Result<Self> {
+        let mut files = Vec::with_capacity(layout.files().len());
+        for info in layout.files() {
+            let path = root.join(&info.path);
+            let file = match mode {
+                Mode::ReadWrite => {
+                    if let Some(parent) = path.parent() {
+                        std::fs::create_dir_all(parent)
+                            .map_err(|e| annotate(e, "create folder", parent))?;
+                    }
+                    let file = OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .create(true)
+                        .truncate(false)
+                        .open(&path)
+                        .map_err(|e| annotate(e, "open", &path))?;
+                    let len = file.metadata().map_err(|e| annotate(e, "stat", &path))?.len();
+                    if len < info.length {
+                        // Sparse: space is only taken as pieces land.
+                        file.set_len(info.length).map_err(|e| annotate(e, "size", &path))?;
+                    }
+                    Some(file)
+                }
+                Mode::ReadOnly => match File::open(&path) {
+                    Ok(f) => Some(f),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                    Err(e) => return Err(annotate(e, "open", &path)),
+                },
+            };
+            files.push(file);
+        }
+        Ok(Self { layout, lengths, files })
+    }
+
+    /// The torrent's lengths.
+    pub fn lengths(&self) -> &Lengths {
+        &self.lengths
+    }
+
+    /// Reads `buf.len()` bytes at torrent offset `offset`, across files.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        for span in self.layout.spans(offset, buf.len()) {
+            let file = self.file(span.file)?;
+            let dst = &mut buf[span.buf_offset..span.buf_offset + span.len];
+            file.read_exact_at(dst, span.file_offset)?;
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at torrent offset `offset`, across files.
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        for span in self.layout.spans(offset, data.len()) {
+            let file = self.file(span.file)?;
+            file.write_all_at(&data[span.buf_offset..span.buf_offset + span.len], span.file_offset)?;
+        }
+        Ok(())
+    }
+
+    /// Reads one block.
+    pub fn read_block(&self, block: &BlockInfo, buf: &mut [u8]) -> io::Result<()> {
+        let offset = self.lengths.piece_offset(block.piece) + u64::from(block.begin);
+        self.read_at(offset, &mut buf[..block.len as usize])
+    }
+
+    /// Writes a whole piece given as its blocks in order.
+    pub fn write_piece(&self, piece: u32, blocks: &[Block]) -> io::Result<()> {
+        let mut offset = self.lengths.piece_offset(piece);
+        for b in blocks {
+            self.write_at(offset, b)?;
+            offset += b.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Flushes every file to stable storage.
+    pub fn sync(&self) -> io::Result<()> {
+        for f in self.files.iter().flatten() {
+            f.sync_data()?;
+        }
+        Ok(())
+    }
+
+    fn file(&self, index: usize) -> io::Result<&File> {
+        self.files.get(index).and_then(Option::as_ref).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, format!("{} is missing", self.layout.files()[index].path.display()))
+        })
+    }
+
+    /// Checks every piece against `hashes` with `threads` threads (0: one per core) and
+    /// returns the pieces that verify. Missing or short files simply fail their pieces.
+    /// `progress` is called with the number of pieces checked so far, now and then.
+    pub fn recheck(&self, hashes: &[[u8; 20]], threads: usize, progress: &(dyn Fn(u32) + Sync)) -> Bitfield {
+        let n = self.lengths.num_pieces();
+        let threads = if threads == 0 { default_threads() } else { threads }.min(n as usize).max(1);
+        let next = AtomicU32::new(0);
+        let done = AtomicU32::new(0);
+        let good: Vec<Vec<u32>> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut buf = vec![0u8; self.lengths.piece_length() as usize];
+                        let mut ok = Vec::new();
+                        loop {
+                            let piece = next.fetch_add(1, Ordering::Relaxed);
+                            if piece >= n {
+                                break;
+                            }
+                            let len = self.lengths.piece_len(piece) as usize;
+                            let offset = self.lengths.piece_offset(piece);
+                            if self.read_at(offset, &mut buf[..len]).is_ok() {
+                                let digest: [u8; 20] = Sha1::digest(&buf[..len]).into();
+                                if hashes.get(piece as usize) == Some(&digest) {
+                                    ok.push(piece);
+                                }
+                            }
+                            let d = done.fetch_add(1, Ordering::Relaxed) + 1;
+                            if d % 64 == 0 || d == n {
+                                progress(d);
+                            }
+                        }
+                        ok
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap_or_default()).collect()
+        });
+        let mut have = Bitfield::new(n);
+        for piece in good.into_iter().flatten() {
+            have.set(piece);
+        }
+        have
+    }
+}
+
+/// One thread per core, as the machine reports it.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+fn annotate(e: io::Error, what: &str, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("cannot {what} {}: {e}", path.display()))
+}
+
+/// How a piece handed to the hasher ended.
+#[derive(Debug)]
+pub enum PieceOutcome {
+    /// Its hash matched and it is on disk.
+    Written,
+    /// Its hash did not match: the data was thrown away.
+    HashFailed,
+    /// Its hash matched but writing it failed (disk full, permission denied...).
+    WriteFailed(io::Error),
+}
+
+/// The end of a piece's trip through the hasher and the disk.
+#[derive(Debug)]
+pub struct PieceDone {
+    /// The piece.
+    pub piece: u32,
+    /// How it ended.
+    pub outcome: PieceOutcome,
+}
+
+/// A block read for an upload.
+#[derive(Debug)]
+pub struct ReadDone {
+    /// The block asked for.
+    pub block: BlockInfo,
+    /// Its bytes.
+    pub data: io::Result<Block>,
+}
+
+/// Work for the disk threads.
+#[derive(Debug)]
+pub enum DiskJob {
+    /// Write a verified piece, then report on `done`.
+    Write {
+        /// The piece index.
+        piece: u32,
+        /// Its blocks, in order.
+        blocks: Vec<Block>,
+        /// Where to report; its capacity covers every piece in flight, so sending never waits
+        /// for long (see `torrent`).
+        done: Sender<PieceDone>,
+    },
+    /// Read a block for an upload and send it back with `try_send` (the requester sized its
+    /// channel for every read it has outstanding).
+    Read {
+        /// The block.
+        block: BlockInfo,
+        /// Where the bytes go.
+        reply: Sender<ReadDone>,
+    },
+    /// Flush every file, then answer.
+    Sync {
+        /// Answered once the files are flushed.
+        reply: Sender<io::Result<()>>,
+    },
+}
+
+/// The disk actor's handle: a queue of jobs served by a few threads.
+#[derive(Clone)]
+pub struct Disk {
+    /// The job queue, bounded by [`DISK_QUEUE`].
+    jobs: Sender<DiskJob>,
+    /// The threads, joined by the last handle to shut down.
+    threads: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl fmt::Debug for Disk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Disk").field("queued", &self.jobs.len()).finish()
+    }
+}
+
+impl Disk {
+    /// Starts `threads` disk threads over `storage`; upload reads take buffers from `uploads`.
+    pub fn spawn(storage: Arc<Storage>, threads: usize, uploads: Arc<BlockPool>) -> Self {
+        let (jobs, rx) = async_channel::bounded(DISK_QUEUE);
+        let handles = (0..threads.max(1))
+            .map(|i| {
+                let rx: Receiver<DiskJob> = rx.clone();
+                let storage = storage.clone();
+                let uploads = uploads.clone();
+                std::thread::Builder::new()
+                    .name(format!("shoal-disk-{i}"))
+                    .spawn(move || {
+                        while let Ok(job) = rx.recv_blocking() {
+                            serve(&storage, &uploads, job);
+                        }
+                    })
+                    .expect("spawn a disk thread")
+            })
+            .collect();
+        Self { jobs, threads: Arc::new(std::sync::Mutex::new(handles)) }
+    }
+
+    /// The job queue, for the hasher and peers.
+    pub fn jobs(&self) -> &Sender<DiskJob> {
+        &self.jobs
+    }
+
+    /// Flushes every file.
+    pub async fn sync(&self) -> io::Result<()> {
+        let (tx, rx) = async_channel::bounded(1);
+        self.jobs
+            .send(DiskJob::Sync { reply: tx })
+            .await
+            .map_err(|_| io::Error::other("disk threads have stopped"))?;
+        rx.recv().await.map_err(|_| io::Error::other("disk threads have stopped"))?
+    }
+
+    /// Stops taking jobs, lets the threads finish what is queued, and waits for them
+    /// (off the executor). Call it last, after everything that writes has stopped.
+    pub async fn shutdown(&self) {
+        self.jobs.close();
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        smol::unblock(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+    }
+}
+
+fn serve(storage: &Storage, uploads: &Arc<BlockPool>, job: DiskJob) {
+    match job {
+        DiskJob::Write { piece, blocks, done } => {
+            let outcome = match storage.write_piece(piece, &blocks) {
+                Ok(()) => PieceOutcome::Written,
+                Err(e) => PieceOutcome::WriteFailed(e),
+            };
+            drop(blocks); // the budget goes back before the report
+            let _ = done.send_blocking(PieceDone { piece, outcome });
+        }
+        DiskJob::Read { block, reply } => {
+            let mut buf = uploads.take(block.len as usize);
+            let data = storage.read_block(&block, &mut buf).map(|()| buf);
+            let _ = reply.try_send(ReadDone { block, data });
+        }
+        DiskJob::Sync { reply } => {
+            let _ = reply.try_send(storage.sync());
+        }
+    }
+}

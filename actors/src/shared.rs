@@ -1,0 +1,240 @@
+//! What a torrent's actors publish for everyone to read: progress counters, the log of verified
+//! pieces that peers turn into HAVE messages, and events for subscribers.
+//!
+//! Counters are plain atomics; the have-log is append-only and read by each peer from its own
+//! cursor, with an `event-listener` wake-up, so no HAVE is ever lost to a full mailbox and the
+//! picker never waits on a slow peer.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use async_channel::Sender;
+use event_listener::{Event, EventListener};
+
+/// Something that happened to a torrent, for subscribers (progress displays, tests, embedders).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TorrentEvent {
+    /// A piece verified and is on disk.
+    PieceVerified(u32),
+    /// A piece failed its hash check; these peers sent data for it.
+    PieceFailed {
+        /// The piece.
+        piece: u32,
+        /// The peers that sent its blocks.
+        peers: Vec<SocketAddr>,
+    },
+    /// A peer connection finished its handshake.
+    PeerConnected(SocketAddr),
+    /// A peer connection ended.
+    PeerDisconnected {
+        /// The peer.
+        addr: SocketAddr,
+        /// Why, in words.
+        reason: String,
+    },
+    /// A peer was banned for sending corrupt data.
+    PeerBanned(SocketAddr),
+    /// Every piece is verified and on disk.
+    Complete,
+    /// Writing failed (disk full, permission denied): the download pauses.
+    DiskError(String),
+}
+
+/// How many events a subscriber may fall behind before further events are dropped for it.
+pub const EVENT_QUEUE: usize = 1024;
+
+/// The state a torrent's actors share.
+pub struct Shared {
+    /// Number of pieces in the torrent.
+    num_pieces: u32,
+    /// Pieces verified and written, in the order they completed.
+    have_log: Mutex<Vec<u32>>,
+    /// Notified when `have_log` grows.
+    have_grew: Event,
+    /// Pieces verified and on disk.
+    verified: AtomicU32,
+    /// Payload bytes received from peers (every block, good or not).
+    downloaded: AtomicU64,
+    /// Payload bytes sent to peers.
+    uploaded: AtomicU64,
+    /// Bytes thrown away: duplicates and pieces that failed.
+    wasted: AtomicU64,
+    /// Bytes still missing.
+    left: AtomicU64,
+    /// Connected peers.
+    peers: AtomicU32,
+    /// Set once every piece is verified.
+    complete: AtomicBool,
+    /// Notified when the torrent completes, or stops.
+    finished: Event,
+    /// Set when the torrent stops (shutdown or fatal error).
+    stopped: AtomicBool,
+    /// The last fatal or pausing error, if any.
+    error: Mutex<Option<String>>,
+    /// Event subscribers.
+    subscribers: Mutex<Vec<Sender<TorrentEvent>>>,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared").field("progress", &self.progress()).finish()
+    }
+}
+
+/// A snapshot of a torrent's progress.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Pieces verified and on disk.
+    pub verified_pieces: u32,
+    /// Pieces in the torrent.
+    pub total_pieces: u32,
+    /// Bytes still missing.
+    pub left: u64,
+    /// Payload bytes received.
+    pub downloaded: u64,
+    /// Payload bytes sent.
+    pub uploaded: u64,
+    /// Bytes thrown away (duplicates, failed pieces).
+    pub wasted: u64,
+    /// Connected peers.
+    pub peers: u32,
+    /// Whether every piece is verified.
+    pub complete: bool,
+}
+
+impl Shared {
+    /// Fresh shared state for a torrent of `num_pieces` pieces, `left` bytes still missing.
+    pub fn new(num_pieces: u32, verified: u32, left: u64) -> Self {
+        Self {
+            num_pieces,
+            have_log: Mutex::new(Vec::new()),
+            have_grew: Event::new(),
+            verified: AtomicU32::new(verified),
+            downloaded: AtomicU64::new(0),
+            uploaded: AtomicU64::new(0),
+            wasted: AtomicU64::new(0),
+            left: AtomicU64::new(left),
+            peers: AtomicU32::new(0),
+            complete: AtomicBool::new(verified == num_pieces),
+            finished: Event::new(),
+            stopped: AtomicBool::new(false),
+            error: Mutex::new(None),
+            subscribers: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A snapshot of the counters.
+    pub fn progress(&self) -> Progress {
+        Progress {
+            verified_pieces: self.verified.load(Ordering::Relaxed),
+            total_pieces: self.num_pieces,
+            left: self.left.load(Ordering::Relaxed),
+            downloaded: self.downloaded.load(Ordering::Relaxed),
+            uploaded: self.uploaded.load(Ordering::Relaxed),
+            wasted: self.wasted.load(Ordering::Relaxed),
+            peers: self.peers.load(Ordering::Relaxed),
+            complete: self.complete.load(Ordering::Acquire),
+        }
+    }
+
+    /// Whether every piece is verified.
+    pub fn is_complete(&self) -> bool {
+        self.complete.load(Ordering::Acquire)
+    }
+
+    /// Whether the torrent has stopped.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+
+    /// Waits until the torrent completes or stops.
+    pub async fn wait_finished(&self) {
+        loop {
+            let listener = self.finished.listen();
+            if self.is_complete() || self.is_stopped() {
+                return;
+            }
+            listener.await;
+        }
+    }
+
+    /// The error that stopped or paused the torrent, if any.
+    pub fn error(&self) -> Option<String> {
+        self.error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Subscribes to events; events are dropped for a subscriber more than [`EVENT_QUEUE`]
+    /// behind.
+    pub fn subscribe(&self) -> async_channel::Receiver<TorrentEvent> {
+        let (tx, rx) = async_channel::bounded(EVENT_QUEUE);
+        self.subscribers.lock().unwrap_or_else(|e| e.into_inner()).push(tx);
+        rx
+    }
+
+    pub(crate) fn emit(&self, event: TorrentEvent) {
+        let mut subs = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+        if subs.is_empty() {
+            return;
+        }
+        subs.retain(|s| !matches!(s.try_send(event.clone()), Err(async_channel::TrySendError::Closed(_))));
+    }
+
+    /// Appends a verified piece to the have-log and wakes the peers.
+    pub(crate) fn piece_verified(&self, piece: u32, len: u64) {
+        self.have_log.lock().unwrap_or_else(|e| e.into_inner()).push(piece);
+        self.left.fetch_sub(len.min(self.left.load(Ordering::Relaxed)), Ordering::Relaxed);
+        let done = self.verified.fetch_add(1, Ordering::AcqRel) + 1;
+        self.have_grew.notify(usize::MAX);
+        self.emit(TorrentEvent::PieceVerified(piece));
+        if done == self.num_pieces {
+            self.complete.store(true, Ordering::Release);
+            self.emit(TorrentEvent::Complete);
+            self.finished.notify(usize::MAX);
+        }
+    }
+
+    /// Copies the have-log entries from `cursor` on into `out` and advances the cursor.
+    pub(crate) fn new_haves(&self, cursor: &mut usize, out: &mut Vec<u32>) {
+        let log = self.have_log.lock().unwrap_or_else(|e| e.into_inner());
+        if *cursor < log.len() {
+            out.extend_from_slice(&log[*cursor..]);
+            *cursor = log.len();
+        }
+    }
+
+    /// A listener for have-log growth. Register it before reading the log.
+    pub(crate) fn listen_haves(&self) -> EventListener {
+        self.have_grew.listen()
+    }
+
+    pub(crate) fn add_downloaded(&self, n: u64) {
+        self.downloaded.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_uploaded(&self, n: u64) {
+        self.uploaded.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_wasted(&self, n: u64) {
+        self.wasted.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn peer_count_add(&self, delta: i32) {
+        if delta >= 0 {
+            self.peers.fetch_add(delta as u32, Ordering::Relaxed);
+        } else {
+            self.peers.fetch_sub((-delta) as u32, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn set_error(&self, error: String) {
+        *self.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
+    }
+
+    pub(crate) fn set_stopped(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.finished.notify(usize::MAX);
+    }
+}
