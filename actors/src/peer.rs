@@ -1,0 +1,832 @@
+//! The peer actor: one per TCP connection, after the handshake.
+//!
+//! One task drives the connection with a hand-written event loop that polls, in order: control
+//! messages from the torrent (choke, unchoke, stop), notes from the picker (grants, cancels),
+//! disk reads for uploads, our new pieces (the have-log), the socket for writing, the socket for
+//! reading, and a one-second tick. Reading and writing are both always possible, so two peers
+//! that upload to each other can never wedge on full TCP buffers.
+//!
+//! Downloads: each arriving block is handed to the picker and, while fewer than the queue depth
+//! of requests are outstanding, the peer asks the picker for more (one `Pick` in flight at a
+//! time; a grant carries several blocks). Uploads: requests from the peer are queued (bounded),
+//! read from disk a few at a time, and written out while the write buffer is below its mark.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use async_channel::{Receiver, Sender};
+use event_listener::EventListener;
+use futures_lite::{AsyncRead, AsyncWrite, Stream};
+use shoal_engine::bitfield::Bitfield;
+use shoal_engine::lengths::{BlockInfo, Lengths};
+use shoal_engine::picker::PeerKey;
+use shoal_engine::wire::{decode, piece_header, Decoded, Handshake, Message, WireError};
+use smol::net::TcpStream;
+
+use crate::buffers::BlockPool;
+use crate::disk::{DiskJob, ReadDone};
+use crate::picker::{PeerNote, PickerMsg, PEER_NOTES};
+use crate::runtime::Addr;
+use crate::shared::Shared;
+
+/// Capacity of a peer's control channel (from the torrent).
+pub const PEER_CONTROL: usize = 16;
+
+/// Requests from the peer we queue before refusing more.
+const MAX_SERVE_QUEUE: usize = 512;
+
+/// Disk reads in flight for one peer's uploads.
+const MAX_READS: usize = 8;
+
+/// Stop reading blocks from disk for this peer while this many bytes wait to be sent.
+const WRITE_HIGH_WATER: usize = 256 * 1024;
+
+/// A keep-alive goes out after this long without sending anything.
+const KEEPALIVE_AFTER: Duration = Duration::from_secs(60);
+
+/// A peer that sends nothing (not even a keep-alive) for this long is dropped.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(150);
+
+/// A request unanswered for this long is given back to the picker for others.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How many recently cancelled or timed-out requests we remember, so that a block arriving
+/// late for one of them is not taken for data we never asked for.
+const RECENT_RELEASED: usize = 256;
+
+/// The initial read buffer; it grows up to the largest message allowed.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Settings for every peer of a torrent.
+#[derive(Clone, Debug)]
+pub struct PeerSettings {
+    /// Requests kept outstanding per peer (BEP 3 clients use 5 or more).
+    pub queue_depth: usize,
+    /// Largest message accepted from a peer.
+    pub max_message_len: u32,
+}
+
+impl Default for PeerSettings {
+    fn default() -> Self {
+        Self { queue_depth: 5, max_message_len: shoal_engine::wire::DEFAULT_MAX_MESSAGE_LEN }
+    }
+}
+
+/// Orders from the torrent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerControl {
+    /// Stop answering the peer's requests.
+    Choke,
+    /// Answer the peer's requests.
+    Unchoke,
+    /// Close the connection.
+    Stop,
+}
+
+/// Counters the torrent reads for choking and display; written only by the peer.
+#[derive(Debug, Default)]
+pub struct PeerStats {
+    /// Payload bytes received from this peer.
+    pub downloaded: AtomicU64,
+    /// Payload bytes sent to this peer.
+    pub uploaded: AtomicU64,
+    /// Whether the peer is interested in our pieces.
+    pub peer_interested: AtomicBool,
+    /// Whether the peer has every piece.
+    pub peer_is_seed: AtomicBool,
+    /// Whether the handshake is done (the connection is up).
+    pub connected: AtomicBool,
+}
+
+/// Decides, for the `stop after one copy` seeding mode, whether a request may be served.
+pub trait ServeFilter: Send + Sync + fmt::Debug {
+    /// Whether `peer` may have `block` now. Called once per request.
+    fn allow(&self, peer: PeerKey, block: &BlockInfo) -> bool;
+    /// `block` went out to `peer`.
+    fn served(&self, peer: PeerKey, block: &BlockInfo);
+}
+
+/// Everything a peer actor starts with, besides its socket.
+#[derive(Debug)]
+pub struct PeerSetup {
+    /// Its key, unique for the torrent's life.
+    pub key: PeerKey,
+    /// The remote address.
+    pub addr: SocketAddr,
+    /// Our handshake's reserved bits (what we advertised).
+    pub our_reserved: [u8; 8],
+    /// The torrent's lengths.
+    pub lengths: Lengths,
+    /// The pieces we had when the torrent started (later ones come from the have-log).
+    pub initial_have: Arc<Bitfield>,
+    /// The picker.
+    pub picker: Addr<PickerMsg>,
+    /// The disk job queue, for upload reads.
+    pub disk: Sender<DiskJob>,
+    /// Shared torrent state.
+    pub shared: Arc<Shared>,
+    /// Where received blocks get their buffers.
+    pub pool: Arc<BlockPool>,
+    /// Orders from the torrent.
+    pub control: Receiver<PeerControl>,
+    /// Counters for the torrent.
+    pub stats: Arc<PeerStats>,
+    /// Settings.
+    pub settings: Arc<PeerSettings>,
+    /// Optional limit on what we serve.
+    pub serve_filter: Option<Arc<dyn ServeFilter>>,
+}
+
+/// Why a peer actor ended.
+#[derive(Debug)]
+pub struct PeerExit {
+    /// In words.
+    pub reason: String,
+    /// Whether the peer should be banned (it sent corrupt data or lied).
+    pub ban: bool,
+}
+
+/// What ended the event loop.
+enum Stop {
+    /// The peer broke the protocol.
+    Wire(WireError),
+    /// The peer misbehaved in another way.
+    Misbehaved(String),
+    /// The socket failed or closed.
+    Io(io::Error),
+    /// We decided to close.
+    Local(String),
+    /// The picker banned the peer.
+    Banned,
+}
+
+impl From<WireError> for Stop {
+    fn from(e: WireError) -> Self {
+        Self::Wire(e)
+    }
+}
+
+impl From<io::Error> for Stop {
+    fn from(e: io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+/// What woke the event loop.
+enum Wake {
+    Control(Option<PeerControl>),
+    Note(Option<PeerNote>),
+    Read(ReadDone),
+    Haves,
+    Wrote(io::Result<usize>),
+    Received(io::Result<usize>),
+    Tick,
+}
+
+struct Peer {
+    key: PeerKey,
+    addr: SocketAddr,
+    lengths: Lengths,
+    picker: Addr<PickerMsg>,
+    disk: Sender<DiskJob>,
+    shared: Arc<Shared>,
+    pool: Arc<BlockPool>,
+    stats: Arc<PeerStats>,
+    settings: Arc<PeerSettings>,
+    serve_filter: Option<Arc<dyn ServeFilter>>,
+    /// Whether both sides support the fast extension (BEP 6).
+    fast: bool,
+
+    /// Our pieces, as this peer has been told about them.
+    our_have: Bitfield,
+    /// Position in the shared have-log.
+    have_cursor: usize,
+    /// Scratch for new have-log entries.
+    new_haves: Vec<u32>,
+    /// The peer's pieces.
+    remote_has: Bitfield,
+    /// Whether any message has arrived yet (a bitfield is only valid first).
+    got_first_message: bool,
+
+    am_choking: bool,
+    am_interested: bool,
+    peer_choking: bool,
+    peer_interested: bool,
+
+    /// Requests we sent and await, oldest first.
+    outstanding: VecDeque<(BlockInfo, Instant)>,
+    /// Requests we gave up on recently (cancelled or timed out).
+    released: VecDeque<BlockInfo>,
+    /// Whether a `Pick` is in flight.
+    pick_pending: bool,
+    /// The grant vector when it is home.
+    grant_buf: Option<Vec<BlockInfo>>,
+    /// Whether the picker had nothing for us; wait for a wake-up.
+    starved: bool,
+
+    /// The peer's requests, waiting for a disk read.
+    serve_queue: VecDeque<BlockInfo>,
+    /// Disk reads in flight.
+    reads_in_flight: usize,
+    /// Requests cancelled while their read was in flight.
+    cancelled_in_flight: Vec<BlockInfo>,
+    /// Where disk reads come back.
+    reads_tx: Sender<ReadDone>,
+
+    /// Bytes waiting to be written.
+    wbuf: Vec<u8>,
+    /// How much of `wbuf` is written.
+    wpos: usize,
+    /// Bytes read and not yet decoded: `rbuf[rstart..rend]`.
+    rbuf: Vec<u8>,
+    rstart: usize,
+    rend: usize,
+    /// The decoder asked for this many bytes in all before trying again.
+    rneed: usize,
+
+    last_recv: Instant,
+    last_send: Instant,
+}
+
+/// Runs a peer connection until it ends; always tells the picker the peer left.
+pub async fn run(setup: PeerSetup, stream: TcpStream, remote: Handshake) -> PeerExit {
+    let PeerSetup {
+        key,
+        addr,
+        our_reserved,
+        lengths,
+        initial_have,
+        picker,
+        disk,
+        shared,
+        pool,
+        control,
+        stats,
+        settings,
+        serve_filter,
+    } = setup;
+    let (notes_tx, notes_rx) = async_channel::bounded(PEER_NOTES);
+    let (reads_tx, reads_rx) = async_channel::bounded(MAX_READS);
+    let fast = remote.supports_fast() && (our_reserved[7] & 0x04) != 0;
+    let n = lengths.num_pieces();
+    let mut peer = Peer {
+        key,
+        addr,
+        lengths,
+        picker: picker.clone(),
+        disk,
+        shared,
+        pool,
+        stats,
+        settings,
+        serve_filter,
+        fast,
+        our_have: (*initial_have).clone(),
+        have_cursor: 0,
+        new_haves: Vec::new(),
+        remote_has: Bitfield::new(n),
+        got_first_message: false,
+        am_choking: true,
+        am_interested: false,
+        peer_choking: true,
+        peer_interested: false,
+        outstanding: VecDeque::new(),
+        released: VecDeque::new(),
+        pick_pending: false,
+        grant_buf: Some(Vec::with_capacity(64)),
+        starved: false,
+        serve_queue: VecDeque::new(),
+        reads_in_flight: 0,
+        cancelled_in_flight: Vec::new(),
+        reads_tx,
+        wbuf: Vec::with_capacity(READ_CHUNK),
+        wpos: 0,
+        rbuf: vec![0u8; READ_CHUNK],
+        rstart: 0,
+        rend: 0,
+        rneed: 0,
+        last_recv: Instant::now(),
+        last_send: Instant::now(),
+    };
+    let stop = if picker.send(PickerMsg::Join { peer: key, addr, notes: notes_tx }).await.is_err() {
+        Stop::Local("torrent is stopping".into())
+    } else {
+        peer.shared.peer_count_add(1);
+        peer.stats.connected.store(true, Ordering::Relaxed);
+        let stop = peer.event_loop(stream, control, notes_rx, reads_rx).await;
+        peer.shared.peer_count_add(-1);
+        stop
+    };
+    let _ = picker.send(PickerMsg::Leave { peer: key }).await;
+    let (reason, ban) = match stop {
+        Stop::Wire(e) => (format!("protocol error: {e}"), false),
+        Stop::Misbehaved(m) => (m, true),
+        Stop::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => ("connection closed by peer".into(), false),
+        Stop::Io(e) => (format!("connection error: {e}"), false),
+        Stop::Local(m) => (m, false),
+        Stop::Banned => ("banned: sent corrupt data".into(), true),
+    };
+    log::debug!("peer {addr}: {reason}");
+    PeerExit { reason, ban }
+}
+
+impl Peer {
+    async fn event_loop(
+        &mut self,
+        mut stream: TcpStream,
+        mut control: Receiver<PeerControl>,
+        mut notes: Receiver<PeerNote>,
+        mut reads: Receiver<ReadDone>,
+    ) -> Stop {
+        let mut haves: Option<EventListener> = None;
+        let mut tick = smol::Timer::interval(Duration::from_secs(1));
+        self.catch_up_haves();
+        self.send_our_pieces();
+        loop {
+            if haves.is_none() {
+                haves = Some(self.shared.listen_haves());
+                // Entries appended before the listener was registered are read now.
+                self.catch_up_haves();
+            }
+            let want_read = self.rend < self.rbuf.len();
+            let wake = futures_lite::future::poll_fn(|cx| {
+                poll_sources(
+                    cx,
+                    &mut control,
+                    &mut notes,
+                    &mut reads,
+                    &mut haves,
+                    &mut stream,
+                    &self.wbuf[self.wpos..],
+                    if want_read { Some(&mut self.rbuf[self.rend..]) } else { None },
+                    &mut tick,
+                )
+            })
+            .await;
+            let result = match wake {
+                Wake::Control(None) | Wake::Control(Some(PeerControl::Stop)) => {
+                    return Stop::Local("torrent closed the connection".into())
+                }
+                Wake::Control(Some(c)) => {
+                    self.control(c);
+                    Ok(())
+                }
+                Wake::Note(None) => return Stop::Local("picker has stopped".into()),
+                Wake::Note(Some(note)) => self.note(note).await,
+                Wake::Read(done) => self.read_done(done),
+                Wake::Haves => {
+                    haves = None;
+                    self.catch_up_haves();
+                    Ok(())
+                }
+                Wake::Wrote(Ok(0)) => Err(Stop::Io(io::ErrorKind::WriteZero.into())),
+                Wake::Wrote(Ok(n)) => {
+                    self.wpos += n;
+                    self.last_send = Instant::now();
+                    if self.wpos == self.wbuf.len() {
+                        self.wbuf.clear();
+                        self.wpos = 0;
+                    }
+                    Ok(())
+                }
+                Wake::Wrote(Err(e)) => Err(e.into()),
+                Wake::Received(Ok(0)) => Err(Stop::Io(io::ErrorKind::UnexpectedEof.into())),
+                Wake::Received(Ok(n)) => {
+                    self.rend += n;
+                    self.last_recv = Instant::now();
+                    self.process_input().await
+                }
+                Wake::Received(Err(e)) => Err(e.into()),
+                Wake::Tick => self.tick().await,
+            };
+            if let Err(stop) = result {
+                // Best effort: whatever is queued (a final have, say) is not worth waiting for.
+                return stop;
+            }
+            if let Err(stop) = self.after_event().await {
+                return stop;
+            }
+        }
+    }
+
+    /// Work that follows any event: keep the request pipeline and the uploads moving.
+    async fn after_event(&mut self) -> Result<(), Stop> {
+        self.update_interest();
+        self.maybe_pick().await?;
+        self.start_reads();
+        Ok(())
+    }
+
+    fn send(&mut self, msg: Message<'_>) {
+        msg.encode(&mut self.wbuf);
+    }
+
+    fn control(&mut self, c: PeerControl) {
+        match c {
+            PeerControl::Choke if !self.am_choking => {
+                self.am_choking = true;
+                self.send(Message::Choke);
+                // Requests we will not answer: with the fast extension they must be rejected.
+                let dropped: Vec<BlockInfo> = self.serve_queue.drain(..).collect();
+                if self.fast {
+                    for b in dropped {
+                        self.send(Message::Reject(b));
+                    }
+                }
+            }
+            PeerControl::Unchoke if self.am_choking => {
+                self.am_choking = false;
+                self.send(Message::Unchoke);
+            }
+            _ => {}
+        }
+    }
+
+    async fn note(&mut self, note: PeerNote) -> Result<(), Stop> {
+        match note {
+            PeerNote::Grant(mut blocks) => {
+                self.pick_pending = false;
+                self.starved = blocks.is_empty();
+                let now = Instant::now();
+                if self.peer_choking || !self.am_interested {
+                    // The situation changed while the pick was in flight: give them back.
+                    if !blocks.is_empty() {
+                        let back = std::mem::take(&mut blocks);
+                        self.picker.send(PickerMsg::Release { peer: self.key, blocks: back }).await.map_err(gone)?;
+                    }
+                } else {
+                    for &b in &blocks {
+                        self.send(Message::Request(b));
+                        self.outstanding.push_back((b, now));
+                    }
+                }
+                blocks.clear();
+                self.grant_buf = Some(blocks);
+            }
+            PeerNote::Cancel(block) => {
+                if let Some(i) = self.outstanding.iter().position(|(b, _)| *b == block) {
+                    self.outstanding.remove(i);
+                    self.remember_released(block);
+                    self.send(Message::Cancel(block));
+                }
+            }
+            PeerNote::Wake => self.starved = false,
+            PeerNote::Ban => return Err(Stop::Banned),
+        }
+        Ok(())
+    }
+
+    fn remember_released(&mut self, block: BlockInfo) {
+        if self.released.len() == RECENT_RELEASED {
+            self.released.pop_front();
+        }
+        self.released.push_back(block);
+    }
+
+    /// Sends our pieces right after the handshake.
+    fn send_our_pieces(&mut self) {
+        let n = self.our_have.count_ones();
+        if self.fast && n == self.lengths.num_pieces() {
+            self.send(Message::HaveAll);
+        } else if self.fast && n == 0 {
+            self.send(Message::HaveNone);
+        } else if n > 0 {
+            let bytes = self.our_have.as_bytes().to_vec();
+            self.send(Message::Bitfield(&bytes));
+        }
+    }
+
+    /// Reads new entries of the have-log; sends HAVE for each piece the peer has not been told.
+    fn catch_up_haves(&mut self) {
+        let mut fresh = std::mem::take(&mut self.new_haves);
+        fresh.clear();
+        self.shared.new_haves(&mut self.have_cursor, &mut fresh);
+        for &piece in &fresh {
+            if !self.our_have.get(piece) {
+                self.our_have.set(piece);
+                // Skip the HAVE when the peer has the piece already (it will not want it), but
+                // never when the handshake is this fresh that the bitfield is still queued.
+                if !self.remote_has.get(piece) {
+                    self.send(Message::Have(piece));
+                }
+            }
+        }
+        self.new_haves = fresh;
+    }
+
+    fn update_interest(&mut self) {
+        let want = self.remote_has.has_any_not_in(&self.our_have);
+        if want != self.am_interested {
+            self.am_interested = want;
+            self.send(if want { Message::Interested } else { Message::NotInterested });
+        }
+    }
+
+    async fn maybe_pick(&mut self) -> Result<(), Stop> {
+        if self.pick_pending || self.starved || self.peer_choking || !self.am_interested {
+            return Ok(());
+        }
+        let depth = self.settings.queue_depth.max(1);
+        if self.outstanding.len() >= depth {
+            return Ok(());
+        }
+        let Some(buf) = self.grant_buf.take() else { return Ok(()) };
+        self.pick_pending = true;
+        let max = depth - self.outstanding.len();
+        self.picker.send(PickerMsg::Pick { peer: self.key, max, buf }).await.map_err(gone)
+    }
+
+    /// Starts disk reads for queued requests while the write buffer has room.
+    fn start_reads(&mut self) {
+        while self.reads_in_flight < MAX_READS && self.wbuf.len() - self.wpos < WRITE_HIGH_WATER {
+            let Some(block) = self.serve_queue.pop_front() else { break };
+            match self.disk.try_send(DiskJob::Read { block, reply: self.reads_tx.clone() }) {
+                Ok(()) => self.reads_in_flight += 1,
+                Err(_) => {
+                    // The disk queue is full: try again after the next event.
+                    self.serve_queue.push_front(block);
+                    break;
+                }
+            }
+        }
+    }
+
+    fn read_done(&mut self, done: ReadDone) -> Result<(), Stop> {
+        self.reads_in_flight -= 1;
+        if let Some(i) = self.cancelled_in_flight.iter().position(|b| *b == done.block) {
+            self.cancelled_in_flight.swap_remove(i);
+            return Ok(());
+        }
+        if self.am_choking {
+            return Ok(());
+        }
+        match done.data {
+            Ok(data) => {
+                let b = done.block;
+                self.wbuf.extend_from_slice(&piece_header(b.piece, b.begin, b.len));
+                self.wbuf.extend_from_slice(&data);
+                self.stats.uploaded.fetch_add(u64::from(b.len), Ordering::Relaxed);
+                self.shared.add_uploaded(u64::from(b.len));
+                if let Some(f) = &self.serve_filter {
+                    f.served(self.key, &b);
+                }
+                Ok(())
+            }
+            Err(e) => Err(Stop::Local(format!("cannot read block for upload: {e}"))),
+        }
+    }
+
+    /// Decodes and handles every whole message in the read buffer.
+    async fn process_input(&mut self) -> Result<(), Stop> {
+        if self.rend < self.rneed {
+            return Ok(());
+        }
+        // The buffer leaves `self` while messages borrowing from it are handled.
+        let mut buf = std::mem::take(&mut self.rbuf);
+        let result = self.process_buffer(&mut buf).await;
+        self.rbuf = buf;
+        result
+    }
+
+    async fn process_buffer(&mut self, buf: &mut Vec<u8>) -> Result<(), Stop> {
+        loop {
+            match decode(&buf[self.rstart..self.rend], self.settings.max_message_len)? {
+                Decoded::Message { message, consumed } => {
+                    self.handle(message).await?;
+                    self.rstart += consumed;
+                    if self.rstart == self.rend {
+                        self.rstart = 0;
+                        self.rend = 0;
+                        self.rneed = 0;
+                        // Shrink a buffer that a large bitfield made big.
+                        if buf.len() > 4 * READ_CHUNK {
+                            buf.truncate(READ_CHUNK);
+                            buf.shrink_to_fit();
+                        }
+                        return Ok(());
+                    }
+                }
+                Decoded::NeedMore(more) => {
+                    // Move the partial message to the front; grow if it cannot fit.
+                    if self.rstart > 0 {
+                        buf.copy_within(self.rstart..self.rend, 0);
+                        self.rend -= self.rstart;
+                        self.rstart = 0;
+                    }
+                    let need = self.rend + more;
+                    if need > buf.len() {
+                        buf.resize(need.max(READ_CHUNK), 0);
+                    }
+                    self.rneed = need;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, msg: Message<'_>) -> Result<(), Stop> {
+        let first = !self.got_first_message;
+        self.got_first_message = true;
+        let n = self.lengths.num_pieces();
+        match msg {
+            Message::KeepAlive => {}
+            Message::Choke => {
+                self.peer_choking = true;
+                if !self.fast && !self.outstanding.is_empty() {
+                    // Without the fast extension a choke drops every pending request.
+                    let blocks: Vec<BlockInfo> = self.outstanding.drain(..).map(|(b, _)| b).collect();
+                    for &b in &blocks {
+                        self.remember_released(b);
+                    }
+                    self.picker.send(PickerMsg::Release { peer: self.key, blocks }).await.map_err(gone)?;
+                }
+            }
+            Message::Unchoke => {
+                self.peer_choking = false;
+                self.starved = false;
+            }
+            Message::Interested => {
+                self.peer_interested = true;
+                self.stats.peer_interested.store(true, Ordering::Relaxed);
+            }
+            Message::NotInterested => {
+                self.peer_interested = false;
+                self.stats.peer_interested.store(false, Ordering::Relaxed);
+            }
+            Message::Have(piece) => {
+                if piece >= n {
+                    return Err(Stop::Misbehaved(format!("have for piece {piece} of {n}")));
+                }
+                if !self.remote_has.get(piece) {
+                    self.remote_has.set(piece);
+                    self.note_seed();
+                    self.picker.send(PickerMsg::Have { peer: self.key, piece }).await.map_err(gone)?;
+                }
+            }
+            Message::Bitfield(bytes) => {
+                if !first {
+                    return Err(Stop::Misbehaved("bitfield after the first message".into()));
+                }
+                let bf = Bitfield::from_bytes(bytes, n).map_err(|e| Stop::Misbehaved(format!("bad bitfield: {e}")))?;
+                self.set_remote_has(bf).await?;
+            }
+            Message::HaveAll => self.set_remote_has(Bitfield::full(n)).await?,
+            Message::HaveNone => self.set_remote_has(Bitfield::new(n)).await?,
+            Message::Request(block) => self.request(block)?,
+            Message::Cancel(block) => {
+                if let Some(i) = self.serve_queue.iter().position(|b| *b == block) {
+                    self.serve_queue.remove(i);
+                } else if self.reads_in_flight > 0 && self.cancelled_in_flight.len() < MAX_READS {
+                    self.cancelled_in_flight.push(block);
+                }
+            }
+            Message::Piece { piece, begin, data } => self.piece(piece, begin, data).await?,
+            Message::Reject(block) => {
+                if let Some(i) = self.outstanding.iter().position(|(b, _)| *b == block) {
+                    self.outstanding.remove(i);
+                    self.picker.send(PickerMsg::Rejected { peer: self.key, block }).await.map_err(gone)?;
+                }
+            }
+            // Suggestions and allowed-fast sets are hints we do not act on yet; DHT ports and
+            // extension messages we do not use are ignored, as are unknown ids.
+            Message::Suggest(_)
+            | Message::AllowedFast(_)
+            | Message::Port(_)
+            | Message::Extended { .. }
+            | Message::Unknown { .. } => {}
+        }
+        Ok(())
+    }
+
+    async fn set_remote_has(&mut self, bf: Bitfield) -> Result<(), Stop> {
+        self.remote_has = bf.clone();
+        self.note_seed();
+        if self.our_have.all() && self.remote_has.all() {
+            return Err(Stop::Local("both sides are seeds".into()));
+        }
+        self.picker.send(PickerMsg::Bitfield { peer: self.key, bitfield: bf }).await.map_err(gone)
+    }
+
+    fn note_seed(&mut self) {
+        self.stats.peer_is_seed.store(self.remote_has.all(), Ordering::Relaxed);
+    }
+
+    fn request(&mut self, block: BlockInfo) -> Result<(), Stop> {
+        if !self.lengths.is_valid_request(&block) {
+            return Err(Stop::Misbehaved(format!(
+                "invalid request: piece {} offset {} length {}",
+                block.piece, block.begin, block.len
+            )));
+        }
+        let allowed = !self.am_choking
+            && self.our_have.get(block.piece)
+            && self.serve_queue.len() < MAX_SERVE_QUEUE
+            && self.serve_filter.as_ref().is_none_or(|f| f.allow(self.key, &block));
+        if allowed {
+            self.serve_queue.push_back(block);
+        } else if self.fast {
+            self.send(Message::Reject(block));
+        }
+        Ok(())
+    }
+
+    async fn piece(&mut self, piece: u32, begin: u32, data: &[u8]) -> Result<(), Stop> {
+        let block = BlockInfo { piece, begin, len: data.len() as u32 };
+        if let Some(i) = self.outstanding.iter().position(|(b, _)| *b == block) {
+            self.outstanding.remove(i);
+        } else if let Some(i) = self.released.iter().position(|b| *b == block) {
+            // Late, after a cancel or a timeout: still useful if nobody else delivered it.
+            self.released.remove(i);
+        } else {
+            return Err(Stop::Misbehaved(format!(
+                "sent piece {piece} offset {begin} length {} that we never asked for",
+                data.len()
+            )));
+        }
+        let len = data.len() as u64;
+        self.stats.downloaded.fetch_add(len, Ordering::Relaxed);
+        self.shared.add_downloaded(len);
+        let mut buf = self.pool.take(data.len());
+        buf.copy_from_slice(data);
+        self.picker.send(PickerMsg::Block { peer: self.key, block, data: buf }).await.map_err(gone)
+    }
+
+    async fn tick(&mut self) -> Result<(), Stop> {
+        let now = Instant::now();
+        if now.duration_since(self.last_recv) > IDLE_TIMEOUT {
+            return Err(Stop::Local(format!("silent for {} s", IDLE_TIMEOUT.as_secs())));
+        }
+        if self.wbuf.is_empty() && now.duration_since(self.last_send) > KEEPALIVE_AFTER {
+            self.send(Message::KeepAlive);
+        }
+        if let Some((_, sent)) = self.outstanding.front() {
+            if now.duration_since(*sent) > REQUEST_TIMEOUT {
+                // A stalled peer: give its requests to others, keep the connection.
+                let blocks: Vec<BlockInfo> = self.outstanding.drain(..).map(|(b, _)| b).collect();
+                log::debug!("peer {}: {} requests timed out", self.addr, blocks.len());
+                for &b in &blocks {
+                    self.remember_released(b);
+                    if self.fast {
+                        self.send(Message::Cancel(b));
+                    }
+                }
+                self.picker.send(PickerMsg::Release { peer: self.key, blocks }).await.map_err(gone)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn gone(_: crate::runtime::Gone) -> Stop {
+    Stop::Local("torrent is stopping".into())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn poll_sources(
+    cx: &mut Context<'_>,
+    control: &mut Receiver<PeerControl>,
+    notes: &mut Receiver<PeerNote>,
+    reads: &mut Receiver<ReadDone>,
+    haves: &mut Option<EventListener>,
+    stream: &mut TcpStream,
+    out: &[u8],
+    read_into: Option<&mut [u8]>,
+    tick: &mut smol::Timer,
+) -> Poll<Wake> {
+    if let Poll::Ready(c) = Pin::new(&mut *control).poll_next(cx) {
+        return Poll::Ready(Wake::Control(c));
+    }
+    if let Poll::Ready(n) = Pin::new(&mut *notes).poll_next(cx) {
+        return Poll::Ready(Wake::Note(n));
+    }
+    if let Poll::Ready(Some(r)) = Pin::new(&mut *reads).poll_next(cx) {
+        return Poll::Ready(Wake::Read(r));
+    }
+    if let Some(l) = haves.as_mut() {
+        if Pin::new(l).poll(cx).is_ready() {
+            return Poll::Ready(Wake::Haves);
+        }
+    }
+    if !out.is_empty() {
+        if let Poll::Ready(r) = Pin::new(&mut *stream).poll_write(cx, out) {
+            return Poll::Ready(Wake::Wrote(r));
+        }
+    }
+    if let Some(buf) = read_into {
+        if let Poll::Ready(r) = Pin::new(&mut *stream).poll_read(cx, buf) {
+            return Poll::Ready(Wake::Received(r));
+        }
+    }
+    if Pin::new(&mut *tick).poll_next(cx).is_ready() {
+        return Poll::Ready(Wake::Tick);
+    }
+    Poll::Pending
+}

@@ -1,0 +1,421 @@
+//! The picker actor: the single owner of piece availability, of who fetches which block, and of
+//! the pieces being assembled in memory.
+//!
+//! Peers send it what they learn (bitfields, haves), ask it for blocks in batches (`Pick`, the
+//! answer is a [`PeerNote::Grant`] of several blocks, so the single owner is not a round trip per
+//! block), and hand it every block they receive. When a piece is whole its blocks go to the
+//! hasher pool; the end of the piece (written, or failed and blamed) comes back on a results
+//! channel whose capacity covers every piece in flight, so the hasher and disk threads never
+//! wait on the picker while the picker waits on them.
+//!
+//! Memory: the bytes of pieces in progress plus those queued for hashing and writing are kept
+//! under the disk budget. Once it is spent, no new piece is started; pieces already started
+//! still finish, so the budget can never wedge the download.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_channel::{Receiver, Sender};
+use futures_lite::future;
+use shoal_engine::bitfield::Bitfield;
+use shoal_engine::lengths::{BlockInfo, Lengths};
+use shoal_engine::picker::{PeerKey, Picker, Received};
+
+use crate::buffers::Block;
+use crate::disk::{PieceDone, PieceOutcome};
+use crate::hasher::{HashJob, Hasher};
+use crate::runtime::{Mailbox, ReplyTo};
+use crate::shared::{Shared, TorrentEvent};
+
+/// Capacity of the picker's mailbox. Peers wait when it is full (backpressure on the sockets).
+pub const PICKER_MAILBOX: usize = 256;
+
+/// Capacity of a peer's note channel (grants, cancels, wake-ups). Only one grant is ever
+/// outstanding per peer; cancels beyond the capacity are dropped (the duplicate block is then
+/// simply thrown away when it arrives).
+pub const PEER_NOTES: usize = 64;
+
+/// How many failed pieces a peer may contribute to before it is banned.
+pub const BAN_STRIKES: u32 = 2;
+
+/// What the picker tells one peer.
+#[derive(Debug)]
+pub enum PeerNote {
+    /// Blocks to request (possibly none: wait for a [`PeerNote::Wake`]). The vector is the one
+    /// the peer lent in its `Pick`, handed back.
+    Grant(Vec<BlockInfo>),
+    /// Another peer delivered this block first (endgame): send CANCEL.
+    Cancel(BlockInfo),
+    /// Blocks may be available now: ask again.
+    Wake,
+    /// The peer sent data for too many failed pieces: disconnect and ban it.
+    Ban,
+}
+
+/// Messages to the picker.
+#[derive(Debug)]
+pub enum PickerMsg {
+    /// A peer finished its handshake.
+    Join {
+        /// The peer.
+        peer: PeerKey,
+        /// Its address, for blame.
+        addr: SocketAddr,
+        /// Where notes for it go.
+        notes: Sender<PeerNote>,
+    },
+    /// The peer's bitfield (or have-all / have-none turned into one).
+    Bitfield {
+        /// The peer.
+        peer: PeerKey,
+        /// What it has.
+        bitfield: Bitfield,
+    },
+    /// The peer has a new piece.
+    Have {
+        /// The peer.
+        peer: PeerKey,
+        /// The piece.
+        piece: u32,
+    },
+    /// The peer wants up to `max` blocks; answered with [`PeerNote::Grant`].
+    Pick {
+        /// The peer.
+        peer: PeerKey,
+        /// How many blocks at most.
+        max: usize,
+        /// An empty vector to fill (lent back and forth, so a grant allocates nothing).
+        buf: Vec<BlockInfo>,
+    },
+    /// A block arrived.
+    Block {
+        /// The peer that sent it.
+        peer: PeerKey,
+        /// Which block.
+        block: BlockInfo,
+        /// Its bytes.
+        data: Block,
+    },
+    /// These requests will not be answered (choke, timeout, cancel): give them to others.
+    Release {
+        /// The peer.
+        peer: PeerKey,
+        /// The blocks.
+        blocks: Vec<BlockInfo>,
+    },
+    /// The peer rejected a request (BEP 6): it will not give us this piece, so stop asking it.
+    Rejected {
+        /// The peer.
+        peer: PeerKey,
+        /// The block.
+        block: BlockInfo,
+    },
+    /// The peer's connection ended.
+    Leave {
+        /// The peer.
+        peer: PeerKey,
+    },
+    /// Which pieces we have now.
+    Have_ {
+        /// The answer.
+        reply: ReplyTo<Bitfield>,
+    },
+    /// Stop: wait for pieces in flight, then answer.
+    Shutdown {
+        /// Answered once everything in flight has landed.
+        reply: ReplyTo<()>,
+    },
+}
+
+/// Everything the picker actor needs at start.
+#[derive(Debug)]
+pub struct PickerSetup {
+    /// The torrent's lengths.
+    pub lengths: Lengths,
+    /// The pieces already verified on disk.
+    pub have: Bitfield,
+    /// Expected SHA-1 of every piece.
+    pub hashes: Arc<Vec<[u8; 20]>>,
+    /// Bytes allowed between the sockets and the disk (pieces in progress and in flight).
+    pub disk_budget: u64,
+    /// The hasher pool.
+    pub hasher: Hasher,
+    /// Results of pieces in flight; capacity covers every piece that can be in flight.
+    pub done_tx: Sender<PieceDone>,
+    /// The picker's side of `done_tx`.
+    pub done_rx: Receiver<PieceDone>,
+    /// Shared progress and events.
+    pub shared: Arc<Shared>,
+}
+
+/// One peer as the picker sees it.
+#[derive(Debug)]
+struct PeerSlot {
+    /// Its address, for events.
+    addr: SocketAddr,
+    /// The pieces it has and will give us (rejected pieces are cleared).
+    has: Bitfield,
+    /// Where notes for it go.
+    notes: Sender<PeerNote>,
+    /// Failed pieces it contributed to.
+    strikes: u32,
+    /// Whether its last grant was empty: it waits for a wake-up.
+    starved: bool,
+}
+
+/// The picker actor's state.
+struct State {
+    /// The policy.
+    policy: Picker,
+    /// Lengths.
+    lengths: Lengths,
+    /// Expected hashes.
+    hashes: Arc<Vec<[u8; 20]>>,
+    /// Connected peers.
+    peers: HashMap<PeerKey, PeerSlot>,
+    /// Blocks received for pieces in progress, by piece, in block order.
+    partial: HashMap<u32, Vec<Option<Block>>>,
+    /// Bytes of pieces handed to the hasher and not yet done.
+    in_flight: u64,
+    /// Pieces handed to the hasher and not yet done.
+    in_flight_pieces: usize,
+    /// The disk budget.
+    budget: u64,
+    /// Shared progress.
+    shared: Arc<Shared>,
+    /// Where results come back.
+    done_tx: Sender<PieceDone>,
+    /// Whether writing failed: no new pieces are started until a write succeeds.
+    paused: bool,
+}
+
+/// Runs the picker actor until shutdown or until every handle is dropped.
+pub async fn run(setup: PickerSetup, mut inbox: Mailbox<PickerMsg>) {
+    let PickerSetup { lengths, have, hashes, disk_budget, hasher, done_tx, done_rx, shared } = setup;
+    let mut st = State {
+        policy: Picker::new(lengths, have),
+        lengths,
+        hashes,
+        peers: HashMap::new(),
+        partial: HashMap::new(),
+        in_flight: 0,
+        in_flight_pieces: 0,
+        budget: disk_budget.max(u64::from(lengths.piece_length())),
+        shared,
+        done_tx,
+        paused: false,
+    };
+    let mut shutdown: Option<ReplyTo<()>> = None;
+    loop {
+        enum Ev {
+            Msg(Option<PickerMsg>),
+            Done(PieceDone),
+        }
+        let ev = if shutdown.is_some() {
+            if st.in_flight_pieces == 0 {
+                break;
+            }
+            match done_rx.recv().await {
+                Ok(d) => Ev::Done(d),
+                Err(_) => break,
+            }
+        } else {
+            // Results first: they free budget and keep the hasher and disk threads moving.
+            future::or(async { Ev::Done(done_rx.recv().await.expect("picker holds a sender")) }, async {
+                Ev::Msg(inbox.recv().await)
+            })
+            .await
+        };
+        match ev {
+            Ev::Done(done) => st.piece_done(done),
+            Ev::Msg(None) => break,
+            Ev::Msg(Some(PickerMsg::Shutdown { reply })) => shutdown = Some(reply),
+            Ev::Msg(Some(msg)) => {
+                if let Some(job) = st.handle(msg) {
+                    if hasher.submit(job).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    hasher.shutdown().await;
+    if let Some(reply) = shutdown {
+        reply.send(());
+    }
+}
+
+impl State {
+    /// Handles one message; returns a complete piece to hash, if the message completed one.
+    fn handle(&mut self, msg: PickerMsg) -> Option<HashJob> {
+        match msg {
+            PickerMsg::Join { peer, addr, notes } => {
+                let has = Bitfield::new(self.lengths.num_pieces());
+                self.peers.insert(peer, PeerSlot { addr, has, notes, strikes: 0, starved: false });
+            }
+            PickerMsg::Bitfield { peer, bitfield } => {
+                if let Some(slot) = self.peers.get_mut(&peer) {
+                    // A second bitfield replaces the first (have-all after a bitfield, say).
+                    self.policy.peer_gone_availability(&slot.has);
+                    self.policy.peer_bitfield(&bitfield);
+                    slot.has = bitfield;
+                    self.wake(Some(peer));
+                }
+            }
+            PickerMsg::Have { peer, piece } => {
+                if let Some(slot) = self.peers.get_mut(&peer) {
+                    if self.lengths.contains(piece) && !slot.has.get(piece) {
+                        slot.has.set(piece);
+                        self.policy.peer_have(piece);
+                        self.wake(Some(peer));
+                    }
+                }
+            }
+            PickerMsg::Pick { peer, max, mut buf } => {
+                buf.clear();
+                if let Some(slot) = self.peers.get_mut(&peer) {
+                    let allow_new = !self.paused && self.reserved_bytes() < self.budget;
+                    self.policy.set_new_pieces_allowed(allow_new);
+                    self.policy.pick(peer, &slot.has, max, &mut buf);
+                    slot.starved = buf.is_empty();
+                    let _ = slot.notes.try_send(PeerNote::Grant(buf));
+                }
+            }
+            PickerMsg::Block { peer, block, data } => return self.block(peer, block, data),
+            PickerMsg::Release { peer, blocks } => {
+                for b in blocks {
+                    self.policy.block_released(peer, b);
+                }
+                self.wake(Some(peer));
+            }
+            PickerMsg::Rejected { peer, block } => {
+                self.policy.block_released(peer, block);
+                if let Some(slot) = self.peers.get_mut(&peer) {
+                    if slot.has.get(block.piece) {
+                        // It will not give us this piece: as far as picking goes, it lacks it.
+                        slot.has.clear(block.piece);
+                        self.policy.peer_lost_piece(block.piece);
+                    }
+                }
+                self.wake(Some(peer));
+            }
+            PickerMsg::Leave { peer } => {
+                if let Some(slot) = self.peers.remove(&peer) {
+                    self.policy.peer_gone(peer, &slot.has);
+                    self.wake(None);
+                }
+            }
+            PickerMsg::Have_ { reply } => reply.send(self.policy.have().clone()),
+            PickerMsg::Shutdown { .. } => unreachable!("handled by the loop"),
+        }
+        None
+    }
+
+    /// Bytes held by pieces in progress (counted whole) and pieces in flight.
+    fn reserved_bytes(&self) -> u64 {
+        let partial: u64 = self.partial.keys().map(|&p| u64::from(self.lengths.piece_len(p))).sum();
+        partial + self.in_flight
+    }
+
+    fn block(&mut self, peer: PeerKey, block: BlockInfo, data: Block) -> Option<HashJob> {
+        if !self.lengths.is_our_block(&block) || data.len() != block.len as usize {
+            self.shared.add_wasted(data.len() as u64);
+            return None;
+        }
+        match self.policy.block_received(peer, block) {
+            Received::New { piece_complete, cancel } => {
+                for other in cancel {
+                    if let Some(slot) = self.peers.get(&other) {
+                        let _ = slot.notes.try_send(PeerNote::Cancel(block));
+                    }
+                }
+                let blocks = self.lengths.blocks_in_piece(block.piece) as usize;
+                let slots = self.partial.entry(block.piece).or_insert_with(|| (0..blocks).map(|_| None).collect());
+                slots[block.index() as usize] = Some(data);
+                if piece_complete {
+                    let slots = self.partial.remove(&block.piece).unwrap_or_default();
+                    if slots.iter().any(Option::is_none) {
+                        // The policy and our buffers disagree: refetch the piece rather than
+                        // hash a hole. (Never expected; kept safe.)
+                        log::error!("piece {} complete without all its blocks", block.piece);
+                        self.policy.piece_failed(block.piece);
+                        return None;
+                    }
+                    let blocks: Vec<Block> = slots.into_iter().flatten().collect();
+                    self.in_flight += u64::from(self.lengths.piece_len(block.piece));
+                    self.in_flight_pieces += 1;
+                    return Some(HashJob {
+                        piece: block.piece,
+                        blocks,
+                        expected: self.hashes[block.piece as usize],
+                        done: self.done_tx.clone(),
+                    });
+                }
+            }
+            Received::Duplicate | Received::NotRequested => self.shared.add_wasted(data.len() as u64),
+        }
+        None
+    }
+
+    fn piece_done(&mut self, done: PieceDone) {
+        let len = u64::from(self.lengths.piece_len(done.piece));
+        self.in_flight -= len.min(self.in_flight);
+        self.in_flight_pieces = self.in_flight_pieces.saturating_sub(1);
+        match done.outcome {
+            PieceOutcome::Written => {
+                self.paused = false;
+                self.policy.piece_verified(done.piece);
+                self.shared.piece_verified(done.piece, len);
+            }
+            PieceOutcome::HashFailed => {
+                self.shared.add_wasted(len);
+                let contributors = self.policy.piece_failed(done.piece);
+                let mut addrs = Vec::new();
+                for peer in contributors {
+                    if let Some(slot) = self.peers.get_mut(&peer) {
+                        addrs.push(slot.addr);
+                        slot.strikes += 1;
+                        if slot.strikes >= BAN_STRIKES {
+                            log::warn!("banning {}: sent data for {} failed pieces", slot.addr, slot.strikes);
+                            let _ = slot.notes.try_send(PeerNote::Ban);
+                        }
+                    }
+                }
+                log::warn!("piece {} failed its hash check (from {:?})", done.piece, addrs);
+                self.shared.emit(TorrentEvent::PieceFailed { piece: done.piece, peers: addrs });
+            }
+            PieceOutcome::WriteFailed(e) => {
+                // The data was good but could not be stored: fetch it again later, and start
+                // nothing new until a write succeeds (disk full, permission denied).
+                log::error!("writing piece {} failed: {e}", done.piece);
+                self.policy.piece_failed(done.piece);
+                self.paused = true;
+                let msg = e.to_string();
+                self.shared.set_error(msg.clone());
+                self.shared.emit(TorrentEvent::DiskError(msg));
+            }
+        }
+        self.wake(None);
+    }
+
+    /// Tells starved peers (other than `except`) to ask again; `None` wakes every starved peer.
+    fn wake(&mut self, only: Option<PeerKey>) {
+        match only {
+            Some(peer) => {
+                if let Some(slot) = self.peers.get_mut(&peer) {
+                    if slot.starved {
+                        slot.starved = false;
+                        let _ = slot.notes.try_send(PeerNote::Wake);
+                    }
+                }
+            }
+            None => {
+                for slot in self.peers.values_mut().filter(|s| s.starved) {
+                    slot.starved = false;
+                    let _ = slot.notes.try_send(PeerNote::Wake);
+                }
+            }
+        }
+    }
+}

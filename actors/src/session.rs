@@ -1,0 +1,222 @@
+//! The session: owns the torrents, the listening socket, our peer id and the runtime.
+//!
+//! Incoming connections are accepted here; each gets a short task that reads the remote
+//! handshake (bounded in time) and hands the connection to the torrent it names, or drops it.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use shoal_actors::session::{Session, SessionSettings};
+//! use shoal_actors::torrent::AddTorrent;
+//! use shoal_engine::metainfo::Metainfo;
+//!
+//! let bytes = std::fs::read("some.torrent").unwrap();
+//! let meta = Arc::new(Metainfo::from_bytes(&bytes).unwrap());
+//! let session = Session::new(SessionSettings::default()).unwrap();
+//! session.block_on(async {
+//!     let torrent = session.add_torrent(AddTorrent::download(meta, "downloads")).await.unwrap();
+//!     torrent.wait_complete().await.unwrap();
+//!     session.shutdown().await;
+//! });
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_lite::{AsyncReadExt, FutureExt};
+use shoal_engine::wire::{Handshake, HANDSHAKE_LEN};
+use shoal_engine::{InfoHash, PeerId};
+use smol::net::{TcpListener, TcpStream};
+
+use crate::runtime::{Runtime, Spawner, Task, TrySendError};
+use crate::torrent::{self, AddTorrent, SessionContext, Torrent, TorrentMsg};
+
+/// How long an incoming connection may take to send its handshake.
+const INCOMING_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most incoming connections waiting for their handshake at once; more are closed at once.
+const MAX_PENDING_HANDSHAKES: usize = 256;
+
+/// Settings of a session.
+#[derive(Clone, Debug)]
+pub struct SessionSettings {
+    /// Where to accept peers (port 0: any free port).
+    pub listen: SocketAddr,
+    /// Executor threads (0: one per core).
+    pub threads: usize,
+    /// Our peer id (`None`: a fresh random one).
+    pub peer_id: Option<PeerId>,
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([0, 0, 0, 0], 6881)), threads: 0, peer_id: None }
+    }
+}
+
+/// The torrents a session routes incoming connections to.
+type Registry = Arc<Mutex<HashMap<InfoHash, Torrent>>>;
+
+/// A running BitTorrent session.
+pub struct Session {
+    /// The executor threads; dropped last.
+    runtime: Runtime,
+    /// The accept loop.
+    accept: Mutex<Option<Task<()>>>,
+    /// Torrents by info hash.
+    torrents: Registry,
+    /// Our peer id.
+    peer_id: PeerId,
+    /// The address we accept peers on.
+    local_addr: SocketAddr,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session").field("local_addr", &self.local_addr).field("peer_id", &self.peer_id).finish()
+    }
+}
+
+impl Session {
+    /// Starts the runtime and listens for peers.
+    pub fn new(settings: SessionSettings) -> std::io::Result<Self> {
+        let runtime = Runtime::new(settings.threads);
+        let listener = runtime.block_on(TcpListener::bind(settings.listen))?;
+        let local_addr = listener.local_addr()?;
+        let peer_id = settings.peer_id.unwrap_or_else(PeerId::generate);
+        let torrents: Registry = Arc::default();
+        let accept = runtime.spawn(accept_loop(listener, torrents.clone(), runtime.handle()));
+        Ok(Self { runtime, accept: Mutex::new(Some(accept)), torrents, peer_id, local_addr })
+    }
+
+    /// The address peers can reach us on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Our peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// The executor, for spawning more tasks next to the session's.
+    pub fn spawner(&self) -> Spawner {
+        self.runtime.handle()
+    }
+
+    /// Runs a future to completion on the calling thread (the session's actors keep running on
+    /// their threads meanwhile).
+    pub fn block_on<T>(&self, fut: impl Future<Output = T>) -> T {
+        self.runtime.block_on(fut)
+    }
+
+    /// Adds a torrent: checks the data already in its folder, then starts it.
+    pub async fn add_torrent(&self, add: AddTorrent) -> Result<Torrent, String> {
+        let info_hash = add.metainfo.info_hash;
+        if self.lock().contains_key(&info_hash) {
+            return Err(format!("torrent {info_hash} is already in this session"));
+        }
+        let ctx = SessionContext { peer_id: self.peer_id, listen_port: self.local_addr.port(), spawner: self.spawner() };
+        let torrent = torrent::start(add, ctx).await?;
+        self.lock().insert(info_hash, torrent.clone());
+        Ok(torrent)
+    }
+
+    /// The torrent with this info hash.
+    pub fn torrent(&self, info_hash: &InfoHash) -> Option<Torrent> {
+        self.lock().get(info_hash).cloned()
+    }
+
+    /// Stops one torrent and forgets it.
+    pub async fn remove_torrent(&self, info_hash: &InfoHash) {
+        let torrent = self.lock().remove(info_hash);
+        if let Some(t) = torrent {
+            t.shutdown().await;
+        }
+    }
+
+    /// Stops accepting peers and shuts every torrent down in order (each flushes its files).
+    pub async fn shutdown(&self) {
+        let accept = self.accept.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = accept {
+            task.cancel().await;
+        }
+        let torrents: Vec<Torrent> = self.lock().drain().map(|(_, t)| t).collect();
+        for t in torrents {
+            t.shutdown().await;
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<InfoHash, Torrent>> {
+        self.torrents.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+async fn accept_loop(listener: TcpListener, torrents: Registry, spawner: Spawner) {
+    let pending = Arc::new(AtomicUsize::new(0));
+    loop {
+        let (stream, addr) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors, say: wait a little rather than spin.
+                log::warn!("accept failed: {e}");
+                smol::Timer::after(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if pending.load(Ordering::Relaxed) >= MAX_PENDING_HANDSHAKES {
+            log::debug!("too many pending handshakes; closing {addr}");
+            continue;
+        }
+        pending.fetch_add(1, Ordering::Relaxed);
+        let torrents = torrents.clone();
+        let pending = pending.clone();
+        spawner
+            .spawn(async move {
+                route_incoming(stream, addr, &torrents).await;
+                pending.fetch_sub(1, Ordering::Relaxed);
+            })
+            .detach();
+    }
+}
+
+/// Reads an incoming handshake and hands the connection to its torrent.
+async fn route_incoming(mut stream: TcpStream, addr: SocketAddr, torrents: &Registry) {
+    let _ = stream.set_nodelay(true);
+    let read = async {
+        let mut buf = [0u8; HANDSHAKE_LEN];
+        // Read the protocol header first so garbage is refused before waiting for 68 bytes.
+        stream.read_exact(&mut buf[..20]).await?;
+        Handshake::decode(&buf[..20]).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+        stream.read_exact(&mut buf[20..]).await?;
+        Handshake::decode(&buf)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))
+    }
+    .or(async {
+        smol::Timer::after(INCOMING_HANDSHAKE_TIMEOUT).await;
+        Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no handshake"))
+    })
+    .await;
+    let remote = match read {
+        Ok(h) => h,
+        Err(e) => {
+            log::debug!("incoming {addr}: {e}");
+            return;
+        }
+    };
+    let torrent = torrents.lock().unwrap_or_else(|e| e.into_inner()).get(&remote.info_hash).cloned();
+    let Some(torrent) = torrent else {
+        log::debug!("incoming {addr}: unknown info hash {}", remote.info_hash);
+        return;
+    };
+    match torrent.addr().try_send(TorrentMsg::Incoming { stream, addr, remote }) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_)) => log::debug!("incoming {addr}: torrent is busy"),
+        Err(TrySendError::Closed(_)) => {}
+    }
+}

@@ -1,0 +1,743 @@
+//! The torrent actor: one per torrent. It opens the files, checks what is already there, starts
+//! the disk threads, the hasher pool, the picker and the tracker client, and owns the peer
+//! connections: dialling, accepting, choking, banning, and shutting it all down in order.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_channel::{Receiver, Sender};
+use futures_lite::{future, AsyncReadExt, AsyncWriteExt, FutureExt};
+use shoal_engine::bitfield::Bitfield;
+use shoal_engine::metainfo::Metainfo;
+use shoal_engine::picker::PeerKey;
+use shoal_engine::storage::Layout;
+use shoal_engine::wire::{Handshake, HANDSHAKE_LEN};
+use shoal_engine::{InfoHash, PeerId};
+use smol::net::TcpStream;
+
+use crate::buffers::BlockPool;
+use crate::disk::{Disk, Mode, Storage, DISK_QUEUE};
+use crate::hasher::{Hasher, HASH_QUEUE};
+use crate::peer::{self, PeerControl, PeerExit, PeerSettings, PeerSetup, PeerStats, ServeFilter, PEER_CONTROL};
+use crate::picker::{self, PickerMsg, PickerSetup, PICKER_MAILBOX};
+use crate::runtime::{mailbox, Addr, Mailbox, Outcome, ReplyTo, Spawner, Supervisor};
+use crate::shared::{Progress, Shared, TorrentEvent};
+use crate::tracker::{TrackerClient, TrackerConfig, TransferStats};
+
+/// Capacity of a torrent's mailbox.
+pub const TORRENT_MAILBOX: usize = 128;
+
+/// Capacity of the channel of peer addresses from the tracker client.
+const TRACKER_PEERS: usize = 16;
+
+/// How long a TCP connect plus handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often the choker re-ranks peers; it also fills free slots every second.
+const RECHOKE_EVERY: Duration = Duration::from_secs(10);
+
+/// How often the optimistic unchoke moves to another peer.
+const OPTIMISTIC_EVERY: Duration = Duration::from_secs(30);
+
+/// How long a peer we failed to reach waits before we dial it again.
+const REDIAL_AFTER: Duration = Duration::from_secs(30);
+
+/// Settings of one torrent.
+#[derive(Clone, Debug)]
+pub struct TorrentSettings {
+    /// Requests kept outstanding per peer.
+    pub queue_depth: usize,
+    /// Most peer connections at once.
+    pub max_peers: usize,
+    /// Most outgoing connection attempts at once.
+    pub max_dialing: usize,
+    /// Regular unchoke slots (one optimistic slot comes on top).
+    pub upload_slots: usize,
+    /// Bytes allowed between the sockets and the disk.
+    pub disk_budget: u64,
+    /// Hashing threads (0: one per core).
+    pub hasher_threads: usize,
+    /// Disk threads.
+    pub disk_threads: usize,
+    /// Whether to announce to the torrent's trackers.
+    pub use_trackers: bool,
+}
+
+impl Default for TorrentSettings {
+    fn default() -> Self {
+        Self {
+            queue_depth: 5,
+            max_peers: 200,
+            max_dialing: 32,
+            upload_slots: 4,
+            disk_budget: 64 * 1024 * 1024,
+            hasher_threads: 0,
+            disk_threads: 2,
+            use_trackers: true,
+        }
+    }
+}
+
+/// How to add a torrent.
+#[derive(Clone)]
+pub struct AddTorrent {
+    /// The torrent.
+    pub metainfo: Arc<Metainfo>,
+    /// The download folder: files land at `folder/<paths of the metainfo>`.
+    pub folder: PathBuf,
+    /// Read-write (download) or read-only (seed what the user gave us).
+    pub mode: Mode,
+    /// Peers to dial at once, with or without trackers.
+    pub peers: Vec<SocketAddr>,
+    /// Settings.
+    pub settings: TorrentSettings,
+    /// Optional limit on what we serve (the stop-after-one-copy seeding mode).
+    pub serve_filter: Option<Arc<dyn ServeFilter>>,
+}
+
+impl fmt::Debug for AddTorrent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AddTorrent")
+            .field("name", &self.metainfo.info.name)
+            .field("folder", &self.folder)
+            .field("mode", &self.mode)
+            .field("peers", &self.peers)
+            .finish()
+    }
+}
+
+impl AddTorrent {
+    /// Download `metainfo` into `folder` with default settings.
+    pub fn download(metainfo: Arc<Metainfo>, folder: impl Into<PathBuf>) -> Self {
+        Self {
+            metainfo,
+            folder: folder.into(),
+            mode: Mode::ReadWrite,
+            peers: Vec::new(),
+            settings: TorrentSettings::default(),
+            serve_filter: None,
+        }
+    }
+
+    /// Seed `metainfo` from the data in `folder` (read-only) with default settings.
+    pub fn seed(metainfo: Arc<Metainfo>, folder: impl Into<PathBuf>) -> Self {
+        Self { mode: Mode::ReadOnly, ..Self::download(metainfo, folder) }
+    }
+}
+
+/// What the session gives every torrent.
+#[derive(Clone, Debug)]
+pub(crate) struct SessionContext {
+    /// Our peer id.
+    pub peer_id: PeerId,
+    /// The port we accept peers on.
+    pub listen_port: u16,
+    /// Where tasks run.
+    pub spawner: Spawner,
+}
+
+/// Messages to a torrent.
+pub(crate) enum TorrentMsg {
+    /// An incoming connection whose handshake names this torrent.
+    Incoming {
+        /// The socket, our handshake not yet sent.
+        stream: TcpStream,
+        /// The remote address.
+        addr: SocketAddr,
+        /// The remote handshake.
+        remote: Handshake,
+    },
+    /// Peers to dial.
+    AddPeers(Vec<SocketAddr>),
+    /// The connected peers.
+    Peers(ReplyTo<Vec<PeerInfo>>),
+    /// Stop everything, flush, then answer.
+    Shutdown(ReplyTo<()>),
+}
+
+impl fmt::Debug for TorrentMsg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Incoming { addr, .. } => write!(f, "Incoming({addr})"),
+            Self::AddPeers(p) => write!(f, "AddPeers({})", p.len()),
+            Self::Peers(_) => write!(f, "Peers"),
+            Self::Shutdown(_) => write!(f, "Shutdown"),
+        }
+    }
+}
+
+/// A connected peer, for display.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Payload bytes received from it.
+    pub downloaded: u64,
+    /// Payload bytes sent to it.
+    pub uploaded: u64,
+    /// Whether it has every piece.
+    pub is_seed: bool,
+}
+
+/// A handle to a running torrent.
+#[derive(Clone)]
+pub struct Torrent {
+    /// The torrent's mailbox.
+    addr: Addr<TorrentMsg>,
+    /// Progress and events.
+    shared: Arc<Shared>,
+    /// The info hash.
+    info_hash: InfoHash,
+}
+
+impl fmt::Debug for Torrent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Torrent").field("info_hash", &self.info_hash).finish()
+    }
+}
+
+impl Torrent {
+    /// The torrent's info hash.
+    pub fn info_hash(&self) -> InfoHash {
+        self.info_hash
+    }
+
+    /// A snapshot of its progress.
+    pub fn progress(&self) -> Progress {
+        self.shared.progress()
+    }
+
+    /// Subscribes to its events.
+    pub fn subscribe(&self) -> Receiver<TorrentEvent> {
+        self.shared.subscribe()
+    }
+
+    /// Waits until every piece is verified and written, or the torrent stops (then the error,
+    /// if one stopped it).
+    pub async fn wait_complete(&self) -> Result<(), String> {
+        self.shared.wait_finished().await;
+        if self.shared.is_complete() {
+            Ok(())
+        } else {
+            Err(self.shared.error().unwrap_or_else(|| "torrent stopped".into()))
+        }
+    }
+
+    /// Dials these peers.
+    pub async fn add_peers(&self, peers: Vec<SocketAddr>) {
+        let _ = self.addr.send(TorrentMsg::AddPeers(peers)).await;
+    }
+
+    /// The connected peers.
+    pub async fn peers(&self) -> Vec<PeerInfo> {
+        self.addr.call(TorrentMsg::Peers).await.unwrap_or_default()
+    }
+
+    /// Stops the torrent: tells the trackers, closes the peers, writes what is in flight and
+    /// flushes the files.
+    pub async fn shutdown(&self) {
+        let _ = self.addr.call(TorrentMsg::Shutdown).await;
+    }
+
+    pub(crate) fn addr(&self) -> &Addr<TorrentMsg> {
+        &self.addr
+    }
+}
+
+/// Opens the files, checks them, and starts the torrent's actors. The check runs off the
+/// executor, on every core.
+pub(crate) async fn start(add: AddTorrent, ctx: SessionContext) -> Result<Torrent, String> {
+    let meta = add.metainfo.clone();
+    let lengths = meta.info.lengths;
+    let layout = Layout::new(meta.info.files.iter().map(|f| (f.relative_path(), f.length)));
+    let folder = add.folder.clone();
+    let mode = add.mode;
+    let hashes = Arc::new(meta.info.pieces.clone());
+    let threads = add.settings.hasher_threads;
+    let check_hashes = hashes.clone();
+    let (storage, have) = smol::unblock(move || -> std::io::Result<(Storage, Bitfield)> {
+        let storage = Storage::open(&folder, layout, lengths, mode)?;
+        let have = storage.recheck(&check_hashes, threads, &|_| {});
+        Ok((storage, have))
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let left: u64 = (0..lengths.num_pieces())
+        .filter(|&p| !have.get(p))
+        .map(|p| u64::from(lengths.piece_len(p)))
+        .sum();
+    let shared = Arc::new(Shared::new(lengths.num_pieces(), have.count_ones(), left));
+    if mode == Mode::ReadOnly && !have.all() {
+        log::warn!(
+            "{}: {} of {} pieces are missing or wrong in the data given; seeding the rest",
+            meta.info.name,
+            lengths.num_pieces() - have.count_ones(),
+            lengths.num_pieces()
+        );
+    }
+
+    let storage = Arc::new(storage);
+    let uploads = BlockPool::new(usize::MAX / 2);
+    let downloads = BlockPool::new(add.settings.disk_budget as usize);
+    let disk = Disk::spawn(storage, add.settings.disk_threads, uploads);
+    let hasher = Hasher::spawn(add.settings.hasher_threads, disk.jobs().clone());
+    // Every piece in flight reports once: in the hasher's queue or threads, or in the disk's.
+    let done_capacity = HASH_QUEUE + hasher.threads() + DISK_QUEUE + add.settings.disk_threads.max(1) + 1;
+    let (done_tx, done_rx) = async_channel::bounded(done_capacity);
+    let (picker_addr, picker_inbox) = mailbox(PICKER_MAILBOX);
+    let picker_task = ctx.spawner.spawn(picker::run(
+        PickerSetup {
+            lengths,
+            have: have.clone(),
+            hashes,
+            disk_budget: add.settings.disk_budget,
+            hasher,
+            done_tx,
+            done_rx,
+            shared: shared.clone(),
+        },
+        picker_inbox,
+    ));
+
+    let (tracker_peers_tx, tracker_peers_rx) = async_channel::bounded(TRACKER_PEERS);
+    let transfer = Arc::new(TransferStats::default());
+    transfer.left.store(left, Ordering::Relaxed);
+    let tiers = if add.settings.use_trackers { meta.tiers() } else { Vec::new() };
+    let tracker = (!tiers.is_empty()).then(|| {
+        TrackerClient::spawn(
+            TrackerConfig {
+                tiers,
+                info_hash: meta.info_hash,
+                peer_id: ctx.peer_id,
+                port: ctx.listen_port,
+                numwant: 50,
+            },
+            transfer.clone(),
+            tracker_peers_tx,
+        )
+    });
+
+    let (addr, inbox) = mailbox(TORRENT_MAILBOX);
+    let state = State {
+        meta: meta.clone(),
+        ctx: ctx.clone(),
+        settings: add.settings.clone(),
+        peer_settings: Arc::new(PeerSettings {
+            queue_depth: add.settings.queue_depth,
+            ..PeerSettings::default()
+        }),
+        shared: shared.clone(),
+        initial_have: Arc::new(have),
+        picker: picker_addr,
+        picker_task: Some(picker_task),
+        disk,
+        downloads,
+        tracker,
+        transfer,
+        serve_filter: add.serve_filter.clone(),
+        peers: Supervisor::new(ctx.spawner.clone()),
+        entries: HashMap::new(),
+        by_addr: HashMap::new(),
+        next_key: 0,
+        candidates: VecDeque::new(),
+        failed_at: HashMap::new(),
+        banned: HashSet::new(),
+        optimistic: None,
+        last_rechoke: Instant::now(),
+        last_optimistic: Instant::now(),
+        announced_complete: shared.is_complete(),
+    };
+    let task = ctx.spawner.spawn(run(state, inbox, tracker_peers_rx));
+    task.detach();
+    let torrent = Torrent { addr, shared, info_hash: meta.info_hash };
+    if !add.peers.is_empty() {
+        torrent.add_peers(add.peers).await;
+    }
+    Ok(torrent)
+}
+
+/// One peer connection as the torrent sees it.
+struct Entry {
+    /// The supervisor key of its task.
+    task: usize,
+    /// Its address.
+    addr: SocketAddr,
+    /// Orders to it.
+    control: Sender<PeerControl>,
+    /// Its counters.
+    stats: Arc<PeerStats>,
+    /// Whether we choke it.
+    choked: bool,
+    /// `stats.downloaded` and `stats.uploaded` at the last rechoke, for rates.
+    last_down: u64,
+    last_up: u64,
+}
+
+struct State {
+    meta: Arc<Metainfo>,
+    ctx: SessionContext,
+    settings: TorrentSettings,
+    peer_settings: Arc<PeerSettings>,
+    shared: Arc<Shared>,
+    initial_have: Arc<Bitfield>,
+    picker: Addr<PickerMsg>,
+    picker_task: Option<smol::Task<()>>,
+    disk: Disk,
+    downloads: Arc<BlockPool>,
+    tracker: Option<TrackerClient>,
+    transfer: Arc<TransferStats>,
+    serve_filter: Option<Arc<dyn ServeFilter>>,
+    /// The peer tasks.
+    peers: Supervisor<PeerExit>,
+    /// Peers by key.
+    entries: HashMap<PeerKey, Entry>,
+    /// Keys by address (connecting or connected).
+    by_addr: HashMap<SocketAddr, PeerKey>,
+    next_key: u64,
+    /// Addresses to dial.
+    candidates: VecDeque<SocketAddr>,
+    /// When we last failed to reach an address.
+    failed_at: HashMap<SocketAddr, Instant>,
+    /// Addresses banned for corrupt data.
+    banned: HashSet<SocketAddr>,
+    /// The peer holding the optimistic unchoke.
+    optimistic: Option<PeerKey>,
+    last_rechoke: Instant,
+    last_optimistic: Instant,
+    announced_complete: bool,
+}
+
+async fn run(mut st: State, mut inbox: Mailbox<TorrentMsg>, tracker_peers: Receiver<Vec<SocketAddr>>) {
+    let mut tick = smol::Timer::interval(Duration::from_secs(1));
+    let mut shutdown_reply = None;
+    loop {
+        enum Ev {
+            Msg(Option<TorrentMsg>),
+            Exit(crate::runtime::Exit<PeerExit>),
+            TrackerPeers(Vec<SocketAddr>),
+            Tick,
+        }
+        let ev = future::or(
+            async { Ev::Msg(inbox.recv().await) },
+            future::or(
+                async { Ev::Exit(st.peers.next_exit().await) },
+                future::or(
+                    async {
+                        match tracker_peers.recv().await {
+                            Ok(p) => Ev::TrackerPeers(p),
+                            Err(_) => future::pending().await,
+                        }
+                    },
+                    async {
+                        futures_lite::StreamExt::next(&mut tick).await;
+                        Ev::Tick
+                    },
+                ),
+            ),
+        )
+        .await;
+        match ev {
+            Ev::Msg(None) => break,
+            Ev::Msg(Some(TorrentMsg::Shutdown(reply))) => {
+                shutdown_reply = Some(reply);
+                break;
+            }
+            Ev::Msg(Some(TorrentMsg::Incoming { stream, addr, remote })) => st.incoming(stream, addr, remote),
+            Ev::Msg(Some(TorrentMsg::AddPeers(peers))) | Ev::TrackerPeers(peers) => {
+                st.add_candidates(peers);
+                st.dial();
+            }
+            Ev::Msg(Some(TorrentMsg::Peers(reply))) => reply.send(st.peer_infos()),
+            Ev::Exit(exit) => st.peer_exited(exit).await,
+            Ev::Tick => st.tick().await,
+        }
+    }
+    st.shutdown().await;
+    if let Some(reply) = shutdown_reply {
+        reply.send(());
+    }
+}
+
+impl State {
+    fn add_candidates(&mut self, peers: Vec<SocketAddr>) {
+        for p in peers {
+            if p.port() == 0 || self.banned.contains(&p) || self.by_addr.contains_key(&p) {
+                continue;
+            }
+            if (p.ip().is_loopback() || p.ip().is_unspecified()) && p.port() == self.ctx.listen_port {
+                // Ourselves, as the tracker sees us.
+                continue;
+            }
+            if !self.candidates.contains(&p) && self.candidates.len() < 4 * self.settings.max_peers {
+                self.candidates.push_back(p);
+            }
+        }
+    }
+
+    fn connections(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn dial(&mut self) {
+        if self.shared.is_complete() && self.settings.use_trackers && self.candidates.is_empty() {
+            return;
+        }
+        let dialing = self.entries.values().filter(|e| !e.stats.connected.load(Ordering::Relaxed)).count();
+        let mut budget = self.settings.max_dialing.saturating_sub(dialing);
+        let mut retry = VecDeque::new();
+        while budget > 0 && self.connections() < self.settings.max_peers {
+            let Some(addr) = self.candidates.pop_front() else { break };
+            if self.by_addr.contains_key(&addr) || self.banned.contains(&addr) {
+                continue;
+            }
+            if let Some(t) = self.failed_at.get(&addr) {
+                if t.elapsed() < REDIAL_AFTER {
+                    retry.push_back(addr);
+                    continue;
+                }
+            }
+            budget -= 1;
+            self.spawn_peer(addr, None);
+        }
+        self.candidates.extend(retry);
+    }
+
+    fn incoming(&mut self, stream: TcpStream, addr: SocketAddr, remote: Handshake) {
+        if self.banned.contains(&addr) || self.connections() >= self.settings.max_peers {
+            log::debug!("refusing {addr}: banned or at the peer limit");
+            return;
+        }
+        if remote.peer_id == self.ctx.peer_id {
+            return;
+        }
+        self.spawn_peer(addr, Some((stream, remote)));
+    }
+
+    fn spawn_peer(&mut self, addr: SocketAddr, incoming: Option<(TcpStream, Handshake)>) {
+        let key = PeerKey(self.next_key);
+        self.next_key += 1;
+        let (control_tx, control_rx) = async_channel::bounded(PEER_CONTROL);
+        let stats = Arc::new(PeerStats::default());
+        let ours = Handshake::new(self.meta.info_hash, self.ctx.peer_id);
+        let info_hash = self.meta.info_hash;
+        let our_id = self.ctx.peer_id;
+        let setup = PeerSetup {
+            key,
+            addr,
+            our_reserved: ours.reserved,
+            lengths: self.meta.info.lengths,
+            initial_have: self.initial_have.clone(),
+            picker: self.picker.clone(),
+            disk: self.disk.jobs().clone(),
+            shared: self.shared.clone(),
+            pool: self.downloads.clone(),
+            control: control_rx,
+            stats: stats.clone(),
+            settings: self.peer_settings.clone(),
+            serve_filter: self.serve_filter.clone(),
+        };
+        let task = self.peers.spawn(async move {
+            let connected = async {
+                let (mut stream, remote) = match incoming {
+                    Some((mut stream, remote)) => {
+                        stream.write_all(&ours.to_bytes()).await?;
+                        (stream, remote)
+                    }
+                    None => {
+                        let mut stream = TcpStream::connect(addr).await?;
+                        stream.set_nodelay(true)?;
+                        stream.write_all(&ours.to_bytes()).await?;
+                        let mut buf = [0u8; HANDSHAKE_LEN];
+                        stream.read_exact(&mut buf).await?;
+                        let remote = Handshake::decode(&buf)
+                            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?
+                            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+                        if remote.info_hash != info_hash {
+                            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "wrong info hash"));
+                        }
+                        if remote.peer_id == our_id {
+                            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "connected to ourselves"));
+                        }
+                        (stream, remote)
+                    }
+                };
+                stream.flush().await?;
+                Ok((stream, remote))
+            }
+            .or(async {
+                smol::Timer::after(HANDSHAKE_TIMEOUT).await;
+                Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out"))
+            })
+            .await;
+            match connected {
+                Ok((stream, remote)) => peer::run(setup, stream, remote).await,
+                Err(e) => PeerExit { reason: format!("connect: {e}"), ban: false },
+            }
+        });
+        self.by_addr.insert(addr, key);
+        self.entries.insert(
+            key,
+            Entry { task, addr, control: control_tx, stats, choked: true, last_down: 0, last_up: 0 },
+        );
+    }
+
+    async fn peer_exited(&mut self, exit: crate::runtime::Exit<PeerExit>) {
+        let Some((&key, _)) = self.entries.iter().find(|(_, e)| e.task == exit.key) else { return };
+        let entry = self.entries.remove(&key).expect("found above");
+        self.by_addr.remove(&entry.addr);
+        if self.optimistic == Some(key) {
+            self.optimistic = None;
+        }
+        let (reason, ban) = match exit.outcome {
+            Outcome::Finished(e) => (e.reason, e.ban),
+            Outcome::Panicked(msg) => {
+                log::error!("peer {} task panicked: {msg}", entry.addr);
+                // It could not tell the picker itself.
+                let _ = self.picker.send(PickerMsg::Leave { peer: key }).await;
+                (format!("internal error: {msg}"), false)
+            }
+        };
+        if reason.starts_with("connect:") {
+            self.failed_at.insert(entry.addr, Instant::now());
+        } else {
+            self.shared.emit(TorrentEvent::PeerDisconnected { addr: entry.addr, reason: reason.clone() });
+        }
+        if ban {
+            log::warn!("banned {}: {reason}", entry.addr);
+            self.banned.insert(entry.addr);
+            self.shared.emit(TorrentEvent::PeerBanned(entry.addr));
+        }
+        self.dial();
+    }
+
+    async fn tick(&mut self) {
+        let p = self.shared.progress();
+        self.transfer.uploaded.store(p.uploaded, Ordering::Relaxed);
+        self.transfer.downloaded.store(p.downloaded, Ordering::Relaxed);
+        self.transfer.left.store(p.left, Ordering::Relaxed);
+        if p.complete && !self.announced_complete {
+            self.announced_complete = true;
+            if let Some(t) = &self.tracker {
+                t.completed().await;
+            }
+            // Seeds have no use for other seeds.
+            for e in self.entries.values() {
+                if e.stats.peer_is_seed.load(Ordering::Relaxed) {
+                    let _ = e.control.try_send(PeerControl::Stop);
+                }
+            }
+        }
+        if self.last_rechoke.elapsed() >= RECHOKE_EVERY {
+            self.rechoke();
+        } else {
+            self.fill_slots();
+        }
+        self.dial();
+    }
+
+    /// Unchokes interested peers while regular slots are free, between full rechokes, so a
+    /// newcomer does not wait ten seconds for its first byte.
+    fn fill_slots(&mut self) {
+        let unchoked = self.entries.values().filter(|e| !e.choked).count();
+        let mut free = (self.settings.upload_slots + 1).saturating_sub(unchoked);
+        for e in self.entries.values_mut() {
+            if free == 0 {
+                break;
+            }
+            if e.choked && e.stats.peer_interested.load(Ordering::Relaxed) && e.control.try_send(PeerControl::Unchoke).is_ok() {
+                e.choked = false;
+                free -= 1;
+            }
+        }
+    }
+
+    /// Tit-for-tat: the interested peers that gave us the most (or, seeding, took the most)
+    /// since the last round get the regular slots; one more gets the optimistic slot, which
+    /// rotates every thirty seconds.
+    fn rechoke(&mut self) {
+        self.last_rechoke = Instant::now();
+        let seeding = self.shared.is_complete();
+        let mut ranked: Vec<(u64, PeerKey)> = Vec::new();
+        for (&key, e) in self.entries.iter_mut() {
+            let down = e.stats.downloaded.load(Ordering::Relaxed);
+            let up = e.stats.uploaded.load(Ordering::Relaxed);
+            let rate = if seeding { up - e.last_up.min(up) } else { down - e.last_down.min(down) };
+            e.last_down = down;
+            e.last_up = up;
+            if e.stats.peer_interested.load(Ordering::Relaxed) {
+                ranked.push((rate, key));
+            }
+        }
+        ranked.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        let mut unchoke: HashSet<PeerKey> = ranked.iter().take(self.settings.upload_slots).map(|&(_, k)| k).collect();
+        let rotate = self.last_optimistic.elapsed() >= OPTIMISTIC_EVERY
+            || self.optimistic.is_none_or(|k| !self.entries.contains_key(&k) || unchoke.contains(&k));
+        if rotate {
+            let rest: Vec<PeerKey> = ranked.iter().map(|&(_, k)| k).filter(|k| !unchoke.contains(k)).collect();
+            self.optimistic = if rest.is_empty() { None } else { Some(rest[fastrand::usize(..rest.len())]) };
+            self.last_optimistic = Instant::now();
+        }
+        if let Some(k) = self.optimistic {
+            unchoke.insert(k);
+        }
+        for (key, e) in self.entries.iter_mut() {
+            let want_choked = !unchoke.contains(key);
+            if want_choked != e.choked {
+                let order = if want_choked { PeerControl::Choke } else { PeerControl::Unchoke };
+                if e.control.try_send(order).is_ok() {
+                    e.choked = want_choked;
+                }
+            }
+        }
+    }
+
+    fn peer_infos(&self) -> Vec<PeerInfo> {
+        self.entries
+            .values()
+            .map(|e| PeerInfo {
+                addr: e.addr,
+                downloaded: e.stats.downloaded.load(Ordering::Relaxed),
+                uploaded: e.stats.uploaded.load(Ordering::Relaxed),
+                is_seed: e.stats.peer_is_seed.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    /// Shuts down in order: trackers, peers, the picker (which waits for pieces in flight to be
+    /// hashed and written), then the disk, which flushes last.
+    async fn shutdown(&mut self) {
+        if let Some(t) = self.tracker.take() {
+            t.stop().await;
+        }
+        for e in self.entries.values() {
+            let _ = e.control.try_send(PeerControl::Stop);
+        }
+        let peers_done = async {
+            while !self.peers.is_empty() {
+                let _ = self.peers.next_exit().await;
+            }
+        };
+        peers_done
+            .or(async {
+                smol::Timer::after(Duration::from_secs(5)).await;
+            })
+            .await;
+        // Peers that did not stop in time are cancelled.
+        self.peers = Supervisor::new(self.ctx.spawner.clone());
+        self.entries.clear();
+        let _ = self.picker.call(|reply| PickerMsg::Shutdown { reply }).await;
+        if let Some(t) = self.picker_task.take() {
+            t.await;
+        }
+        if let Err(e) = self.disk.sync().await {
+            log::error!("flushing {}: {e}", self.meta.info.name);
+        }
+        self.disk.shutdown().await;
+        self.shared.set_stopped();
+    }
+}
