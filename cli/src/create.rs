@@ -1,12 +1,146 @@
-//! `shoal create`.
+//! `shoal create`: make a `.torrent` file from a file or a folder.
 
+use std::io::Write;
+use std::path::PathBuf;
+
+use shoal_engine::create::{create_torrent, CreateOptions};
+use shoal_engine::metainfo::Metainfo;
+
+use crate::info::human_size;
 use crate::CliResult;
 
 /// Arguments of `shoal create`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// The file or folder to share. Hidden names (starting with '.') are skipped unless
+    /// --include-hidden; symbolic links and special files are always skipped.
+    pub path: PathBuf,
+    /// Where to write the .torrent file. An existing file is not overwritten without --force.
+    #[arg(short, long, value_name = "OUT.torrent")]
+    pub output: PathBuf,
+    /// Bytes per piece: a number with an optional binary suffix (16k, 256KiB, 1MiB, 1m,
+    /// 262144). Default: a power of two giving 1024 to 2048 pieces, 16 KiB to 16 MiB.
+    #[arg(short = 'l', long, value_name = "SIZE", value_parser = parse_size)]
+    pub piece_length: Option<u32>,
+    /// A tracker announce URL; repeat for more, each in its own tier (BEP 12).
+    #[arg(short, long = "tracker", value_name = "URL")]
+    pub trackers: Vec<String>,
+    /// Mark the torrent private (BEP 27): peers only from its trackers.
+    #[arg(long)]
+    pub private: bool,
+    /// A free-text comment.
+    #[arg(short, long, value_name = "TEXT")]
+    pub comment: Option<String>,
+    /// Include files and folders whose names start with '.'.
+    #[arg(long)]
+    pub include_hidden: bool,
+    /// Hashing threads (0: every core).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub threads: usize,
+    /// Overwrite OUT.torrent if it exists.
+    #[arg(short, long)]
+    pub force: bool,
+}
+
+/// Parses a size such as `262144`, `16k`, `256KiB`, `1MiB` or `2m` (suffixes are binary and
+/// case-insensitive: k, kb, kib = 1024; m, mb, mib = 1024²; g, gb, gib = 1024³).
+pub fn parse_size(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, suffix) = t.split_at(split);
+    let bad = || {
+        format!(
+            "bad size {s:?}: expected a number with an optional suffix such as 16k, 256KiB or 1MiB"
+        )
+    };
+    if digits.is_empty() {
+        return Err(bad());
+    }
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let unit: u64 = match suffix.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(bad()),
+    };
+    let bytes = n.checked_mul(unit).ok_or_else(bad)?;
+    if bytes == 0 {
+        return Err(format!("bad size {s:?}: a piece holds at least one byte"));
+    }
+    u32::try_from(bytes).map_err(|_| format!("bad size {s:?}: too large"))
+}
 
 /// Runs `shoal create`.
-pub fn run(_args: Args) -> CliResult {
-    Err("not implemented yet".into())
+pub fn run(args: Args) -> CliResult {
+    let opts = CreateOptions {
+        piece_length: args.piece_length,
+        trackers: args.trackers.into_iter().map(|t| vec![t]).collect(),
+        private: args.private,
+        comment: args.comment,
+        created_by: None,
+        creation_date: None,
+        include_hidden: args.include_hidden,
+        threads: args.threads,
+    };
+    // Checked before hashing so a mistake costs nothing; create_new below closes the race.
+    if !args.force && args.output.exists() {
+        return Err(format!(
+            "{} already exists (use --force to overwrite it)",
+            args.output.display()
+        ));
+    }
+    let bytes = create_torrent(&args.path, &opts).map_err(|e| e.to_string())?;
+    let meta = Metainfo::from_bytes(&bytes)
+        .map_err(|e| format!("internal error: the torrent made does not read back: {e}"))?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .create_new(!args.force)
+        .open(&args.output)
+        .map_err(|e| format!("{}: {e}", args.output.display()))?;
+    file.write_all(&bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| format!("{}: {e}", args.output.display()))?;
+    let info = &meta.info;
+    println!("info hash: {}", meta.info_hash);
+    println!(
+        "wrote {}: \"{}\", {} file{}, {} in {} pieces of {}",
+        args.output.display(),
+        info.name,
+        info.files.len(),
+        if info.files.len() == 1 { "" } else { "s" },
+        human_size(meta.total_length()),
+        info.pieces.len(),
+        human_size(u64::from(info.piece_length)),
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn parses_sizes() {
+        assert_eq!(parse_size("262144"), Ok(262_144));
+        assert_eq!(parse_size("16k"), Ok(16_384));
+        assert_eq!(parse_size("256KiB"), Ok(262_144));
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("2 m"), Ok(2 << 20));
+        assert_eq!(parse_size("20000"), Ok(20_000));
+        for bad in [
+            "",
+            "k",
+            "1x",
+            "-5",
+            "1.5m",
+            "0",
+            "8g",
+            "99999999999999999999k",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -1,12 +1,191 @@
-//! `shoal info`.
+//! `shoal info`: show what a `.torrent` file holds, for people or (`--json`) for programs.
+//!
+//! # The `--json` object
+//! One object with exactly these keys, always present (absent values are `null`):
+//! - `name` (string), `info_hash` (40 lowercase hex digits), `piece_length` (bytes),
+//!   `piece_count`, `total_length` (bytes), `private` (bool), `multi_file` (bool);
+//! - `files`: list of `{ "path": "name/dir/file", "components": ["name", "dir", "file"],
+//!   "length": bytes }` in torrent order; the path starts with the torrent name (a single-file
+//!   torrent's one path is its name) and is joined with `/`;
+//! - `trackers`: list of tiers, each a list of URLs (`announce-list`, else `[[announce]]`,
+//!   else `[]`);
+//! - `comment`, `created_by` (strings or null), `creation_date` (Unix seconds or null).
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use serde::Serialize;
+use shoal_engine::metainfo::{Metainfo, MAX_METAINFO_LEN};
 
 use crate::CliResult;
 
 /// Arguments of `shoal info`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// The .torrent file to read.
+    pub file: PathBuf,
+    /// Print one JSON object with fixed keys instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The `--json` output; see the module documentation.
+#[derive(Debug, Serialize)]
+struct JsonInfo<'a> {
+    name: &'a str,
+    info_hash: String,
+    piece_length: u32,
+    piece_count: usize,
+    total_length: u64,
+    private: bool,
+    multi_file: bool,
+    files: Vec<JsonFile<'a>>,
+    trackers: Vec<Vec<String>>,
+    comment: Option<&'a str>,
+    created_by: Option<&'a str>,
+    creation_date: Option<i64>,
+}
+
+/// One file in the `--json` output.
+#[derive(Debug, Serialize)]
+struct JsonFile<'a> {
+    path: String,
+    components: &'a [String],
+    length: u64,
+}
+
+/// `1536` → `1.5 KiB`; exact bytes below 1 KiB.
+pub fn human_size(n: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// Unix seconds as `YYYY-MM-DD HH:MM:SS UTC` (proleptic Gregorian calendar).
+pub fn utc_date(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Days to civil date: Howard Hinnant's algorithm, exact over the whole i64 day range
+    // we can reach here (i128 keeps the arithmetic from overflowing).
+    let z = i128::from(days) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i128::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// Reads a `.torrent` file, refusing one too large to be real before reading it all.
+pub fn read_torrent(path: &PathBuf) -> Result<Metainfo, String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_METAINFO_LEN as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Metainfo::from_bytes(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+}
 
 /// Runs `shoal info`.
-pub fn run(_args: Args) -> CliResult {
-    Err("not implemented yet".into())
+pub fn run(args: Args) -> CliResult {
+    let meta = read_torrent(&args.file)?;
+    let info = &meta.info;
+    if args.json {
+        let out = JsonInfo {
+            name: &info.name,
+            info_hash: meta.info_hash.to_string(),
+            piece_length: info.piece_length,
+            piece_count: info.pieces.len(),
+            total_length: meta.total_length(),
+            private: info.private,
+            multi_file: info.multi_file,
+            files: info
+                .files
+                .iter()
+                .map(|f| JsonFile {
+                    path: f.path.join("/"),
+                    components: &f.path,
+                    length: f.length,
+                })
+                .collect(),
+            trackers: meta.tiers(),
+            comment: meta.comment.as_deref(),
+            created_by: meta.created_by.as_deref(),
+            creation_date: meta.creation_date,
+        };
+        let text = serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?;
+        println!("{text}");
+        return Ok(());
+    }
+    let total = meta.total_length();
+    println!("name:          {}", info.name);
+    println!("info hash:     {}", meta.info_hash);
+    println!(
+        "piece length:  {} ({} bytes)",
+        human_size(u64::from(info.piece_length)),
+        info.piece_length
+    );
+    println!("pieces:        {}", info.pieces.len());
+    println!("total size:    {} ({total} bytes)", human_size(total));
+    println!("private:       {}", if info.private { "yes" } else { "no" });
+    if let Some(c) = &meta.comment {
+        println!("comment:       {c}");
+    }
+    if let Some(c) = &meta.created_by {
+        println!("created by:    {c}");
+    }
+    if let Some(t) = meta.creation_date {
+        println!("creation date: {} ({t})", utc_date(t));
+    }
+    let tiers = meta.tiers();
+    if tiers.is_empty() {
+        println!("trackers:      none");
+    } else {
+        println!("trackers:");
+        for (i, tier) in tiers.iter().enumerate() {
+            println!("  tier {i}: {}", tier.join(" "));
+        }
+    }
+    println!("files ({}):", info.files.len());
+    for f in &info.files {
+        println!("  {:>14}  {}", f.length, f.path.join("/"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{human_size, utc_date};
+
+    #[test]
+    fn dates_read_well() {
+        assert_eq!(utc_date(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc_date(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc_date(1_700_000_000), "2023-11-14 22:13:20 UTC");
+        assert_eq!(utc_date(-1), "1969-12-31 23:59:59 UTC");
+        let _ = (utc_date(i64::MIN), utc_date(i64::MAX));
+    }
+
+    #[test]
+    fn sizes_read_well() {
+        assert_eq!(human_size(1000), "1000 B");
+        assert_eq!(human_size(1536), "1.5 KiB");
+        assert_eq!(human_size(1 << 30), "1.0 GiB");
+    }
 }
