@@ -2,4 +2,13 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 
+pub mod buffers;
+pub mod disk;
+pub mod hasher;
+pub mod peer;
+pub mod picker;
 pub mod runtime;
+pub mod session;
+pub mod shared;
+pub mod torrent;
+pub mod tracker;

@@ -342,10 +342,12 @@ impl Peer {
     async fn event_loop(
         &mut self,
         mut stream: TcpStream,
-        mut control: Receiver<PeerControl>,
-        mut notes: Receiver<PeerNote>,
-        mut reads: Receiver<ReadDone>,
+        control: Receiver<PeerControl>,
+        notes: Receiver<PeerNote>,
+        reads: Receiver<ReadDone>,
     ) -> Stop {
+        // async-channel receivers are not `Unpin`: pin them once for polling by hand.
+        let (mut control, mut notes, mut reads) = (Box::pin(control), Box::pin(notes), Box::pin(reads));
         let mut haves: Option<EventListener> = None;
         let mut tick = smol::Timer::interval(Duration::from_secs(1));
         self.catch_up_haves();
@@ -792,22 +794,22 @@ fn gone(_: crate::runtime::Gone) -> Stop {
 #[allow(clippy::too_many_arguments)]
 fn poll_sources(
     cx: &mut Context<'_>,
-    control: &mut Receiver<PeerControl>,
-    notes: &mut Receiver<PeerNote>,
-    reads: &mut Receiver<ReadDone>,
+    control: &mut Pin<Box<Receiver<PeerControl>>>,
+    notes: &mut Pin<Box<Receiver<PeerNote>>>,
+    reads: &mut Pin<Box<Receiver<ReadDone>>>,
     haves: &mut Option<EventListener>,
     stream: &mut TcpStream,
     out: &[u8],
     read_into: Option<&mut [u8]>,
     tick: &mut smol::Timer,
 ) -> Poll<Wake> {
-    if let Poll::Ready(c) = Pin::new(&mut *control).poll_next(cx) {
+    if let Poll::Ready(c) = control.as_mut().poll_next(cx) {
         return Poll::Ready(Wake::Control(c));
     }
-    if let Poll::Ready(n) = Pin::new(&mut *notes).poll_next(cx) {
+    if let Poll::Ready(n) = notes.as_mut().poll_next(cx) {
         return Poll::Ready(Wake::Note(n));
     }
-    if let Poll::Ready(Some(r)) = Pin::new(&mut *reads).poll_next(cx) {
+    if let Poll::Ready(Some(r)) = reads.as_mut().poll_next(cx) {
         return Poll::Ready(Wake::Read(r));
     }
     if let Some(l) = haves.as_mut() {

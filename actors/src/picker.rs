@@ -116,8 +116,8 @@ pub enum PickerMsg {
         /// The peer.
         peer: PeerKey,
     },
-    /// Which pieces we have now.
-    Have_ {
+    /// Which pieces are verified now.
+    Verified {
         /// The answer.
         reply: ReplyTo<Bitfield>,
     },
@@ -257,7 +257,7 @@ impl State {
             PickerMsg::Bitfield { peer, bitfield } => {
                 if let Some(slot) = self.peers.get_mut(&peer) {
                     // A second bitfield replaces the first (have-all after a bitfield, say).
-                    self.policy.peer_gone_availability(&slot.has);
+                    self.policy.peer_lost(&slot.has);
                     self.policy.peer_bitfield(&bitfield);
                     slot.has = bitfield;
                     self.wake(Some(peer));
@@ -274,8 +274,8 @@ impl State {
             }
             PickerMsg::Pick { peer, max, mut buf } => {
                 buf.clear();
+                let allow_new = !self.paused && self.reserved_bytes() < self.budget;
                 if let Some(slot) = self.peers.get_mut(&peer) {
-                    let allow_new = !self.paused && self.reserved_bytes() < self.budget;
                     self.policy.set_new_pieces_allowed(allow_new);
                     self.policy.pick(peer, &slot.has, max, &mut buf);
                     slot.starved = buf.is_empty();
@@ -306,7 +306,7 @@ impl State {
                     self.wake(None);
                 }
             }
-            PickerMsg::Have_ { reply } => reply.send(self.policy.have().clone()),
+            PickerMsg::Verified { reply } => reply.send(self.policy.have().clone()),
             PickerMsg::Shutdown { .. } => unreachable!("handled by the loop"),
         }
         None

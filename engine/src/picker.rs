@@ -178,6 +178,8 @@ pub struct Picker {
     rng: fastrand::Rng,
     /// Reused buffer for sorting partial pieces in `pick`.
     scratch: Vec<(Reverse<u32>, u32, u32)>,
+    /// Whether `pick` may start new pieces (see [`Picker::set_new_pieces_allowed`]).
+    new_pieces_allowed: bool,
 }
 
 impl fmt::Debug for Picker {
@@ -234,6 +236,7 @@ impl Picker {
             requests: HashMap::new(),
             rng,
             scratch: Vec::new(),
+            new_pieces_allowed: true,
         }
     }
 
@@ -290,6 +293,30 @@ impl Picker {
         }
     }
 
+    /// A peer no longer counts as having the pieces in `bf` (its bitfield is being replaced,
+    /// say); its requests stay as they are.
+    pub fn peer_lost(&mut self, bf: &Bitfield) {
+        let n = self.lengths.num_pieces();
+        for p in bf.iter_ones().take_while(|&p| p < n) {
+            self.dec_avail(p);
+        }
+    }
+
+    /// A peer no longer counts as having `piece` (it rejected our request for it, so as far as
+    /// picking goes it lacks it). Out of range is ignored.
+    pub fn peer_lost_piece(&mut self, piece: u32) {
+        if self.lengths.contains(piece) {
+            self.dec_avail(piece);
+        }
+    }
+
+    /// Whether `pick` may start pieces nobody is fetching yet. The picker actor turns this off
+    /// while the memory budget for pieces in progress is spent, so that pieces already started
+    /// finish first.
+    pub fn set_new_pieces_allowed(&mut self, allowed: bool) {
+        self.new_pieces_allowed = allowed;
+    }
+
     /// A peer disconnected: `bf` (every piece it had, as counted through `peer_bitfield` and
     /// `peer_have`) loses one peer, and every block requested from it goes back to the pool.
     pub fn peer_gone(&mut self, peer: PeerKey, bf: &Bitfield) {
@@ -341,7 +368,7 @@ impl Picker {
             self.scratch = cands;
         }
         // (b), (c) Start new pieces: random while we have few, then rarest first.
-        while out.len() < limit && self.not_started > 0 {
+        while out.len() < limit && self.not_started > 0 && self.new_pieces_allowed {
             let next = if self.num_have < RANDOM_FIRST_PIECES {
                 self.random_candidate(peer_has)
             } else {
