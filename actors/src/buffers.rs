@@ -63,7 +63,12 @@ impl BlockPool {
             if used + len > self.limit {
                 return None;
             }
-            match self.used.compare_exchange_weak(used, used + len, Ordering::AcqRel, Ordering::Relaxed) {
+            match self.used.compare_exchange_weak(
+                used,
+                used + len,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => break,
                 Err(now) => used = now,
             }
@@ -79,10 +84,17 @@ impl BlockPool {
     }
 
     fn wrap(self: &Arc<Self>, len: usize) -> Block {
-        let mut data = self.idle_rx.try_recv().unwrap_or_else(|_| Vec::with_capacity(BLOCK_LEN as usize));
+        let mut data = self
+            .idle_rx
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(BLOCK_LEN as usize));
         data.clear();
         data.resize(len, 0);
-        Block { data, charged: len, pool: self.clone() }
+        Block {
+            data,
+            charged: len,
+            pool: self.clone(),
+        }
     }
 
     /// A listener notified when bytes are given back. Register it, then call
@@ -123,7 +135,9 @@ pub struct Block {
 
 impl fmt::Debug for Block {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Block").field("len", &self.data.len()).finish()
+        f.debug_struct("Block")
+            .field("len", &self.data.len())
+            .finish()
     }
 }
 

@@ -47,7 +47,9 @@ pub struct Storage {
 
 impl fmt::Debug for Storage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Storage").field("files", &self.files.len()).finish()
+        f.debug_struct("Storage")
+            .field("files", &self.files.len())
+            .finish()
     }
 }
 
@@ -71,10 +73,14 @@ impl Storage {
                         .truncate(false)
                         .open(&path)
                         .map_err(|e| annotate(e, "open", &path))?;
-                    let len = file.metadata().map_err(|e| annotate(e, "stat", &path))?.len();
+                    let len = file
+                        .metadata()
+                        .map_err(|e| annotate(e, "stat", &path))?
+                        .len();
                     if len < info.length {
                         // Sparse: space is only taken as pieces land.
-                        file.set_len(info.length).map_err(|e| annotate(e, "size", &path))?;
+                        file.set_len(info.length)
+                            .map_err(|e| annotate(e, "size", &path))?;
                     }
                     Some(file)
                 }
@@ -86,7 +92,11 @@ impl Storage {
             };
             files.push(file);
         }
-        Ok(Self { layout, lengths, files })
+        Ok(Self {
+            layout,
+            lengths,
+            files,
+        })
     }
 
     /// The torrent's lengths.
@@ -108,7 +118,10 @@ impl Storage {
     pub fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         for span in self.layout.spans(offset, data.len()) {
             let file = self.file(span.file)?;
-            file.write_all_at(&data[span.buf_offset..span.buf_offset + span.len], span.file_offset)?;
+            file.write_all_at(
+                &data[span.buf_offset..span.buf_offset + span.len],
+                span.file_offset,
+            )?;
         }
         Ok(())
     }
@@ -138,17 +151,34 @@ impl Storage {
     }
 
     fn file(&self, index: usize) -> io::Result<&File> {
-        self.files.get(index).and_then(Option::as_ref).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::NotFound, format!("{} is missing", self.layout.files()[index].path.display()))
-        })
+        self.files
+            .get(index)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("{} is missing", self.layout.files()[index].path.display()),
+                )
+            })
     }
 
     /// Checks every piece against `hashes` with `threads` threads (0: one per core) and
     /// returns the pieces that verify. Missing or short files simply fail their pieces.
     /// `progress` is called with the number of pieces checked so far, now and then.
-    pub fn recheck(&self, hashes: &[[u8; 20]], threads: usize, progress: &(dyn Fn(u32) + Sync)) -> Bitfield {
+    pub fn recheck(
+        &self,
+        hashes: &[[u8; 20]],
+        threads: usize,
+        progress: &(dyn Fn(u32) + Sync),
+    ) -> Bitfield {
         let n = self.lengths.num_pieces();
-        let threads = if threads == 0 { default_threads() } else { threads }.min(n as usize).max(1);
+        let threads = if threads == 0 {
+            default_threads()
+        } else {
+            threads
+        }
+        .min(n as usize)
+        .max(1);
         let next = AtomicU32::new(0);
         let done = AtomicU32::new(0);
         let good: Vec<Vec<u32>> = std::thread::scope(|s| {
@@ -179,7 +209,10 @@ impl Storage {
                     })
                 })
                 .collect();
-            workers.into_iter().map(|w| w.join().unwrap_or_default()).collect()
+            workers
+                .into_iter()
+                .map(|w| w.join().unwrap_or_default())
+                .collect()
         });
         let mut have = Bitfield::new(n);
         for piece in good.into_iter().flatten() {
@@ -191,7 +224,9 @@ impl Storage {
 
 /// One thread per core, as the machine reports it.
 pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 fn annotate(e: io::Error, what: &str, path: &Path) -> io::Error {
@@ -266,7 +301,9 @@ pub struct Disk {
 
 impl fmt::Debug for Disk {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Disk").field("queued", &self.jobs.len()).finish()
+        f.debug_struct("Disk")
+            .field("queued", &self.jobs.len())
+            .finish()
     }
 }
 
@@ -289,7 +326,10 @@ impl Disk {
                     .expect("spawn a disk thread")
             })
             .collect();
-        Self { jobs, threads: Arc::new(std::sync::Mutex::new(handles)) }
+        Self {
+            jobs,
+            threads: Arc::new(std::sync::Mutex::new(handles)),
+        }
     }
 
     /// The job queue, for the hasher and peers.
@@ -304,7 +344,9 @@ impl Disk {
             .send(DiskJob::Sync { reply: tx })
             .await
             .map_err(|_| io::Error::other("disk threads have stopped"))?;
-        rx.recv().await.map_err(|_| io::Error::other("disk threads have stopped"))?
+        rx.recv()
+            .await
+            .map_err(|_| io::Error::other("disk threads have stopped"))?
     }
 
     /// Stops taking jobs, lets the threads finish what is queued, and waits for them
@@ -323,7 +365,11 @@ impl Disk {
 
 fn serve(storage: &Storage, uploads: &Arc<BlockPool>, job: DiskJob) {
     match job {
-        DiskJob::Write { piece, blocks, done } => {
+        DiskJob::Write {
+            piece,
+            blocks,
+            done,
+        } => {
             let outcome = match storage.write_piece(piece, &blocks) {
                 Ok(()) => PieceOutcome::Written,
                 Err(e) => PieceOutcome::WriteFailed(e),

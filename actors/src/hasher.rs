@@ -41,14 +41,20 @@ pub struct Hasher {
 
 impl fmt::Debug for Hasher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Hasher").field("threads", &self.threads.len()).finish()
+        f.debug_struct("Hasher")
+            .field("threads", &self.threads.len())
+            .finish()
     }
 }
 
 impl Hasher {
     /// Starts `threads` hashing threads (0: one per core) that pass verified pieces on to `disk`.
     pub fn spawn(threads: usize, disk: Sender<DiskJob>) -> Self {
-        let threads = if threads == 0 { crate::disk::default_threads() } else { threads };
+        let threads = if threads == 0 {
+            crate::disk::default_threads()
+        } else {
+            threads
+        };
         let (jobs, rx) = async_channel::bounded::<HashJob>(HASH_QUEUE);
         let disk = Arc::new(disk);
         let threads = (0..threads)
@@ -98,14 +104,31 @@ fn check(job: HashJob, disk: &Sender<DiskJob>) {
     }
     let digest: [u8; 20] = sha.finalize().into();
     if digest == job.expected {
-        let write = DiskJob::Write { piece: job.piece, blocks: job.blocks, done: job.done };
-        if let Err(async_channel::SendError(DiskJob::Write { piece, done, .. })) = disk.send_blocking(write) {
+        let write = DiskJob::Write {
+            piece: job.piece,
+            blocks: job.blocks,
+            done: job.done,
+        };
+        if let Err(async_channel::SendError(DiskJob::Write { piece, done, .. })) =
+            disk.send_blocking(write)
+        {
             let err = std::io::Error::other("disk threads have stopped");
-            let _ = done.send_blocking(PieceDone { piece, outcome: PieceOutcome::WriteFailed(err) });
+            let _ = done.send_blocking(PieceDone {
+                piece,
+                outcome: PieceOutcome::WriteFailed(err),
+            });
         }
     } else {
-        let HashJob { piece, blocks, done, .. } = job;
+        let HashJob {
+            piece,
+            blocks,
+            done,
+            ..
+        } = job;
         drop(blocks);
-        let _ = done.send_blocking(PieceDone { piece, outcome: PieceOutcome::HashFailed });
+        let _ = done.send_blocking(PieceDone {
+            piece,
+            outcome: PieceOutcome::HashFailed,
+        });
     }
 }

@@ -76,7 +76,10 @@ pub struct PeerSettings {
 
 impl Default for PeerSettings {
     fn default() -> Self {
-        Self { queue_depth: 5, max_message_len: shoal_engine::wire::DEFAULT_MAX_MESSAGE_LEN }
+        Self {
+            queue_depth: 5,
+            max_message_len: shoal_engine::wire::DEFAULT_MAX_MESSAGE_LEN,
+        }
     }
 }
 
@@ -316,7 +319,15 @@ pub async fn run(setup: PeerSetup, stream: TcpStream, remote: Handshake) -> Peer
         last_recv: Instant::now(),
         last_send: Instant::now(),
     };
-    let stop = if picker.send(PickerMsg::Join { peer: key, addr, notes: notes_tx }).await.is_err() {
+    let stop = if picker
+        .send(PickerMsg::Join {
+            peer: key,
+            addr,
+            notes: notes_tx,
+        })
+        .await
+        .is_err()
+    {
         Stop::Local("torrent is stopping".into())
     } else {
         peer.shared.peer_count_add(1);
@@ -329,7 +340,9 @@ pub async fn run(setup: PeerSetup, stream: TcpStream, remote: Handshake) -> Peer
     let (reason, ban) = match stop {
         Stop::Wire(e) => (format!("protocol error: {e}"), false),
         Stop::Misbehaved(m) => (m, true),
-        Stop::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => ("connection closed by peer".into(), false),
+        Stop::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            ("connection closed by peer".into(), false)
+        }
         Stop::Io(e) => (format!("connection error: {e}"), false),
         Stop::Local(m) => (m, false),
         Stop::Banned => ("banned: sent corrupt data".into(), true),
@@ -347,7 +360,8 @@ impl Peer {
         reads: Receiver<ReadDone>,
     ) -> Stop {
         // async-channel receivers are not `Unpin`: pin them once for polling by hand.
-        let (mut control, mut notes, mut reads) = (Box::pin(control), Box::pin(notes), Box::pin(reads));
+        let (mut control, mut notes, mut reads) =
+            (Box::pin(control), Box::pin(notes), Box::pin(reads));
         let mut haves: Option<EventListener> = None;
         let mut tick = smol::Timer::interval(Duration::from_secs(1));
         self.catch_up_haves();
@@ -368,7 +382,11 @@ impl Peer {
                     &mut haves,
                     &mut stream,
                     &self.wbuf[self.wpos..],
-                    if want_read { Some(&mut self.rbuf[self.rend..]) } else { None },
+                    if want_read {
+                        Some(&mut self.rbuf[self.rend..])
+                    } else {
+                        None
+                    },
                     &mut tick,
                 )
             })
@@ -462,7 +480,13 @@ impl Peer {
                     // The situation changed while the pick was in flight: give them back.
                     if !blocks.is_empty() {
                         let back = std::mem::take(&mut blocks);
-                        self.picker.send(PickerMsg::Release { peer: self.key, blocks: back }).await.map_err(gone)?;
+                        self.picker
+                            .send(PickerMsg::Release {
+                                peer: self.key,
+                                blocks: back,
+                            })
+                            .await
+                            .map_err(gone)?;
                     }
                 } else {
                     for &b in &blocks {
@@ -528,7 +552,11 @@ impl Peer {
         let want = self.remote_has.has_any_not_in(&self.our_have);
         if want != self.am_interested {
             self.am_interested = want;
-            self.send(if want { Message::Interested } else { Message::NotInterested });
+            self.send(if want {
+                Message::Interested
+            } else {
+                Message::NotInterested
+            });
         }
     }
 
@@ -540,17 +568,31 @@ impl Peer {
         if self.outstanding.len() >= depth {
             return Ok(());
         }
-        let Some(buf) = self.grant_buf.take() else { return Ok(()) };
+        let Some(buf) = self.grant_buf.take() else {
+            return Ok(());
+        };
         self.pick_pending = true;
         let max = depth - self.outstanding.len();
-        self.picker.send(PickerMsg::Pick { peer: self.key, max, buf }).await.map_err(gone)
+        self.picker
+            .send(PickerMsg::Pick {
+                peer: self.key,
+                max,
+                buf,
+            })
+            .await
+            .map_err(gone)
     }
 
     /// Starts disk reads for queued requests while the write buffer has room.
     fn start_reads(&mut self) {
         while self.reads_in_flight < MAX_READS && self.wbuf.len() - self.wpos < WRITE_HIGH_WATER {
-            let Some(block) = self.serve_queue.pop_front() else { break };
-            match self.disk.try_send(DiskJob::Read { block, reply: self.reads_tx.clone() }) {
+            let Some(block) = self.serve_queue.pop_front() else {
+                break;
+            };
+            match self.disk.try_send(DiskJob::Read {
+                block,
+                reply: self.reads_tx.clone(),
+            }) {
                 Ok(()) => self.reads_in_flight += 1,
                 Err(_) => {
                     // The disk queue is full: try again after the next event.
@@ -563,7 +605,11 @@ impl Peer {
 
     fn read_done(&mut self, done: ReadDone) -> Result<(), Stop> {
         self.reads_in_flight -= 1;
-        if let Some(i) = self.cancelled_in_flight.iter().position(|b| *b == done.block) {
+        if let Some(i) = self
+            .cancelled_in_flight
+            .iter()
+            .position(|b| *b == done.block)
+        {
             self.cancelled_in_flight.swap_remove(i);
             return Ok(());
         }
@@ -573,9 +619,12 @@ impl Peer {
         match done.data {
             Ok(data) => {
                 let b = done.block;
-                self.wbuf.extend_from_slice(&piece_header(b.piece, b.begin, b.len));
+                self.wbuf
+                    .extend_from_slice(&piece_header(b.piece, b.begin, b.len));
                 self.wbuf.extend_from_slice(&data);
-                self.stats.uploaded.fetch_add(u64::from(b.len), Ordering::Relaxed);
+                self.stats
+                    .uploaded
+                    .fetch_add(u64::from(b.len), Ordering::Relaxed);
                 self.shared.add_uploaded(u64::from(b.len));
                 if let Some(f) = &self.serve_filter {
                     f.served(self.key, &b);
@@ -644,11 +693,18 @@ impl Peer {
                 self.peer_choking = true;
                 if !self.fast && !self.outstanding.is_empty() {
                     // Without the fast extension a choke drops every pending request.
-                    let blocks: Vec<BlockInfo> = self.outstanding.drain(..).map(|(b, _)| b).collect();
+                    let blocks: Vec<BlockInfo> =
+                        self.outstanding.drain(..).map(|(b, _)| b).collect();
                     for &b in &blocks {
                         self.remember_released(b);
                     }
-                    self.picker.send(PickerMsg::Release { peer: self.key, blocks }).await.map_err(gone)?;
+                    self.picker
+                        .send(PickerMsg::Release {
+                            peer: self.key,
+                            blocks,
+                        })
+                        .await
+                        .map_err(gone)?;
                 }
             }
             Message::Unchoke => {
@@ -670,14 +726,21 @@ impl Peer {
                 if !self.remote_has.get(piece) {
                     self.remote_has.set(piece);
                     self.note_seed();
-                    self.picker.send(PickerMsg::Have { peer: self.key, piece }).await.map_err(gone)?;
+                    self.picker
+                        .send(PickerMsg::Have {
+                            peer: self.key,
+                            piece,
+                        })
+                        .await
+                        .map_err(gone)?;
                 }
             }
             Message::Bitfield(bytes) => {
                 if !first {
                     return Err(Stop::Misbehaved("bitfield after the first message".into()));
                 }
-                let bf = Bitfield::from_bytes(bytes, n).map_err(|e| Stop::Misbehaved(format!("bad bitfield: {e}")))?;
+                let bf = Bitfield::from_bytes(bytes, n)
+                    .map_err(|e| Stop::Misbehaved(format!("bad bitfield: {e}")))?;
                 self.set_remote_has(bf).await?;
             }
             Message::HaveAll => self.set_remote_has(Bitfield::full(n)).await?,
@@ -694,7 +757,13 @@ impl Peer {
             Message::Reject(block) => {
                 if let Some(i) = self.outstanding.iter().position(|(b, _)| *b == block) {
                     self.outstanding.remove(i);
-                    self.picker.send(PickerMsg::Rejected { peer: self.key, block }).await.map_err(gone)?;
+                    self.picker
+                        .send(PickerMsg::Rejected {
+                            peer: self.key,
+                            block,
+                        })
+                        .await
+                        .map_err(gone)?;
                 }
             }
             // Suggestions and allowed-fast sets are hints we do not act on yet; DHT ports and
@@ -714,11 +783,19 @@ impl Peer {
         if self.our_have.all() && self.remote_has.all() {
             return Err(Stop::Local("both sides are seeds".into()));
         }
-        self.picker.send(PickerMsg::Bitfield { peer: self.key, bitfield: bf }).await.map_err(gone)
+        self.picker
+            .send(PickerMsg::Bitfield {
+                peer: self.key,
+                bitfield: bf,
+            })
+            .await
+            .map_err(gone)
     }
 
     fn note_seed(&mut self) {
-        self.stats.peer_is_seed.store(self.remote_has.all(), Ordering::Relaxed);
+        self.stats
+            .peer_is_seed
+            .store(self.remote_has.all(), Ordering::Relaxed);
     }
 
     fn request(&mut self, block: BlockInfo) -> Result<(), Stop> {
@@ -731,7 +808,10 @@ impl Peer {
         let allowed = !self.am_choking
             && self.our_have.get(block.piece)
             && self.serve_queue.len() < MAX_SERVE_QUEUE
-            && self.serve_filter.as_ref().is_none_or(|f| f.allow(self.key, &block));
+            && self
+                .serve_filter
+                .as_ref()
+                .is_none_or(|f| f.allow(self.key, &block));
         if allowed {
             self.serve_queue.push_back(block);
         } else if self.fast {
@@ -741,7 +821,11 @@ impl Peer {
     }
 
     async fn piece(&mut self, piece: u32, begin: u32, data: &[u8]) -> Result<(), Stop> {
-        let block = BlockInfo { piece, begin, len: data.len() as u32 };
+        let block = BlockInfo {
+            piece,
+            begin,
+            len: data.len() as u32,
+        };
         if let Some(i) = self.outstanding.iter().position(|(b, _)| *b == block) {
             self.outstanding.remove(i);
         } else if let Some(i) = self.released.iter().position(|b| *b == block) {
@@ -758,13 +842,23 @@ impl Peer {
         self.shared.add_downloaded(len);
         let mut buf = self.pool.take(data.len());
         buf.copy_from_slice(data);
-        self.picker.send(PickerMsg::Block { peer: self.key, block, data: buf }).await.map_err(gone)
+        self.picker
+            .send(PickerMsg::Block {
+                peer: self.key,
+                block,
+                data: buf,
+            })
+            .await
+            .map_err(gone)
     }
 
     async fn tick(&mut self) -> Result<(), Stop> {
         let now = Instant::now();
         if now.duration_since(self.last_recv) > IDLE_TIMEOUT {
-            return Err(Stop::Local(format!("silent for {} s", IDLE_TIMEOUT.as_secs())));
+            return Err(Stop::Local(format!(
+                "silent for {} s",
+                IDLE_TIMEOUT.as_secs()
+            )));
         }
         if self.wbuf.is_empty() && now.duration_since(self.last_send) > KEEPALIVE_AFTER {
             self.send(Message::KeepAlive);
@@ -780,7 +874,13 @@ impl Peer {
                         self.send(Message::Cancel(b));
                     }
                 }
-                self.picker.send(PickerMsg::Release { peer: self.key, blocks }).await.map_err(gone)?;
+                self.picker
+                    .send(PickerMsg::Release {
+                        peer: self.key,
+                        blocks,
+                    })
+                    .await
+                    .map_err(gone)?;
             }
         }
         Ok(())

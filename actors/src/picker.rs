@@ -192,7 +192,16 @@ struct State {
 
 /// Runs the picker actor until shutdown or until every handle is dropped.
 pub async fn run(setup: PickerSetup, mut inbox: Mailbox<PickerMsg>) {
-    let PickerSetup { lengths, have, hashes, disk_budget, hasher, done_tx, done_rx, shared } = setup;
+    let PickerSetup {
+        lengths,
+        have,
+        hashes,
+        disk_budget,
+        hasher,
+        done_tx,
+        done_rx,
+        shared,
+    } = setup;
     let mut st = State {
         policy: Picker::new(lengths, have),
         lengths,
@@ -222,9 +231,10 @@ pub async fn run(setup: PickerSetup, mut inbox: Mailbox<PickerMsg>) {
             }
         } else {
             // Results first: they free budget and keep the hasher and disk threads moving.
-            future::or(async { Ev::Done(done_rx.recv().await.expect("picker holds a sender")) }, async {
-                Ev::Msg(inbox.recv().await)
-            })
+            future::or(
+                async { Ev::Done(done_rx.recv().await.expect("picker holds a sender")) },
+                async { Ev::Msg(inbox.recv().await) },
+            )
             .await
         };
         match ev {
@@ -252,7 +262,16 @@ impl State {
         match msg {
             PickerMsg::Join { peer, addr, notes } => {
                 let has = Bitfield::new(self.lengths.num_pieces());
-                self.peers.insert(peer, PeerSlot { addr, has, notes, strikes: 0, starved: false });
+                self.peers.insert(
+                    peer,
+                    PeerSlot {
+                        addr,
+                        has,
+                        notes,
+                        strikes: 0,
+                        starved: false,
+                    },
+                );
             }
             PickerMsg::Bitfield { peer, bitfield } => {
                 if let Some(slot) = self.peers.get_mut(&peer) {
@@ -314,7 +333,11 @@ impl State {
 
     /// Bytes held by pieces in progress (counted whole) and pieces in flight.
     fn reserved_bytes(&self) -> u64 {
-        let partial: u64 = self.partial.keys().map(|&p| u64::from(self.lengths.piece_len(p))).sum();
+        let partial: u64 = self
+            .partial
+            .keys()
+            .map(|&p| u64::from(self.lengths.piece_len(p)))
+            .sum();
         partial + self.in_flight
     }
 
@@ -324,14 +347,20 @@ impl State {
             return None;
         }
         match self.policy.block_received(peer, block) {
-            Received::New { piece_complete, cancel } => {
+            Received::New {
+                piece_complete,
+                cancel,
+            } => {
                 for other in cancel {
                     if let Some(slot) = self.peers.get(&other) {
                         let _ = slot.notes.try_send(PeerNote::Cancel(block));
                     }
                 }
                 let blocks = self.lengths.blocks_in_piece(block.piece) as usize;
-                let slots = self.partial.entry(block.piece).or_insert_with(|| (0..blocks).map(|_| None).collect());
+                let slots = self
+                    .partial
+                    .entry(block.piece)
+                    .or_insert_with(|| (0..blocks).map(|_| None).collect());
                 slots[block.index() as usize] = Some(data);
                 if piece_complete {
                     let slots = self.partial.remove(&block.piece).unwrap_or_default();
@@ -353,7 +382,9 @@ impl State {
                     });
                 }
             }
-            Received::Duplicate | Received::NotRequested => self.shared.add_wasted(data.len() as u64),
+            Received::Duplicate | Received::NotRequested => {
+                self.shared.add_wasted(data.len() as u64)
+            }
         }
         None
     }
@@ -377,13 +408,24 @@ impl State {
                         addrs.push(slot.addr);
                         slot.strikes += 1;
                         if slot.strikes >= BAN_STRIKES {
-                            log::warn!("banning {}: sent data for {} failed pieces", slot.addr, slot.strikes);
+                            log::warn!(
+                                "banning {}: sent data for {} failed pieces",
+                                slot.addr,
+                                slot.strikes
+                            );
                             let _ = slot.notes.try_send(PeerNote::Ban);
                         }
                     }
                 }
-                log::warn!("piece {} failed its hash check (from {:?})", done.piece, addrs);
-                self.shared.emit(TorrentEvent::PieceFailed { piece: done.piece, peers: addrs });
+                log::warn!(
+                    "piece {} failed its hash check (from {:?})",
+                    done.piece,
+                    addrs
+                );
+                self.shared.emit(TorrentEvent::PieceFailed {
+                    piece: done.piece,
+                    peers: addrs,
+                });
             }
             PieceOutcome::WriteFailed(e) => {
                 // The data was good but could not be stored: fetch it again later, and start

@@ -54,7 +54,11 @@ pub struct SessionSettings {
 
 impl Default for SessionSettings {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([0, 0, 0, 0], 6881)), threads: 0, peer_id: None }
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 6881)),
+            threads: 0,
+            peer_id: None,
+        }
     }
 }
 
@@ -63,8 +67,10 @@ type Registry = Arc<Mutex<HashMap<InfoHash, Torrent>>>;
 
 /// A running BitTorrent session.
 pub struct Session {
-    /// The executor threads; dropped last.
-    runtime: Runtime,
+    /// The executor threads when the session owns them; dropped last.
+    runtime: Option<Runtime>,
+    /// Where the session's tasks run.
+    spawner: Spawner,
     /// The accept loop.
     accept: Mutex<Option<Task<()>>>,
     /// Torrents by info hash.
@@ -77,7 +83,10 @@ pub struct Session {
 
 impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Session").field("local_addr", &self.local_addr).field("peer_id", &self.peer_id).finish()
+        f.debug_struct("Session")
+            .field("local_addr", &self.local_addr)
+            .field("peer_id", &self.peer_id)
+            .finish()
     }
 }
 
@@ -85,12 +94,35 @@ impl Session {
     /// Starts the runtime and listens for peers.
     pub fn new(settings: SessionSettings) -> std::io::Result<Self> {
         let runtime = Runtime::new(settings.threads);
-        let listener = runtime.block_on(TcpListener::bind(settings.listen))?;
+        let spawner = runtime.handle();
+        Self::start(settings, Some(runtime), spawner)
+    }
+
+    /// Starts a session on an existing runtime, so that many sessions (a bench's swarm, say)
+    /// share one set of executor threads.
+    pub fn with_spawner(settings: SessionSettings, spawner: Spawner) -> std::io::Result<Self> {
+        Self::start(settings, None, spawner)
+    }
+
+    fn start(
+        settings: SessionSettings,
+        runtime: Option<Runtime>,
+        spawner: Spawner,
+    ) -> std::io::Result<Self> {
+        let listener = std::net::TcpListener::bind(settings.listen)?;
         let local_addr = listener.local_addr()?;
+        let listener = TcpListener::try_from(listener)?;
         let peer_id = settings.peer_id.unwrap_or_else(PeerId::generate);
         let torrents: Registry = Arc::default();
-        let accept = runtime.spawn(accept_loop(listener, torrents.clone(), runtime.handle()));
-        Ok(Self { runtime, accept: Mutex::new(Some(accept)), torrents, peer_id, local_addr })
+        let accept = spawner.spawn(accept_loop(listener, torrents.clone(), spawner.clone()));
+        Ok(Self {
+            runtime,
+            spawner,
+            accept: Mutex::new(Some(accept)),
+            torrents,
+            peer_id,
+            local_addr,
+        })
     }
 
     /// The address peers can reach us on.
@@ -105,13 +137,16 @@ impl Session {
 
     /// The executor, for spawning more tasks next to the session's.
     pub fn spawner(&self) -> Spawner {
-        self.runtime.handle()
+        self.spawner.clone()
     }
 
     /// Runs a future to completion on the calling thread (the session's actors keep running on
     /// their threads meanwhile).
     pub fn block_on<T>(&self, fut: impl Future<Output = T>) -> T {
-        self.runtime.block_on(fut)
+        match &self.runtime {
+            Some(rt) => rt.block_on(fut),
+            None => smol::block_on(fut),
+        }
     }
 
     /// Adds a torrent: checks the data already in its folder, then starts it.
@@ -120,7 +155,11 @@ impl Session {
         if self.lock().contains_key(&info_hash) {
             return Err(format!("torrent {info_hash} is already in this session"));
         }
-        let ctx = SessionContext { peer_id: self.peer_id, listen_port: self.local_addr.port(), spawner: self.spawner() };
+        let ctx = SessionContext {
+            peer_id: self.peer_id,
+            listen_port: self.local_addr.port(),
+            spawner: self.spawner(),
+        };
         let torrent = torrent::start(add, ctx).await?;
         self.lock().insert(info_hash, torrent.clone());
         Ok(torrent)
@@ -191,7 +230,8 @@ async fn route_incoming(mut stream: TcpStream, addr: SocketAddr, torrents: &Regi
         let mut buf = [0u8; HANDSHAKE_LEN];
         // Read the protocol header first so garbage is refused before waiting for 68 bytes.
         stream.read_exact(&mut buf[..20]).await?;
-        Handshake::decode(&buf[..20]).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+        Handshake::decode(&buf[..20])
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
         stream.read_exact(&mut buf[20..]).await?;
         Handshake::decode(&buf)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?
@@ -199,7 +239,10 @@ async fn route_incoming(mut stream: TcpStream, addr: SocketAddr, torrents: &Regi
     }
     .or(async {
         smol::Timer::after(INCOMING_HANDSHAKE_TIMEOUT).await;
-        Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no handshake"))
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "no handshake",
+        ))
     })
     .await;
     let remote = match read {
@@ -209,12 +252,20 @@ async fn route_incoming(mut stream: TcpStream, addr: SocketAddr, torrents: &Regi
             return;
         }
     };
-    let torrent = torrents.lock().unwrap_or_else(|e| e.into_inner()).get(&remote.info_hash).cloned();
+    let torrent = torrents
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&remote.info_hash)
+        .cloned();
     let Some(torrent) = torrent else {
         log::debug!("incoming {addr}: unknown info hash {}", remote.info_hash);
         return;
     };
-    match torrent.addr().try_send(TorrentMsg::Incoming { stream, addr, remote }) {
+    match torrent.addr().try_send(TorrentMsg::Incoming {
+        stream,
+        addr,
+        remote,
+    }) {
         Ok(()) => {}
         Err(TrySendError::Full(_)) => log::debug!("incoming {addr}: torrent is busy"),
         Err(TrySendError::Closed(_)) => {}

@@ -79,7 +79,9 @@ pub struct Shared {
 
 impl fmt::Debug for Shared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Shared").field("progress", &self.progress()).finish()
+        f.debug_struct("Shared")
+            .field("progress", &self.progress())
+            .finish()
     }
 }
 
@@ -169,7 +171,10 @@ impl Shared {
     /// behind.
     pub fn subscribe(&self) -> async_channel::Receiver<TorrentEvent> {
         let (tx, rx) = async_channel::bounded(EVENT_QUEUE);
-        self.subscribers.lock().unwrap_or_else(|e| e.into_inner()).push(tx);
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(tx);
         rx
     }
 
@@ -178,13 +183,24 @@ impl Shared {
         if subs.is_empty() {
             return;
         }
-        subs.retain(|s| !matches!(s.try_send(event.clone()), Err(async_channel::TrySendError::Closed(_))));
+        subs.retain(|s| {
+            !matches!(
+                s.try_send(event.clone()),
+                Err(async_channel::TrySendError::Closed(_))
+            )
+        });
     }
 
     /// Appends a verified piece to the have-log and wakes the peers.
     pub(crate) fn piece_verified(&self, piece: u32, len: u64) {
-        self.have_log.lock().unwrap_or_else(|e| e.into_inner()).push(piece);
-        self.left.fetch_sub(len.min(self.left.load(Ordering::Relaxed)), Ordering::Relaxed);
+        self.have_log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(piece);
+        self.left.fetch_sub(
+            len.min(self.left.load(Ordering::Relaxed)),
+            Ordering::Relaxed,
+        );
         let done = self.verified.fetch_add(1, Ordering::AcqRel) + 1;
         self.have_grew.notify(usize::MAX);
         self.emit(TorrentEvent::PieceVerified(piece));

@@ -23,7 +23,9 @@ use smol::net::TcpStream;
 use crate::buffers::BlockPool;
 use crate::disk::{Disk, Mode, Storage, DISK_QUEUE};
 use crate::hasher::{Hasher, HASH_QUEUE};
-use crate::peer::{self, PeerControl, PeerExit, PeerSettings, PeerSetup, PeerStats, ServeFilter, PEER_CONTROL};
+use crate::peer::{
+    self, PeerControl, PeerExit, PeerSettings, PeerSetup, PeerStats, ServeFilter, PEER_CONTROL,
+};
 use crate::picker::{self, PickerMsg, PickerSetup, PICKER_MAILBOX};
 use crate::runtime::{mailbox, Addr, Mailbox, Outcome, ReplyTo, Spawner, Supervisor};
 use crate::shared::{Progress, Shared, TorrentEvent};
@@ -88,8 +90,12 @@ impl Default for TorrentSettings {
 pub struct AddTorrent {
     /// The torrent.
     pub metainfo: Arc<Metainfo>,
-    /// The download folder: files land at `folder/<paths of the metainfo>`.
+    /// The download folder: files land at `folder/<paths of the metainfo>` (a file, or a
+    /// folder named after the torrent).
     pub folder: PathBuf,
+    /// Where the content itself is, when it is not `folder/<torrent name>`: the file of a
+    /// single-file torrent, or the folder of a multi-file one (seeding data the user renamed).
+    pub content: Option<PathBuf>,
     /// Read-write (download) or read-only (seed what the user gave us).
     pub mode: Mode,
     /// Peers to dial at once, with or without trackers.
@@ -117,6 +123,7 @@ impl AddTorrent {
         Self {
             metainfo,
             folder: folder.into(),
+            content: None,
             mode: Mode::ReadWrite,
             peers: Vec::new(),
             settings: TorrentSettings::default(),
@@ -126,8 +133,22 @@ impl AddTorrent {
 
     /// Seed `metainfo` from the data in `folder` (read-only) with default settings.
     pub fn seed(metainfo: Arc<Metainfo>, folder: impl Into<PathBuf>) -> Self {
-        Self { mode: Mode::ReadOnly, ..Self::download(metainfo, folder) }
+        Self {
+            mode: Mode::ReadOnly,
+            ..Self::download(metainfo, folder)
+        }
     }
+}
+
+/// Where a file of the metainfo (`path`, starting with the torrent name) is when the content
+/// itself is at `content`: `content` for a single-file torrent, `content/<rest of path>` for a
+/// multi-file one.
+pub fn content_path(content: &std::path::Path, path: &[String]) -> PathBuf {
+    let mut p = content.to_path_buf();
+    for c in path.iter().skip(1) {
+        p.push(c);
+    }
+    p
 }
 
 /// What the session gives every torrent.
@@ -197,7 +218,9 @@ pub struct Torrent {
 
 impl fmt::Debug for Torrent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Torrent").field("info_hash", &self.info_hash).finish()
+        f.debug_struct("Torrent")
+            .field("info_hash", &self.info_hash)
+            .finish()
     }
 }
 
@@ -224,8 +247,21 @@ impl Torrent {
         if self.shared.is_complete() {
             Ok(())
         } else {
-            Err(self.shared.error().unwrap_or_else(|| "torrent stopped".into()))
+            Err(self
+                .shared
+                .error()
+                .unwrap_or_else(|| "torrent stopped".into()))
         }
+    }
+
+    /// Whether the torrent has stopped (shut down, or stopped by a fatal error).
+    pub fn is_stopped(&self) -> bool {
+        self.shared.is_stopped()
+    }
+
+    /// The last error that paused or stopped the torrent (a disk error, say).
+    pub fn error(&self) -> Option<String> {
+        self.shared.error()
     }
 
     /// Dials these peers.
@@ -254,8 +290,23 @@ impl Torrent {
 pub(crate) async fn start(add: AddTorrent, ctx: SessionContext) -> Result<Torrent, String> {
     let meta = add.metainfo.clone();
     let lengths = meta.info.lengths;
-    let layout = Layout::new(meta.info.files.iter().map(|f| (f.relative_path(), f.length)));
-    let folder = add.folder.clone();
+    let layout = match &add.content {
+        // The metainfo's paths start with the torrent name; the content replaces it.
+        Some(content) => Layout::new(
+            meta.info
+                .files
+                .iter()
+                .map(|f| (content_path(content, &f.path), f.length)),
+        ),
+        None => Layout::new(
+            meta.info
+                .files
+                .iter()
+                .map(|f| (add.folder.join(f.relative_path()), f.length)),
+        ),
+    };
+    // Paths in the layout are complete: the folder is already joined in.
+    let folder = PathBuf::new();
     let mode = add.mode;
     let hashes = Arc::new(meta.info.pieces.clone());
     let threads = add.settings.hasher_threads;
@@ -287,7 +338,8 @@ pub(crate) async fn start(add: AddTorrent, ctx: SessionContext) -> Result<Torren
     let disk = Disk::spawn(storage, add.settings.disk_threads, uploads);
     let hasher = Hasher::spawn(add.settings.hasher_threads, disk.jobs().clone());
     // Every piece in flight reports once: in the hasher's queue or threads, or in the disk's.
-    let done_capacity = HASH_QUEUE + hasher.threads() + DISK_QUEUE + add.settings.disk_threads.max(1) + 1;
+    let done_capacity =
+        HASH_QUEUE + hasher.threads() + DISK_QUEUE + add.settings.disk_threads.max(1) + 1;
     let (done_tx, done_rx) = async_channel::bounded(done_capacity);
     let (picker_addr, picker_inbox) = mailbox(PICKER_MAILBOX);
     let picker_task = ctx.spawner.spawn(picker::run(
@@ -307,7 +359,11 @@ pub(crate) async fn start(add: AddTorrent, ctx: SessionContext) -> Result<Torren
     let (tracker_peers_tx, tracker_peers_rx) = async_channel::bounded(TRACKER_PEERS);
     let transfer = Arc::new(TransferStats::default());
     transfer.left.store(left, Ordering::Relaxed);
-    let tiers = if add.settings.use_trackers { meta.tiers() } else { Vec::new() };
+    let tiers = if add.settings.use_trackers {
+        meta.tiers()
+    } else {
+        Vec::new()
+    };
     let tracker = (!tiers.is_empty()).then(|| {
         TrackerClient::spawn(
             TrackerConfig {
@@ -354,7 +410,11 @@ pub(crate) async fn start(add: AddTorrent, ctx: SessionContext) -> Result<Torren
     };
     let task = ctx.spawner.spawn(run(state, inbox, tracker_peers_rx));
     task.detach();
-    let torrent = Torrent { addr, shared, info_hash: meta.info_hash };
+    let torrent = Torrent {
+        addr,
+        shared,
+        info_hash: meta.info_hash,
+    };
     if !add.peers.is_empty() {
         torrent.add_peers(add.peers).await;
     }
@@ -412,7 +472,11 @@ struct State {
     announced_complete: bool,
 }
 
-async fn run(mut st: State, mut inbox: Mailbox<TorrentMsg>, tracker_peers: Receiver<Vec<SocketAddr>>) {
+async fn run(
+    mut st: State,
+    mut inbox: Mailbox<TorrentMsg>,
+    tracker_peers: Receiver<Vec<SocketAddr>>,
+) {
     let mut tick = smol::Timer::interval(Duration::from_secs(1));
     let mut shutdown_reply = None;
     loop {
@@ -447,7 +511,11 @@ async fn run(mut st: State, mut inbox: Mailbox<TorrentMsg>, tracker_peers: Recei
                 shutdown_reply = Some(reply);
                 break;
             }
-            Ev::Msg(Some(TorrentMsg::Incoming { stream, addr, remote })) => st.incoming(stream, addr, remote),
+            Ev::Msg(Some(TorrentMsg::Incoming {
+                stream,
+                addr,
+                remote,
+            })) => st.incoming(stream, addr, remote),
             Ev::Msg(Some(TorrentMsg::AddPeers(peers))) | Ev::TrackerPeers(peers) => {
                 st.add_candidates(peers);
                 st.dial();
@@ -469,11 +537,13 @@ impl State {
             if p.port() == 0 || self.banned.contains(&p) || self.by_addr.contains_key(&p) {
                 continue;
             }
-            if (p.ip().is_loopback() || p.ip().is_unspecified()) && p.port() == self.ctx.listen_port {
+            if (p.ip().is_loopback() || p.ip().is_unspecified()) && p.port() == self.ctx.listen_port
+            {
                 // Ourselves, as the tracker sees us.
                 continue;
             }
-            if !self.candidates.contains(&p) && self.candidates.len() < 4 * self.settings.max_peers {
+            if !self.candidates.contains(&p) && self.candidates.len() < 4 * self.settings.max_peers
+            {
                 self.candidates.push_back(p);
             }
         }
@@ -487,11 +557,17 @@ impl State {
         if self.shared.is_complete() && self.settings.use_trackers && self.candidates.is_empty() {
             return;
         }
-        let dialing = self.entries.values().filter(|e| !e.stats.connected.load(Ordering::Relaxed)).count();
+        let dialing = self
+            .entries
+            .values()
+            .filter(|e| !e.stats.connected.load(Ordering::Relaxed))
+            .count();
         let mut budget = self.settings.max_dialing.saturating_sub(dialing);
         let mut retry = VecDeque::new();
         while budget > 0 && self.connections() < self.settings.max_peers {
-            let Some(addr) = self.candidates.pop_front() else { break };
+            let Some(addr) = self.candidates.pop_front() else {
+                break;
+            };
             if self.by_addr.contains_key(&addr) || self.banned.contains(&addr) {
                 continue;
             }
@@ -555,13 +631,23 @@ impl State {
                         let mut buf = [0u8; HANDSHAKE_LEN];
                         stream.read_exact(&mut buf).await?;
                         let remote = Handshake::decode(&buf)
-                            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?
-                            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+                            .map_err(|e| {
+                                std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
+                            })?
+                            .ok_or_else(|| {
+                                std::io::Error::from(std::io::ErrorKind::UnexpectedEof)
+                            })?;
                         if remote.info_hash != info_hash {
-                            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "wrong info hash"));
+                            return Err(std::io::Error::new(
+                                std::io::ErrorKind::InvalidData,
+                                "wrong info hash",
+                            ));
                         }
                         if remote.peer_id == our_id {
-                            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "connected to ourselves"));
+                            return Err(std::io::Error::new(
+                                std::io::ErrorKind::InvalidData,
+                                "connected to ourselves",
+                            ));
                         }
                         (stream, remote)
                     }
@@ -571,23 +657,39 @@ impl State {
             }
             .or(async {
                 smol::Timer::after(HANDSHAKE_TIMEOUT).await;
-                Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out"))
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "handshake timed out",
+                ))
             })
             .await;
             match connected {
                 Ok((stream, remote)) => peer::run(setup, stream, remote).await,
-                Err(e) => PeerExit { reason: format!("connect: {e}"), ban: false },
+                Err(e) => PeerExit {
+                    reason: format!("connect: {e}"),
+                    ban: false,
+                },
             }
         });
         self.by_addr.insert(addr, key);
         self.entries.insert(
             key,
-            Entry { task, addr, control: control_tx, stats, choked: true, last_down: 0, last_up: 0 },
+            Entry {
+                task,
+                addr,
+                control: control_tx,
+                stats,
+                choked: true,
+                last_down: 0,
+                last_up: 0,
+            },
         );
     }
 
     async fn peer_exited(&mut self, exit: crate::runtime::Exit<PeerExit>) {
-        let Some((&key, _)) = self.entries.iter().find(|(_, e)| e.task == exit.key) else { return };
+        let Some((&key, _)) = self.entries.iter().find(|(_, e)| e.task == exit.key) else {
+            return;
+        };
         let entry = self.entries.remove(&key).expect("found above");
         self.by_addr.remove(&entry.addr);
         if self.optimistic == Some(key) {
@@ -605,7 +707,10 @@ impl State {
         if reason.starts_with("connect:") {
             self.failed_at.insert(entry.addr, Instant::now());
         } else {
-            self.shared.emit(TorrentEvent::PeerDisconnected { addr: entry.addr, reason: reason.clone() });
+            self.shared.emit(TorrentEvent::PeerDisconnected {
+                addr: entry.addr,
+                reason: reason.clone(),
+            });
         }
         if ban {
             log::warn!("banned {}: {reason}", entry.addr);
@@ -618,7 +723,9 @@ impl State {
     async fn tick(&mut self) {
         let p = self.shared.progress();
         self.transfer.uploaded.store(p.uploaded, Ordering::Relaxed);
-        self.transfer.downloaded.store(p.downloaded, Ordering::Relaxed);
+        self.transfer
+            .downloaded
+            .store(p.downloaded, Ordering::Relaxed);
         self.transfer.left.store(p.left, Ordering::Relaxed);
         if p.complete && !self.announced_complete {
             self.announced_complete = true;
@@ -649,7 +756,10 @@ impl State {
             if free == 0 {
                 break;
             }
-            if e.choked && e.stats.peer_interested.load(Ordering::Relaxed) && e.control.try_send(PeerControl::Unchoke).is_ok() {
+            if e.choked
+                && e.stats.peer_interested.load(Ordering::Relaxed)
+                && e.control.try_send(PeerControl::Unchoke).is_ok()
+            {
                 e.choked = false;
                 free -= 1;
             }
@@ -666,7 +776,11 @@ impl State {
         for (&key, e) in self.entries.iter_mut() {
             let down = e.stats.downloaded.load(Ordering::Relaxed);
             let up = e.stats.uploaded.load(Ordering::Relaxed);
-            let rate = if seeding { up - e.last_up.min(up) } else { down - e.last_down.min(down) };
+            let rate = if seeding {
+                up - e.last_up.min(up)
+            } else {
+                down - e.last_down.min(down)
+            };
             e.last_down = down;
             e.last_up = up;
             if e.stats.peer_interested.load(Ordering::Relaxed) {
@@ -674,12 +788,26 @@ impl State {
             }
         }
         ranked.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-        let mut unchoke: HashSet<PeerKey> = ranked.iter().take(self.settings.upload_slots).map(|&(_, k)| k).collect();
+        let mut unchoke: HashSet<PeerKey> = ranked
+            .iter()
+            .take(self.settings.upload_slots)
+            .map(|&(_, k)| k)
+            .collect();
         let rotate = self.last_optimistic.elapsed() >= OPTIMISTIC_EVERY
-            || self.optimistic.is_none_or(|k| !self.entries.contains_key(&k) || unchoke.contains(&k));
+            || self
+                .optimistic
+                .is_none_or(|k| !self.entries.contains_key(&k) || unchoke.contains(&k));
         if rotate {
-            let rest: Vec<PeerKey> = ranked.iter().map(|&(_, k)| k).filter(|k| !unchoke.contains(k)).collect();
-            self.optimistic = if rest.is_empty() { None } else { Some(rest[fastrand::usize(..rest.len())]) };
+            let rest: Vec<PeerKey> = ranked
+                .iter()
+                .map(|&(_, k)| k)
+                .filter(|k| !unchoke.contains(k))
+                .collect();
+            self.optimistic = if rest.is_empty() {
+                None
+            } else {
+                Some(rest[fastrand::usize(..rest.len())])
+            };
             self.last_optimistic = Instant::now();
         }
         if let Some(k) = self.optimistic {
@@ -688,7 +816,11 @@ impl State {
         for (key, e) in self.entries.iter_mut() {
             let want_choked = !unchoke.contains(key);
             if want_choked != e.choked {
-                let order = if want_choked { PeerControl::Choke } else { PeerControl::Unchoke };
+                let order = if want_choked {
+                    PeerControl::Choke
+                } else {
+                    PeerControl::Unchoke
+                };
                 if e.control.try_send(order).is_ok() {
                     e.choked = want_choked;
                 }
@@ -730,7 +862,10 @@ impl State {
         // Peers that did not stop in time are cancelled.
         self.peers = Supervisor::new(self.ctx.spawner.clone());
         self.entries.clear();
-        let _ = self.picker.call(|reply| PickerMsg::Shutdown { reply }).await;
+        let _ = self
+            .picker
+            .call(|reply| PickerMsg::Shutdown { reply })
+            .await;
         if let Some(t) = self.picker_task.take() {
             t.await;
         }
