@@ -53,8 +53,11 @@ fn run_tool(program: &str, args: &[&str]) {
     );
 }
 
+/// A file list: (path under the torrent name, length).
+type Files = Vec<(String, u64)>;
+
 /// The (path, length) list in `json["files"]`, the length under `length_key`.
-fn files_of(json: &Value, length_key: &str) -> Vec<(String, u64)> {
+fn files_of(json: &Value, length_key: &str) -> Files {
     json["files"]
         .as_array()
         .expect("a files list")
@@ -67,12 +70,12 @@ fn files_of(json: &Value, length_key: &str) -> Vec<(String, u64)> {
 }
 
 /// The (path, length) list of shoal's JSON.
-fn our_files(ours: &Value) -> Vec<(String, u64)> {
+fn our_files(ours: &Value) -> Files {
     files_of(ours, "length")
 }
 
 /// The (path, length) list of shoal's JSON and of libtorrent's.
-fn file_lists(ours: &Value, lt: &Value) -> (Vec<(String, u64)>, Vec<(String, u64)>) {
+fn file_lists(ours: &Value, lt: &Value) -> (Files, Files) {
     (our_files(ours), files_of(lt, "size"))
 }
 
@@ -93,7 +96,7 @@ fn assert_same_view(torrent: &Path) -> (Value, Value) {
 
 /// A folder of files whose pieces cross file boundaries, with a zero-length file and nested
 /// folders; returns the expected file list (paths under the folder's name, in sorted order).
-fn make_folder(root: &Path) -> Vec<(String, u64)> {
+fn make_folder(root: &Path) -> Files {
     let files: [(&str, usize); 6] = [
         ("a.bin", 1_000_000),
         ("b/c.txt", 0),
