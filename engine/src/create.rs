@@ -302,11 +302,13 @@ fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
 }
 
 /// Reads the torrent's bytes at `offset..offset + buf.len()` from the files they lie in.
-/// `starts[i]` is the torrent offset of file `i`; `handles` caches this thread's open files.
+/// `starts[i]` is the torrent offset of file `i`. `open` is this thread's one open file (index
+/// and handle): a thread reads its pieces in increasing order, so it never goes back to a file it
+/// has left, and holding one handle keeps a folder of many files within the descriptor limit.
 fn read_span(
     sources: &[Source],
     starts: &[u64],
-    handles: &mut [Option<File>],
+    open: &mut Option<(usize, File)>,
     buf: &mut [u8],
     offset: u64,
 ) -> Result<(), CreateError> {
@@ -327,10 +329,11 @@ fn read_span(
             continue;
         }
         let n = (end - at).min((buf.len() - done) as u64) as usize;
-        let file = match &mut handles[i] {
-            Some(f) => f,
-            slot => slot.insert(File::open(&src.disk).map_err(io_err(&src.disk))?),
+        let file = match open.take() {
+            Some((j, f)) if j == i => f,
+            _ => File::open(&src.disk).map_err(io_err(&src.disk))?,
         };
+        let file = &open.insert((i, file)).1;
         read_at(file, &mut buf[done..done + n], at - starts[i]).map_err(|e| {
             if e.kind() == io::ErrorKind::UnexpectedEof {
                 CreateError::Changed(src.disk.clone())
@@ -374,7 +377,7 @@ fn hash_pieces(
     let failed = AtomicBool::new(false);
     let worker = || -> Result<(), CreateError> {
         let mut buf = vec![0u8; lengths.piece_length() as usize];
-        let mut handles: Vec<Option<File>> = (0..sources.len()).map(|_| None).collect();
+        let mut open = None;
         loop {
             if failed.load(Ordering::Relaxed) {
                 return Ok(());
@@ -394,7 +397,7 @@ fn hash_pieces(
                 if let Err(e) = read_span(
                     sources,
                     &starts,
-                    &mut handles,
+                    &mut open,
                     data,
                     lengths.piece_offset(piece),
                 ) {
@@ -509,6 +512,31 @@ mod tests {
         };
         let m = Metainfo::from_bytes(&create_torrent(&root, &with_hidden).unwrap()).unwrap();
         assert_eq!(m.info.files[0].path, ["data", ".hidden"]);
+    }
+
+    #[test]
+    fn many_small_files_in_one_piece() {
+        let dir = TempDir::new("many");
+        let root = dir.0.join("m");
+        let mut all = Vec::new();
+        for i in 0..300u64 {
+            // Names sort as written: zero-padded.
+            all.extend(write(
+                &root.join(format!("{:03}", i)),
+                (i * 37 % 500) as usize,
+                i,
+            ));
+        }
+        for (pl, threads) in [(1_000, 2), (16_384, 2), (7, 1)] {
+            let m =
+                Metainfo::from_bytes(&create_torrent(&root, &opts(pl, threads)).unwrap()).unwrap();
+            assert_eq!(m.info.files.len(), 300);
+            let expected: Vec<[u8; 20]> = all
+                .chunks(pl as usize)
+                .map(|c| Sha1::digest(c).into())
+                .collect();
+            assert_eq!(m.info.pieces, expected, "piece length {pl}");
+        }
     }
 
     #[test]
