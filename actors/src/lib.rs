@@ -5,6 +5,7 @@
 pub mod buffers;
 pub mod disk;
 pub mod hasher;
+pub mod one_copy;
 pub mod peer;
 pub mod picker;
 pub mod runtime;
@@ -12,3 +13,4 @@ pub mod session;
 pub mod shared;
 pub mod torrent;
 pub mod tracker;
+pub mod tracker_server;

@@ -372,6 +372,7 @@ pub(crate) async fn start(add: AddTorrent, ctx: SessionContext) -> Result<Torren
                 peer_id: ctx.peer_id,
                 port: ctx.listen_port,
                 numwant: 50,
+                timing: Default::default(),
             },
             transfer.clone(),
             tracker_peers_tx,

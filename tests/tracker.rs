@@ -1,0 +1,874 @@
+//! Trackers end to end over real sockets on 127.0.0.1: the embedded tracker with the client
+//! actor, the client against hostile trackers, against Debian's opentracker, and the
+//! `shoal tracker` binary.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use async_channel::Receiver;
+use futures_lite::future;
+use shoal::actors::tracker::{
+    announce_once, scrape, AnnounceError, Timing, TrackerClient, TrackerConfig, TrackerStatus,
+    TransferStats,
+};
+use shoal::actors::tracker_server::{TrackerServer, TrackerServerOptions};
+use shoal::engine::tracker::{parse_announce_response, AnnounceRequest, Event, TrackerError};
+use shoal::engine::{InfoHash, PeerId};
+use smol::Timer;
+
+use common::ChildGuard;
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+/// Runs an async test on smol, failing it if it outlives `secs`.
+fn run_bounded<T>(secs: u64, test: impl std::future::Future<Output = T>) -> T {
+    smol::block_on(future::or(test, async {
+        Timer::after(Duration::from_secs(secs)).await;
+        panic!("test ran longer than {secs} s");
+    }))
+}
+
+/// Timing short enough for tests.
+fn fast_timing() -> Timing {
+    Timing {
+        min_announce_interval: Duration::from_millis(200),
+        retry_base: Duration::from_millis(100),
+        retry_max: Duration::from_millis(400),
+        request_timeout: Duration::from_secs(1),
+        udp_retransmit_base: Duration::from_millis(200),
+        udp_max_retransmits: 2,
+        stop_timeout: Duration::from_secs(1),
+    }
+}
+
+fn hash(n: u8) -> InfoHash {
+    InfoHash([n; 20])
+}
+
+fn config(tiers: Vec<Vec<String>>, info_hash: InfoHash, port: u16) -> TrackerConfig {
+    let mut c = TrackerConfig::new(tiers, info_hash, PeerId::generate(), port);
+    c.timing = fast_timing();
+    c
+}
+
+struct Client {
+    client: TrackerClient,
+    peers: Receiver<Vec<SocketAddr>>,
+    stats: Arc<TransferStats>,
+}
+
+fn spawn_client(tiers: Vec<Vec<String>>, info_hash: InfoHash, port: u16, left: u64) -> Client {
+    let stats = Arc::new(TransferStats::new(left));
+    let (tx, rx) = async_channel::bounded(16);
+    let client = TrackerClient::spawn(config(tiers, info_hash, port), Arc::clone(&stats), tx);
+    Client {
+        client,
+        peers: rx,
+        stats,
+    }
+}
+
+fn one(url: &str) -> Vec<Vec<String>> {
+    vec![vec![url.to_string()]]
+}
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Waits for a batch of peers that holds `addr`.
+async fn learn(peers: &Receiver<Vec<SocketAddr>>, addr: SocketAddr) {
+    loop {
+        let batch = peers.recv().await.expect("tracker actor ended");
+        if batch.contains(&addr) {
+            return;
+        }
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds.
+async fn until(mut cond: impl FnMut() -> bool) {
+    while !cond() {
+        Timer::after(Duration::from_millis(20)).await;
+    }
+}
+
+fn status_of<'a>(status: &'a [TrackerStatus], url: &str) -> &'a TrackerStatus {
+    status
+        .iter()
+        .find(|s| s.url == url)
+        .expect("tracker in status")
+}
+
+fn request(info_hash: InfoHash, port: u16, left: u64, event: Option<Event>) -> AnnounceRequest {
+    AnnounceRequest {
+        info_hash,
+        peer_id: PeerId::generate(),
+        port,
+        uploaded: 0,
+        downloaded: 0,
+        left,
+        event,
+        numwant: None,
+        key: fastrand::u32(..),
+        tracker_id: None,
+    }
+}
+
+fn server(interval_secs: u64) -> TrackerServer {
+    let options = TrackerServerOptions {
+        interval: Duration::from_secs(interval_secs),
+        ..TrackerServerOptions::default()
+    };
+    TrackerServer::bind_with("127.0.0.1:0".parse().unwrap(), options).expect("bind tracker")
+}
+
+/// A raw HTTP/1.0 GET over a TcpStream, returning the body (for queries our client never
+/// sends, such as `compact=0`).
+fn raw_get(addr: SocketAddr, path_and_query: &str) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path_and_query} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut reply = Vec::new();
+    s.read_to_end(&mut reply).expect("read reply");
+    let split = reply
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("http head");
+    reply[split + 4..].to_vec()
+}
+
+fn encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("%{b:02X}")).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The embedded tracker and the client actor together
+
+#[test]
+fn two_clients_learn_each_other_and_stopped_removes() {
+    let server = server(1);
+    let url = server.announce_url();
+    let h = hash(1);
+    run_bounded(30, async {
+        let a = spawn_client(one(&url), h, 40001, 1000);
+        until(|| a.client.status()[0].announces >= 1).await;
+        let b = spawn_client(one(&url), h, 40002, 1000);
+        // B learns A from its first reply; A learns B when it announces again (1 s interval).
+        learn(&b.peers, local(40001)).await;
+        learn(&a.peers, local(40002)).await;
+        let st = a.client.status();
+        assert_eq!(st.len(), 1);
+        assert_eq!(st[0].last_error, None);
+        assert!(st[0].last_success.is_some());
+        assert_eq!(st[0].leechers, Some(2));
+
+        let counts = scrape(&url, &[h], &fast_timing()).await.unwrap();
+        assert_eq!(
+            counts.get(&h).map(|s| (s.complete, s.incomplete)),
+            Some((0, 2))
+        );
+
+        // `stopped` takes B out of the swarm at once.
+        b.client.stop().await;
+        let counts = scrape(&url, &[h], &fast_timing()).await.unwrap();
+        assert_eq!(counts.get(&h).map(|s| s.incomplete), Some(1));
+        // ... so A stops hearing of it.
+        let batch = future::or(async { Some(a.peers.recv().await.unwrap()) }, async {
+            Timer::after(Duration::from_secs(3)).await;
+            None
+        })
+        .await;
+        assert!(!batch.unwrap_or_default().contains(&local(40002)));
+        a.client.stop().await;
+        let counts = scrape(&url, &[h], &fast_timing()).await.unwrap();
+        assert_eq!(counts.get(&h), None, "an empty swarm is forgotten");
+    });
+}
+
+#[test]
+fn completed_is_sent_once_and_counts_as_seeder() {
+    let server = server(1);
+    let url = server.announce_url();
+    let h = hash(2);
+    run_bounded(20, async {
+        let a = spawn_client(one(&url), h, 40011, 500);
+        until(|| a.client.status()[0].announces >= 1).await;
+        a.stats.left.store(0, Ordering::Relaxed);
+        a.stats.downloaded.store(500, Ordering::Relaxed);
+        a.client.completed().await;
+        a.client.completed().await; // a second call is ignored
+        let t = &fast_timing();
+        let mut counts = scrape(&url, &[h], t).await.unwrap();
+        while counts.get(&h).map(|s| s.complete) != Some(1) {
+            Timer::after(Duration::from_millis(50)).await;
+            counts = scrape(&url, &[h], t).await.unwrap();
+        }
+        // Let a few regular announces go by: `completed` is not repeated.
+        let n = a.client.status()[0].announces;
+        until(|| a.client.status()[0].announces >= n + 2).await;
+        let s = scrape(&url, &[h], t).await.unwrap().get(&h).unwrap();
+        assert_eq!((s.complete, s.incomplete, s.downloaded), (1, 0, 1));
+        a.client.stop().await;
+    });
+}
+
+#[test]
+fn compact_and_dictionary_replies() {
+    let server = server(60);
+    let h = hash(3);
+    let t = fast_timing();
+    let ids: Vec<PeerId> = (0..3).map(|_| PeerId::generate()).collect();
+    run_bounded(20, async {
+        for (i, id) in ids.iter().enumerate() {
+            let mut req = request(h, 41000 + i as u16, 10, Some(Event::Started));
+            req.peer_id = *id;
+            announce_once(&server.announce_url(), &req, &t)
+                .await
+                .unwrap();
+        }
+    });
+    let query = |compact: u8| {
+        format!(
+            "/announce?info_hash={}&peer_id={}&port=41999&left=5&compact={compact}",
+            encode(&h.0),
+            encode(&[b'q'; 20])
+        )
+    };
+    let compact = raw_get(server.local_addr(), &query(1));
+    let dict = raw_get(server.local_addr(), &query(0));
+    assert!(
+        dict.windows(7).any(|w| w == b"peer id"),
+        "dictionary form names peer ids"
+    );
+    assert!(!compact.windows(7).any(|w| w == b"peer id"));
+    for body in [compact, dict] {
+        let r = parse_announce_response(&body).unwrap();
+        let mut ports: Vec<u16> = r.peers.iter().map(|p| p.port()).collect();
+        ports.sort();
+        assert_eq!(ports, vec![41000, 41001, 41002]);
+        assert!(r.peers.iter().all(|p| p.ip() == local(0).ip()));
+        assert_eq!(r.interval, 60);
+        assert_eq!((r.complete, r.incomplete), (Some(0), Some(4)));
+    }
+    // The dictionary form carries each peer's id.
+    let dict = raw_get(server.local_addr(), &query(0));
+    for id in &ids {
+        assert!(
+            dict.windows(20).any(|w| w == id.0),
+            "peer id {id:?} in the reply"
+        );
+    }
+}
+
+#[test]
+fn numwant_is_honoured_and_the_requester_is_never_returned() {
+    let server = server(60);
+    let h = hash(4);
+    let t = fast_timing();
+    run_bounded(30, async {
+        for i in 0..30u16 {
+            announce_once(&server.announce_url(), &request(h, 42000 + i, 1, None), &t)
+                .await
+                .unwrap();
+        }
+        let mut me = request(h, 42000, 1, None); // same address as an existing peer
+        me.numwant = Some(10);
+        let r = announce_once(&server.announce_url(), &me, &t)
+            .await
+            .unwrap();
+        assert_eq!(r.peers.len(), 10);
+        assert!(!r.peers.contains(&local(42000)));
+        me.numwant = Some(1000);
+        let r = announce_once(&server.announce_url(), &me, &t)
+            .await
+            .unwrap();
+        assert_eq!(r.peers.len(), 29, "all the others, capped at 200");
+        me.numwant = None;
+        let r = announce_once(&server.announce_url(), &me, &t)
+            .await
+            .unwrap();
+        assert_eq!(r.peers.len(), 29);
+    });
+}
+
+#[test]
+fn silent_peers_expire_after_two_intervals() {
+    let server = server(1);
+    let h = hash(5);
+    let t = fast_timing();
+    run_bounded(20, async {
+        let url = server.announce_url();
+        announce_once(&url, &request(h, 43000, 1, None), &t)
+            .await
+            .unwrap();
+        let r = announce_once(&url, &request(h, 43001, 1, None), &t)
+            .await
+            .unwrap();
+        assert_eq!(r.peers, vec![local(43000)]);
+        Timer::after(Duration::from_millis(2600)).await;
+        let r = announce_once(&url, &request(h, 43002, 1, None), &t)
+            .await
+            .unwrap();
+        assert!(r.peers.is_empty(), "{:?}", r.peers);
+        assert_eq!(r.incomplete, Some(1));
+    });
+}
+
+#[test]
+fn scrape_counts_and_scrape_all() {
+    let server = server(60);
+    let t = fast_timing();
+    let url = server.announce_url();
+    run_bounded(20, async {
+        announce_once(&url, &request(hash(6), 44000, 0, Some(Event::Started)), &t)
+            .await
+            .unwrap();
+        announce_once(&url, &request(hash(6), 44001, 9, Some(Event::Started)), &t)
+            .await
+            .unwrap();
+        announce_once(
+            &url,
+            &request(hash(6), 44002, 0, Some(Event::Completed)),
+            &t,
+        )
+        .await
+        .unwrap();
+        announce_once(&url, &request(hash(7), 44003, 9, None), &t)
+            .await
+            .unwrap();
+        let s = scrape(&url, &[hash(6), hash(8)], &t).await.unwrap();
+        assert_eq!(s.files.len(), 1, "unknown torrents are left out");
+        let s6 = s.get(&hash(6)).unwrap();
+        assert_eq!((s6.complete, s6.incomplete, s6.downloaded), (2, 1, 1));
+        let all = scrape(&url, &[], &t).await.unwrap();
+        assert_eq!(all.files.len(), 2);
+        assert_eq!(all.get(&hash(7)).unwrap().incomplete, 1);
+    });
+}
+
+#[test]
+fn tiers_fall_through_and_a_working_tracker_moves_to_the_front() {
+    let server = server(1);
+    let good = server.announce_url();
+    let refused = format!("http://{}/announce", refused_addr());
+    let skipped = "wss://tracker.invalid/announce".to_string();
+    let h = hash(9);
+    run_bounded(30, async {
+        // Tier 0 only fails; tier 1 has a failing and a working tracker, in random order.
+        let tiers = vec![
+            vec![refused.clone(), skipped.clone()],
+            vec![refused.clone() + "?x=1", good.clone()],
+        ];
+        let c = spawn_client(tiers, h, 45000, 1);
+        until(|| status_of(&c.client.status(), &good).announces >= 3).await;
+        let st = c.client.status();
+        assert_eq!(st.len(), 4);
+        assert!(
+            status_of(&st, &skipped)
+                .last_error
+                .as_deref()
+                .unwrap()
+                .contains("only http:// and udp://"),
+            "{st:?}"
+        );
+        let first = status_of(&st, &refused);
+        assert!(
+            first.consecutive_failures >= 3,
+            "tier 0 is tried every round: {first:?}"
+        );
+        assert!(
+            first.last_error.as_deref().unwrap().contains("refused"),
+            "{first:?}"
+        );
+        // The failing tracker of tier 1 was tried at most once, before the good one moved to
+        // the front of the tier.
+        let second = status_of(&st, &(refused.clone() + "?x=1"));
+        assert!(second.consecutive_failures <= 1, "{second:?}");
+        assert_eq!(status_of(&st, &good).tier, 1);
+        c.client.stop().await;
+    });
+}
+
+#[test]
+fn closing_the_peer_channel_ends_the_actor_which_says_stopped() {
+    let server = server(1);
+    let url = server.announce_url();
+    let h = hash(10);
+    let t = fast_timing();
+    run_bounded(20, async {
+        announce_once(&url, &request(h, 46000, 1, None), &t)
+            .await
+            .unwrap();
+        let c = spawn_client(one(&url), h, 46001, 1);
+        learn(&c.peers, local(46000)).await;
+        drop(c.peers);
+        // The next reply has a peer to pass on; the send fails, the actor says `stopped`.
+        loop {
+            let s = scrape(&url, &[h], &t).await.unwrap();
+            if s.get(&h).unwrap().incomplete == 1 {
+                break;
+            }
+            Timer::after(Duration::from_millis(50)).await;
+        }
+        let start = Instant::now();
+        c.client.stop().await;
+        assert!(
+            start.elapsed() < Duration::from_millis(500),
+            "the actor had ended already"
+        );
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile trackers: a raw TcpListener answering what the test says
+
+/// What the hostile server does with the n-th request.
+#[derive(Clone)]
+enum Act {
+    /// Write these bytes and close.
+    Write(Vec<u8>),
+    /// Say nothing, hold the connection this long, then close.
+    Hang(Duration),
+    /// Write a 200 head without length, then stream this many bytes.
+    Stream(usize),
+}
+
+struct Hostile {
+    addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Hostile {
+    fn start(act: impl Fn(usize) -> Act + Send + 'static) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let (hits, stop) = (Arc::clone(&hits), Arc::clone(&stop));
+            move || {
+                let mut workers = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok((mut s, _)) = listener.accept() else {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    };
+                    let n = hits.fetch_add(1, Ordering::Relaxed);
+                    let act = act(n);
+                    let stop = Arc::clone(&stop);
+                    workers.push(std::thread::spawn(move || {
+                        s.set_nonblocking(false).unwrap();
+                        read_head(&mut s);
+                        match act {
+                            Act::Write(bytes) => {
+                                let _ = s.write_all(&bytes);
+                            }
+                            Act::Hang(d) => {
+                                let end = Instant::now() + d;
+                                while Instant::now() < end && !stop.load(Ordering::Relaxed) {
+                                    std::thread::sleep(Duration::from_millis(10));
+                                }
+                            }
+                            Act::Stream(n) => {
+                                let _ =
+                                    s.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
+                                let chunk = vec![b'x'; 64 * 1024];
+                                let mut sent = 0;
+                                while sent < n {
+                                    if s.write_all(&chunk).is_err() {
+                                        break;
+                                    }
+                                    sent += chunk.len();
+                                }
+                            }
+                        }
+                    }));
+                }
+                for w in workers {
+                    let _ = w.join();
+                }
+            }
+        });
+        Hostile {
+            addr,
+            hits,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/announce", self.addr)
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Hostile {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Reads an HTTP request head (bounded), ignoring its content.
+fn read_head(s: &mut TcpStream) {
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while head.len() < 16 * 1024 && !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+}
+
+fn http_200(body: &[u8]) -> Vec<u8> {
+    let mut r = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    r.extend_from_slice(body);
+    r
+}
+
+/// A port nothing listens on.
+fn refused_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Runs a client against `url` until its tracker failed `failures` times; returns the last
+/// error. Also checks that `stop` is prompt.
+fn failures_against(url: &str, failures: u32, limit_secs: u64) -> String {
+    run_bounded(limit_secs, async {
+        let c = spawn_client(one(url), hash(20), 47000, 1);
+        until(|| c.client.status()[0].consecutive_failures >= failures).await;
+        let st = c.client.status();
+        assert_eq!(st[0].announces, 0);
+        let start = Instant::now();
+        c.client.stop().await;
+        assert!(start.elapsed() < Duration::from_secs(2));
+        st[0].last_error.clone().expect("an error")
+    })
+}
+
+#[test]
+fn garbage_reply_is_a_clear_error_and_retried() {
+    let h = Hostile::start(|_| Act::Write(http_200(b"<html>hello</html>")));
+    let e = failures_against(&h.url(), 3, 20);
+    assert!(e.contains("malformed bencode at byte 0"), "{e}");
+    assert!(h.hits() >= 3);
+}
+
+#[test]
+fn failure_reason_is_reported() {
+    let h = Hostile::start(|_| Act::Write(http_200(b"d14:failure reason17:torrent not founde")));
+    let e = failures_against(&h.url(), 2, 20);
+    assert_eq!(e, "tracker refused: torrent not found");
+}
+
+#[test]
+fn error_status_with_and_without_a_reason() {
+    let h = Hostile::start(|n| {
+        let body: &[u8] = if n == 0 {
+            b"d14:failure reason6:bannede"
+        } else {
+            b"oops"
+        };
+        let mut r = format!(
+            "HTTP/1.1 403 Forbidden\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        r.extend_from_slice(body);
+        Act::Write(r)
+    });
+    let t = fast_timing();
+    run_bounded(20, async {
+        let e = announce_once(&h.url(), &request(hash(21), 1, 1, None), &t)
+            .await
+            .unwrap_err();
+        assert_eq!(e.to_string(), "http status 403: tracker refused: banned");
+        let e = announce_once(&h.url(), &request(hash(21), 1, 1, None), &t)
+            .await
+            .unwrap_err();
+        assert_eq!(e.to_string(), "http status 403");
+    });
+}
+
+#[test]
+fn huge_replies_are_refused_without_reading_them_whole() {
+    // A length above the limit, announced in the head...
+    let h = Hostile::start(|_| {
+        Act::Write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\nd8:interval".to_vec())
+    });
+    let e = failures_against(&h.url(), 2, 20);
+    assert_eq!(e, "reply larger than 2097152 bytes");
+    // ... or a body that just keeps coming.
+    let h = Hostile::start(|_| Act::Stream(4 * 1024 * 1024));
+    let e = failures_against(&h.url(), 2, 20);
+    assert_eq!(e, "reply larger than 2097152 bytes");
+}
+
+#[test]
+fn a_tracker_that_never_answers_times_out() {
+    let h = Hostile::start(|_| Act::Hang(Duration::from_secs(30)));
+    let start = Instant::now();
+    let e = failures_against(&h.url(), 2, 20);
+    assert_eq!(e, "no answer in time");
+    // Two timeouts of 1 s and a backoff of about 0.1 s.
+    assert!(
+        start.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn a_refused_connection_is_a_clear_error() {
+    let e = failures_against(&format!("http://{}/announce", refused_addr()), 2, 20);
+    assert!(
+        e.starts_with("http request failed: connection refused"),
+        "{e}"
+    );
+}
+
+#[test]
+fn stop_is_bounded_when_the_tracker_hangs_on_stopped() {
+    let good = encode_reply(1);
+    let h = Hostile::start(move |n| {
+        if n == 0 {
+            Act::Write(http_200(&good))
+        } else {
+            Act::Hang(Duration::from_secs(30))
+        }
+    });
+    run_bounded(20, async {
+        let mut cfg = config(one(&h.url()), hash(22), 47100);
+        cfg.timing.min_announce_interval = Duration::from_secs(60);
+        let (tx, _rx) = async_channel::bounded(4);
+        let c = TrackerClient::spawn(cfg, Arc::new(TransferStats::new(1)), tx);
+        until(|| c.status()[0].announces == 1).await;
+        let start = Instant::now();
+        c.stop().await;
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(900),
+            "stopped was sent and waited for: {took:?}"
+        );
+        assert!(took < Duration::from_millis(2500), "{took:?}");
+        assert_eq!(h.hits(), 2, "one started, one stopped");
+    });
+}
+
+fn encode_reply(interval: u32) -> Vec<u8> {
+    shoal::engine::tracker::encode_announce_reply(interval, &[], true, 0, 1)
+}
+
+#[test]
+fn announce_once_rejects_unusable_urls() {
+    run_bounded(5, async {
+        let t = fast_timing();
+        let e = announce_once(
+            "https://t.invalid/announce",
+            &request(hash(23), 1, 1, None),
+            &t,
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(e, AnnounceError::BadUrl(_)));
+        let e = scrape("http://127.0.0.1:1/a", &[], &t).await.unwrap_err();
+        assert!(
+            matches!(e, AnnounceError::Tracker(TrackerError::NoScrape)),
+            "{e}"
+        );
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Debian's opentracker
+
+/// A free port on 127.0.0.1 for both TCP and UDP (opentracker binds both).
+fn free_port() -> u16 {
+    loop {
+        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+struct OpenTracker {
+    _child: ChildGuard,
+    _dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl OpenTracker {
+    /// A fresh opentracker serving the whitelisted `hashes`, ready to answer.
+    fn start(hashes: &[InfoHash]) -> Self {
+        common::require_program("opentracker");
+        let dir = common::tempdir();
+        let list: String = hashes.iter().map(|h| format!("{h}\n")).collect();
+        std::fs::write(dir.path().join("whitelist"), list).unwrap();
+        for _ in 0..5 {
+            let port = free_port();
+            let child = start_opentracker(dir.path(), port);
+            // Ready when it accepts TCP connections (a bare connect is harmless to it).
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return OpenTracker {
+                        _child: child,
+                        _dir: dir,
+                        port,
+                    };
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("opentracker did not start");
+    }
+
+    fn http_url(&self) -> String {
+        format!("http://127.0.0.1:{}/announce", self.port)
+    }
+
+    #[allow(dead_code)] // used once UDP is in
+    fn udp_url(&self) -> String {
+        format!("udp://127.0.0.1:{}", self.port)
+    }
+}
+
+fn start_opentracker(dir: &Path, port: u16) -> ChildGuard {
+    let mut cmd = Command::new("opentracker");
+    // It chroots into `-d` (when it can) before reading the whitelist, so the whitelist path
+    // is relative to that folder.
+    cmd.current_dir(dir)
+        .args([
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-P",
+            &port.to_string(),
+        ])
+        .arg("-d")
+        .arg(dir)
+        .args(["-w", "./whitelist"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    ChildGuard::spawn(cmd)
+}
+
+#[test]
+fn opentracker_http_two_clients() {
+    let h = hash(0x31);
+    let ot = OpenTracker::start(&[h]);
+    let url = ot.http_url();
+    run_bounded(40, async {
+        let a = spawn_client(one(&url), h, 48001, 100);
+        until(|| a.client.status()[0].announces >= 1).await;
+        let b = spawn_client(one(&url), h, 48002, 100);
+        learn(&b.peers, local(48001)).await;
+        // opentracker asks for a 30-minute interval: `completed` makes A announce at once.
+        a.stats.left.store(0, Ordering::Relaxed);
+        a.client.completed().await;
+        learn(&a.peers, local(48002)).await;
+        let t = fast_timing();
+        let mut s = scrape(&url, &[h], &t).await.unwrap().get(&h).unwrap();
+        while s.downloaded == 0 {
+            Timer::after(Duration::from_millis(50)).await;
+            s = scrape(&url, &[h], &t).await.unwrap().get(&h).unwrap();
+        }
+        assert_eq!((s.complete, s.incomplete, s.downloaded), (1, 1, 1));
+        let st = b.client.status();
+        assert_eq!(st[0].last_error, None);
+        assert!(st[0].seeders.is_some());
+        b.client.stop().await;
+        let s = scrape(&url, &[h], &t).await.unwrap().get(&h).unwrap();
+        assert_eq!((s.complete, s.incomplete), (1, 0), "stopped removed B");
+        a.client.stop().await;
+    });
+}
+
+#[test]
+fn opentracker_refuses_an_unlisted_torrent() {
+    let ot = OpenTracker::start(&[hash(0x32)]);
+    let e = failures_against(&ot.http_url(), 1, 20);
+    assert!(
+        e.starts_with("tracker refused: Requested download is not authorized"),
+        "{e}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The `shoal tracker` binary
+
+#[test]
+fn shoal_tracker_binary_serves_until_killed() {
+    let mut cmd = Command::new(common::shoal_bin());
+    cmd.args(["tracker", "--listen", "127.0.0.1:0", "--interval", "7"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = ChildGuard::spawn(cmd);
+    let stdout = child.child().stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let url = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("announce url on stdout");
+    let url = url.trim();
+    assert!(
+        url.starts_with("http://127.0.0.1:") && url.ends_with("/announce"),
+        "{url}"
+    );
+    run_bounded(20, async {
+        let t = fast_timing();
+        let h = hash(0x40);
+        announce_once(url, &request(h, 49000, 1, None), &t)
+            .await
+            .unwrap();
+        let r = announce_once(url, &request(h, 49001, 1, None), &t)
+            .await
+            .unwrap();
+        assert_eq!(r.interval, 7);
+        assert_eq!(r.peers, vec![local(49000)]);
+    });
+    assert!(child.child().try_wait().unwrap().is_none(), "still serving");
+}
+
+#[test]
+fn shoal_tracker_binary_reports_a_busy_port() {
+    let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let out = common::shoal(&["tracker", "--listen", &addr]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+}
