@@ -938,8 +938,10 @@ fn announce_ok(tid: u32, peers: &[SocketAddr]) -> Vec<u8> {
         body.extend_from_slice(&n.to_be_bytes()); // interval, leechers, seeders
     }
     for p in peers {
-        let SocketAddr::V4(p) = p else { unreachable!() };
-        body.extend_from_slice(&p.ip().octets());
+        match p {
+            SocketAddr::V4(p) => body.extend_from_slice(&p.ip().octets()),
+            SocketAddr::V6(p) => body.extend_from_slice(&p.ip().octets()),
+        }
         body.extend_from_slice(&p.port().to_be_bytes());
     }
     udp_reply(1, tid, &body)
@@ -949,7 +951,14 @@ impl HostileUdp {
     /// `answer` gets each request and how many of its action came before; returns the
     /// datagrams to send back.
     fn start(answer: impl Fn(&UdpRequest, usize) -> Vec<Vec<u8>> + Send + 'static) -> Self {
-        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        Self::start_on("127.0.0.1:0", answer)
+    }
+
+    fn start_on(
+        bind: &str,
+        answer: impl Fn(&UdpRequest, usize) -> Vec<Vec<u8>> + Send + 'static,
+    ) -> Self {
+        let socket = std::net::UdpSocket::bind(bind).unwrap();
         socket
             .set_read_timeout(Some(Duration::from_millis(20)))
             .unwrap();
@@ -1147,6 +1156,38 @@ fn udp_wrong_action_is_an_error() {
     let h = HostileUdp::start(|req, _| vec![udp_reply(2, req.tid, &[0; 8])]);
     let e = failures_against(&h.url(), 1, 20);
     assert_eq!(e, "udp tracker reply has action 2, expected 0");
+}
+
+#[test]
+fn udp_over_ipv6_reads_18_byte_peers() {
+    let peer: SocketAddr = "[::1]:50005".parse().unwrap();
+    let h = HostileUdp::start_on("[::1]:0", move |req, _| match req.action {
+        0 => vec![connect_ok(req.tid)],
+        _ => vec![announce_ok(req.tid, &[peer])],
+    });
+    run_bounded(10, async {
+        let r = announce_once(&h.url(), &request(hash(55), 1, 1, None), &fast_timing())
+            .await
+            .unwrap();
+        assert_eq!(r.peers, vec![peer]);
+    });
+}
+
+#[test]
+fn embedded_tracker_over_ipv6_answers_in_peers6() {
+    let server = TrackerServer::bind("[::1]:0".parse().unwrap()).unwrap();
+    let url = server.announce_url();
+    assert!(url.starts_with("http://[::1]:"), "{url}");
+    let t = fast_timing();
+    run_bounded(10, async {
+        announce_once(&url, &request(hash(56), 50006, 1, None), &t)
+            .await
+            .unwrap();
+        let r = announce_once(&url, &request(hash(56), 50007, 1, None), &t)
+            .await
+            .unwrap();
+        assert_eq!(r.peers, vec!["[::1]:50006".parse().unwrap()]);
+    });
 }
 
 #[test]
