@@ -325,7 +325,7 @@ struct Tracker {
     udp: Option<udp::UdpConnection>,
 }
 
-/// Reads a URL's scheme; `None` (logged) for schemes we cannot announce to.
+/// Reads a URL's scheme; an error for schemes we cannot announce to, or a udp URL without a port.
 fn proto_of(url: &str) -> Result<Proto, AnnounceError> {
     let lower = url.to_ascii_lowercase();
     if lower.starts_with("http://") {
