@@ -27,15 +27,26 @@ fn loopback() -> SocketAddr {
 }
 
 fn session(rt: &Runtime) -> Session {
-    Session::with_spawner(SessionSettings { listen: loopback(), ..SessionSettings::default() }, rt.handle())
-        .expect("listen on loopback")
+    Session::with_spawner(
+        SessionSettings {
+            listen: loopback(),
+            ..SessionSettings::default()
+        },
+        rt.handle(),
+    )
+    .expect("listen on loopback")
 }
 
 /// A folder `name` under `root` with several files whose sizes make pieces cross file
 /// boundaries, one empty file and a subfolder. Returns its path.
 fn make_content(root: &Path, name: &str, total: usize) -> PathBuf {
     let dir = root.join(name);
-    let sizes = [total / 2 + 777, total / 3, 0, total - total / 2 - 777 - total / 3];
+    let sizes = [
+        total / 2 + 777,
+        total / 3,
+        0,
+        total - total / 2 - 777 - total / 3,
+    ];
     let names = ["a.bin", "sub/b.bin", "sub/empty", "c.bin"];
     for (i, (n, &len)) in names.iter().zip(&sizes).enumerate() {
         common::write_random_file(&dir.join(n), len, 1000 + i as u64);
@@ -113,7 +124,12 @@ fn one_seeder_five_downloaders_through_the_embedded_tracker() {
         assert!(seed.progress().complete, "the seeder has every piece");
         let mut out = Vec::new();
         for (i, s) in leechers.iter().enumerate() {
-            let t = s.add_torrent(AddTorrent::download(meta.clone(), dir.path().join(format!("dl{i}")))).await;
+            let t = s
+                .add_torrent(AddTorrent::download(
+                    meta.clone(),
+                    dir.path().join(format!("dl{i}")),
+                ))
+                .await;
             out.push(t.expect("add download"));
         }
         out
@@ -121,7 +137,10 @@ fn one_seeder_five_downloaders_through_the_embedded_tracker() {
     wait_all(&rt, &torrents, Duration::from_secs(120));
     for i in 0..5 {
         assert_same_tree(&content, &dir.path().join(format!("dl{i}")).join("content"));
-        assert!(dir.path().join(format!("dl{i}/content/sub/empty")).exists(), "zero-length file created");
+        assert!(
+            dir.path().join(format!("dl{i}/content/sub/empty")).exists(),
+            "zero-length file created"
+        );
     }
     let refs: Vec<&Session> = leechers.iter().chain(std::iter::once(&seeder)).collect();
     shutdown_all(&rt, &refs);
@@ -135,7 +154,10 @@ fn swarm_completes_after_the_seeder_uploads_one_copy_and_leaves() {
     // A short interval so that downloaders learn of each other quickly.
     let tracker = TrackerServer::bind_with(
         loopback(),
-        TrackerServerOptions { interval: Duration::from_secs(2), ..TrackerServerOptions::default() },
+        TrackerServerOptions {
+            interval: Duration::from_secs(2),
+            ..TrackerServerOptions::default()
+        },
     )
     .expect("tracker");
     let meta = make_torrent(&content, 128 * 1024, vec![tracker.announce_url()]);
@@ -147,7 +169,12 @@ fn swarm_completes_after_the_seeder_uploads_one_copy_and_leaves() {
         // Downloaders first, so that they all know each other before the seeder appears.
         let mut out = Vec::new();
         for (i, s) in leechers.iter().enumerate() {
-            let t = s.add_torrent(AddTorrent::download(meta.clone(), dir.path().join(format!("dl{i}")))).await;
+            let t = s
+                .add_torrent(AddTorrent::download(
+                    meta.clone(),
+                    dir.path().join(format!("dl{i}")),
+                ))
+                .await;
             out.push(t.expect("add download"));
         }
         let mut add = AddTorrent::seed(meta.clone(), PathBuf::new());
@@ -223,10 +250,18 @@ fn a_restarted_download_keeps_its_verified_pieces() {
         let t = leecher.add_torrent(add).await.expect("download");
         let deadline = Instant::now() + Duration::from_secs(60);
         while t.progress().verified_pieces < half {
-            assert!(Instant::now() < deadline, "first half not downloaded: {:?}", t.progress());
+            assert!(
+                Instant::now() < deadline,
+                "first half not downloaded: {:?}",
+                t.progress()
+            );
             smol::Timer::after(Duration::from_millis(50)).await;
         }
-        assert_eq!(t.progress().verified_pieces, half, "only the first half is served");
+        assert_eq!(
+            t.progress().verified_pieces,
+            half,
+            "only the first half is served"
+        );
     });
     shutdown_all(&rt, &[&leecher, &seeder]);
 
@@ -241,13 +276,18 @@ fn a_restarted_download_keeps_its_verified_pieces() {
         add.peers = vec![seeder.local_addr()];
         let t = leecher.add_torrent(add).await.expect("download");
         let p = t.progress();
-        assert_eq!(p.verified_pieces, half, "every piece verified before the restart is kept");
+        assert_eq!(
+            p.verified_pieces, half,
+            "every piece verified before the restart is kept"
+        );
         assert_eq!(p.downloaded, 0);
         t
     });
     wait_all(&rt, std::slice::from_ref(&t), Duration::from_secs(60));
     let p = t.progress();
-    let second_half: u64 = (half..n).map(|i| u64::from(meta.info.lengths.piece_len(i))).sum();
+    let second_half: u64 = (half..n)
+        .map(|i| u64::from(meta.info.lengths.piece_len(i)))
+        .sum();
     assert!(
         p.downloaded < second_half + second_half / 4,
         "the restart fetched {} bytes, the missing part is {second_half}",
@@ -260,7 +300,9 @@ fn a_restarted_download_keeps_its_verified_pieces() {
 /// A peer that has every piece, unchokes at once and answers every request with wrong bytes.
 /// Counts the connections it accepts.
 fn spawn_corrupt_peer(meta: Arc<Metainfo>, connections: Arc<AtomicUsize>) -> SocketAddr {
-    use shoal::engine::wire::{decode, Decoded, Handshake, Message, DEFAULT_MAX_MESSAGE_LEN, HANDSHAKE_LEN};
+    use shoal::engine::wire::{
+        decode, Decoded, Handshake, Message, DEFAULT_MAX_MESSAGE_LEN, HANDSHAKE_LEN,
+    };
     use shoal::engine::PeerId;
     use std::io::{Read, Write};
 
@@ -277,7 +319,11 @@ fn spawn_corrupt_peer(meta: Arc<Metainfo>, connections: Arc<AtomicUsize>) -> Soc
                 if stream.read_exact(&mut hs).is_err() {
                     return;
                 }
-                let ours = Handshake { reserved: [0; 8], info_hash: meta.info_hash, peer_id: PeerId(*b"-XX0001-corruptpeer!") };
+                let ours = Handshake {
+                    reserved: [0; 8],
+                    info_hash: meta.info_hash,
+                    peer_id: PeerId(*b"-XX0001-corruptpeer!"),
+                };
                 let mut out = ours.to_bytes().to_vec();
                 let n = meta.info.lengths.num_pieces();
                 let mut bf = shoal::engine::bitfield::Bitfield::full(n);
@@ -291,7 +337,9 @@ fn spawn_corrupt_peer(meta: Arc<Metainfo>, connections: Arc<AtomicUsize>) -> Soc
                 let mut chunk = [0u8; 65536];
                 let mut rng = fastrand::Rng::with_seed(7);
                 loop {
-                    let Ok(k) = stream.read(&mut chunk) else { return };
+                    let Ok(k) = stream.read(&mut chunk) else {
+                        return;
+                    };
                     if k == 0 {
                         return;
                     }
@@ -303,7 +351,12 @@ fn spawn_corrupt_peer(meta: Arc<Metainfo>, connections: Arc<AtomicUsize>) -> Soc
                                 if let Message::Request(b) = message {
                                     let mut junk = vec![0u8; b.len as usize];
                                     rng.fill(&mut junk);
-                                    Message::Piece { piece: b.piece, begin: b.begin, data: &junk }.encode(&mut reply);
+                                    Message::Piece {
+                                        piece: b.piece,
+                                        begin: b.begin,
+                                        data: &junk,
+                                    }
+                                    .encode(&mut reply);
                                 }
                                 buf.drain(..consumed);
                             }
@@ -355,12 +408,20 @@ fn a_peer_sending_corrupt_blocks_is_banned_and_the_download_completes() {
         }
     }
     assert!(failed >= 1, "pieces from the liar failed their hash check");
-    assert_eq!(banned, vec![corrupt], "the liar, and only the liar, is banned");
+    assert_eq!(
+        banned,
+        vec![corrupt],
+        "the liar, and only the liar, is banned"
+    );
     assert_same_tree(&content, &dir.path().join("dl").join("content"));
     // Once banned, never dialled again.
     let seen = connections.load(Ordering::SeqCst);
     rt.block_on(t.add_peers(vec![corrupt]));
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(connections.load(Ordering::SeqCst), seen, "a banned peer is not dialled again");
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        seen,
+        "a banned peer is not dialled again"
+    );
     shutdown_all(&rt, &[&leecher, &seeder]);
 }
