@@ -388,31 +388,43 @@ fn a_peer_sending_corrupt_blocks_is_banned_and_the_download_completes() {
         let mut add = AddTorrent::seed(meta.clone(), PathBuf::new());
         add.content = Some(content.clone());
         seeder.add_torrent(add).await.expect("seed");
-        // The liar is dialled first, so it gets requests before the honest seeder.
+        // At first the liar is the only peer: every piece that fails is its alone.
         let mut add = AddTorrent::download(meta.clone(), dir.path().join("dl"));
         add.peers = vec![corrupt];
         let t = leecher.add_torrent(add).await.expect("download");
         let events = t.subscribe();
-        smol::Timer::after(Duration::from_millis(300)).await;
+        let mut failed = 0;
+        let banned = loop {
+            let ev = async { events.recv().await.ok() }
+                .or(async {
+                    smol::Timer::after(Duration::from_secs(30)).await;
+                    None
+                })
+                .await;
+            match ev.expect("the liar is banned within 30 s") {
+                TorrentEvent::PieceFailed { peers, .. } => {
+                    assert_eq!(peers, vec![corrupt]);
+                    failed += 1;
+                }
+                TorrentEvent::PeerBanned(addr) => break addr,
+                TorrentEvent::PieceVerified(p) => panic!("piece {p} verified from corrupt data"),
+                _ => {}
+            }
+        };
+        assert_eq!(banned, corrupt);
+        assert!(failed >= 2, "banned after {failed} failed pieces");
+        assert_eq!(t.progress().verified_pieces, 0);
+        // Now the honest seeder: the download completes from it.
         t.add_peers(vec![seeder.local_addr()]).await;
         (t, events)
     });
     wait_all(&rt, std::slice::from_ref(&t), Duration::from_secs(60));
-    let mut banned = Vec::new();
-    let mut failed = 0;
     while let Ok(ev) = events.try_recv() {
-        match ev {
-            TorrentEvent::PeerBanned(a) => banned.push(a),
-            TorrentEvent::PieceFailed { .. } => failed += 1,
-            _ => {}
-        }
+        assert!(
+            !matches!(ev, TorrentEvent::PeerBanned(_)),
+            "only the liar is banned: {ev:?}"
+        );
     }
-    assert!(failed >= 1, "pieces from the liar failed their hash check");
-    assert_eq!(
-        banned,
-        vec![corrupt],
-        "the liar, and only the liar, is banned"
-    );
     assert_same_tree(&content, &dir.path().join("dl").join("content"));
     // Once banned, never dialled again.
     let seen = connections.load(Ordering::SeqCst);
