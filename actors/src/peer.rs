@@ -29,6 +29,7 @@ use shoal_engine::bitfield::Bitfield;
 use shoal_engine::lengths::{BlockInfo, Lengths};
 use shoal_engine::picker::PeerKey;
 use shoal_engine::wire::{decode, piece_header, Decoded, Handshake, Message, WireError};
+use shoal_engine::PeerId;
 use smol::net::TcpStream;
 
 use crate::buffers::BlockPool;
@@ -65,7 +66,11 @@ const RECENT_RELEASED: usize = 256;
 /// How long a graceful close may take to send what is queued.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The initial read buffer; it grows up to the largest message allowed.
+/// The read buffer a connection starts with: small, so that idle peers cost little memory.
+const MIN_READ_BUF: usize = 4 * 1024;
+
+/// The read buffer of a busy connection: a read that fills the buffer doubles it up to this.
+/// (A single message may still grow it up to the largest message allowed.)
 const READ_CHUNK: usize = 64 * 1024;
 
 /// Settings for every peer of a torrent.
@@ -158,6 +163,8 @@ pub struct PeerExit {
     pub reason: String,
     /// Whether the peer should be banned (it sent corrupt data or lied).
     pub ban: bool,
+    /// The peer's id, once its handshake was read.
+    pub peer_id: Option<PeerId>,
 }
 
 /// What ended the event loop.
@@ -313,9 +320,9 @@ pub async fn run(setup: PeerSetup, stream: TcpStream, remote: Handshake) -> Peer
         reads_in_flight: 0,
         cancelled_in_flight: Vec::new(),
         reads_tx,
-        wbuf: Vec::with_capacity(READ_CHUNK),
+        wbuf: Vec::new(),
         wpos: 0,
-        rbuf: vec![0u8; READ_CHUNK],
+        rbuf: vec![0u8; MIN_READ_BUF],
         rstart: 0,
         rend: 0,
         rneed: 0,
@@ -334,6 +341,8 @@ pub async fn run(setup: PeerSetup, stream: TcpStream, remote: Handshake) -> Peer
         Stop::Local("torrent is stopping".into())
     } else {
         peer.shared.peer_count_add(1);
+        peer.shared
+            .emit(crate::shared::TorrentEvent::PeerConnected(addr));
         peer.stats.connected.store(true, Ordering::Relaxed);
         let stop = peer.event_loop(stream, control, notes_rx, reads_rx).await;
         peer.shared.peer_count_add(-1);
@@ -351,7 +360,11 @@ pub async fn run(setup: PeerSetup, stream: TcpStream, remote: Handshake) -> Peer
         Stop::Banned => ("banned: sent corrupt data".into(), true),
     };
     log::debug!("peer {addr}: {reason}");
-    PeerExit { reason, ban }
+    PeerExit {
+        reason,
+        ban,
+        peer_id: Some(remote.peer_id),
+    }
 }
 
 impl Peer {
@@ -367,13 +380,13 @@ impl Peer {
             (Box::pin(control), Box::pin(notes), Box::pin(reads));
         let mut haves: Option<EventListener> = None;
         let mut tick = smol::Timer::interval(Duration::from_secs(1));
-        self.catch_up_haves();
+        self.catch_up_haves(false);
         self.send_our_pieces();
         loop {
             if haves.is_none() {
                 haves = Some(self.shared.listen_haves());
                 // Entries appended before the listener was registered are read now.
-                self.catch_up_haves();
+                self.catch_up_haves(true);
             }
             let want_read = self.rend < self.rbuf.len();
             let wake = futures_lite::future::poll_fn(|cx| {
@@ -408,7 +421,7 @@ impl Peer {
                 Wake::Read(done) => self.read_done(done),
                 Wake::Haves => {
                     haves = None;
-                    self.catch_up_haves();
+                    self.catch_up_haves(true);
                     Ok(())
                 }
                 Wake::Wrote(Ok(0)) => Err(Stop::Io(io::ErrorKind::WriteZero.into())),
@@ -425,6 +438,11 @@ impl Peer {
                 Wake::Received(Ok(0)) => Err(Stop::Io(io::ErrorKind::UnexpectedEof.into())),
                 Wake::Received(Ok(n)) => {
                     self.rend += n;
+                    if self.rend == self.rbuf.len() && self.rbuf.len() < READ_CHUNK {
+                        // A busy connection: read more per call.
+                        let len = self.rbuf.len() * 2;
+                        self.rbuf.resize(len, 0);
+                    }
                     self.last_recv = Instant::now();
                     self.process_input().await
                 }
@@ -559,16 +577,17 @@ impl Peer {
     }
 
     /// Reads new entries of the have-log; sends HAVE for each piece the peer has not been told.
-    fn catch_up_haves(&mut self) {
+    /// With `announce` false (before our bitfield goes out), the pieces only join `our_have`,
+    /// since the bitfield will carry them and nothing may precede it.
+    fn catch_up_haves(&mut self, announce: bool) {
         let mut fresh = std::mem::take(&mut self.new_haves);
         fresh.clear();
         self.shared.new_haves(&mut self.have_cursor, &mut fresh);
         for &piece in &fresh {
             if !self.our_have.get(piece) {
                 self.our_have.set(piece);
-                // Skip the HAVE when the peer has the piece already (it will not want it), but
-                // never when the handshake is this fresh that the bitfield is still queued.
-                if !self.remote_has.get(piece) {
+                // Skip the HAVE when the peer has the piece already: it will not want it.
+                if announce && !self.remote_has.get(piece) {
                     self.send(Message::Have(piece));
                 }
             }
@@ -702,7 +721,7 @@ impl Peer {
                     }
                     let need = self.rend + more;
                     if need > buf.len() {
-                        buf.resize(need.max(READ_CHUNK), 0);
+                        buf.resize(need, 0);
                     }
                     self.rneed = need;
                     return Ok(());

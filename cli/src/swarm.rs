@@ -129,6 +129,11 @@ pub fn download(args: DownloadArgs) -> CliResult {
         .map_err(|e| format!("cannot create {}: {e}", args.output.display()))?;
     let session = start_session(args.swarm.listen)?;
     let mut add = AddTorrent::download(meta.clone(), &args.output);
+    add.resume = Some(
+        args.output
+            .join(".shoal")
+            .join(format!("{}.resume", meta.info_hash)),
+    );
     add.peers = args.swarm.peers.clone();
     add.settings = torrent_settings(&args.swarm);
     let interrupted = ctrl_c();

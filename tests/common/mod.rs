@@ -7,8 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
-/// The `shoal` binary of this build (built by `cargo test --workspace`, or built here on demand).
+/// The `shoal` binary of this build. `cargo test --workspace` builds it; when a single test
+/// file runs, the binary may be missing or older than the sources, and it is built here (once
+/// per test process).
 pub fn shoal_bin() -> PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
     // The test executable lives in target/<profile>/deps/; the binary in target/<profile>/.
     let exe = std::env::current_exe().expect("current exe");
     let profile_dir = exe
@@ -16,17 +19,43 @@ pub fn shoal_bin() -> PathBuf {
         .and_then(Path::parent)
         .expect("target profile dir");
     let bin = profile_dir.join("shoal");
-    if !bin.exists() {
-        let release = profile_dir.ends_with("release");
+    BUILT.call_once(|| {
+        if bin.exists() && !sources_newer_than(&bin) {
+            return;
+        }
         let mut cmd = Command::new(env!("CARGO"));
         cmd.args(["build", "-p", "shoal-cli"]);
-        if release {
+        if profile_dir.ends_with("release") {
             cmd.arg("--release");
         }
         let status = cmd.status().expect("run cargo build");
         assert!(status.success(), "cargo build -p shoal-cli failed");
-    }
+    });
     bin
+}
+
+/// Whether any source of the binary changed after it was built.
+fn sources_newer_than(bin: &Path) -> bool {
+    fn newest(dir: &Path) -> std::time::SystemTime {
+        let mut t = std::time::UNIX_EPOCH;
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = entry.path();
+            let m = if p.is_dir() {
+                newest(&p)
+            } else {
+                entry.metadata().and_then(|m| m.modified()).unwrap_or(t)
+            };
+            t = t.max(m);
+        }
+        t
+    }
+    let built = std::fs::metadata(bin)
+        .and_then(|m| m.modified())
+        .unwrap_or(std::time::UNIX_EPOCH);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    ["cli/src", "actors/src", "engine/src"]
+        .iter()
+        .any(|d| newest(&root.join(d)) > built)
 }
 
 /// Runs `shoal ARGS...` to completion, with a time bound.
