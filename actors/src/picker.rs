@@ -402,10 +402,17 @@ impl State {
             PieceOutcome::HashFailed => {
                 self.shared.add_wasted(len);
                 let contributors = self.policy.piece_failed(done.piece);
+                // When a contributor has left (a liar banned for an earlier piece, say), the
+                // ones still here cannot be told apart from it: striking them would let one
+                // liar get honest peers banned.
+                let all_here = contributors.iter().all(|p| self.peers.contains_key(p));
                 let mut addrs = Vec::new();
                 for peer in contributors {
                     if let Some(slot) = self.peers.get_mut(&peer) {
                         addrs.push(slot.addr);
+                        if !all_here {
+                            continue;
+                        }
                         slot.strikes += 1;
                         if slot.strikes >= BAN_STRIKES {
                             log::warn!(
