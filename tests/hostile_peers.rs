@@ -827,11 +827,13 @@ fn request_flood_keeps_memory_bounded() {
 // Corrupt data
 
 /// A peer that claims every piece and answers every request with wrong bytes, counting the
-/// blocks it sent in `served`.
+/// blocks it sent in `served`. A `mixer` answers only the first block of each piece (wrong) and
+/// rejects the others, so that every piece it touches is finished by someone else.
 fn corrupt_seeder(
     listener: TcpListener,
     info_hash: InfoHash,
     served: Arc<AtomicUsize>,
+    mixer: bool,
 ) -> JoinHandle<()> {
     std::thread::spawn(move || {
         let Ok((s, _)) = listener.accept() else {
@@ -853,6 +855,11 @@ fn corrupt_seeder(
             match raw.next(Duration::from_secs(1)) {
                 Ok(Got::Interested) => {
                     let _ = raw.send(Message::Unchoke);
+                }
+                Ok(Got::Request(b)) if mixer && b.begin > 0 => {
+                    if raw.send(Message::Reject(b)).is_err() {
+                        return;
+                    }
                 }
                 Ok(Got::Request(b)) => {
                     let junk = vec![0xa5; b.len as usize];
@@ -936,13 +943,13 @@ fn watcher(
 
 /// A downloader fed by a liar (alone at first when `liar_first`, else together with an honest
 /// seeder) and watched by a peer that checks everything the downloader uploads.
-fn corrupt_data_case(piece_length: u32, seed: u64, liar_first: bool) {
+fn corrupt_data_case(piece_length: u32, seed: u64, liar_first: bool, mixer: bool) {
     let c = content(64 * 16 * 1024, piece_length, seed);
     let seeder = Seeder::start(&c);
     let liar = TcpListener::bind("127.0.0.1:0").unwrap();
     let liar_addr = liar.local_addr().unwrap();
     let served = Arc::new(AtomicUsize::new(0));
-    let liar_thread = corrupt_seeder(liar, c.meta.info_hash, served.clone());
+    let liar_thread = corrupt_seeder(liar, c.meta.info_hash, served.clone(), mixer);
     let first = if liar_first {
         vec![liar_addr]
     } else {
@@ -1026,11 +1033,20 @@ fn corrupt_data_case(piece_length: u32, seed: u64, liar_first: bool) {
 #[test]
 fn corrupt_data_is_banned_never_verified_nor_uploaded() {
     // One block per piece: the blame is exact. The liar serves alone until it is caught.
-    corrupt_data_case(16 * 1024, 10, true);
+    corrupt_data_case(16 * 1024, 10, true, false);
 }
 
 #[test]
 fn corrupt_data_in_shared_pieces_bans_only_the_liar() {
     // Four blocks per piece, liar and honest seeder at once: a piece can mix their blocks.
-    corrupt_data_case(64 * 1024, 11, false);
+    corrupt_data_case(64 * 1024, 11, false, false);
+}
+
+#[test]
+#[ignore = "fails: without smart ban the honest seeder is struck with the liar for every mixed \
+            piece, both are banned after two, and the download stalls"]
+fn corrupt_first_blocks_mixed_with_honest_ones_ban_only_the_liar() {
+    // The liar sends a wrong first block of each piece and rejects the rest, which the honest
+    // seeder then sends: every failed piece has both as contributors.
+    corrupt_data_case(64 * 1024, 12, false, true);
 }
