@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use async_channel::{Receiver, Sender};
 use event_listener::EventListener;
-use futures_lite::{AsyncRead, AsyncWrite, Stream};
+use futures_lite::{AsyncRead, AsyncWrite, FutureExt, Stream};
 use shoal_engine::bitfield::Bitfield;
 use shoal_engine::lengths::{BlockInfo, Lengths};
 use shoal_engine::picker::PeerKey;
@@ -65,6 +65,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How many recently cancelled or timed-out requests we remember, so that a block arriving
 /// late for one of them is not taken for data we never asked for.
 const RECENT_RELEASED: usize = 256;
+
+/// How long a graceful close may take to send what is queued.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The initial read buffer; it grows up to the largest message allowed.
 const READ_CHUNK: usize = 64 * 1024;
@@ -397,7 +400,8 @@ impl Peer {
             .await;
             let result = match wake {
                 Wake::Control(None) | Wake::Control(Some(PeerControl::Stop)) => {
-                    return Stop::Local("torrent closed the connection".into())
+                    self.close_gracefully(&mut stream).await;
+                    return Stop::Local("torrent closed the connection".into());
                 }
                 Wake::Control(Some(c)) => {
                     self.control(c);
@@ -439,6 +443,30 @@ impl Peer {
                 return stop;
             }
         }
+    }
+
+    /// Sends what is queued (blocks we already counted as uploaded, a last HAVE), then closes
+    /// our side and waits briefly for the peer to close its side, so that no queued byte is
+    /// lost to a reset. Bounded in time.
+    async fn close_gracefully(&mut self, stream: &mut TcpStream) {
+        use futures_lite::{AsyncReadExt, AsyncWriteExt};
+        let flush = async {
+            stream.write_all(&self.wbuf[self.wpos..]).await?;
+            // Closing a TCP stream shuts down its write side only.
+            stream.close().await?;
+            // Read (and drop) until the peer closes, so unread input does not turn into a reset.
+            let mut sink = [0u8; 4096];
+            while stream.read(&mut sink).await? > 0 {}
+            Ok::<(), io::Error>(())
+        };
+        let _ = flush
+            .or(async {
+                smol::Timer::after(CLOSE_TIMEOUT).await;
+                Ok(())
+            })
+            .await;
+        self.wbuf.clear();
+        self.wpos = 0;
     }
 
     /// Work that follows any event: keep the request pipeline and the uploads moving.

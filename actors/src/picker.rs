@@ -36,7 +36,7 @@ pub const PICKER_MAILBOX: usize = 256;
 /// simply thrown away when it arrives).
 pub const PEER_NOTES: usize = 64;
 
-/// How many failed pieces a peer may contribute to before it is banned.
+/// How many failed pieces a peer may send alone before it is banned.
 pub const BAN_STRIKES: u32 = 2;
 
 /// What the picker tells one peer.
@@ -402,15 +402,15 @@ impl State {
             PieceOutcome::HashFailed => {
                 self.shared.add_wasted(len);
                 let contributors = self.policy.piece_failed(done.piece);
-                // When a contributor has left (a liar banned for an earlier piece, say), the
-                // ones still here cannot be told apart from it: striking them would let one
-                // liar get honest peers banned.
-                let all_here = contributors.iter().all(|p| self.peers.contains_key(p));
+                // Only a sole contributor is surely guilty. A piece that mixed several peers'
+                // data is refetched from one peer only (the policy sees to it), so a liar meets
+                // a failure it alone sent soon enough, and an honest peer is never blamed.
+                let sole = contributors.len() == 1;
                 let mut addrs = Vec::new();
                 for peer in contributors {
                     if let Some(slot) = self.peers.get_mut(&peer) {
                         addrs.push(slot.addr);
-                        if !all_here {
+                        if !sole {
                             continue;
                         }
                         slot.strikes += 1;

@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 pub fn shoal_bin() -> PathBuf {
     // The test executable lives in target/<profile>/deps/; the binary in target/<profile>/.
     let exe = std::env::current_exe().expect("current exe");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target profile dir");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile dir");
     let bin = profile_dir.join("shoal");
     if !bin.exists() {
         let release = profile_dir.ends_with("release");
@@ -35,7 +38,8 @@ pub fn shoal(args: &[&str]) -> Output {
 
 /// Runs a command to completion, killing it if it outlives `limit`.
 pub fn run_bounded(mut cmd: Command, limit: Duration) -> Output {
-    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
     let mut guard = ChildGuard::new(child, &format!("{cmd:?}"));
     let deadline = Instant::now() + limit;
@@ -43,7 +47,11 @@ pub fn run_bounded(mut cmd: Command, limit: Duration) -> Output {
         if let Some(_status) = guard.child().try_wait().expect("try_wait") {
             break;
         }
-        assert!(Instant::now() < deadline, "{} ran longer than {limit:?}", guard.name);
+        assert!(
+            Instant::now() < deadline,
+            "{} ran longer than {limit:?}",
+            guard.name
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let child = guard.take();
@@ -60,7 +68,10 @@ pub struct ChildGuard {
 impl ChildGuard {
     /// Takes ownership of `child`.
     pub fn new(child: Child, name: &str) -> Self {
-        Self { child: Some(child), name: name.to_string() }
+        Self {
+            child: Some(child),
+            name: name.to_string(),
+        }
     }
 
     /// Spawns `cmd` and guards it.
@@ -110,7 +121,10 @@ impl Drop for ChildGuard {
 
 /// A fresh temporary folder, removed when dropped.
 pub fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("shoal-test-").tempdir().expect("tempdir")
+    tempfile::Builder::new()
+        .prefix("shoal-test-")
+        .tempdir()
+        .expect("tempdir")
 }
 
 /// Writes `len` deterministic pseudo-random bytes (seeded by `seed`) to `path`.
@@ -142,7 +156,10 @@ pub fn require_program(name: &str) {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    assert!(found, "{name} is not installed: run scripts/test, which installs the real clients");
+    assert!(
+        found,
+        "{name} is not installed: run scripts/test, which installs the real clients"
+    );
 }
 
 /// Panics unless Debian's python3 can import libtorrent.
@@ -152,10 +169,15 @@ pub fn require_libtorrent() {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    assert!(ok, "python3-libtorrent is missing: run scripts/test, which installs it");
+    assert!(
+        ok,
+        "python3-libtorrent is missing: run scripts/test, which installs it"
+    );
 }
 
 /// The folder holding the Python helpers of the tests.
 pub fn helpers_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("helpers")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("helpers")
 }
