@@ -50,6 +50,10 @@ const MAX_READS: usize = 8;
 /// Stop reading blocks from disk for this peer while this many bytes wait to be sent.
 const WRITE_HIGH_WATER: usize = 256 * 1024;
 
+/// A peer whose unsent bytes pass this mark while it keeps sending requests is not reading
+/// what it asks for (each refused request costs a reject): it is dropped.
+const MAX_UNSENT: usize = 4 * 1024 * 1024;
+
 /// A keep-alive goes out after this long without sending anything.
 const KEEPALIVE_AFTER: Duration = Duration::from_secs(60);
 
@@ -862,6 +866,11 @@ impl Peer {
         if allowed {
             self.serve_queue.push_back(block);
         } else if self.fast {
+            if self.wbuf.len() - self.wpos > MAX_UNSENT {
+                return Err(Stop::Local(
+                    "request flood: it does not read our rejects".into(),
+                ));
+            }
             self.send(Message::Reject(block));
         }
         Ok(())
