@@ -670,7 +670,7 @@ impl State {
             .iter()
             .filter(|(a, k)| {
                 k.next_try <= now
-                    && !(complete && k.seed)
+                    && (!complete || !k.seed)
                     && !self.by_addr.contains_key(a)
                     && !self.banned.is_banned(a, None)
             })
