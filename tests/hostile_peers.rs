@@ -62,7 +62,8 @@ fn new_session() -> Session {
     Session::new(SessionSettings {
         listen: "127.0.0.1:0".parse().unwrap(),
         threads: 2,
-        peer_id: None,
+        hasher_threads: 1,
+        ..SessionSettings::default()
     })
     .expect("session")
 }

@@ -1,4 +1,5 @@
-//! The disk actor: a small pool of threads that alone owns a torrent's files.
+//! The disk actor: a small pool of threads, shared by every torrent of a session, that alone
+//! touches the files. Each job carries the [`Storage`] (the open files) of its torrent.
 //!
 //! Blocking file I/O never runs on the executor. Verified pieces arrive from the hasher as the
 //! blocks they were received in and are written with positional writes; uploads read blocks
@@ -267,6 +268,8 @@ pub struct ReadDone {
 pub enum DiskJob {
     /// Write a verified piece, then report on `done`.
     Write {
+        /// The torrent's files.
+        storage: Arc<Storage>,
         /// The piece index.
         piece: u32,
         /// Its blocks, in order.
@@ -278,13 +281,17 @@ pub enum DiskJob {
     /// Read a block for an upload and send it back with `try_send` (the requester sized its
     /// channel for every read it has outstanding).
     Read {
+        /// The torrent's files.
+        storage: Arc<Storage>,
         /// The block.
         block: BlockInfo,
         /// Where the bytes go.
         reply: Sender<ReadDone>,
     },
-    /// Flush every file, then answer.
+    /// Flush every file of a torrent, then answer.
     Sync {
+        /// The torrent's files.
+        storage: Arc<Storage>,
         /// Answered once the files are flushed.
         reply: Sender<io::Result<()>>,
     },
@@ -308,19 +315,18 @@ impl fmt::Debug for Disk {
 }
 
 impl Disk {
-    /// Starts `threads` disk threads over `storage`; upload reads take buffers from `uploads`.
-    pub fn spawn(storage: Arc<Storage>, threads: usize, uploads: Arc<BlockPool>) -> Self {
+    /// Starts `threads` disk threads; upload reads take buffers from `uploads`.
+    pub fn spawn(threads: usize, uploads: Arc<BlockPool>) -> Self {
         let (jobs, rx) = async_channel::bounded(DISK_QUEUE);
         let handles = (0..threads.max(1))
             .map(|i| {
                 let rx: Receiver<DiskJob> = rx.clone();
-                let storage = storage.clone();
                 let uploads = uploads.clone();
                 std::thread::Builder::new()
                     .name(format!("shoal-disk-{i}"))
                     .spawn(move || {
                         while let Ok(job) = rx.recv_blocking() {
-                            serve(&storage, &uploads, job);
+                            serve(&uploads, job);
                         }
                     })
                     .expect("spawn a disk thread")
@@ -337,11 +343,19 @@ impl Disk {
         &self.jobs
     }
 
-    /// Flushes every file.
-    pub async fn sync(&self) -> io::Result<()> {
+    /// How many threads serve the queue.
+    pub fn threads(&self) -> usize {
+        self.threads.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Flushes every file of `storage`.
+    pub async fn sync(&self, storage: &Arc<Storage>) -> io::Result<()> {
         let (tx, rx) = async_channel::bounded(1);
         self.jobs
-            .send(DiskJob::Sync { reply: tx })
+            .send(DiskJob::Sync {
+                storage: storage.clone(),
+                reply: tx,
+            })
             .await
             .map_err(|_| io::Error::other("disk threads have stopped"))?;
         rx.recv()
@@ -363,9 +377,10 @@ impl Disk {
     }
 }
 
-fn serve(storage: &Storage, uploads: &Arc<BlockPool>, job: DiskJob) {
+fn serve(uploads: &Arc<BlockPool>, job: DiskJob) {
     match job {
         DiskJob::Write {
+            storage,
             piece,
             blocks,
             done,
@@ -377,12 +392,16 @@ fn serve(storage: &Storage, uploads: &Arc<BlockPool>, job: DiskJob) {
             drop(blocks); // the budget goes back before the report
             let _ = done.send_blocking(PieceDone { piece, outcome });
         }
-        DiskJob::Read { block, reply } => {
+        DiskJob::Read {
+            storage,
+            block,
+            reply,
+        } => {
             let mut buf = uploads.take(block.len as usize);
             let data = storage.read_block(&block, &mut buf).map(|()| buf);
             let _ = reply.try_send(ReadDone { block, data });
         }
-        DiskJob::Sync { reply } => {
+        DiskJob::Sync { storage, reply } => {
             let _ = reply.try_send(storage.sync());
         }
     }

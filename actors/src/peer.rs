@@ -33,7 +33,7 @@ use shoal_engine::PeerId;
 use smol::net::TcpStream;
 
 use crate::buffers::BlockPool;
-use crate::disk::{DiskJob, ReadDone};
+use crate::disk::{DiskJob, ReadDone, Storage};
 use crate::picker::{PeerNote, PickerMsg, PEER_NOTES};
 use crate::runtime::Addr;
 use crate::shared::Shared;
@@ -146,6 +146,8 @@ pub struct PeerSetup {
     pub picker: Addr<PickerMsg>,
     /// The disk job queue, for upload reads.
     pub disk: Sender<DiskJob>,
+    /// The torrent's files, read for uploads.
+    pub storage: Arc<Storage>,
     /// Shared torrent state.
     pub shared: Arc<Shared>,
     /// Where received blocks get their buffers.
@@ -214,6 +216,7 @@ struct Peer {
     lengths: Lengths,
     picker: Addr<PickerMsg>,
     disk: Sender<DiskJob>,
+    storage: Arc<Storage>,
     shared: Arc<Shared>,
     pool: Arc<BlockPool>,
     stats: Arc<PeerStats>,
@@ -283,6 +286,7 @@ pub async fn run(setup: PeerSetup, stream: TcpStream, remote: Handshake) -> Peer
         initial_have,
         picker,
         disk,
+        storage,
         shared,
         pool,
         control,
@@ -300,6 +304,7 @@ pub async fn run(setup: PeerSetup, stream: TcpStream, remote: Handshake) -> Peer
         lengths,
         picker: picker.clone(),
         disk,
+        storage,
         shared,
         pool,
         stats,
@@ -641,6 +646,7 @@ impl Peer {
                 break;
             };
             match self.disk.try_send(DiskJob::Read {
+                storage: self.storage.clone(),
                 block,
                 reply: self.reads_tx.clone(),
             }) {

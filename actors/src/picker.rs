@@ -23,7 +23,7 @@ use shoal_engine::lengths::{BlockInfo, Lengths};
 use shoal_engine::picker::{PeerKey, Picker, Received};
 
 use crate::buffers::Block;
-use crate::disk::{PieceDone, PieceOutcome};
+use crate::disk::{PieceDone, PieceOutcome, Storage};
 use crate::hasher::{HashJob, Hasher};
 use crate::runtime::{Mailbox, ReplyTo};
 use crate::shared::{Shared, TorrentEvent};
@@ -145,8 +145,10 @@ pub struct PickerSetup {
     pub hashes: Arc<Vec<[u8; 20]>>,
     /// Bytes allowed between the sockets and the disk (pieces in progress and in flight).
     pub disk_budget: u64,
-    /// The hasher pool.
+    /// The hasher pool (shared by the session's torrents).
     pub hasher: Hasher,
+    /// The torrent's files, where verified pieces are written.
+    pub storage: Arc<Storage>,
     /// Results of pieces in flight; capacity covers every piece that can be in flight.
     pub done_tx: Sender<PieceDone>,
     /// The picker's side of `done_tx`.
@@ -174,6 +176,8 @@ struct PeerSlot {
 struct State {
     /// The policy.
     policy: Picker,
+    /// The torrent's files, handed on with each complete piece.
+    storage: Arc<Storage>,
     /// Lengths.
     lengths: Lengths,
     /// Expected hashes.
@@ -208,6 +212,7 @@ pub async fn run(setup: PickerSetup, mut inbox: Mailbox<PickerMsg>) {
         done_tx,
         done_rx,
         shared,
+        storage,
     } = setup;
     let mut st = State {
         policy: Picker::new(lengths, have),
@@ -221,6 +226,7 @@ pub async fn run(setup: PickerSetup, mut inbox: Mailbox<PickerMsg>) {
         shared,
         done_tx,
         paused: None,
+        storage,
     };
     let mut shutdown: Option<ReplyTo<Bitfield>> = None;
     loop {
@@ -257,7 +263,6 @@ pub async fn run(setup: PickerSetup, mut inbox: Mailbox<PickerMsg>) {
             }
         }
     }
-    hasher.shutdown().await;
     if let Some(reply) = shutdown {
         reply.send(st.policy.have().clone());
     }
@@ -397,6 +402,7 @@ impl State {
                         piece: block.piece,
                         blocks,
                         expected: self.hashes[block.piece as usize],
+                        storage: self.storage.clone(),
                         done: self.done_tx.clone(),
                     });
                 }
