@@ -252,6 +252,9 @@ pub struct PieceDone {
     pub piece: u32,
     /// How it ended.
     pub outcome: PieceOutcome,
+    /// The SHA-1 of each block, in order: always for a failed piece, and for a good one when
+    /// the picker asked (to tell which blocks of an earlier failure were wrong).
+    pub block_digests: Vec<[u8; 20]>,
 }
 
 /// A block read for an upload.
@@ -277,6 +280,8 @@ pub enum DiskJob {
         /// Where to report; its capacity covers every piece in flight, so sending never waits
         /// for long (see `torrent`).
         done: Sender<PieceDone>,
+        /// Passed on in the report.
+        block_digests: Vec<[u8; 20]>,
     },
     /// Read a block for an upload and send it back with `try_send` (the requester sized its
     /// channel for every read it has outstanding).
@@ -384,13 +389,18 @@ fn serve(uploads: &Arc<BlockPool>, job: DiskJob) {
             piece,
             blocks,
             done,
+            block_digests,
         } => {
             let outcome = match storage.write_piece(piece, &blocks) {
                 Ok(()) => PieceOutcome::Written,
                 Err(e) => PieceOutcome::WriteFailed(e),
             };
             drop(blocks); // the budget goes back before the report
-            let _ = done.send_blocking(PieceDone { piece, outcome });
+            let _ = done.send_blocking(PieceDone {
+                piece,
+                outcome,
+                block_digests,
+            });
         }
         DiskJob::Read {
             storage,

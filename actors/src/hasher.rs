@@ -32,6 +32,9 @@ pub struct HashJob {
     pub storage: Arc<Storage>,
     /// Where the disk threads, or the hasher on failure, report the end of the piece.
     pub done: Sender<PieceDone>,
+    /// Whether to report each block's SHA-1 even if the piece is good (a failed piece's are
+    /// always reported).
+    pub want_block_digests: bool,
 }
 
 /// The hasher pool's handle, cloned by every torrent's picker.
@@ -119,11 +122,20 @@ fn check(job: HashJob, disk: &Sender<DiskJob>) {
         storage,
         done,
         expected,
+        want_block_digests,
     } = job;
+    let block_digests = |blocks: &[Block]| -> Vec<[u8; 20]> {
+        blocks.iter().map(|b| Sha1::digest(&b[..]).into()).collect()
+    };
     if digest == expected {
         let write = DiskJob::Write {
             storage,
             piece,
+            block_digests: if want_block_digests {
+                block_digests(&blocks)
+            } else {
+                Vec::new()
+            },
             blocks,
             done,
         };
@@ -134,13 +146,17 @@ fn check(job: HashJob, disk: &Sender<DiskJob>) {
             let _ = done.send_blocking(PieceDone {
                 piece,
                 outcome: PieceOutcome::WriteFailed(err),
+                block_digests: Vec::new(),
             });
         }
     } else {
+        // Only on failure: which block was wrong is found when the piece later verifies.
+        let digests = block_digests(&blocks);
         drop(blocks);
         let _ = done.send_blocking(PieceDone {
             piece,
             outcome: PieceOutcome::HashFailed,
+            block_digests: digests,
         });
     }
 }
