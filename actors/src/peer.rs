@@ -216,8 +216,6 @@ struct Peer {
     new_haves: Vec<u32>,
     /// The peer's pieces.
     remote_has: Bitfield,
-    /// Whether any message has arrived yet (a bitfield is only valid first).
-    got_first_message: bool,
 
     am_choking: bool,
     am_interested: bool,
@@ -296,7 +294,6 @@ pub async fn run(setup: PeerSetup, stream: TcpStream, remote: Handshake) -> Peer
         have_cursor: 0,
         new_haves: Vec::new(),
         remote_has: Bitfield::new(n),
-        got_first_message: false,
         am_choking: true,
         am_interested: false,
         peer_choking: true,
@@ -684,8 +681,6 @@ impl Peer {
     }
 
     async fn handle(&mut self, msg: Message<'_>) -> Result<(), Stop> {
-        let first = !self.got_first_message;
-        self.got_first_message = true;
         let n = self.lengths.num_pieces();
         match msg {
             Message::KeepAlive => {}
@@ -736,9 +731,9 @@ impl Peer {
                 }
             }
             Message::Bitfield(bytes) => {
-                if !first {
-                    return Err(Stop::Misbehaved("bitfield after the first message".into()));
-                }
+                // A bitfield is meant to come first, but aria2 sends its extended handshake and
+                // allowed-fast set before it, and later sends a whole bitfield in place of 20 or
+                // more haves: a later one replaces what we knew, as have-all does.
                 let bf = Bitfield::from_bytes(bytes, n)
                     .map_err(|e| Stop::Misbehaved(format!("bad bitfield: {e}")))?;
                 self.set_remote_has(bf).await?;
