@@ -33,6 +33,7 @@ use smol::net::TcpStream;
 
 use crate::buffers::BlockPool;
 use crate::disk::{DiskJob, ReadDone};
+use crate::extension::{our_handshake, PeerExtensions};
 use crate::picker::{PeerNote, PickerMsg, PEER_NOTES};
 use crate::runtime::Addr;
 use crate::shared::Shared;
@@ -126,6 +127,8 @@ pub struct PeerSetup {
     pub addr: SocketAddr,
     /// Our handshake's reserved bits (what we advertised).
     pub our_reserved: [u8; 8],
+    /// The port we accept peers on, told to peers in the extended handshake (BEP 10).
+    pub listen_port: Option<u16>,
     /// The torrent's lengths.
     pub lengths: Lengths,
     /// The pieces we had when the torrent started (later ones come from the have-log).
@@ -207,6 +210,10 @@ struct Peer {
     serve_filter: Option<Arc<dyn ServeFilter>>,
     /// Whether both sides support the fast extension (BEP 6).
     fast: bool,
+    /// Whether both sides support the extension protocol (BEP 10).
+    extended: bool,
+    /// Our listening port, for our extended handshake.
+    listen_port: Option<u16>,
 
     /// Our pieces, as this peer has been told about them.
     our_have: Bitfield,
@@ -263,6 +270,7 @@ pub async fn run(setup: PeerSetup, stream: TcpStream, remote: Handshake) -> Peer
         key,
         addr,
         our_reserved,
+        listen_port,
         lengths,
         initial_have,
         picker,
@@ -277,6 +285,7 @@ pub async fn run(setup: PeerSetup, stream: TcpStream, remote: Handshake) -> Peer
     let (notes_tx, notes_rx) = async_channel::bounded(PEER_NOTES);
     let (reads_tx, reads_rx) = async_channel::bounded(MAX_READS);
     let fast = remote.supports_fast() && (our_reserved[7] & 0x04) != 0;
+    let extended = remote.supports_extended() && (our_reserved[5] & 0x10) != 0;
     let n = lengths.num_pieces();
     let mut peer = Peer {
         key,
@@ -290,6 +299,8 @@ pub async fn run(setup: PeerSetup, stream: TcpStream, remote: Handshake) -> Peer
         settings,
         serve_filter,
         fast,
+        extended,
+        listen_port,
         our_have: (*initial_have).clone(),
         have_cursor: 0,
         new_haves: Vec::new(),
@@ -363,6 +374,14 @@ impl Peer {
         let mut tick = smol::Timer::interval(Duration::from_secs(1));
         self.catch_up_haves();
         self.send_our_pieces();
+        if self.extended {
+            // After the bitfield, which strict peers want first.
+            let payload = our_handshake(self.listen_port, MAX_SERVE_QUEUE as u32);
+            self.send(Message::Extended {
+                id: 0,
+                payload: &payload,
+            });
+        }
         loop {
             if haves.is_none() {
                 haves = Some(self.shared.listen_haves());
@@ -761,8 +780,23 @@ impl Peer {
                         .map_err(gone)?;
                 }
             }
-            // Suggestions and allowed-fast sets are hints we do not act on yet; DHT ports and
-            // extension messages we do not use are ignored, as are unknown ids.
+            Message::Extended { id: 0, payload } => match PeerExtensions::parse(payload) {
+                Some(x) => log::debug!(
+                    "peer {}: extended handshake from {}, reqq {:?}, port {:?}",
+                    self.addr,
+                    x.client.as_deref().unwrap_or("an unnamed client"),
+                    x.reqq,
+                    x.listen_port
+                ),
+                // Not worth a disconnect: we use nothing from it that we cannot do without.
+                None => log::debug!(
+                    "peer {}: ignoring a malformed extended handshake",
+                    self.addr
+                ),
+            },
+            // Suggestions and allowed-fast sets are hints we do not act on yet; DHT ports,
+            // extension messages (our `m` is empty, so none should come) and unknown ids are
+            // ignored.
             Message::Suggest(_)
             | Message::AllowedFast(_)
             | Message::Port(_)
