@@ -26,7 +26,7 @@ use async_channel::{Receiver, Sender};
 use event_listener::EventListener;
 use futures_lite::{AsyncRead, AsyncWrite, Stream};
 use shoal_engine::bitfield::Bitfield;
-use shoal_engine::lengths::{BlockInfo, Lengths};
+use shoal_engine::lengths::{BlockInfo, Lengths, BLOCK_LEN};
 use shoal_engine::picker::PeerKey;
 use shoal_engine::wire::{decode, piece_header, Decoded, Handshake, Message, WireError};
 use smol::net::TcpStream;
@@ -62,6 +62,14 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How many recently cancelled or timed-out requests we remember, so that a block arriving
 /// late for one of them is not taken for data we never asked for.
 const RECENT_RELEASED: usize = 256;
+
+/// Requests kept outstanding with a peer cover this many seconds of its recent rate (as in
+/// libtorrent), so that a peer answering in batches still has a full pipe: Transmission fills
+/// its output every 500 ms, and with 5 requests outstanding it sent 160 KiB/s.
+const QUEUE_SECONDS: u64 = 3;
+
+/// Most requests kept outstanding with one peer, whatever its rate (libtorrent's default).
+const MAX_QUEUE_DEPTH: usize = 500;
 
 /// The initial read buffer; it grows up to the largest message allowed.
 const READ_CHUNK: usize = 64 * 1024;
@@ -214,6 +222,12 @@ struct Peer {
     extended: bool,
     /// Our listening port, for our extended handshake.
     listen_port: Option<u16>,
+    /// Requests to keep outstanding: at least the setting, more for a fast peer.
+    depth: usize,
+    /// How many requests the peer says it queues (`reqq` of its extended handshake).
+    remote_reqq: Option<u32>,
+    /// Payload received from the peer as of the last tick, to measure its rate.
+    down_at_tick: u64,
 
     /// Our pieces, as this peer has been told about them.
     our_have: Bitfield,
@@ -286,6 +300,7 @@ pub async fn run(setup: PeerSetup, stream: TcpStream, remote: Handshake) -> Peer
     let (reads_tx, reads_rx) = async_channel::bounded(MAX_READS);
     let fast = remote.supports_fast() && (our_reserved[7] & 0x04) != 0;
     let extended = remote.supports_extended() && (our_reserved[5] & 0x10) != 0;
+    let min_depth = settings.queue_depth.max(1);
     let n = lengths.num_pieces();
     let mut peer = Peer {
         key,
@@ -301,6 +316,9 @@ pub async fn run(setup: PeerSetup, stream: TcpStream, remote: Handshake) -> Peer
         fast,
         extended,
         listen_port,
+        depth: min_depth,
+        remote_reqq: None,
+        down_at_tick: 0,
         our_have: (*initial_have).clone(),
         have_cursor: 0,
         new_haves: Vec::new(),
@@ -580,7 +598,7 @@ impl Peer {
         if self.pick_pending || self.starved || self.peer_choking || !self.am_interested {
             return Ok(());
         }
-        let depth = self.settings.queue_depth.max(1);
+        let depth = self.depth;
         if self.outstanding.len() >= depth {
             return Ok(());
         }
@@ -781,13 +799,16 @@ impl Peer {
                 }
             }
             Message::Extended { id: 0, payload } => match PeerExtensions::parse(payload) {
-                Some(x) => log::debug!(
-                    "peer {}: extended handshake from {}, reqq {:?}, port {:?}",
-                    self.addr,
-                    x.client.as_deref().unwrap_or("an unnamed client"),
-                    x.reqq,
-                    x.listen_port
-                ),
+                Some(x) => {
+                    log::debug!(
+                        "peer {}: extended handshake from {}, reqq {:?}, port {:?}",
+                        self.addr,
+                        x.client.as_deref().unwrap_or("an unnamed client"),
+                        x.reqq,
+                        x.listen_port
+                    );
+                    self.remote_reqq = x.reqq;
+                }
                 // Not worth a disconnect: we use nothing from it that we cannot do without.
                 None => log::debug!(
                     "peer {}: ignoring a malformed extended handshake",
@@ -883,6 +904,7 @@ impl Peer {
 
     async fn tick(&mut self) -> Result<(), Stop> {
         let now = Instant::now();
+        self.adapt_depth();
         if now.duration_since(self.last_recv) > IDLE_TIMEOUT {
             return Err(Stop::Local(format!(
                 "silent for {} s",
@@ -913,6 +935,19 @@ impl Peer {
             }
         }
         Ok(())
+    }
+
+    /// Sets the request queue depth from the rate of the last second (called once a second).
+    fn adapt_depth(&mut self) {
+        let down = self.stats.downloaded.load(Ordering::Relaxed);
+        let rate = down.saturating_sub(self.down_at_tick);
+        self.down_at_tick = down;
+        let want =
+            usize::try_from(rate * QUEUE_SECONDS / u64::from(BLOCK_LEN)).unwrap_or(usize::MAX);
+        let cap = self
+            .remote_reqq
+            .map_or(MAX_QUEUE_DEPTH, |r| MAX_QUEUE_DEPTH.min(r as usize));
+        self.depth = want.min(cap).max(self.settings.queue_depth.max(1));
     }
 }
 
