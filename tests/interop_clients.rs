@@ -23,6 +23,9 @@ const FAST_CLIENT: Duration = Duration::from_secs(90);
 /// Bound for transfers with Transmission (it unchokes every 10 s: the first byte takes 10-11 s).
 const TRANSMISSION: Duration = Duration::from_secs(120);
 
+/// libtorrent's upload rate in the mixed swarm, so that the downloaders overlap and trade.
+const SWARM_SEED_RATE: u64 = 2 * 1024 * 1024;
+
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * 1024;
 
@@ -136,15 +139,11 @@ fn libtorrent_seeds_to_shoal() {
     let setup = Setup::new(&case, "lt-single", 1, None);
     let lt_log = setup.path("libtorrent.log");
     let lt_port = free_port();
-    let _lt = spawn_libtorrent(
-        &setup.torrent,
-        &setup.src(),
-        lt_port,
-        &[],
-        true,
-        false,
-        &lt_log,
-    );
+    let _lt = Libtorrent {
+        seed: true,
+        ..Libtorrent::default()
+    }
+    .spawn(&setup.torrent, &setup.src(), lt_port, &lt_log);
     wait_until(
         FAST_CLIENT,
         "libtorrent to check its data",
@@ -191,15 +190,11 @@ fn shoal_seeds_to_libtorrent() {
     row.restart();
     let out = setup.path("out");
     std::fs::create_dir_all(&out).unwrap();
-    let mut lt = spawn_libtorrent(
-        &setup.torrent,
-        &out,
-        free_port(),
-        &[listen],
-        false,
-        false,
-        &lt_log,
-    );
+    let mut lt = Libtorrent {
+        peers: &[listen],
+        ..Libtorrent::default()
+    }
+    .spawn(&setup.torrent, &out, free_port(), &lt_log);
     wait_success(
         &mut lt,
         FAST_CLIENT,
@@ -352,7 +347,8 @@ fn shoal_seeds_to_aria2() {
 // ---------------------------------------------------------------------------------------------
 // A mixed swarm
 
-/// libtorrent seeds; Transmission, aria2 and shoal download at once through opentracker.
+/// libtorrent seeds at a limited rate; Transmission, aria2 and shoal download at once through
+/// opentracker, and shoal (with `--seed`) uploads what it has to the other two meanwhile.
 #[test]
 fn mixed_swarm_through_opentracker() {
     let case = Case {
@@ -384,15 +380,13 @@ fn mixed_swarm_through_opentracker() {
     tr.add(&setup.torrent, &tr_out);
     let mut aria = spawn_aria2(&setup.torrent, &aria_out, free_port(), false, &aria_log);
     tracker.wait_peers(&setup.hash, 0, 2, FAST_CLIENT, &[&tr.log, &aria_log]);
-    let _lt = spawn_libtorrent(
-        &setup.torrent,
-        &setup.src(),
-        free_port(),
-        &[],
-        true,
-        true,
-        &lt_log,
-    );
+    let _lt = Libtorrent {
+        seed: true,
+        trackers: true,
+        upload_limit: SWARM_SEED_RATE,
+        ..Libtorrent::default()
+    }
+    .spawn(&setup.torrent, &setup.src(), free_port(), &lt_log);
     tracker.wait_peers(&setup.hash, 1, 2, FAST_CLIENT, &[&lt_log]);
     let mut shoal = spawn_shoal(
         &[
@@ -402,18 +396,35 @@ fn mixed_swarm_through_opentracker() {
             s(&shoal_out),
             "--listen",
             "127.0.0.1:0",
+            "--seed",
         ],
         &shoal_log,
     );
     let logs = [tr.log.as_path(), &aria_log, &lt_log, &shoal_log];
-    wait_success(&mut shoal, TRANSMISSION, "shoal download", &logs);
+    wait_until(TRANSMISSION, "shoal to complete", &logs, || {
+        std::fs::read_to_string(&shoal_log).is_ok_and(|t| t.contains("is complete"))
+    });
     wait_success(&mut aria, TRANSMISSION, "aria2 download", &logs);
     tr.wait_complete(TRANSMISSION, &logs[1..]);
     drop(row);
+    assert!(
+        shoal.child().try_wait().unwrap().is_none(),
+        "shoal download --seed exited:\n{}",
+        tails(&[&shoal_log])
+    );
+    terminate(&mut shoal, Duration::from_secs(10));
     tr.stop();
     for out in [&tr_out, &aria_out, &shoal_out] {
         assert_same_content(&setup.content, &out.join(setup.name()));
     }
+    // shoal's status lines (every 2 s) show its upload rate: it served the other two.
+    let text = std::fs::read_to_string(&shoal_log).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.contains(" up ") && !l.contains(" up 0 B/s")),
+        "shoal uploaded nothing to the swarm:\n{}",
+        tails(&[&shoal_log])
+    );
 }
 
 /// The eighth row: the same swarm shape as the first test, multi-file, libtorrent dialled by
@@ -429,15 +440,11 @@ fn libtorrent_seeds_multi_file_to_shoal() {
     let setup = Setup::new(&case, "lt-multi2", 8, None);
     let lt_log = setup.path("libtorrent.log");
     let lt_port = free_port();
-    let _lt = spawn_libtorrent(
-        &setup.torrent,
-        &setup.src(),
-        lt_port,
-        &[],
-        true,
-        false,
-        &lt_log,
-    );
+    let _lt = Libtorrent {
+        seed: true,
+        ..Libtorrent::default()
+    }
+    .spawn(&setup.torrent, &setup.src(), lt_port, &lt_log);
     wait_until(
         FAST_CLIENT,
         "libtorrent to check its data",

@@ -517,33 +517,42 @@ pub fn spawn_aria2(torrent: &Path, dir: &Path, port: u16, seed: bool, log: &Path
 // ---------------------------------------------------------------------------------------------
 // libtorrent
 
-/// tests/helpers/lt_peer.py: a libtorrent session on 127.0.0.1:`port` with `torrent`, data in
-/// `save_path`, dialling `peers`. Downloads and exits 0 when done, or (`seed`) seeds until killed.
-pub fn spawn_libtorrent(
-    torrent: &Path,
-    save_path: &Path,
-    port: u16,
-    peers: &[String],
-    seed: bool,
-    trackers: bool,
-    log: &Path,
-) -> ChildGuard {
-    require_libtorrent();
-    let mut cmd = Command::new(DEBIAN_PYTHON);
-    cmd.arg(helpers_dir().join("lt_peer.py"))
-        .arg(torrent)
-        .arg(save_path)
-        .args(["--port", &port.to_string(), "--timeout", "300"]);
-    for p in peers {
-        cmd.args(["--peer", p]);
+/// How to run tests/helpers/lt_peer.py: a libtorrent session on 127.0.0.1:`port`.
+#[derive(Debug, Default)]
+pub struct Libtorrent<'a> {
+    /// Peers to dial.
+    pub peers: &'a [String],
+    /// Check the data and seed until killed (otherwise download, then exit 0).
+    pub seed: bool,
+    /// Announce to the torrent's trackers.
+    pub trackers: bool,
+    /// Upload limit in bytes per second, applied to loopback peers too (0: none).
+    pub upload_limit: u64,
+}
+
+impl Libtorrent<'_> {
+    /// Starts it with `torrent`, data in `save_path`, listening on `port`, logging to `log`.
+    pub fn spawn(&self, torrent: &Path, save_path: &Path, port: u16, log: &Path) -> ChildGuard {
+        require_libtorrent();
+        let mut cmd = Command::new(DEBIAN_PYTHON);
+        cmd.arg(helpers_dir().join("lt_peer.py"))
+            .arg(torrent)
+            .arg(save_path)
+            .args(["--port", &port.to_string(), "--timeout", "300"]);
+        for p in self.peers {
+            cmd.args(["--peer", p]);
+        }
+        if self.seed {
+            cmd.arg("--seed");
+        }
+        if !self.trackers {
+            cmd.arg("--no-trackers");
+        }
+        if self.upload_limit > 0 {
+            cmd.args(["--upload-limit", &self.upload_limit.to_string()]);
+        }
+        logged(cmd, log)
     }
-    if seed {
-        cmd.arg("--seed");
-    }
-    if !trackers {
-        cmd.arg("--no-trackers");
-    }
-    logged(cmd, log)
 }
 
 /// Whether the libtorrent log says the torrent is complete (checked data, for a seeder).

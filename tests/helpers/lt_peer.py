@@ -2,7 +2,7 @@
 """A libtorrent peer for the interop tests (run with Debian's /usr/bin/python3).
 
     lt_peer.py TORRENT SAVE_PATH --port PORT [--peer HOST:PORT]... [--seed]
-               [--no-trackers] [--timeout SECONDS]
+               [--no-trackers] [--timeout SECONDS] [--upload-limit BYTES_PER_SECOND]
 
 Adds TORRENT with its data in SAVE_PATH (SAVE_PATH/<name>), listening on 127.0.0.1:PORT only,
 with DHT, local discovery, UPnP, NAT-PMP, uTP and encryption off, so that it speaks plain
@@ -13,7 +13,8 @@ unless --no-trackers.
 Prints one JSON object a line on stdout, flushed:
     {"event": "status", "state", "progress", "pieces", "num_pieces", "peers", "down", "up",
      "clients": names of the connected peers' clients} every half second;
-    {"event": "finished", ...status fields} once the download completes (then exits 0,
+    {"event": "finished", "clients_seen", ...status fields} once the download completes
+      (clients_seen: every peer client name seen so far) (then exits 0,
       unless --seed, which keeps the torrent seeding until killed or the timeout);
     {"event": "error", "message"} on a torrent error (then exits 1).
 Exits 3 when the timeout passes first.
@@ -66,6 +67,7 @@ def main():
     ap.add_argument("--seed", action="store_true")
     ap.add_argument("--no-trackers", action="store_true")
     ap.add_argument("--timeout", type=float, default=120.0)
+    ap.add_argument("--upload-limit", type=int, default=0, help="bytes per second, 0: none")
     args = ap.parse_args()
 
     settings = {
@@ -87,7 +89,14 @@ def main():
         "announce_to_all_trackers": True,
         "alert_mask": int(lt.alert.category_t.error_notification),
     }
+    if args.upload_limit > 0:
+        settings["upload_rate_limit"] = args.upload_limit
     ses = lt.session(settings)
+    if args.upload_limit > 0:
+        # Local peers are exempt from rate limits unless put in the global peer class.
+        f = lt.ip_filter()
+        f.add_rule("0.0.0.0", "255.255.255.255", 1 << lt.session.global_peer_class_id)
+        ses.set_peer_class_filter(f)
     ti = lt.torrent_info(args.torrent)
     atp = lt.add_torrent_params()
     atp.ti = ti
@@ -101,7 +110,10 @@ def main():
 
     deadline = time.time() + args.timeout
     last_dial = 0.0
+    last_status = 0.0
     finished = False
+    # Client names of every peer seen, sampled often: a transfer can be over in a second.
+    seen = set()
     while time.time() < deadline:
         for a in ses.pop_alerts():
             if isinstance(a, lt.torrent_error_alert):
@@ -120,13 +132,17 @@ def main():
             for p in peers:
                 h.connect_peer(p)
             last_dial = now
+        clients = peer_clients(h)
+        seen.update(c for c in clients if c)
         if not finished and not checking and (st.is_finished or st.is_seeding):
             finished = True
-            emit(dict(event="finished", **status_fields(st, ti)))
+            emit(dict(event="finished", clients_seen=sorted(seen), **status_fields(st, ti)))
             if not args.seed:
                 return
-        emit(dict(event="status", clients=peer_clients(h), **status_fields(st, ti)))
-        time.sleep(0.5)
+        if now - last_status >= 0.5:
+            emit(dict(event="status", clients=clients, **status_fields(st, ti)))
+            last_status = now
+        time.sleep(0.05)
     emit({"event": "timeout"})
     sys.exit(3)
 
