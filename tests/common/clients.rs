@@ -244,7 +244,7 @@ pub fn create_torrent(
 pub fn spawn_shoal(args: &[&str], log: &Path) -> ChildGuard {
     let mut cmd = Command::new(super::shoal_bin());
     cmd.args(args)
-        .env("RUST_LOG", "shoal_actors=trace,shoal=info");
+        .env("RUST_LOG", "shoal_actors=debug,shoal=info");
     logged(cmd, log)
 }
 
