@@ -713,6 +713,7 @@ impl State {
             key,
             addr,
             our_reserved: ours.reserved,
+            listen_port: Some(self.ctx.listen_port),
             lengths: self.meta.info.lengths,
             initial_have: self.initial_have.clone(),
             picker: self.picker.clone(),
