@@ -458,20 +458,7 @@ impl State {
             PieceOutcome::HashFailed => {
                 self.shared.add_wasted(len);
                 let contributors = self.policy.piece_failed(done.piece);
-                // A sole contributor is surely guilty. A piece that mixed several peers' data
-                // is remembered block by block and refetched from one peer only (the policy
-                // sees to it); when it verifies, the senders of the blocks that differed are
-                // struck. An honest peer is never blamed.
-                if contributors.len() == 1 {
-                    self.strike(contributors[0]);
-                } else if senders.len() == done.block_digests.len()
-                    && self.suspects.len() < MAX_SUSPECTS
-                {
-                    self.suspects.insert(
-                        done.piece,
-                        senders.into_iter().zip(done.block_digests).collect(),
-                    );
-                }
+                // The event first: a ban that follows is reported after it.
                 let addrs: Vec<SocketAddr> = contributors
                     .iter()
                     .filter_map(|p| self.peers.get(p))
@@ -486,6 +473,20 @@ impl State {
                     piece: done.piece,
                     peers: addrs,
                 });
+                // A sole contributor is surely guilty. A piece that mixed several peers' data
+                // is remembered block by block and refetched from one peer only (the policy
+                // sees to it); when it verifies, the senders of the blocks that differed are
+                // struck. An honest peer is never blamed.
+                if contributors.len() == 1 {
+                    self.strike(contributors[0]);
+                } else if senders.len() == done.block_digests.len()
+                    && self.suspects.len() < MAX_SUSPECTS
+                {
+                    self.suspects.insert(
+                        done.piece,
+                        senders.into_iter().zip(done.block_digests).collect(),
+                    );
+                }
             }
             PieceOutcome::WriteFailed(e) => {
                 // The data was good but could not be stored: fetch it again later, and start
