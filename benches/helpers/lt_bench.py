@@ -52,7 +52,11 @@ def seed(torrent, save_path, port, tracker):
         time.sleep(0.05)
     print("ready", flush=True)
     while True:
-        time.sleep(3600)
+        # Re-announce often: the tracker forgets a peer silent for two intervals, and aria2c
+        # (which has no way to be given a peer directly) must find us there on every run.
+        time.sleep(5)
+        if tracker:
+            h.force_reannounce()
 
 
 def download(torrent, save_path, peer, timeout):
