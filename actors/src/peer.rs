@@ -62,8 +62,13 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// late for one of them is not taken for data we never asked for.
 const RECENT_RELEASED: usize = 256;
 
-/// The initial read buffer; it grows up to the largest message allowed.
+/// The read buffer of a connection that moves blocks; it grows up to the largest message
+/// allowed, and shrinks back to this once drained.
 const READ_CHUNK: usize = 64 * 1024;
+
+/// The read buffer a connection starts with: enough for every message but blocks and large
+/// bitfields, so an idle connection costs little (the first block grows it to `READ_CHUNK`).
+const READ_START: usize = 4 * 1024;
 
 /// Settings for every peer of a torrent.
 #[derive(Clone, Debug)]
@@ -310,9 +315,9 @@ pub async fn run(setup: PeerSetup, stream: TcpStream, remote: Handshake) -> Peer
         reads_in_flight: 0,
         cancelled_in_flight: Vec::new(),
         reads_tx,
-        wbuf: Vec::with_capacity(READ_CHUNK),
+        wbuf: Vec::new(),
         wpos: 0,
-        rbuf: vec![0u8; READ_CHUNK],
+        rbuf: vec![0u8; READ_START],
         rstart: 0,
         rend: 0,
         rneed: 0,
