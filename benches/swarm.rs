@@ -109,12 +109,21 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1 << 20) as f64
 }
 
-/// Raises the soft limit on open files to the hard limit (as any embedder with many peers must).
+/// Raises the limit on open files (as any embedder with many peers must).
 fn raise_nofile() -> u64 {
     // SAFETY: plain getrlimit/setrlimit on a local struct.
     unsafe {
         let mut r: libc::rlimit = std::mem::zeroed();
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 {
+            // Both ends of every connection are in this process: ask for plenty (allowed when
+            // running as root), else take the hard limit.
+            let want = libc::rlimit {
+                rlim_cur: 1 << 18,
+                rlim_max: r.rlim_max.max(1 << 18),
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                return want.rlim_cur;
+            }
             r.rlim_cur = r.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &r);
             return r.rlim_cur;
@@ -412,10 +421,11 @@ fn swarm(n: usize) {
     );
     println!(
         "  availability n={n}: pieces only at the seeder reached 0 at {} and stayed at most {} \
-         afterwards; over time (t:count) {}",
+         afterwards; over time (t:count) {}; the seeder uploaded {:.2} copies of the torrent",
         first_zero.map_or("never".into(), |d| format!("{:.1} s", d.as_secs_f64())),
         max_after_zero,
-        series.join(" ")
+        series.join(" "),
+        seeder.progress().uploaded as f64 / meta.total_length() as f64
     );
     let t = Instant::now();
     rt.block_on(async {
