@@ -845,8 +845,7 @@ impl Peer {
         let len = data.len() as u64;
         self.stats.downloaded.fetch_add(len, Ordering::Relaxed);
         self.shared.add_downloaded(len);
-        let mut buf = self.pool.take(data.len());
-        buf.copy_from_slice(data);
+        let buf = self.pool.take_copy(data);
         self.picker
             .send(PickerMsg::Block {
                 peer: self.key,
