@@ -206,9 +206,17 @@ fn swarm(n: usize) {
     .expect("create torrent");
     let meta = Arc::new(Metainfo::from_bytes(&bytes).expect("our torrent"));
     let pieces = meta.info.lengths.num_pieces() as usize;
+    // Both ends of every connection hold a descriptor in this process: cap the peers per
+    // torrent so the swarm fits the open files limit (SHOAL_SWARM_MAX_PEERS overrides).
+    let fit = (nofile as usize).saturating_sub(4 * n + 1000) / (n + 1);
+    let max_peers = env_u64(
+        "SHOAL_SWARM_MAX_PEERS",
+        TorrentSettings::default().max_peers.min(fit) as u64,
+    ) as usize;
     println!(
         "\nswarm: 1 seeder + {n} downloaders, {size_mib} MiB in {pieces} pieces of {piece_kib} KiB, \
-         one runtime ({} executor threads), tracker{}; open files limit {nofile}; load {}",
+         one runtime ({} executor threads), tracker{}; open files limit {nofile}, so at most \
+         {max_peers} peers per torrent; load {}",
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         if direct { " + seeder as direct peer" } else { " only" },
         support::load()
@@ -225,6 +233,7 @@ fn swarm(n: usize) {
     let seeder_session = Session::with_spawner(settings(), rt.handle()).expect("seeder session");
     let mut seed = AddTorrent::seed(meta.clone(), PathBuf::new());
     seed.content = Some(data.clone());
+    seed.settings.max_peers = max_peers;
     let seeder = rt
         .block_on(seeder_session.add_torrent(seed))
         .expect("seeder starts");
@@ -243,7 +252,10 @@ fn swarm(n: usize) {
             }
         };
         let mut add = AddTorrent::download(meta.clone(), &out);
-        add.settings = TorrentSettings::default();
+        add.settings = TorrentSettings {
+            max_peers,
+            ..TorrentSettings::default()
+        };
         if direct {
             add.peers = vec![seeder_addr];
         }
