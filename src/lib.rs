@@ -1,7 +1,7 @@
-//! shoal: a BitTorrent engine and client built from small actors on smol.
+#![doc = include_str!("../README.md")]
 //!
-//! This crate is the facade that embedders depend on: it re-exports the pure engine
-//! ([`engine`]) and the actor system ([`actors`]).
+//! This crate is the facade embedders depend on: it re-exports the pure engine ([`engine`])
+//! and the actor system ([`actors`]).
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 

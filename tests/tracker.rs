@@ -182,13 +182,18 @@ fn two_clients_learn_each_other_and_stopped_removes() {
         b.client.stop().await;
         let counts = scrape(&url, &[h], &fast_timing()).await.unwrap();
         assert_eq!(counts.get(&h).map(|s| s.incomplete), Some(1));
-        // ... so A stops hearing of it.
+        // ... so A stops hearing of it. Replies already on their way may still name B: let
+        // them through, then A keeps announcing and hears of nobody.
+        Timer::after(Duration::from_millis(1500)).await;
+        while a.peers.try_recv().is_ok() {}
+        let n = a.client.status()[0].announces;
         let batch = future::or(async { Some(a.peers.recv().await.unwrap()) }, async {
-            Timer::after(Duration::from_secs(3)).await;
+            Timer::after(Duration::from_millis(2500)).await;
             None
         })
         .await;
-        assert!(!batch.unwrap_or_default().contains(&local(40002)));
+        assert_eq!(batch, None, "a swarm of A alone has no peers for A");
+        assert!(a.client.status()[0].announces > n, "A kept announcing");
         a.client.stop().await;
         let counts = scrape(&url, &[h], &fast_timing()).await.unwrap();
         assert_eq!(counts.get(&h), None, "an empty swarm is forgotten");
@@ -755,7 +760,6 @@ impl OpenTracker {
         format!("http://127.0.0.1:{}/announce", self.port)
     }
 
-    #[allow(dead_code)] // used once UDP is in
     fn udp_url(&self) -> String {
         format!("udp://127.0.0.1:{}", self.port)
     }
@@ -821,6 +825,393 @@ fn opentracker_refuses_an_unlisted_torrent() {
         e.starts_with("tracker refused: Requested download is not authorized"),
         "{e}"
     );
+}
+
+#[test]
+fn opentracker_udp_two_clients_and_scrape() {
+    let h = hash(0x33);
+    let ot = OpenTracker::start(&[h]);
+    let url = ot.udp_url();
+    run_bounded(40, async {
+        let a = spawn_client(one(&url), h, 48101, 100);
+        until(|| a.client.status()[0].announces >= 1).await;
+        let b = spawn_client(one(&url), h, 48102, 100);
+        learn(&b.peers, local(48101)).await;
+        a.stats.left.store(0, Ordering::Relaxed);
+        a.client.completed().await;
+        learn(&a.peers, local(48102)).await;
+        let st = b.client.status();
+        assert_eq!(st[0].last_error, None, "{st:?}");
+        let t = fast_timing();
+        let mut s = scrape(&url, &[h, hash(0x34)], &t).await.unwrap();
+        while s.get(&h).unwrap().downloaded == 0 {
+            Timer::after(Duration::from_millis(50)).await;
+            s = scrape(&url, &[h, hash(0x34)], &t).await.unwrap();
+        }
+        let sh = s.get(&h).unwrap();
+        assert_eq!((sh.complete, sh.incomplete, sh.downloaded), (1, 1, 1));
+        assert_eq!(
+            s.get(&hash(0x34)).map(|s| s.complete + s.incomplete),
+            Some(0)
+        );
+        b.client.stop().await;
+        let s = scrape(&url, &[h], &t).await.unwrap().get(&h).unwrap();
+        assert_eq!((s.complete, s.incomplete), (1, 0), "stopped removed B");
+        a.client.stop().await;
+    });
+}
+
+#[test]
+fn opentracker_udp_and_http_share_the_swarm() {
+    let h = hash(0x35);
+    let ot = OpenTracker::start(&[h]);
+    let t = fast_timing();
+    run_bounded(20, async {
+        announce_once(
+            &ot.udp_url(),
+            &request(h, 48201, 1, Some(Event::Started)),
+            &t,
+        )
+        .await
+        .unwrap();
+        let r = announce_once(
+            &ot.http_url(),
+            &request(h, 48202, 1, Some(Event::Started)),
+            &t,
+        )
+        .await
+        .unwrap();
+        assert!(r.peers.contains(&local(48201)), "{:?}", r.peers);
+        let r = announce_once(
+            &ot.udp_url(),
+            &request(h, 48203, 1, Some(Event::Started)),
+            &t,
+        )
+        .await
+        .unwrap();
+        assert!(r.peers.contains(&local(48202)), "{:?}", r.peers);
+        assert_eq!(r.incomplete, Some(3));
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile UDP trackers: a raw UdpSocket answering what the test says
+
+/// What the hostile UDP tracker saw.
+#[derive(Default)]
+struct UdpLog {
+    connects: usize,
+    announces: usize,
+    other: usize,
+}
+
+struct HostileUdp {
+    addr: SocketAddr,
+    log: Arc<std::sync::Mutex<UdpLog>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// A request as the hostile tracker reads it.
+struct UdpRequest {
+    action: u32,
+    tid: u32,
+    connection_id: u64,
+}
+
+const CONNECTION_ID: u64 = 0x5eed_0000_0000_0001;
+
+fn udp_reply(action: u32, tid: u32, body: &[u8]) -> Vec<u8> {
+    let mut p = action.to_be_bytes().to_vec();
+    p.extend_from_slice(&tid.to_be_bytes());
+    p.extend_from_slice(body);
+    p
+}
+
+fn connect_ok(tid: u32) -> Vec<u8> {
+    udp_reply(0, tid, &CONNECTION_ID.to_be_bytes())
+}
+
+fn announce_ok(tid: u32, peers: &[SocketAddr]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for n in [1u32, 2, 3] {
+        body.extend_from_slice(&n.to_be_bytes()); // interval, leechers, seeders
+    }
+    for p in peers {
+        match p {
+            SocketAddr::V4(p) => body.extend_from_slice(&p.ip().octets()),
+            SocketAddr::V6(p) => body.extend_from_slice(&p.ip().octets()),
+        }
+        body.extend_from_slice(&p.port().to_be_bytes());
+    }
+    udp_reply(1, tid, &body)
+}
+
+impl HostileUdp {
+    /// `answer` gets each request and how many of its action came before; returns the
+    /// datagrams to send back.
+    fn start(answer: impl Fn(&UdpRequest, usize) -> Vec<Vec<u8>> + Send + 'static) -> Self {
+        Self::start_on("127.0.0.1:0", answer)
+    }
+
+    fn start_on(
+        bind: &str,
+        answer: impl Fn(&UdpRequest, usize) -> Vec<Vec<u8>> + Send + 'static,
+    ) -> Self {
+        let socket = std::net::UdpSocket::bind(bind).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let addr = socket.local_addr().unwrap();
+        let log = Arc::new(std::sync::Mutex::new(UdpLog::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let (log, stop) = (Arc::clone(&log), Arc::clone(&stop));
+            move || {
+                let mut buf = [0u8; 2048];
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok((len, from)) = socket.recv_from(&mut buf) else {
+                        continue;
+                    };
+                    let p = &buf[..len];
+                    if len < 16 {
+                        log.lock().unwrap().other += 1;
+                        continue;
+                    }
+                    let req = UdpRequest {
+                        connection_id: u64::from_be_bytes(p[..8].try_into().unwrap()),
+                        action: u32::from_be_bytes(p[8..12].try_into().unwrap()),
+                        tid: u32::from_be_bytes(p[12..16].try_into().unwrap()),
+                    };
+                    let seen = {
+                        let mut log = log.lock().unwrap();
+                        match req.action {
+                            0 if req.connection_id == 0x0417_2710_1980 && len == 16 => {
+                                log.connects += 1;
+                                log.connects - 1
+                            }
+                            1 if req.connection_id == CONNECTION_ID && len == 98 => {
+                                log.announces += 1;
+                                log.announces - 1
+                            }
+                            _ => {
+                                log.other += 1;
+                                continue;
+                            }
+                        }
+                    };
+                    for reply in answer(&req, seen) {
+                        let _ = socket.send_to(&reply, from);
+                    }
+                }
+            }
+        });
+        HostileUdp {
+            addr,
+            log,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("udp://{}/announce", self.addr)
+    }
+
+    fn counts(&self) -> (usize, usize, usize) {
+        let l = self.log.lock().unwrap();
+        (l.connects, l.announces, l.other)
+    }
+}
+
+impl Drop for HostileUdp {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn udp_stray_replies_are_dropped_and_the_right_one_taken() {
+    let h = HostileUdp::start(|req, _| match req.action {
+        // A reply to someone else first, then ours.
+        0 => vec![connect_ok(req.tid ^ 1), connect_ok(req.tid)],
+        _ => vec![
+            announce_ok(req.tid.wrapping_add(7), &[]),
+            announce_ok(req.tid, &[local(50001)]),
+        ],
+    });
+    run_bounded(10, async {
+        let r = announce_once(&h.url(), &request(hash(50), 1, 1, None), &fast_timing())
+            .await
+            .unwrap();
+        assert_eq!(r.peers, vec![local(50001)]);
+        assert_eq!(
+            (r.interval, r.incomplete, r.complete),
+            (1, Some(2), Some(3))
+        );
+    });
+    assert_eq!(h.counts(), (1, 1, 0), "no retransmission was needed");
+}
+
+#[test]
+fn udp_only_stray_replies_is_a_clear_error_after_retransmissions() {
+    let h = HostileUdp::start(|req, _| vec![connect_ok(req.tid.wrapping_add(1))]);
+    let start = Instant::now();
+    let e = failures_against(&h.url(), 1, 20);
+    assert!(e.starts_with("udp tracker reply has transaction id"), "{e}");
+    // 0.2 + 0.4 + 0.8 s of waiting: three connects, then the round fails.
+    assert!(start.elapsed() >= Duration::from_millis(1400));
+    assert!(h.counts().0 >= 3, "{:?}", (h.counts().0, h.counts().1));
+}
+
+#[test]
+fn udp_silence_is_retransmitted_with_backoff_then_times_out() {
+    let h = HostileUdp::start(|_, _| vec![]);
+    run_bounded(20, async {
+        let start = Instant::now();
+        let e = announce_once(&h.url(), &request(hash(51), 1, 1, None), &fast_timing())
+            .await
+            .unwrap_err();
+        let took = start.elapsed();
+        assert_eq!(e.to_string(), "no answer in time");
+        assert!(
+            took >= Duration::from_millis(1400) && took < Duration::from_millis(3000),
+            "{took:?}"
+        );
+    });
+    assert_eq!(h.counts().0, 3, "the first connect and two retransmissions");
+}
+
+#[test]
+fn udp_lost_reply_is_retransmitted_and_the_connection_id_reused() {
+    // The first announce gets no answer; its retransmission does.
+    let h = HostileUdp::start(|req, seen| match (req.action, seen) {
+        (0, _) => vec![connect_ok(req.tid)],
+        (_, 0) => vec![],
+        _ => vec![announce_ok(req.tid, &[local(50002)])],
+    });
+    run_bounded(10, async {
+        let r = announce_once(&h.url(), &request(hash(52), 1, 1, None), &fast_timing())
+            .await
+            .unwrap();
+        assert_eq!(r.peers, vec![local(50002)]);
+    });
+    assert_eq!(
+        h.counts(),
+        (1, 2, 0),
+        "one connect, an announce and its retransmission"
+    );
+}
+
+#[test]
+fn udp_actor_reuses_its_connection_id_within_a_minute() {
+    let h = HostileUdp::start(|req, _| match req.action {
+        0 => vec![connect_ok(req.tid)],
+        _ => vec![announce_ok(req.tid, &[])],
+    });
+    run_bounded(20, async {
+        let c = spawn_client(one(&h.url()), hash(53), 50003, 1);
+        until(|| c.client.status()[0].announces >= 3).await;
+        c.client.stop().await;
+    });
+    let (connects, announces, other) = h.counts();
+    assert_eq!(connects, 1);
+    assert!(announces >= 4, "three announces and a stopped: {announces}");
+    assert_eq!(other, 0);
+}
+
+#[test]
+fn udp_truncated_replies_are_clear_errors() {
+    let h = HostileUdp::start(|req, _| vec![connect_ok(req.tid)[..12].to_vec()]);
+    let e = failures_against(&h.url(), 2, 20);
+    assert_eq!(e, "udp tracker packet of 12 bytes is shorter than 16");
+    let h = HostileUdp::start(|req, _| match req.action {
+        0 => vec![connect_ok(req.tid)],
+        _ => vec![announce_ok(req.tid, &[local(1)])[..23].to_vec()],
+    });
+    let e = failures_against(&h.url(), 2, 20);
+    assert_eq!(e, "compact peer list of 3 bytes is not a multiple of 6");
+    let h = HostileUdp::start(|_, _| vec![vec![1, 2, 3]]);
+    let e = failures_against(&h.url(), 2, 20);
+    assert_eq!(e, "udp tracker packet of 3 bytes is shorter than 8");
+}
+
+#[test]
+fn udp_error_action_is_the_trackers_refusal() {
+    let h = HostileUdp::start(|req, _| match req.action {
+        0 => vec![connect_ok(req.tid)],
+        _ => vec![udp_reply(3, req.tid, b"torrent not registered")],
+    });
+    let e = failures_against(&h.url(), 2, 20);
+    assert_eq!(e, "tracker refused: torrent not registered");
+    // The connection id is dropped after a failure: each round connects again.
+    assert!(h.counts().0 >= 2);
+}
+
+#[test]
+fn udp_wrong_action_is_an_error() {
+    let h = HostileUdp::start(|req, _| vec![udp_reply(2, req.tid, &[0; 8])]);
+    let e = failures_against(&h.url(), 1, 20);
+    assert_eq!(e, "udp tracker reply has action 2, expected 0");
+}
+
+#[test]
+fn udp_over_ipv6_reads_18_byte_peers() {
+    let peer: SocketAddr = "[::1]:50005".parse().unwrap();
+    let h = HostileUdp::start_on("[::1]:0", move |req, _| match req.action {
+        0 => vec![connect_ok(req.tid)],
+        _ => vec![announce_ok(req.tid, &[peer])],
+    });
+    run_bounded(10, async {
+        let r = announce_once(&h.url(), &request(hash(55), 1, 1, None), &fast_timing())
+            .await
+            .unwrap();
+        assert_eq!(r.peers, vec![peer]);
+    });
+}
+
+#[test]
+fn embedded_tracker_over_ipv6_answers_in_peers6() {
+    let server = TrackerServer::bind("[::1]:0".parse().unwrap()).unwrap();
+    let url = server.announce_url();
+    assert!(url.starts_with("http://[::1]:"), "{url}");
+    let t = fast_timing();
+    run_bounded(10, async {
+        announce_once(&url, &request(hash(56), 50006, 1, None), &t)
+            .await
+            .unwrap();
+        let r = announce_once(&url, &request(hash(56), 50007, 1, None), &t)
+            .await
+            .unwrap();
+        assert_eq!(r.peers, vec!["[::1]:50006".parse().unwrap()]);
+    });
+}
+
+#[test]
+fn udp_port_unreachable_fails_fast() {
+    let port = {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.local_addr().unwrap().port()
+    };
+    run_bounded(10, async {
+        let start = Instant::now();
+        let e = announce_once(
+            &format!("udp://127.0.0.1:{port}"),
+            &request(hash(54), 1, 1, None),
+            &fast_timing(),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("socket error: connection refused"),
+            "{e}"
+        );
+        assert!(start.elapsed() < Duration::from_millis(500));
+    });
 }
 
 // ---------------------------------------------------------------------------------------------

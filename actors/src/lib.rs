@@ -8,6 +8,7 @@ pub mod hasher;
 pub mod one_copy;
 pub mod peer;
 pub mod picker;
+pub mod resume;
 pub mod runtime;
 pub mod session;
 pub mod shared;

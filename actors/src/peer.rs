@@ -24,11 +24,12 @@ use std::time::{Duration, Instant};
 
 use async_channel::{Receiver, Sender};
 use event_listener::EventListener;
-use futures_lite::{AsyncRead, AsyncWrite, Stream};
+use futures_lite::{AsyncRead, AsyncWrite, FutureExt, Stream};
 use shoal_engine::bitfield::Bitfield;
 use shoal_engine::lengths::{BlockInfo, Lengths};
 use shoal_engine::picker::PeerKey;
 use shoal_engine::wire::{decode, piece_header, Decoded, Handshake, Message, WireError};
+use shoal_engine::PeerId;
 use smol::net::TcpStream;
 
 use crate::buffers::BlockPool;
@@ -49,6 +50,10 @@ const MAX_READS: usize = 8;
 /// Stop reading blocks from disk for this peer while this many bytes wait to be sent.
 const WRITE_HIGH_WATER: usize = 256 * 1024;
 
+/// A peer whose unsent bytes pass this mark while it keeps sending requests is not reading
+/// what it asks for (each refused request costs a reject): it is dropped.
+const MAX_UNSENT: usize = 4 * 1024 * 1024;
+
 /// A keep-alive goes out after this long without sending anything.
 const KEEPALIVE_AFTER: Duration = Duration::from_secs(60);
 
@@ -62,13 +67,15 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// late for one of them is not taken for data we never asked for.
 const RECENT_RELEASED: usize = 256;
 
-/// The read buffer of a connection that moves blocks; it grows up to the largest message
-/// allowed, and shrinks back to this once drained.
-const READ_CHUNK: usize = 64 * 1024;
+/// How long a graceful close may take to send what is queued.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The read buffer a connection starts with: enough for every message but blocks and large
-/// bitfields, so an idle connection costs little (the first block grows it to `READ_CHUNK`).
-const READ_START: usize = 4 * 1024;
+/// The read buffer a connection starts with: small, so that idle peers cost little memory.
+const MIN_READ_BUF: usize = 4 * 1024;
+
+/// The read buffer of a busy connection: a read that fills the buffer doubles it up to this.
+/// (A single message may still grow it up to the largest message allowed.)
+const READ_CHUNK: usize = 64 * 1024;
 
 /// Settings for every peer of a torrent.
 #[derive(Clone, Debug)]
@@ -160,6 +167,8 @@ pub struct PeerExit {
     pub reason: String,
     /// Whether the peer should be banned (it sent corrupt data or lied).
     pub ban: bool,
+    /// The peer's id, once its handshake was read.
+    pub peer_id: Option<PeerId>,
 }
 
 /// What ended the event loop.
@@ -317,7 +326,7 @@ pub async fn run(setup: PeerSetup, stream: TcpStream, remote: Handshake) -> Peer
         reads_tx,
         wbuf: Vec::new(),
         wpos: 0,
-        rbuf: vec![0u8; READ_START],
+        rbuf: vec![0u8; MIN_READ_BUF],
         rstart: 0,
         rend: 0,
         rneed: 0,
@@ -336,6 +345,8 @@ pub async fn run(setup: PeerSetup, stream: TcpStream, remote: Handshake) -> Peer
         Stop::Local("torrent is stopping".into())
     } else {
         peer.shared.peer_count_add(1);
+        peer.shared
+            .emit(crate::shared::TorrentEvent::PeerConnected(addr));
         peer.stats.connected.store(true, Ordering::Relaxed);
         let stop = peer.event_loop(stream, control, notes_rx, reads_rx).await;
         peer.shared.peer_count_add(-1);
@@ -353,7 +364,11 @@ pub async fn run(setup: PeerSetup, stream: TcpStream, remote: Handshake) -> Peer
         Stop::Banned => ("banned: sent corrupt data".into(), true),
     };
     log::debug!("peer {addr}: {reason}");
-    PeerExit { reason, ban }
+    PeerExit {
+        reason,
+        ban,
+        peer_id: Some(remote.peer_id),
+    }
 }
 
 impl Peer {
@@ -369,13 +384,13 @@ impl Peer {
             (Box::pin(control), Box::pin(notes), Box::pin(reads));
         let mut haves: Option<EventListener> = None;
         let mut tick = smol::Timer::interval(Duration::from_secs(1));
-        self.catch_up_haves();
+        self.catch_up_haves(false);
         self.send_our_pieces();
         loop {
             if haves.is_none() {
                 haves = Some(self.shared.listen_haves());
                 // Entries appended before the listener was registered are read now.
-                self.catch_up_haves();
+                self.catch_up_haves(true);
             }
             let want_read = self.rend < self.rbuf.len();
             let wake = futures_lite::future::poll_fn(|cx| {
@@ -398,7 +413,8 @@ impl Peer {
             .await;
             let result = match wake {
                 Wake::Control(None) | Wake::Control(Some(PeerControl::Stop)) => {
-                    return Stop::Local("torrent closed the connection".into())
+                    self.close_gracefully(&mut stream).await;
+                    return Stop::Local("torrent closed the connection".into());
                 }
                 Wake::Control(Some(c)) => {
                     self.control(c);
@@ -409,7 +425,7 @@ impl Peer {
                 Wake::Read(done) => self.read_done(done),
                 Wake::Haves => {
                     haves = None;
-                    self.catch_up_haves();
+                    self.catch_up_haves(true);
                     Ok(())
                 }
                 Wake::Wrote(Ok(0)) => Err(Stop::Io(io::ErrorKind::WriteZero.into())),
@@ -426,6 +442,11 @@ impl Peer {
                 Wake::Received(Ok(0)) => Err(Stop::Io(io::ErrorKind::UnexpectedEof.into())),
                 Wake::Received(Ok(n)) => {
                     self.rend += n;
+                    if self.rend == self.rbuf.len() && self.rbuf.len() < READ_CHUNK {
+                        // A busy connection: read more per call.
+                        let len = self.rbuf.len() * 2;
+                        self.rbuf.resize(len, 0);
+                    }
                     self.last_recv = Instant::now();
                     self.process_input().await
                 }
@@ -440,6 +461,30 @@ impl Peer {
                 return stop;
             }
         }
+    }
+
+    /// Sends what is queued (blocks we already counted as uploaded, a last HAVE), then closes
+    /// our side and waits briefly for the peer to close its side, so that no queued byte is
+    /// lost to a reset. Bounded in time.
+    async fn close_gracefully(&mut self, stream: &mut TcpStream) {
+        use futures_lite::{AsyncReadExt, AsyncWriteExt};
+        let flush = async {
+            stream.write_all(&self.wbuf[self.wpos..]).await?;
+            // Closing a TCP stream shuts down its write side only.
+            stream.close().await?;
+            // Read (and drop) until the peer closes, so unread input does not turn into a reset.
+            let mut sink = [0u8; 4096];
+            while stream.read(&mut sink).await? > 0 {}
+            Ok::<(), io::Error>(())
+        };
+        let _ = flush
+            .or(async {
+                smol::Timer::after(CLOSE_TIMEOUT).await;
+                Ok(())
+            })
+            .await;
+        self.wbuf.clear();
+        self.wpos = 0;
     }
 
     /// Work that follows any event: keep the request pipeline and the uploads moving.
@@ -536,16 +581,17 @@ impl Peer {
     }
 
     /// Reads new entries of the have-log; sends HAVE for each piece the peer has not been told.
-    fn catch_up_haves(&mut self) {
+    /// With `announce` false (before our bitfield goes out), the pieces only join `our_have`,
+    /// since the bitfield will carry them and nothing may precede it.
+    fn catch_up_haves(&mut self, announce: bool) {
         let mut fresh = std::mem::take(&mut self.new_haves);
         fresh.clear();
         self.shared.new_haves(&mut self.have_cursor, &mut fresh);
         for &piece in &fresh {
             if !self.our_have.get(piece) {
                 self.our_have.set(piece);
-                // Skip the HAVE when the peer has the piece already (it will not want it), but
-                // never when the handshake is this fresh that the bitfield is still queued.
-                if !self.remote_has.get(piece) {
+                // Skip the HAVE when the peer has the piece already: it will not want it.
+                if announce && !self.remote_has.get(piece) {
                     self.send(Message::Have(piece));
                 }
             }
@@ -679,7 +725,7 @@ impl Peer {
                     }
                     let need = self.rend + more;
                     if need > buf.len() {
-                        buf.resize(need.max(READ_CHUNK), 0);
+                        buf.resize(need, 0);
                     }
                     self.rneed = need;
                     return Ok(());
@@ -820,6 +866,11 @@ impl Peer {
         if allowed {
             self.serve_queue.push_back(block);
         } else if self.fast {
+            if self.wbuf.len() - self.wpos > MAX_UNSENT {
+                return Err(Stop::Local(
+                    "request flood: it does not read our rejects".into(),
+                ));
+            }
             self.send(Message::Reject(block));
         }
         Ok(())

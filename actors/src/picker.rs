@@ -36,7 +36,11 @@ pub const PICKER_MAILBOX: usize = 256;
 /// simply thrown away when it arrives).
 pub const PEER_NOTES: usize = 64;
 
-/// How many failed pieces a peer may contribute to before it is banned.
+/// After a write fails (disk full, permission denied), how long to start no new piece before
+/// trying again.
+pub const PAUSE_AFTER_WRITE_FAILURE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How many failed pieces a peer may send alone before it is banned.
 pub const BAN_STRIKES: u32 = 2;
 
 /// What the picker tells one peer.
@@ -116,15 +120,17 @@ pub enum PickerMsg {
         /// The peer.
         peer: PeerKey,
     },
+    /// A second has passed: starved peers ask again once a pause has run out.
+    Tick,
     /// Which pieces are verified now.
     Verified {
         /// The answer.
         reply: ReplyTo<Bitfield>,
     },
-    /// Stop: wait for pieces in flight, then answer.
+    /// Stop: wait for pieces in flight, then answer with the pieces verified in the end.
     Shutdown {
         /// Answered once everything in flight has landed.
-        reply: ReplyTo<()>,
+        reply: ReplyTo<Bitfield>,
     },
 }
 
@@ -186,8 +192,9 @@ struct State {
     shared: Arc<Shared>,
     /// Where results come back.
     done_tx: Sender<PieceDone>,
-    /// Whether writing failed: no new pieces are started until a write succeeds.
-    paused: bool,
+    /// When writing last failed: no new piece is started for [`PAUSE_AFTER_WRITE_FAILURE`]
+    /// after it, or until a write succeeds.
+    paused: Option<std::time::Instant>,
 }
 
 /// Runs the picker actor until shutdown or until every handle is dropped.
@@ -213,9 +220,9 @@ pub async fn run(setup: PickerSetup, mut inbox: Mailbox<PickerMsg>) {
         budget: disk_budget.max(u64::from(lengths.piece_length())),
         shared,
         done_tx,
-        paused: false,
+        paused: None,
     };
-    let mut shutdown: Option<ReplyTo<()>> = None;
+    let mut shutdown: Option<ReplyTo<Bitfield>> = None;
     loop {
         enum Ev {
             Msg(Option<PickerMsg>),
@@ -252,7 +259,7 @@ pub async fn run(setup: PickerSetup, mut inbox: Mailbox<PickerMsg>) {
     }
     hasher.shutdown().await;
     if let Some(reply) = shutdown {
-        reply.send(());
+        reply.send(st.policy.have().clone());
     }
 }
 
@@ -293,7 +300,10 @@ impl State {
             }
             PickerMsg::Pick { peer, max, mut buf } => {
                 buf.clear();
-                let allow_new = !self.paused && self.reserved_bytes() < self.budget;
+                let paused = self
+                    .paused
+                    .is_some_and(|t| t.elapsed() < PAUSE_AFTER_WRITE_FAILURE);
+                let allow_new = !paused && self.reserved_bytes() < self.budget;
                 if let Some(slot) = self.peers.get_mut(&peer) {
                     self.policy.set_new_pieces_allowed(allow_new);
                     self.policy.pick(peer, &slot.has, max, &mut buf);
@@ -322,6 +332,15 @@ impl State {
             PickerMsg::Leave { peer } => {
                 if let Some(slot) = self.peers.remove(&peer) {
                     self.policy.peer_gone(peer, &slot.has);
+                    self.wake(None);
+                }
+            }
+            PickerMsg::Tick => {
+                if self
+                    .paused
+                    .is_some_and(|t| t.elapsed() >= PAUSE_AFTER_WRITE_FAILURE)
+                {
+                    self.paused = None;
                     self.wake(None);
                 }
             }
@@ -395,17 +414,24 @@ impl State {
         self.in_flight_pieces = self.in_flight_pieces.saturating_sub(1);
         match done.outcome {
             PieceOutcome::Written => {
-                self.paused = false;
+                self.paused = None;
                 self.policy.piece_verified(done.piece);
                 self.shared.piece_verified(done.piece, len);
             }
             PieceOutcome::HashFailed => {
                 self.shared.add_wasted(len);
                 let contributors = self.policy.piece_failed(done.piece);
+                // Only a sole contributor is surely guilty. A piece that mixed several peers'
+                // data is refetched from one peer only (the policy sees to it), so a liar meets
+                // a failure it alone sent soon enough, and an honest peer is never blamed.
+                let sole = contributors.len() == 1;
                 let mut addrs = Vec::new();
                 for peer in contributors {
                     if let Some(slot) = self.peers.get_mut(&peer) {
                         addrs.push(slot.addr);
+                        if !sole {
+                            continue;
+                        }
                         slot.strikes += 1;
                         if slot.strikes >= BAN_STRIKES {
                             log::warn!(
@@ -432,7 +458,7 @@ impl State {
                 // nothing new until a write succeeds (disk full, permission denied).
                 log::error!("writing piece {} failed: {e}", done.piece);
                 self.policy.piece_failed(done.piece);
-                self.paused = true;
+                self.paused = Some(std::time::Instant::now());
                 let msg = e.to_string();
                 self.shared.set_error(msg.clone());
                 self.shared.emit(TorrentEvent::DiskError(msg));

@@ -2,9 +2,9 @@
 //! the disk threads, the hasher pool, the picker and the tracker client, and owns the peer
 //! connections: dialling, accepting, choking, banning, and shutting it all down in order.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -46,8 +46,14 @@ const RECHOKE_EVERY: Duration = Duration::from_secs(10);
 /// How often the optimistic unchoke moves to another peer.
 const OPTIMISTIC_EVERY: Duration = Duration::from_secs(30);
 
-/// How long a peer we failed to reach waits before we dial it again.
-const REDIAL_AFTER: Duration = Duration::from_secs(30);
+/// How often the fast-resume record is saved while pieces keep arriving.
+const RESUME_EVERY: Duration = Duration::from_secs(30);
+
+/// The longest wait before dialling again an address that keeps failing.
+const MAX_REDIAL_WAIT: Duration = Duration::from_secs(60);
+
+/// The most addresses remembered for dialling; beyond it, those that failed most are dropped.
+const MAX_KNOWN: usize = 2000;
 
 /// Settings of one torrent.
 #[derive(Clone, Debug)]
@@ -104,6 +110,9 @@ pub struct AddTorrent {
     pub settings: TorrentSettings,
     /// Optional limit on what we serve (the stop-after-one-copy seeding mode).
     pub serve_filter: Option<Arc<dyn ServeFilter>>,
+    /// Where to keep the fast-resume record (see [`crate::resume`]); `None`: check every piece
+    /// on start.
+    pub resume: Option<PathBuf>,
 }
 
 impl fmt::Debug for AddTorrent {
@@ -128,6 +137,7 @@ impl AddTorrent {
             peers: Vec::new(),
             settings: TorrentSettings::default(),
             serve_filter: None,
+            resume: None,
         }
     }
 
@@ -311,9 +321,23 @@ pub(crate) async fn start(add: AddTorrent, ctx: SessionContext) -> Result<Torren
     let hashes = Arc::new(meta.info.pieces.clone());
     let threads = add.settings.hasher_threads;
     let check_hashes = hashes.clone();
+    let files: Vec<PathBuf> = layout.files().iter().map(|f| f.path.clone()).collect();
+    let resume = add
+        .resume
+        .clone()
+        .filter(|_| mode == Mode::ReadWrite)
+        .map(|r| (r, files));
+    let record = resume.clone();
+    let info_hash = meta.info_hash;
     let (storage, have) = smol::unblock(move || -> std::io::Result<(Storage, Bitfield)> {
         let storage = Storage::open(&folder, layout, lengths, mode)?;
-        let have = storage.recheck(&check_hashes, threads, &|_| {});
+        let resumed = record.and_then(|(r, files)| {
+            crate::resume::load(&r, &info_hash, lengths.num_pieces(), &files)
+        });
+        let have = match resumed {
+            Some(have) => have,
+            None => storage.recheck(&check_hashes, threads, &|_| {}),
+        };
         Ok((storage, have))
     })
     .await
@@ -401,13 +425,16 @@ pub(crate) async fn start(add: AddTorrent, ctx: SessionContext) -> Result<Torren
         entries: HashMap::new(),
         by_addr: HashMap::new(),
         next_key: 0,
-        candidates: VecDeque::new(),
-        failed_at: HashMap::new(),
-        banned: HashSet::new(),
+        known: HashMap::new(),
+        by_task: HashMap::new(),
+        banned: BanList::default(),
         optimistic: None,
         last_rechoke: Instant::now(),
         last_optimistic: Instant::now(),
         announced_complete: shared.is_complete(),
+        resume,
+        saved_pieces: u32::MAX,
+        last_save: Instant::now(),
     };
     let task = ctx.spawner.spawn(run(state, inbox, tracker_peers_rx));
     task.detach();
@@ -422,10 +449,51 @@ pub(crate) async fn start(add: AddTorrent, ctx: SessionContext) -> Result<Torren
     Ok(torrent)
 }
 
+/// Who is banned: by IP address, except on loopback, where every local peer shares 127.0.0.1
+/// (tests, several clients on one machine): there by address and port. Also by peer id, which
+/// stops a banned peer that reconnects from a new port without changing its id.
+#[derive(Debug, Default)]
+struct BanList {
+    /// Banned IP addresses.
+    ips: HashSet<IpAddr>,
+    /// Banned loopback addresses.
+    addrs: HashSet<SocketAddr>,
+    /// Banned peer ids.
+    peer_ids: HashSet<PeerId>,
+}
+
+impl BanList {
+    fn ban(&mut self, addr: SocketAddr, peer_id: Option<PeerId>) {
+        if addr.ip().is_loopback() {
+            self.addrs.insert(addr);
+        } else {
+            self.ips.insert(addr.ip());
+        }
+        if let Some(id) = peer_id {
+            self.peer_ids.insert(id);
+        }
+    }
+
+    fn is_banned(&self, addr: &SocketAddr, peer_id: Option<&PeerId>) -> bool {
+        self.ips.contains(&addr.ip())
+            || self.addrs.contains(addr)
+            || peer_id.is_some_and(|id| self.peer_ids.contains(id))
+    }
+}
+
+/// An address we may dial.
+#[derive(Debug)]
+struct Known {
+    /// Connection attempts that failed in a row.
+    failures: u32,
+    /// Not before this.
+    next_try: Instant,
+    /// Whether it had every piece when we last saw it (seeds have no use for seeds).
+    seed: bool,
+}
+
 /// One peer connection as the torrent sees it.
 struct Entry {
-    /// The supervisor key of its task.
-    task: usize,
     /// Its address.
     addr: SocketAddr,
     /// Orders to it.
@@ -460,17 +528,23 @@ struct State {
     /// Keys by address (connecting or connected).
     by_addr: HashMap<SocketAddr, PeerKey>,
     next_key: u64,
-    /// Addresses to dial.
-    candidates: VecDeque<SocketAddr>,
-    /// When we last failed to reach an address.
-    failed_at: HashMap<SocketAddr, Instant>,
-    /// Addresses banned for corrupt data.
-    banned: HashSet<SocketAddr>,
+    /// Addresses we may dial (from trackers and the user), and when.
+    known: HashMap<SocketAddr, Known>,
+    /// Peer keys by supervisor task key.
+    by_task: HashMap<usize, PeerKey>,
+    /// Peers banned for corrupt data or lies.
+    banned: BanList,
     /// The peer holding the optimistic unchoke.
     optimistic: Option<PeerKey>,
     last_rechoke: Instant,
     last_optimistic: Instant,
     announced_complete: bool,
+    /// The fast-resume record and the files it stamps.
+    resume: Option<(PathBuf, Vec<PathBuf>)>,
+    /// Verified pieces in the last record saved.
+    saved_pieces: u32,
+    /// When the record was last saved.
+    last_save: Instant,
 }
 
 async fn run(
@@ -534,8 +608,9 @@ async fn run(
 
 impl State {
     fn add_candidates(&mut self, peers: Vec<SocketAddr>) {
+        let now = Instant::now();
         for p in peers {
-            if p.port() == 0 || self.banned.contains(&p) || self.by_addr.contains_key(&p) {
+            if p.port() == 0 || self.banned.is_banned(&p, None) {
                 continue;
             }
             if (p.ip().is_loopback() || p.ip().is_unspecified()) && p.port() == self.ctx.listen_port
@@ -543,10 +618,29 @@ impl State {
                 // Ourselves, as the tracker sees us.
                 continue;
             }
-            if !self.candidates.contains(&p) && self.candidates.len() < 4 * self.settings.max_peers
-            {
-                self.candidates.push_back(p);
+            if self.known.len() >= MAX_KNOWN && !self.known.contains_key(&p) {
+                // Forget the address that failed most, if it failed at all.
+                let worst = self
+                    .known
+                    .iter()
+                    .max_by_key(|(_, k)| k.failures)
+                    .map(|(a, k)| (*a, k.failures));
+                match worst {
+                    Some((a, f)) if f > 0 => {
+                        self.known.remove(&a);
+                    }
+                    _ => continue,
+                }
             }
+            // A fresh mention (a tracker reply, the user) makes an address worth a try now.
+            let k = self.known.entry(p).or_insert(Known {
+                failures: 0,
+                next_try: now,
+                seed: false,
+            });
+            k.next_try = k
+                .next_try
+                .min(now + Duration::from_secs(u64::from(k.failures.min(3))));
         }
     }
 
@@ -554,38 +648,44 @@ impl State {
         self.entries.len()
     }
 
+    /// Dials known addresses whose time has come, within the connection and dialling limits.
     fn dial(&mut self) {
-        if self.shared.is_complete() && self.settings.use_trackers && self.candidates.is_empty() {
-            return;
-        }
-        let dialing = self
+        let connecting = self
             .entries
             .values()
             .filter(|e| !e.stats.connected.load(Ordering::Relaxed))
             .count();
-        let mut budget = self.settings.max_dialing.saturating_sub(dialing);
-        let mut retry = VecDeque::new();
-        while budget > 0 && self.connections() < self.settings.max_peers {
-            let Some(addr) = self.candidates.pop_front() else {
-                break;
-            };
-            if self.by_addr.contains_key(&addr) || self.banned.contains(&addr) {
-                continue;
-            }
-            if let Some(t) = self.failed_at.get(&addr) {
-                if t.elapsed() < REDIAL_AFTER {
-                    retry.push_back(addr);
-                    continue;
-                }
-            }
-            budget -= 1;
+        let budget = self
+            .settings
+            .max_dialing
+            .saturating_sub(connecting)
+            .min(self.settings.max_peers.saturating_sub(self.connections()));
+        if budget == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let complete = self.shared.is_complete();
+        let mut ready: Vec<(u32, SocketAddr)> = self
+            .known
+            .iter()
+            .filter(|(a, k)| {
+                k.next_try <= now
+                    && (!complete || !k.seed)
+                    && !self.by_addr.contains_key(a)
+                    && !self.banned.is_banned(a, None)
+            })
+            .map(|(a, k)| (k.failures, *a))
+            .collect();
+        ready.sort_unstable();
+        for (_, addr) in ready.into_iter().take(budget) {
             self.spawn_peer(addr, None);
         }
-        self.candidates.extend(retry);
     }
 
     fn incoming(&mut self, stream: TcpStream, addr: SocketAddr, remote: Handshake) {
-        if self.banned.contains(&addr) || self.connections() >= self.settings.max_peers {
+        if self.banned.is_banned(&addr, Some(&remote.peer_id))
+            || self.connections() >= self.settings.max_peers
+        {
             log::debug!("refusing {addr}: banned or at the peer limit");
             return;
         }
@@ -669,14 +769,15 @@ impl State {
                 Err(e) => PeerExit {
                     reason: format!("connect: {e}"),
                     ban: false,
+                    peer_id: None,
                 },
             }
         });
         self.by_addr.insert(addr, key);
+        self.by_task.insert(task, key);
         self.entries.insert(
             key,
             Entry {
-                task,
                 addr,
                 control: control_tx,
                 stats,
@@ -688,26 +789,40 @@ impl State {
     }
 
     async fn peer_exited(&mut self, exit: crate::runtime::Exit<PeerExit>) {
-        let Some((&key, _)) = self.entries.iter().find(|(_, e)| e.task == exit.key) else {
+        let Some(key) = self.by_task.remove(&exit.key) else {
             return;
         };
-        let entry = self.entries.remove(&key).expect("found above");
+        let Some(entry) = self.entries.remove(&key) else {
+            return;
+        };
         self.by_addr.remove(&entry.addr);
         if self.optimistic == Some(key) {
             self.optimistic = None;
         }
-        let (reason, ban) = match exit.outcome {
-            Outcome::Finished(e) => (e.reason, e.ban),
+        let (reason, ban, peer_id) = match exit.outcome {
+            Outcome::Finished(e) => (e.reason, e.ban, e.peer_id),
             Outcome::Panicked(msg) => {
                 log::error!("peer {} task panicked: {msg}", entry.addr);
                 // It could not tell the picker itself.
                 let _ = self.picker.send(PickerMsg::Leave { peer: key }).await;
-                (format!("internal error: {msg}"), false)
+                (format!("internal error: {msg}"), false, None)
             }
         };
-        if reason.starts_with("connect:") {
-            self.failed_at.insert(entry.addr, Instant::now());
-        } else {
+        let failed_to_connect = !entry.stats.connected.load(Ordering::Relaxed);
+        if let Some(k) = self.known.get_mut(&entry.addr) {
+            // Redial with exponential backoff while it fails; soon after a connection that
+            // worked and dropped (a seeder that restarts, say).
+            if failed_to_connect {
+                k.failures = k.failures.saturating_add(1);
+                let wait = Duration::from_secs(1u64 << k.failures.min(6)).min(MAX_REDIAL_WAIT);
+                k.next_try = Instant::now() + wait;
+            } else {
+                k.failures = 0;
+                k.next_try = Instant::now() + Duration::from_secs(2);
+                k.seed = entry.stats.peer_is_seed.load(Ordering::Relaxed);
+            }
+        }
+        if !failed_to_connect {
             self.shared.emit(TorrentEvent::PeerDisconnected {
                 addr: entry.addr,
                 reason: reason.clone(),
@@ -715,13 +830,16 @@ impl State {
         }
         if ban {
             log::warn!("banned {}: {reason}", entry.addr);
-            self.banned.insert(entry.addr);
+            self.known.remove(&entry.addr);
+            self.banned.ban(entry.addr, peer_id);
             self.shared.emit(TorrentEvent::PeerBanned(entry.addr));
         }
         self.dial();
     }
 
     async fn tick(&mut self) {
+        // A lost tick is harmless: another comes in a second.
+        let _ = self.picker.try_send(PickerMsg::Tick);
         let p = self.shared.progress();
         self.transfer.uploaded.store(p.uploaded, Ordering::Relaxed);
         self.transfer
@@ -738,6 +856,15 @@ impl State {
                 if e.stats.peer_is_seed.load(Ordering::Relaxed) {
                     let _ = e.control.try_send(PeerControl::Stop);
                 }
+            }
+        }
+        if self.last_save.elapsed() >= RESUME_EVERY && p.verified_pieces != self.saved_pieces {
+            if let Ok(have) = self
+                .picker
+                .call(|reply| PickerMsg::Verified { reply })
+                .await
+            {
+                self.save_resume(have).await;
             }
         }
         if self.last_rechoke.elapsed() >= RECHOKE_EVERY {
@@ -829,6 +956,29 @@ impl State {
         }
     }
 
+    /// Flushes the files, then writes the fast-resume record for `have` (off the executor).
+    async fn save_resume(&mut self, have: Bitfield) {
+        if let Err(e) = self.disk.sync().await {
+            log::error!("flushing {}: {e}", self.meta.info.name);
+            return;
+        }
+        self.last_save = Instant::now();
+        let Some((record, files)) = self.resume.clone() else {
+            return;
+        };
+        let count = have.count_ones();
+        let info_hash = self.meta.info_hash;
+        let saved =
+            smol::unblock(move || crate::resume::save(&record, &info_hash, &have, &files)).await;
+        match saved {
+            Ok(()) => self.saved_pieces = count,
+            Err(e) => log::warn!(
+                "cannot save the resume record of {}: {e}",
+                self.meta.info.name
+            ),
+        }
+    }
+
     fn peer_infos(&self) -> Vec<PeerInfo> {
         self.entries
             .values()
@@ -863,14 +1013,17 @@ impl State {
         // Peers that did not stop in time are cancelled.
         self.peers = Supervisor::new(self.ctx.spawner.clone());
         self.entries.clear();
-        let _ = self
+        let have = self
             .picker
             .call(|reply| PickerMsg::Shutdown { reply })
             .await;
         if let Some(t) = self.picker_task.take() {
             t.await;
         }
-        if let Err(e) = self.disk.sync().await {
+        if let Ok(have) = have {
+            // Saving flushes the files first.
+            self.save_resume(have).await;
+        } else if let Err(e) = self.disk.sync().await {
             log::error!("flushing {}: {e}", self.meta.info.name);
         }
         self.disk.shutdown().await;

@@ -52,11 +52,13 @@ use std::time::{Duration, Instant};
 use async_channel::{Receiver, Sender};
 use futures_lite::future;
 use shoal_engine::tracker::{
-    parse_announce_response, parse_scrape_response, scrape_request_url, scrape_url, udp,
+    parse_announce_response, parse_scrape_response, scrape_request_url, scrape_url,
     AnnounceRequest, AnnounceResponse, Event, ScrapeResponse, TrackerError,
 };
 use shoal_engine::{InfoHash, PeerId};
 use smol::Timer;
+
+mod udp;
 
 /// The command mailbox holds a few messages: only `completed` and `stop` travel on it, and the
 /// actor listens to it even while an announce is in flight.
@@ -206,7 +208,7 @@ impl fmt::Display for AnnounceError {
             }
             Self::BodyTooLarge => write!(f, "reply larger than {MAX_BODY} bytes"),
             Self::Timeout => write!(f, "no answer in time"),
-            Self::Io(e) => write!(f, "socket error: {e}"),
+            Self::Io(e) => write!(f, "socket error: {}", e.to_string().to_lowercase()),
             Self::Tracker(e) => e.fmt(f),
         }
     }
@@ -308,16 +310,6 @@ enum Proto {
     Udp(String),
 }
 
-/// A UDP connection id and when it was obtained (it is valid for one minute).
-#[derive(Clone, Copy, Debug)]
-#[allow(dead_code)] // read once UDP announces are in
-struct UdpConnection {
-    /// The id.
-    id: u64,
-    /// When the tracker gave it.
-    since: Instant,
-}
-
 /// One tracker as the actor sees it.
 #[derive(Debug)]
 struct Tracker {
@@ -330,10 +322,10 @@ struct Tracker {
     /// The `tracker id` it gave, sent back.
     tracker_id: Option<String>,
     /// Its UDP connection id, if any.
-    udp: Option<UdpConnection>,
+    udp: Option<udp::UdpConnection>,
 }
 
-/// Reads a URL's scheme; `None` (logged) for schemes we cannot announce to.
+/// Reads a URL's scheme; an error for schemes we cannot announce to, or a udp URL without a port.
 fn proto_of(url: &str) -> Result<Proto, AnnounceError> {
     let lower = url.to_ascii_lowercase();
     if lower.starts_with("http://") {
@@ -700,7 +692,7 @@ async fn announce_to(
             let body = http_get(agent, req.http_url(&tracker.url), timing.request_timeout).await?;
             Ok(parse_announce_response(&body)?)
         }
-        Proto::Udp(host_port) => udp_announce(&host_port, &mut tracker.udp, timing, req).await,
+        Proto::Udp(host_port) => udp::announce(&host_port, &mut tracker.udp, timing, req).await,
     }
 }
 
@@ -745,7 +737,7 @@ pub async fn scrape(
             .await?;
             Ok(parse_scrape_response(&body)?)
         }
-        Proto::Udp(host_port) => udp_scrape(&host_port, &mut None, timing, info_hashes).await,
+        Proto::Udp(host_port) => udp::scrape(&host_port, &mut None, timing, info_hashes).await,
     }
 }
 
@@ -827,31 +819,6 @@ fn read_body(resp: ureq::Response) -> Result<Vec<u8>, AnnounceError> {
         }
         Err(e) => Err(AnnounceError::Http(format!("reading the reply: {e}"))),
     }
-}
-
-/// One announce to a UDP tracker (BEP 15).
-async fn udp_announce(
-    _host_port: &str,
-    _conn: &mut Option<UdpConnection>,
-    _timing: &Timing,
-    _req: &AnnounceRequest,
-) -> Result<AnnounceResponse, AnnounceError> {
-    let _ = udp::PROTOCOL_ID;
-    Err(AnnounceError::BadUrl(
-        "udp trackers are not supported yet".into(),
-    ))
-}
-
-/// One scrape of a UDP tracker (BEP 15).
-async fn udp_scrape(
-    _host_port: &str,
-    _conn: &mut Option<UdpConnection>,
-    _timing: &Timing,
-    _hashes: &[InfoHash],
-) -> Result<ScrapeResponse, AnnounceError> {
-    Err(AnnounceError::BadUrl(
-        "udp trackers are not supported yet".into(),
-    ))
 }
 
 #[cfg(test)]

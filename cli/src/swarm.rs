@@ -129,6 +129,11 @@ pub fn download(args: DownloadArgs) -> CliResult {
         .map_err(|e| format!("cannot create {}: {e}", args.output.display()))?;
     let session = start_session(args.swarm.listen)?;
     let mut add = AddTorrent::download(meta.clone(), &args.output);
+    add.resume = Some(
+        args.output
+            .join(".shoal")
+            .join(format!("{}.resume", meta.info_hash)),
+    );
     add.peers = args.swarm.peers.clone();
     add.settings = torrent_settings(&args.swarm);
     let interrupted = ctrl_c();
@@ -186,16 +191,19 @@ pub fn seed(args: SeedArgs) -> CliResult {
         let done = async {
             match &one_copy {
                 Some(f) => {
+                    // The shutdown that follows flushes what the peers still have queued.
                     f.wait_done().await;
-                    // Let the last blocks leave the socket buffers.
-                    smol::Timer::after(Duration::from_secs(2)).await;
                     eprintln!("shoal: every piece has been uploaded once; leaving");
                 }
                 None => futures_lite::future::pending().await,
             }
         };
         let watching = watch(&torrent, &meta.info.name, false, &interrupted);
-        futures_lite::future::or(async { Ok(done.await) }, watching).await?;
+        let done = async {
+            done.await;
+            Ok(())
+        };
+        futures_lite::future::or(done, watching).await?;
         session.shutdown().await;
         Ok(())
     })

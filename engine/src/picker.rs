@@ -143,6 +143,16 @@ struct PieceState {
     contributors: Vec<PeerKey>,
     /// This piece's index in `Picker::partial`, or [`NOT_PARTIAL`].
     partial_idx: u32,
+    /// For a piece that failed before: the one peer allowed to fetch it, so that a second
+    /// failure has a single contributor to blame. Cleared when that peer gives up a block.
+    owner: Option<PeerKey>,
+}
+
+impl PieceState {
+    /// Whether `peer` may fetch blocks of this piece.
+    fn open_to(&self, peer: PeerKey) -> bool {
+        self.owner.is_none_or(|o| o == peer)
+    }
 }
 
 /// The piece picking policy of one torrent. See the module documentation for its invariants.
@@ -180,6 +190,9 @@ pub struct Picker {
     scratch: Vec<(Reverse<u32>, u32, u32)>,
     /// Whether `pick` may start new pieces (see [`Picker::set_new_pieces_allowed`]).
     new_pieces_allowed: bool,
+    /// Pieces that failed their hash check and are not verified yet: the next attempt is
+    /// fetched from one peer only (see `PieceState::owner`).
+    failed: Bitfield,
 }
 
 impl fmt::Debug for Picker {
@@ -237,6 +250,7 @@ impl Picker {
             rng,
             scratch: Vec::new(),
             new_pieces_allowed: true,
+            failed: Bitfield::new(n),
         }
     }
 
@@ -353,8 +367,8 @@ impl Picker {
             let mut cands = std::mem::take(&mut self.scratch);
             cands.clear();
             for &p in &self.partial {
-                if peer_has.get(p) {
-                    let st = &self.in_progress[&p];
+                let st = &self.in_progress[&p];
+                if peer_has.get(p) && st.open_to(peer) {
                     cands.push((Reverse(st.received), st.free, p));
                 }
             }
@@ -375,7 +389,7 @@ impl Picker {
                 self.rarest_candidate(peer_has)
             };
             let Some(p) = next else { break };
-            self.start(p);
+            self.start(p, peer);
             self.request_free(p, peer, limit, out);
         }
         // (d) Endgame: ask for blocks already requested elsewhere, least-requested first.
@@ -441,6 +455,7 @@ impl Picker {
             return;
         }
         self.have.set(piece);
+        self.failed.clear(piece);
         self.num_have += 1;
         if self.started.get(piece) {
             let st = self.take_state(piece);
@@ -452,8 +467,9 @@ impl Picker {
         self.remove_from_order(piece);
     }
 
-    /// The piece's hash failed: all its blocks are missing again, and it can be picked again.
-    /// Returns the peers that sent data for it.
+    /// The piece's hash failed: all its blocks are missing again, and it can be picked again,
+    /// by one peer only (the one that starts it), so that another failure has exactly one peer
+    /// to blame. Returns the peers that sent data for it.
     pub fn piece_failed(&mut self, piece: u32) -> Vec<PeerKey> {
         if !self.started.get(piece) {
             return Vec::new();
@@ -461,6 +477,7 @@ impl Picker {
         let st = self.take_state(piece);
         self.missing += u64::from(st.received);
         self.not_started += 1;
+        self.failed.set(piece);
         st.contributors
     }
 
@@ -484,8 +501,9 @@ impl Picker {
         st
     }
 
-    /// Puts a piece in progress with every block free.
-    fn start(&mut self, piece: u32) {
+    /// Puts a piece in progress with every block free; a piece that failed before is reserved
+    /// for `peer`, the one starting it.
+    fn start(&mut self, piece: u32, peer: PeerKey) {
         let n = self.lengths.blocks_in_piece(piece);
         self.in_progress.insert(
             piece,
@@ -495,6 +513,7 @@ impl Picker {
                 free: n,
                 contributors: Vec::new(),
                 partial_idx: NOT_PARTIAL,
+                owner: self.failed.get(piece).then_some(peer),
             },
         );
         self.started.set(piece);
@@ -535,7 +554,7 @@ impl Picker {
         let list = self.requests.entry(peer).or_default();
         for n in 1..MAX_REQUESTERS as u8 {
             for (&piece, st) in self.in_progress.iter_mut() {
-                if !peer_has.get(piece) {
+                if !peer_has.get(piece) || !st.open_to(peer) {
                     continue;
                 }
                 for (i, b) in st.blocks.iter_mut().enumerate() {
@@ -679,6 +698,11 @@ impl Picker {
         };
         if b.received || !b.remove(peer) {
             return;
+        }
+        if st.owner == Some(peer) {
+            // The one peer allowed on this piece gave up a block: open it to everyone rather
+            // than let it stall.
+            st.owner = None;
         }
         if b.n == 0 {
             st.free += 1;
@@ -1270,5 +1294,44 @@ mod tests {
                 pk.check();
             }
         }
+    }
+
+    #[test]
+    fn a_failed_piece_is_refetched_from_one_peer_only() {
+        let lengths = Lengths::new(4 * 32_768, 32_768).unwrap();
+        let mut pk = Picker::with_seed(lengths, Bitfield::new(4), 1);
+        let all = Bitfield::full(4);
+        pk.peer_bitfield(&all);
+        pk.peer_bitfield(&all);
+        let (a, b) = (PeerKey(1), PeerKey(2));
+        // Both peers fetch piece blocks; pick them all and deliver piece 0 from both.
+        let mut out = Vec::new();
+        pk.pick(a, &all, 8, &mut out);
+        let first: Vec<BlockInfo> = out
+            .iter()
+            .copied()
+            .filter(|x| x.piece == out[0].piece)
+            .collect();
+        let piece = first[0].piece;
+        for blk in &first {
+            pk.block_received(a, *blk);
+        }
+        let blame = pk.piece_failed(piece);
+        assert_eq!(blame, vec![a]);
+        // Peer b starts the failed piece: it is reserved for b; a gets none of its blocks.
+        let mut only = Bitfield::new(4);
+        only.set(piece);
+        let mut got_b = Vec::new();
+        pk.pick(b, &only, 1, &mut got_b);
+        assert_eq!(got_b.len(), 1);
+        assert_eq!(got_b[0].piece, piece);
+        let mut got_a = Vec::new();
+        pk.pick(a, &only, 8, &mut got_a);
+        assert!(got_a.iter().all(|x| x.piece != piece), "{got_a:?}");
+        // When b gives up a block, the piece opens to everyone.
+        pk.block_released(b, got_b[0]);
+        let mut again = Vec::new();
+        pk.pick(a, &only, 8, &mut again);
+        assert!(again.iter().any(|x| x.piece == piece));
     }
 }
