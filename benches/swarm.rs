@@ -389,6 +389,8 @@ fn swarm(n: usize) {
         }
     }
     let total = started.elapsed();
+    // Heap still held once every download is over (recycled buffers, pools, idle connections).
+    let heap_end = LIVE.load(Ordering::Relaxed).saturating_sub(heap0);
     let done = peers.iter().filter(|p| p.complete_at.is_some()).count();
     let mut finish: Vec<f64> = peers
         .iter()
@@ -417,7 +419,7 @@ fn swarm(n: usize) {
     println!(
         "  RESULT n={n}: {done}/{} complete{} in {:.1} s (start-up {:.1} s; first done {:.1} s, \
          median {:.1} s, last {:.1} s); peak RSS {:.0} MiB ({:.0} KiB per downloader), peak heap \
-         {:.0} MiB; peak connections {peak_conns} (heap per connection, all-in: {:.0} KiB); \
+         {:.0} MiB, {:.0} MiB still held at the end; peak connections {peak_conns} (heap per connection, all-in: {:.0} KiB); \
          peak threads {peak_threads}, peak fds {peak_fds}",
         peers.len(),
         if stalled { " (STALLED)" } else { "" },
@@ -429,6 +431,7 @@ fn swarm(n: usize) {
         mib(hwm - rss0 * 1024),
         (hwm - rss0 * 1024) as f64 / 1024.0 / (n.max(1) as f64),
         mib(heap_peak as u64),
+        mib(heap_end as u64),
         per_conn / 1024.0,
     );
     println!(
