@@ -763,8 +763,11 @@ impl Peer {
                 self.starved = false;
             }
             Message::Interested => {
-                self.peer_interested = true;
+                let was = std::mem::replace(&mut self.peer_interested, true);
                 self.stats.peer_interested.store(true, Ordering::Relaxed);
+                if !was {
+                    self.shared.peer_interested();
+                }
             }
             Message::NotInterested => {
                 self.peer_interested = false;
