@@ -1,4 +1,5 @@
-//! The disk actor: a small pool of threads that alone owns a torrent's files.
+//! The disk actor: a small pool of threads, shared by every torrent of a session, that alone
+//! touches the files. Each job carries the [`Storage`] (the open files) of its torrent.
 //!
 //! Blocking file I/O never runs on the executor. Verified pieces arrive from the hasher as the
 //! blocks they were received in and are written with positional writes; uploads read blocks
@@ -269,6 +270,9 @@ pub struct PieceDone {
     pub piece: u32,
     /// How it ended.
     pub outcome: PieceOutcome,
+    /// The SHA-1 of each block, in order: always for a failed piece, and for a good one when
+    /// the picker asked (to tell which blocks of an earlier failure were wrong).
+    pub block_digests: Vec<[u8; 20]>,
 }
 
 /// A block read for an upload.
@@ -285,6 +289,8 @@ pub struct ReadDone {
 pub enum DiskJob {
     /// Write a verified piece, then report on `done`.
     Write {
+        /// The torrent's files.
+        storage: Arc<Storage>,
         /// The piece index.
         piece: u32,
         /// Its blocks, in order.
@@ -292,17 +298,23 @@ pub enum DiskJob {
         /// Where to report; its capacity covers every piece in flight, so sending never waits
         /// for long (see `torrent`).
         done: Sender<PieceDone>,
+        /// Passed on in the report.
+        block_digests: Vec<[u8; 20]>,
     },
     /// Read a block for an upload and send it back with `try_send` (the requester sized its
     /// channel for every read it has outstanding).
     Read {
+        /// The torrent's files.
+        storage: Arc<Storage>,
         /// The block.
         block: BlockInfo,
         /// Where the bytes go.
         reply: Sender<ReadDone>,
     },
-    /// Flush every file, then answer.
+    /// Flush every file of a torrent, then answer.
     Sync {
+        /// The torrent's files.
+        storage: Arc<Storage>,
         /// Answered once the files are flushed.
         reply: Sender<io::Result<()>>,
     },
@@ -326,19 +338,18 @@ impl fmt::Debug for Disk {
 }
 
 impl Disk {
-    /// Starts `threads` disk threads over `storage`; upload reads take buffers from `uploads`.
-    pub fn spawn(storage: Arc<Storage>, threads: usize, uploads: Arc<BlockPool>) -> Self {
+    /// Starts `threads` disk threads; upload reads take buffers from `uploads`.
+    pub fn spawn(threads: usize, uploads: Arc<BlockPool>) -> Self {
         let (jobs, rx) = async_channel::bounded(DISK_QUEUE);
         let handles = (0..threads.max(1))
             .map(|i| {
                 let rx: Receiver<DiskJob> = rx.clone();
-                let storage = storage.clone();
                 let uploads = uploads.clone();
                 std::thread::Builder::new()
                     .name(format!("shoal-disk-{i}"))
                     .spawn(move || {
                         while let Ok(job) = rx.recv_blocking() {
-                            serve(&storage, &uploads, job);
+                            serve(&uploads, job);
                         }
                     })
                     .expect("spawn a disk thread")
@@ -355,11 +366,19 @@ impl Disk {
         &self.jobs
     }
 
-    /// Flushes every file.
-    pub async fn sync(&self) -> io::Result<()> {
+    /// How many threads serve the queue.
+    pub fn threads(&self) -> usize {
+        self.threads.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Flushes every file of `storage`.
+    pub async fn sync(&self, storage: &Arc<Storage>) -> io::Result<()> {
         let (tx, rx) = async_channel::bounded(1);
         self.jobs
-            .send(DiskJob::Sync { reply: tx })
+            .send(DiskJob::Sync {
+                storage: storage.clone(),
+                reply: tx,
+            })
             .await
             .map_err(|_| io::Error::other("disk threads have stopped"))?;
         rx.recv()
@@ -381,26 +400,36 @@ impl Disk {
     }
 }
 
-fn serve(storage: &Storage, uploads: &Arc<BlockPool>, job: DiskJob) {
+fn serve(uploads: &Arc<BlockPool>, job: DiskJob) {
     match job {
         DiskJob::Write {
+            storage,
             piece,
             blocks,
             done,
+            block_digests,
         } => {
             let outcome = match storage.write_piece(piece, &blocks) {
                 Ok(()) => PieceOutcome::Written,
                 Err(e) => PieceOutcome::WriteFailed(e),
             };
             drop(blocks); // the budget goes back before the report
-            let _ = done.send_blocking(PieceDone { piece, outcome });
+            let _ = done.send_blocking(PieceDone {
+                piece,
+                outcome,
+                block_digests,
+            });
         }
-        DiskJob::Read { block, reply } => {
+        DiskJob::Read {
+            storage,
+            block,
+            reply,
+        } => {
             let mut buf = uploads.take(block.len as usize);
             let data = storage.read_block(&block, &mut buf).map(|()| buf);
             let _ = reply.try_send(ReadDone { block, data });
         }
-        DiskJob::Sync { reply } => {
+        DiskJob::Sync { storage, reply } => {
             let _ = reply.try_send(storage.sync());
         }
     }

@@ -1,21 +1,22 @@
-//! The hasher pool: SHA-1 checking of complete pieces, fanned out to worker threads.
+//! The hasher pool: SHA-1 checking of complete pieces, fanned out to worker threads shared by
+//! every torrent of a session.
 //!
 //! A piece arrives as the blocks it was received in, straight from memory: it is never read
 //! back from disk. A piece that verifies goes on to the disk threads to be written; one that
 //! fails is dropped (its blocks return to the pool) and reported at once.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use async_channel::Sender;
 use sha1::{Digest, Sha1};
 
 use crate::buffers::Block;
-use crate::disk::{DiskJob, PieceDone, PieceOutcome};
+use crate::disk::{DiskJob, PieceDone, PieceOutcome, Storage};
 
-/// How many complete pieces may wait for a hasher thread. The picker waits when it is full,
-/// which in turn makes peers wait: hashing sets the pace when it is the bottleneck.
+/// How many complete pieces may wait for a hasher thread. Pickers wait when it is full, which
+/// in turn makes peers wait: hashing sets the pace when it is the bottleneck.
 pub const HASH_QUEUE: usize = 16;
 
 /// A complete piece to check.
@@ -27,22 +28,30 @@ pub struct HashJob {
     pub blocks: Vec<Block>,
     /// The SHA-1 the metainfo gives for it.
     pub expected: [u8; 20],
+    /// The torrent's files, where the piece is written once verified.
+    pub storage: Arc<Storage>,
     /// Where the disk threads, or the hasher on failure, report the end of the piece.
     pub done: Sender<PieceDone>,
+    /// Whether to report each block's SHA-1 even if the piece is good (a failed piece's are
+    /// always reported).
+    pub want_block_digests: bool,
 }
 
-/// The hasher pool's handle.
+/// The hasher pool's handle, cloned by every torrent's picker.
+#[derive(Clone)]
 pub struct Hasher {
     /// The job queue, bounded by [`HASH_QUEUE`].
     jobs: Sender<HashJob>,
-    /// The worker threads.
-    threads: Vec<JoinHandle<()>>,
+    /// The worker threads, joined by [`Hasher::shutdown`].
+    threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    /// How many threads there are.
+    count: usize,
 }
 
 impl fmt::Debug for Hasher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Hasher")
-            .field("threads", &self.threads.len())
+            .field("threads", &self.count)
             .finish()
     }
 }
@@ -50,14 +59,13 @@ impl fmt::Debug for Hasher {
 impl Hasher {
     /// Starts `threads` hashing threads (0: one per core) that pass verified pieces on to `disk`.
     pub fn spawn(threads: usize, disk: Sender<DiskJob>) -> Self {
-        let threads = if threads == 0 {
+        let count = if threads == 0 {
             crate::disk::default_threads()
         } else {
             threads
         };
         let (jobs, rx) = async_channel::bounded::<HashJob>(HASH_QUEUE);
-        let disk = Arc::new(disk);
-        let threads = (0..threads)
+        let handles = (0..count)
             .map(|i| {
                 let rx = rx.clone();
                 let disk = disk.clone();
@@ -71,7 +79,11 @@ impl Hasher {
                     .expect("spawn a hasher thread")
             })
             .collect();
-        Self { jobs, threads }
+        Self {
+            jobs,
+            threads: Arc::new(Mutex::new(handles)),
+            count,
+        }
     }
 
     /// Queues a piece, waiting while the queue is full.
@@ -81,13 +93,14 @@ impl Hasher {
 
     /// How many threads hash.
     pub fn threads(&self) -> usize {
-        self.threads.len()
+        self.count
     }
 
     /// Stops the pool once the queued pieces are done, and waits for it (off the executor).
-    pub async fn shutdown(mut self) {
+    /// Call it after every torrent using the pool has stopped.
+    pub async fn shutdown(&self) {
         self.jobs.close();
-        let threads = std::mem::take(&mut self.threads);
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
         smol::unblock(move || {
             for t in threads {
                 let _ = t.join();
@@ -103,11 +116,28 @@ fn check(job: HashJob, disk: &Sender<DiskJob>) {
         sha.update(&b[..]);
     }
     let digest: [u8; 20] = sha.finalize().into();
-    if digest == job.expected {
+    let HashJob {
+        piece,
+        blocks,
+        storage,
+        done,
+        expected,
+        want_block_digests,
+    } = job;
+    let block_digests = |blocks: &[Block]| -> Vec<[u8; 20]> {
+        blocks.iter().map(|b| Sha1::digest(&b[..]).into()).collect()
+    };
+    if digest == expected {
         let write = DiskJob::Write {
-            piece: job.piece,
-            blocks: job.blocks,
-            done: job.done,
+            storage,
+            piece,
+            block_digests: if want_block_digests {
+                block_digests(&blocks)
+            } else {
+                Vec::new()
+            },
+            blocks,
+            done,
         };
         if let Err(async_channel::SendError(DiskJob::Write { piece, done, .. })) =
             disk.send_blocking(write)
@@ -116,19 +146,17 @@ fn check(job: HashJob, disk: &Sender<DiskJob>) {
             let _ = done.send_blocking(PieceDone {
                 piece,
                 outcome: PieceOutcome::WriteFailed(err),
+                block_digests: Vec::new(),
             });
         }
     } else {
-        let HashJob {
-            piece,
-            blocks,
-            done,
-            ..
-        } = job;
+        // Only on failure: which block was wrong is found when the piece later verifies.
+        let digests = block_digests(&blocks);
         drop(blocks);
         let _ = done.send_blocking(PieceDone {
             piece,
             outcome: PieceOutcome::HashFailed,
+            block_digests: digests,
         });
     }
 }

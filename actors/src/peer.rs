@@ -26,14 +26,15 @@ use async_channel::{Receiver, Sender};
 use event_listener::EventListener;
 use futures_lite::{AsyncRead, AsyncWrite, FutureExt, Stream};
 use shoal_engine::bitfield::Bitfield;
-use shoal_engine::lengths::{BlockInfo, Lengths};
+use shoal_engine::lengths::{BlockInfo, Lengths, BLOCK_LEN};
 use shoal_engine::picker::PeerKey;
 use shoal_engine::wire::{decode, piece_header, Decoded, Handshake, Message, WireError};
 use shoal_engine::PeerId;
 use smol::net::TcpStream;
 
 use crate::buffers::BlockPool;
-use crate::disk::{DiskJob, ReadDone};
+use crate::disk::{DiskJob, ReadDone, Storage};
+use crate::extension::{our_handshake, PeerExtensions};
 use crate::picker::{PeerNote, PickerMsg, PEER_NOTES};
 use crate::runtime::Addr;
 use crate::shared::Shared;
@@ -66,6 +67,14 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How many recently cancelled or timed-out requests we remember, so that a block arriving
 /// late for one of them is not taken for data we never asked for.
 const RECENT_RELEASED: usize = 256;
+
+/// Requests kept outstanding with a peer cover this many seconds of its recent rate (as in
+/// libtorrent), so that a peer answering in batches still has a full pipe: Transmission fills
+/// its output every 500 ms, and with 5 requests outstanding it sent 160 KiB/s.
+const QUEUE_SECONDS: u64 = 3;
+
+/// Most requests kept outstanding with one peer, whatever its rate (libtorrent's default).
+const MAX_QUEUE_DEPTH: usize = 500;
 
 /// How long a graceful close may take to send what is queued.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -138,6 +147,8 @@ pub struct PeerSetup {
     pub addr: SocketAddr,
     /// Our handshake's reserved bits (what we advertised).
     pub our_reserved: [u8; 8],
+    /// The port we accept peers on, told to peers in the extended handshake (BEP 10).
+    pub listen_port: Option<u16>,
     /// The torrent's lengths.
     pub lengths: Lengths,
     /// The pieces we had when the torrent started (later ones come from the have-log).
@@ -146,6 +157,8 @@ pub struct PeerSetup {
     pub picker: Addr<PickerMsg>,
     /// The disk job queue, for upload reads.
     pub disk: Sender<DiskJob>,
+    /// The torrent's files, read for uploads.
+    pub storage: Arc<Storage>,
     /// Shared torrent state.
     pub shared: Arc<Shared>,
     /// Where received blocks get their buffers.
@@ -214,6 +227,7 @@ struct Peer {
     lengths: Lengths,
     picker: Addr<PickerMsg>,
     disk: Sender<DiskJob>,
+    storage: Arc<Storage>,
     shared: Arc<Shared>,
     pool: Arc<BlockPool>,
     stats: Arc<PeerStats>,
@@ -221,6 +235,16 @@ struct Peer {
     serve_filter: Option<Arc<dyn ServeFilter>>,
     /// Whether both sides support the fast extension (BEP 6).
     fast: bool,
+    /// Whether both sides support the extension protocol (BEP 10).
+    extended: bool,
+    /// Our listening port, for our extended handshake.
+    listen_port: Option<u16>,
+    /// Requests to keep outstanding: at least the setting, more for a fast peer.
+    depth: usize,
+    /// How many requests the peer says it queues (`reqq` of its extended handshake).
+    remote_reqq: Option<u32>,
+    /// Payload received from the peer as of the last tick, to measure its rate.
+    down_at_tick: u64,
 
     /// Our pieces, as this peer has been told about them.
     our_have: Bitfield,
@@ -230,8 +254,6 @@ struct Peer {
     new_haves: Vec<u32>,
     /// The peer's pieces.
     remote_has: Bitfield,
-    /// Whether any message has arrived yet (a bitfield is only valid first).
-    got_first_message: bool,
 
     am_choking: bool,
     am_interested: bool,
@@ -279,10 +301,12 @@ pub async fn run(setup: PeerSetup, stream: TcpStream, remote: Handshake) -> Peer
         key,
         addr,
         our_reserved,
+        listen_port,
         lengths,
         initial_have,
         picker,
         disk,
+        storage,
         shared,
         pool,
         control,
@@ -293,6 +317,8 @@ pub async fn run(setup: PeerSetup, stream: TcpStream, remote: Handshake) -> Peer
     let (notes_tx, notes_rx) = async_channel::bounded(PEER_NOTES);
     let (reads_tx, reads_rx) = async_channel::bounded(MAX_READS);
     let fast = remote.supports_fast() && (our_reserved[7] & 0x04) != 0;
+    let extended = remote.supports_extended() && (our_reserved[5] & 0x10) != 0;
+    let min_depth = settings.queue_depth.max(1);
     let n = lengths.num_pieces();
     let mut peer = Peer {
         key,
@@ -300,17 +326,22 @@ pub async fn run(setup: PeerSetup, stream: TcpStream, remote: Handshake) -> Peer
         lengths,
         picker: picker.clone(),
         disk,
+        storage,
         shared,
         pool,
         stats,
         settings,
         serve_filter,
         fast,
+        extended,
+        listen_port,
+        depth: min_depth,
+        remote_reqq: None,
+        down_at_tick: 0,
         our_have: (*initial_have).clone(),
         have_cursor: 0,
         new_haves: Vec::new(),
         remote_has: Bitfield::new(n),
-        got_first_message: false,
         am_choking: true,
         am_interested: false,
         peer_choking: true,
@@ -386,6 +417,14 @@ impl Peer {
         let mut tick = smol::Timer::interval(Duration::from_secs(1));
         self.catch_up_haves(false);
         self.send_our_pieces();
+        if self.extended {
+            // After the bitfield, which strict peers want first.
+            let payload = our_handshake(self.listen_port, MAX_SERVE_QUEUE as u32);
+            self.send(Message::Extended {
+                id: 0,
+                payload: &payload,
+            });
+        }
         loop {
             if haves.is_none() {
                 haves = Some(self.shared.listen_haves());
@@ -615,7 +654,7 @@ impl Peer {
         if self.pick_pending || self.starved || self.peer_choking || !self.am_interested {
             return Ok(());
         }
-        let depth = self.settings.queue_depth.max(1);
+        let depth = self.depth;
         if self.outstanding.len() >= depth {
             return Ok(());
         }
@@ -641,6 +680,7 @@ impl Peer {
                 break;
             };
             match self.disk.try_send(DiskJob::Read {
+                storage: self.storage.clone(),
                 block,
                 reply: self.reads_tx.clone(),
             }) {
@@ -735,8 +775,6 @@ impl Peer {
     }
 
     async fn handle(&mut self, msg: Message<'_>) -> Result<(), Stop> {
-        let first = !self.got_first_message;
-        self.got_first_message = true;
         let n = self.lengths.num_pieces();
         match msg {
             Message::KeepAlive => {}
@@ -790,9 +828,9 @@ impl Peer {
                 }
             }
             Message::Bitfield(bytes) => {
-                if !first {
-                    return Err(Stop::Misbehaved("bitfield after the first message".into()));
-                }
+                // A bitfield is meant to come first, but aria2 sends its extended handshake and
+                // allowed-fast set before it, and later sends a whole bitfield in place of 20 or
+                // more haves: a later one replaces what we knew, as have-all does.
                 let bf = Bitfield::from_bytes(bytes, n)
                     .map_err(|e| Stop::Misbehaved(format!("bad bitfield: {e}")))?;
                 self.set_remote_has(bf).await?;
@@ -820,8 +858,26 @@ impl Peer {
                         .map_err(gone)?;
                 }
             }
-            // Suggestions and allowed-fast sets are hints we do not act on yet; DHT ports and
-            // extension messages we do not use are ignored, as are unknown ids.
+            Message::Extended { id: 0, payload } => match PeerExtensions::parse(payload) {
+                Some(x) => {
+                    log::debug!(
+                        "peer {}: extended handshake from {}, reqq {:?}, port {:?}",
+                        self.addr,
+                        x.client.as_deref().unwrap_or("an unnamed client"),
+                        x.reqq,
+                        x.listen_port
+                    );
+                    self.remote_reqq = x.reqq;
+                }
+                // Not worth a disconnect: we use nothing from it that we cannot do without.
+                None => log::debug!(
+                    "peer {}: ignoring a malformed extended handshake",
+                    self.addr
+                ),
+            },
+            // Suggestions and allowed-fast sets are hints we do not act on yet; DHT ports,
+            // extension messages (our `m` is empty, so none should come) and unknown ids are
+            // ignored.
             Message::Suggest(_)
             | Message::AllowedFast(_)
             | Message::Port(_)
@@ -912,6 +968,7 @@ impl Peer {
 
     async fn tick(&mut self) -> Result<(), Stop> {
         let now = Instant::now();
+        self.adapt_depth();
         if now.duration_since(self.last_recv) > IDLE_TIMEOUT {
             return Err(Stop::Local(format!(
                 "silent for {} s",
@@ -942,6 +999,19 @@ impl Peer {
             }
         }
         Ok(())
+    }
+
+    /// Sets the request queue depth from the rate of the last second (called once a second).
+    fn adapt_depth(&mut self) {
+        let down = self.stats.downloaded.load(Ordering::Relaxed);
+        let rate = down.saturating_sub(self.down_at_tick);
+        self.down_at_tick = down;
+        let want =
+            usize::try_from(rate * QUEUE_SECONDS / u64::from(BLOCK_LEN)).unwrap_or(usize::MAX);
+        let cap = self
+            .remote_reqq
+            .map_or(MAX_QUEUE_DEPTH, |r| MAX_QUEUE_DEPTH.min(r as usize));
+        self.depth = want.min(cap).max(self.settings.queue_depth.max(1));
     }
 }
 

@@ -23,7 +23,7 @@ use shoal_engine::lengths::{BlockInfo, Lengths};
 use shoal_engine::picker::{PeerKey, Picker, Received};
 
 use crate::buffers::Block;
-use crate::disk::{PieceDone, PieceOutcome};
+use crate::disk::{PieceDone, PieceOutcome, Storage};
 use crate::hasher::{HashJob, Hasher};
 use crate::runtime::{Mailbox, ReplyTo};
 use crate::shared::{Shared, TorrentEvent};
@@ -40,7 +40,10 @@ pub const PEER_NOTES: usize = 64;
 /// trying again.
 pub const PAUSE_AFTER_WRITE_FAILURE: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// How many failed pieces a peer may send alone before it is banned.
+/// The most failed pieces remembered block by block for blame (each holds 20 bytes a block).
+const MAX_SUSPECTS: usize = 1024;
+
+/// How many pieces a peer may corrupt before it is banned.
 pub const BAN_STRIKES: u32 = 2;
 
 /// What the picker tells one peer.
@@ -145,8 +148,10 @@ pub struct PickerSetup {
     pub hashes: Arc<Vec<[u8; 20]>>,
     /// Bytes allowed between the sockets and the disk (pieces in progress and in flight).
     pub disk_budget: u64,
-    /// The hasher pool.
+    /// The hasher pool (shared by the session's torrents).
     pub hasher: Hasher,
+    /// The torrent's files, where verified pieces are written.
+    pub storage: Arc<Storage>,
     /// Results of pieces in flight; capacity covers every piece that can be in flight.
     pub done_tx: Sender<PieceDone>,
     /// The picker's side of `done_tx`.
@@ -174,6 +179,8 @@ struct PeerSlot {
 struct State {
     /// The policy.
     policy: Picker,
+    /// The torrent's files, handed on with each complete piece.
+    storage: Arc<Storage>,
     /// Lengths.
     lengths: Lengths,
     /// Expected hashes.
@@ -181,7 +188,12 @@ struct State {
     /// Connected peers.
     peers: HashMap<PeerKey, PeerSlot>,
     /// Blocks received for pieces in progress, by piece, in block order.
-    partial: HashMap<u32, Vec<Option<Block>>>,
+    partial: HashMap<u32, Vec<Option<(PeerKey, Block)>>>,
+    /// Who sent each block of the pieces in flight, by piece.
+    senders: HashMap<u32, Vec<PeerKey>>,
+    /// Pieces that failed with several senders: who sent each block and its SHA-1, to compare
+    /// with the blocks of the attempt that verifies (so the liar, and only the liar, is struck).
+    suspects: HashMap<u32, Vec<(PeerKey, [u8; 20])>>,
     /// Bytes of pieces handed to the hasher and not yet done.
     in_flight: u64,
     /// Pieces handed to the hasher and not yet done.
@@ -208,6 +220,7 @@ pub async fn run(setup: PickerSetup, mut inbox: Mailbox<PickerMsg>) {
         done_tx,
         done_rx,
         shared,
+        storage,
     } = setup;
     let mut st = State {
         policy: Picker::new(lengths, have),
@@ -215,12 +228,15 @@ pub async fn run(setup: PickerSetup, mut inbox: Mailbox<PickerMsg>) {
         hashes,
         peers: HashMap::new(),
         partial: HashMap::new(),
+        senders: HashMap::new(),
+        suspects: HashMap::new(),
         in_flight: 0,
         in_flight_pieces: 0,
         budget: disk_budget.max(u64::from(lengths.piece_length())),
         shared,
         done_tx,
         paused: None,
+        storage,
     };
     let mut shutdown: Option<ReplyTo<Bitfield>> = None;
     loop {
@@ -257,7 +273,6 @@ pub async fn run(setup: PickerSetup, mut inbox: Mailbox<PickerMsg>) {
             }
         }
     }
-    hasher.shutdown().await;
     if let Some(reply) = shutdown {
         reply.send(st.policy.have().clone());
     }
@@ -380,7 +395,7 @@ impl State {
                     .partial
                     .entry(block.piece)
                     .or_insert_with(|| (0..blocks).map(|_| None).collect());
-                slots[block.index() as usize] = Some(data);
+                slots[block.index() as usize] = Some((peer, data));
                 if piece_complete {
                     let slots = self.partial.remove(&block.piece).unwrap_or_default();
                     if slots.iter().any(Option::is_none) {
@@ -390,14 +405,18 @@ impl State {
                         self.policy.piece_failed(block.piece);
                         return None;
                     }
-                    let blocks: Vec<Block> = slots.into_iter().flatten().collect();
+                    let (senders, blocks): (Vec<PeerKey>, Vec<Block>) =
+                        slots.into_iter().flatten().unzip();
+                    self.senders.insert(block.piece, senders);
                     self.in_flight += u64::from(self.lengths.piece_len(block.piece));
                     self.in_flight_pieces += 1;
                     return Some(HashJob {
                         piece: block.piece,
                         blocks,
                         expected: self.hashes[block.piece as usize],
+                        storage: self.storage.clone(),
                         done: self.done_tx.clone(),
+                        want_block_digests: self.suspects.contains_key(&block.piece),
                     });
                 }
             }
@@ -412,37 +431,52 @@ impl State {
         let len = u64::from(self.lengths.piece_len(done.piece));
         self.in_flight -= len.min(self.in_flight);
         self.in_flight_pieces = self.in_flight_pieces.saturating_sub(1);
+        let senders = self.senders.remove(&done.piece).unwrap_or_default();
         match done.outcome {
             PieceOutcome::Written => {
                 self.paused = None;
                 self.policy.piece_verified(done.piece);
                 self.shared.piece_verified(done.piece, len);
+                // Smart ban: the blocks of an earlier failure that differ from the good ones
+                // name their senders for certain.
+                if let Some(earlier) = self.suspects.remove(&done.piece) {
+                    if earlier.len() == done.block_digests.len() {
+                        let mut liars: Vec<PeerKey> = earlier
+                            .iter()
+                            .zip(&done.block_digests)
+                            .filter(|((_, bad), good)| bad != *good)
+                            .map(|((peer, _), _)| *peer)
+                            .collect();
+                        liars.sort_unstable();
+                        liars.dedup();
+                        for peer in liars {
+                            self.strike(peer);
+                        }
+                    }
+                }
             }
             PieceOutcome::HashFailed => {
                 self.shared.add_wasted(len);
                 let contributors = self.policy.piece_failed(done.piece);
-                // Only a sole contributor is surely guilty. A piece that mixed several peers'
-                // data is refetched from one peer only (the policy sees to it), so a liar meets
-                // a failure it alone sent soon enough, and an honest peer is never blamed.
-                let sole = contributors.len() == 1;
-                let mut addrs = Vec::new();
-                for peer in contributors {
-                    if let Some(slot) = self.peers.get_mut(&peer) {
-                        addrs.push(slot.addr);
-                        if !sole {
-                            continue;
-                        }
-                        slot.strikes += 1;
-                        if slot.strikes >= BAN_STRIKES {
-                            log::warn!(
-                                "banning {}: sent data for {} failed pieces",
-                                slot.addr,
-                                slot.strikes
-                            );
-                            let _ = slot.notes.try_send(PeerNote::Ban);
-                        }
-                    }
+                // A sole contributor is surely guilty. A piece that mixed several peers' data
+                // is remembered block by block and refetched from one peer only (the policy
+                // sees to it); when it verifies, the senders of the blocks that differed are
+                // struck. An honest peer is never blamed.
+                if contributors.len() == 1 {
+                    self.strike(contributors[0]);
+                } else if senders.len() == done.block_digests.len()
+                    && self.suspects.len() < MAX_SUSPECTS
+                {
+                    self.suspects.insert(
+                        done.piece,
+                        senders.into_iter().zip(done.block_digests).collect(),
+                    );
                 }
+                let addrs: Vec<SocketAddr> = contributors
+                    .iter()
+                    .filter_map(|p| self.peers.get(p))
+                    .map(|slot| slot.addr)
+                    .collect();
                 log::warn!(
                     "piece {} failed its hash check (from {:?})",
                     done.piece,
@@ -465,6 +499,21 @@ impl State {
             }
         }
         self.wake(None);
+    }
+
+    /// One more failure that `peer` surely caused; banned at [`BAN_STRIKES`].
+    fn strike(&mut self, peer: PeerKey) {
+        if let Some(slot) = self.peers.get_mut(&peer) {
+            slot.strikes += 1;
+            if slot.strikes >= BAN_STRIKES {
+                log::warn!(
+                    "banning {}: sent corrupt data for {} pieces",
+                    slot.addr,
+                    slot.strikes
+                );
+                let _ = slot.notes.try_send(PeerNote::Ban);
+            }
+        }
     }
 
     /// Tells starved peers (other than `except`) to ask again; `None` wakes every starved peer.

@@ -32,6 +32,9 @@ use shoal_engine::wire::{Handshake, HANDSHAKE_LEN};
 use shoal_engine::{InfoHash, PeerId};
 use smol::net::{TcpListener, TcpStream};
 
+use crate::buffers::BlockPool;
+use crate::disk::Disk;
+use crate::hasher::Hasher;
 use crate::runtime::{Runtime, Spawner, Task, TrySendError};
 use crate::torrent::{self, AddTorrent, SessionContext, Torrent, TorrentMsg};
 
@@ -50,6 +53,10 @@ pub struct SessionSettings {
     pub threads: usize,
     /// Our peer id (`None`: a fresh random one).
     pub peer_id: Option<PeerId>,
+    /// Threads that hash complete pieces (0: one per core), unless pools are given.
+    pub hasher_threads: usize,
+    /// Threads that read and write files, unless pools are given.
+    pub disk_threads: usize,
 }
 
 impl Default for SessionSettings {
@@ -58,6 +65,8 @@ impl Default for SessionSettings {
             listen: SocketAddr::from(([0, 0, 0, 0], 6881)),
             threads: 0,
             peer_id: None,
+            hasher_threads: 0,
+            disk_threads: 2,
         }
     }
 }
@@ -79,6 +88,35 @@ pub struct Session {
     peer_id: PeerId,
     /// The address we accept peers on.
     local_addr: SocketAddr,
+    /// The hasher and disk threads.
+    pools: Pools,
+    /// Whether the session made `pools` (and so shuts them down).
+    owns_pools: bool,
+}
+
+/// The threads that hash pieces and touch files, which every torrent of a session (or of
+/// several sessions) shares.
+#[derive(Clone, Debug)]
+pub struct Pools {
+    /// SHA-1 checking of complete pieces.
+    pub hasher: Hasher,
+    /// File reads and writes.
+    pub disk: Disk,
+}
+
+impl Pools {
+    /// Starts `hasher_threads` hashing threads (0: one per core) and `disk_threads` disk threads.
+    pub fn new(hasher_threads: usize, disk_threads: usize) -> Self {
+        let disk = Disk::spawn(disk_threads, BlockPool::new(usize::MAX / 2));
+        let hasher = Hasher::spawn(hasher_threads, disk.jobs().clone());
+        Self { hasher, disk }
+    }
+
+    /// Stops the threads once their queues are empty. Call it after the torrents have stopped.
+    pub async fn shutdown(&self) {
+        self.hasher.shutdown().await;
+        self.disk.shutdown().await;
+    }
 }
 
 impl fmt::Debug for Session {
@@ -95,20 +133,35 @@ impl Session {
     pub fn new(settings: SessionSettings) -> std::io::Result<Self> {
         let runtime = Runtime::new(settings.threads);
         let spawner = runtime.handle();
-        Self::start(settings, Some(runtime), spawner)
+        Self::start(settings, Some(runtime), spawner, None)
     }
 
     /// Starts a session on an existing runtime, so that many sessions (a bench's swarm, say)
     /// share one set of executor threads.
     pub fn with_spawner(settings: SessionSettings, spawner: Spawner) -> std::io::Result<Self> {
-        Self::start(settings, None, spawner)
+        Self::start(settings, None, spawner, None)
+    }
+
+    /// Starts a session on an existing runtime and existing hasher and disk pools, so that many
+    /// sessions in one process share a fixed set of threads. The caller shuts the pools down
+    /// after the sessions.
+    pub fn with_pools(
+        settings: SessionSettings,
+        spawner: Spawner,
+        pools: Pools,
+    ) -> std::io::Result<Self> {
+        Self::start(settings, None, spawner, Some(pools))
     }
 
     fn start(
         settings: SessionSettings,
         runtime: Option<Runtime>,
         spawner: Spawner,
+        pools: Option<Pools>,
     ) -> std::io::Result<Self> {
+        let owns_pools = pools.is_none();
+        let pools =
+            pools.unwrap_or_else(|| Pools::new(settings.hasher_threads, settings.disk_threads));
         let listener = std::net::TcpListener::bind(settings.listen)?;
         let local_addr = listener.local_addr()?;
         let listener = TcpListener::try_from(listener)?;
@@ -122,6 +175,8 @@ impl Session {
             torrents,
             peer_id,
             local_addr,
+            pools,
+            owns_pools,
         })
     }
 
@@ -159,6 +214,8 @@ impl Session {
             peer_id: self.peer_id,
             listen_port: self.local_addr.port(),
             spawner: self.spawner(),
+            hasher: self.pools.hasher.clone(),
+            disk: self.pools.disk.clone(),
         };
         let torrent = torrent::start(add, ctx).await?;
         self.lock().insert(info_hash, torrent.clone());
@@ -187,6 +244,10 @@ impl Session {
         let torrents: Vec<Torrent> = self.lock().drain().map(|(_, t)| t).collect();
         for t in torrents {
             t.shutdown().await;
+        }
+        if self.owns_pools {
+            // Last: every torrent has flushed its files.
+            self.pools.shutdown().await;
         }
     }
 

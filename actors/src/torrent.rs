@@ -68,10 +68,9 @@ pub struct TorrentSettings {
     pub upload_slots: usize,
     /// Bytes allowed between the sockets and the disk.
     pub disk_budget: u64,
-    /// Hashing threads (0: one per core).
+    /// Threads that check the data already on disk when the torrent starts (0: one per core).
+    /// Pieces downloaded later are checked by the session's hasher pool.
     pub hasher_threads: usize,
-    /// Disk threads.
-    pub disk_threads: usize,
     /// Whether to announce to the torrent's trackers.
     pub use_trackers: bool,
 }
@@ -85,7 +84,6 @@ impl Default for TorrentSettings {
             upload_slots: 4,
             disk_budget: 64 * 1024 * 1024,
             hasher_threads: 0,
-            disk_threads: 2,
             use_trackers: true,
         }
     }
@@ -170,6 +168,10 @@ pub(crate) struct SessionContext {
     pub listen_port: u16,
     /// Where tasks run.
     pub spawner: Spawner,
+    /// The session's hasher pool.
+    pub hasher: Hasher,
+    /// The session's disk threads.
+    pub disk: Disk,
 }
 
 /// Messages to a torrent.
@@ -357,13 +359,12 @@ pub(crate) async fn start(add: AddTorrent, ctx: SessionContext) -> Result<Torren
     }
 
     let storage = Arc::new(storage);
-    let uploads = BlockPool::new(usize::MAX / 2);
     let downloads = BlockPool::new(add.settings.disk_budget as usize);
-    let disk = Disk::spawn(storage, add.settings.disk_threads, uploads);
-    let hasher = Hasher::spawn(add.settings.hasher_threads, disk.jobs().clone());
+    let disk = ctx.disk.clone();
+    let hasher = ctx.hasher.clone();
     // Every piece in flight reports once: in the hasher's queue or threads, or in the disk's.
-    let done_capacity =
-        HASH_QUEUE + hasher.threads() + DISK_QUEUE + add.settings.disk_threads.max(1) + 1;
+    // The pools are shared, so this bounds one torrent's pieces in flight too.
+    let done_capacity = HASH_QUEUE + hasher.threads() + DISK_QUEUE + disk.threads().max(1) + 1;
     let (done_tx, done_rx) = async_channel::bounded(done_capacity);
     let (picker_addr, picker_inbox) = mailbox(PICKER_MAILBOX);
     let picker_task = ctx.spawner.spawn(picker::run(
@@ -373,6 +374,7 @@ pub(crate) async fn start(add: AddTorrent, ctx: SessionContext) -> Result<Torren
             hashes,
             disk_budget: add.settings.disk_budget,
             hasher,
+            storage: storage.clone(),
             done_tx,
             done_rx,
             shared: shared.clone(),
@@ -417,6 +419,7 @@ pub(crate) async fn start(add: AddTorrent, ctx: SessionContext) -> Result<Torren
         picker: picker_addr,
         picker_task: Some(picker_task),
         disk,
+        storage,
         downloads,
         tracker,
         transfer,
@@ -516,7 +519,10 @@ struct State {
     initial_have: Arc<Bitfield>,
     picker: Addr<PickerMsg>,
     picker_task: Option<smol::Task<()>>,
+    /// The session's disk threads.
     disk: Disk,
+    /// This torrent's files.
+    storage: Arc<Storage>,
     downloads: Arc<BlockPool>,
     tracker: Option<TrackerClient>,
     transfer: Arc<TransferStats>,
@@ -717,10 +723,12 @@ impl State {
             key,
             addr,
             our_reserved: ours.reserved,
+            listen_port: Some(self.ctx.listen_port),
             lengths: self.meta.info.lengths,
             initial_have: self.initial_have.clone(),
             picker: self.picker.clone(),
             disk: self.disk.jobs().clone(),
+            storage: self.storage.clone(),
             shared: self.shared.clone(),
             pool: self.downloads.clone(),
             control: control_rx,
@@ -968,7 +976,7 @@ impl State {
 
     /// Flushes the files, then writes the fast-resume record for `have` (off the executor).
     async fn save_resume(&mut self, have: Bitfield) {
-        if let Err(e) = self.disk.sync().await {
+        if let Err(e) = self.disk.sync(&self.storage).await {
             log::error!("flushing {}: {e}", self.meta.info.name);
             return;
         }
@@ -1033,10 +1041,9 @@ impl State {
         if let Ok(have) = have {
             // Saving flushes the files first.
             self.save_resume(have).await;
-        } else if let Err(e) = self.disk.sync().await {
+        } else if let Err(e) = self.disk.sync(&self.storage).await {
             log::error!("flushing {}: {e}", self.meta.info.name);
         }
-        self.disk.shutdown().await;
         self.shared.set_stopped();
     }
 }

@@ -300,6 +300,10 @@ async fn watch(
                 tick.await;
             },
             async {
+                if announced_complete {
+                    // wait_complete would return at once: seeding wakes on the tick only.
+                    futures_lite::future::pending::<()>().await;
+                }
                 let _ = torrent.wait_complete().await;
                 smol::Timer::after(Duration::from_millis(50)).await;
             },
@@ -320,7 +324,9 @@ async fn watch(
                 bar.set_message(msg);
             }
             None => {
-                if now.duration_since(last_line) >= Duration::from_secs(2) || p.complete {
+                if now.duration_since(last_line) >= Duration::from_secs(2)
+                    || (p.complete && !announced_complete)
+                {
                     eprintln!(
                         "{name}: {}/{} pieces {msg}",
                         p.verified_pieces, p.total_pieces

@@ -2,6 +2,8 @@
 //! that are killed when the test ends, and deterministic test data.
 #![allow(dead_code)]
 
+pub mod clients;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};

@@ -1,0 +1,151 @@
+#!/usr/bin/python3
+"""A libtorrent peer for the interop tests (run with Debian's /usr/bin/python3).
+
+    lt_peer.py TORRENT SAVE_PATH --port PORT [--peer HOST:PORT]... [--seed]
+               [--no-trackers] [--timeout SECONDS] [--upload-limit BYTES_PER_SECOND]
+
+Adds TORRENT with its data in SAVE_PATH (SAVE_PATH/<name>), listening on 127.0.0.1:PORT only,
+with DHT, local discovery, UPnP, NAT-PMP, uTP and encryption off, so that it speaks plain
+BitTorrent over TCP on loopback. Every peer given with --peer is dialled (and dialled again
+while no peer is connected, in case it was not listening yet). The torrent's trackers are used
+unless --no-trackers.
+
+Prints one JSON object a line on stdout, flushed:
+    {"event": "status", "state", "progress", "pieces", "num_pieces", "peers", "down", "up",
+     "clients": names of the connected peers' clients} every half second;
+    {"event": "finished", "clients_seen", ...status fields} once the download completes
+      (clients_seen: every peer client name seen so far) (then exits 0,
+      unless --seed, which keeps the torrent seeding until killed or the timeout);
+    {"event": "error", "message"} on a torrent error (then exits 1).
+Exits 3 when the timeout passes first.
+"""
+import argparse
+import json
+import sys
+import time
+
+import libtorrent as lt
+
+
+def emit(obj):
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def status_fields(st, ti):
+    return {
+        "state": str(st.state),
+        "progress": st.progress,
+        "pieces": st.num_pieces,
+        "num_pieces": ti.num_pieces(),
+        "peers": st.num_peers,
+        "down": st.total_payload_download,
+        "up": st.total_payload_upload,
+    }
+
+
+def peer_clients(h):
+    """The client names of connected peers (from their extended handshake's `v`)."""
+    out = []
+    for p in h.get_peer_info():
+        c = p.client
+        out.append(c.decode("utf-8", "replace") if isinstance(c, bytes) else str(c))
+    return out
+
+
+def parse_peer(s):
+    host, _, port = s.rpartition(":")
+    return (host, int(port))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("torrent")
+    ap.add_argument("save_path")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--peer", action="append", default=[])
+    ap.add_argument("--seed", action="store_true")
+    ap.add_argument("--no-trackers", action="store_true")
+    ap.add_argument("--timeout", type=float, default=120.0)
+    ap.add_argument("--upload-limit", type=int, default=0, help="bytes per second, 0: none")
+    args = ap.parse_args()
+
+    settings = {
+        "listen_interfaces": f"127.0.0.1:{args.port}",
+        "outgoing_interfaces": "127.0.0.1",
+        "enable_dht": False,
+        "enable_lsd": False,
+        "enable_upnp": False,
+        "enable_natpmp": False,
+        "enable_outgoing_utp": False,
+        "enable_incoming_utp": False,
+        # Every peer is 127.0.0.1: tell them apart by port.
+        "allow_multiple_connections_per_ip": True,
+        # Plain BitTorrent: no MSE handshake attempts first.
+        "out_enc_policy": int(lt.enc_policy.disabled),
+        "in_enc_policy": int(lt.enc_policy.disabled),
+        # Announce to loopback trackers and accept loopback peers from them.
+        "announce_to_all_tiers": True,
+        "announce_to_all_trackers": True,
+        "alert_mask": int(lt.alert.category_t.error_notification),
+    }
+    if args.upload_limit > 0:
+        settings["upload_rate_limit"] = args.upload_limit
+    ses = lt.session(settings)
+    if args.upload_limit > 0:
+        # Local peers are exempt from rate limits unless put in the global peer class.
+        f = lt.ip_filter()
+        f.add_rule("0.0.0.0", "255.255.255.255", 1 << lt.session.global_peer_class_id)
+        ses.set_peer_class_filter(f)
+    ti = lt.torrent_info(args.torrent)
+    atp = lt.add_torrent_params()
+    atp.ti = ti
+    atp.save_path = args.save_path
+    if args.no_trackers:
+        atp.trackers = []
+    h = ses.add_torrent(atp)
+    if args.no_trackers:
+        h.replace_trackers([])
+    peers = [parse_peer(p) for p in args.peer]
+
+    deadline = time.time() + args.timeout
+    last_dial = 0.0
+    last_status = 0.0
+    finished = False
+    # Client names of every peer seen, sampled often: a transfer can be over in a second.
+    seen = set()
+    while time.time() < deadline:
+        for a in ses.pop_alerts():
+            if isinstance(a, lt.torrent_error_alert):
+                emit({"event": "error", "message": a.message()})
+                sys.exit(1)
+        st = h.status()
+        if st.errc.value() != 0:
+            emit({"event": "error", "message": st.errc.message()})
+            sys.exit(1)
+        checking = st.state in (
+            lt.torrent_status.checking_files,
+            lt.torrent_status.checking_resume_data,
+        )
+        now = time.time()
+        if peers and not checking and st.num_peers == 0 and now - last_dial > 1.0:
+            for p in peers:
+                h.connect_peer(p)
+            last_dial = now
+        clients = peer_clients(h)
+        seen.update(c for c in clients if c)
+        if not finished and not checking and (st.is_finished or st.is_seeding):
+            finished = True
+            emit(dict(event="finished", clients_seen=sorted(seen), **status_fields(st, ti)))
+            if not args.seed:
+                return
+        if now - last_status >= 0.5:
+            emit(dict(event="status", clients=clients, **status_fields(st, ti)))
+            last_status = now
+        time.sleep(0.05)
+    emit({"event": "timeout"})
+    sys.exit(3)
+
+
+if __name__ == "__main__":
+    main()
