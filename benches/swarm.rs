@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shoal_actors::runtime::Runtime;
-use shoal_actors::session::{Session, SessionSettings};
+use shoal_actors::session::{Pools, Session, SessionSettings};
 use shoal_actors::shared::TorrentEvent;
 use shoal_actors::torrent::{AddTorrent, Torrent, TorrentSettings};
 use shoal_actors::tracker_server::{TrackerServer, TrackerServerOptions};
@@ -215,14 +215,28 @@ fn swarm(n: usize) {
     ) as usize;
     println!(
         "\nswarm: 1 seeder + {n} downloaders, {size_mib} MiB in {pieces} pieces of {piece_kib} KiB, \
-         one runtime ({} executor threads), tracker{}; open files limit {nofile}, so at most \
+         one runtime ({} executor threads), {} hasher and disk pools, tracker{}; open files limit {nofile}, so at most \
          {max_peers} peers per torrent; load {}",
         std::thread::available_parallelism().map_or(1, |n| n.get()),
+        if std::env::var_os("SHOAL_SWARM_OWN_POOLS").is_some() {
+            "per-session"
+        } else {
+            "shared"
+        },
         if direct { " + seeder as direct peer" } else { " only" },
         support::load()
     );
 
     let rt = Runtime::new(0);
+    // One set of hasher and disk threads for every session, as one process embedding many
+    // peers would run it (SHOAL_SWARM_OWN_POOLS=1: each session starts its own).
+    let pools = std::env::var_os("SHOAL_SWARM_OWN_POOLS")
+        .is_none()
+        .then(|| Pools::new(0, 2));
+    let session = |settings: SessionSettings| match &pools {
+        Some(p) => Session::with_pools(settings, rt.handle(), p.clone()),
+        None => Session::with_spawner(settings, rt.handle()),
+    };
     let rss0 = status("VmRSS:");
     let heap0 = LIVE.load(Ordering::Relaxed);
     let settings = || SessionSettings {
@@ -230,7 +244,7 @@ fn swarm(n: usize) {
         ..SessionSettings::default()
     };
     let started = Instant::now();
-    let seeder_session = Session::with_spawner(settings(), rt.handle()).expect("seeder session");
+    let seeder_session = session(settings()).expect("seeder session");
     let mut seed = AddTorrent::seed(meta.clone(), PathBuf::new());
     seed.content = Some(data.clone());
     seed.settings.max_peers = max_peers;
@@ -244,7 +258,7 @@ fn swarm(n: usize) {
     for i in 0..n {
         let out = dir.join(format!("dl-{i}"));
         let _ = std::fs::remove_dir_all(&out);
-        let session = match Session::with_spawner(settings(), rt.handle()) {
+        let session = match session(settings()) {
             Ok(s) => s,
             Err(e) => {
                 add_error = Some(format!("session {i}: {e}"));
@@ -448,6 +462,9 @@ fn swarm(n: usize) {
             p.session.shutdown().await;
         }
         seeder_session.shutdown().await;
+        if let Some(p) = &pools {
+            p.shutdown().await;
+        }
     });
     println!(
         "  shutdown of every session: {:.1} s",
