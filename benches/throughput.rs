@@ -53,6 +53,9 @@ struct Sample {
     cpu_seed: f64,
 }
 
+/// One case's label, samples and the load at each run.
+type Case = (String, Vec<Sample>, Vec<String>);
+
 /// How to tell that a downloader is done.
 enum Done {
     /// A line of its output contains this.
@@ -211,8 +214,8 @@ fn main() {
         tracker_url: tracker.announce_url(),
     };
     let gib = (mib as f64) / 1024.0;
-    // (piece KiB, case) -> samples, in insertion order of cases.
-    let mut results: BTreeMap<(u32, usize), (String, Vec<Sample>, Vec<String>)> = BTreeMap::new();
+    // (piece KiB, case number) -> (label, samples, loads), cases in the order they ran.
+    let mut results: BTreeMap<(u32, usize), Case> = BTreeMap::new();
 
     for &piece_kib in &pieces {
         let torrent = support::torrent_for(&data, piece_kib << 10);
@@ -342,8 +345,8 @@ fn main() {
         "\nmedians ({mib} MiB file hot in page cache, loopback, time from spawn to complete):"
     );
     println!(
-        "{:>6}  {:<34} {:>8} {:>14} {:>14}  {}",
-        "pieces", "case", "MB/s", "down CPU s/GiB", "seed CPU s/GiB", "loads during runs"
+        "{:>6}  {:<34} {:>8} {:>14} {:>14}  loads during runs",
+        "pieces", "case", "MB/s", "down CPU s/GiB", "seed CPU s/GiB"
     );
     for ((piece_kib, _), (label, samples, loads)) in &results {
         let mbs = median(
