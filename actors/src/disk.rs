@@ -44,6 +44,9 @@ pub struct Storage {
     lengths: Lengths,
     /// One open handle per file of `layout` (`None` for a file missing in read-only mode).
     files: Vec<Option<File>>,
+    /// Per file, how many bytes it held before we extended it: beyond that it is a hole of
+    /// zeros we made, so [`Storage::recheck`] need not read and hash it.
+    existing: Vec<u64>,
 }
 
 impl fmt::Debug for Storage {
@@ -59,7 +62,9 @@ impl Storage {
     /// Zero-length files are created too. Existing data is kept.
     pub fn open(root: &Path, layout: Layout, lengths: Lengths, mode: Mode) -> io::Result<Self> {
         let mut files = Vec::with_capacity(layout.files().len());
+        let mut existing = Vec::with_capacity(layout.files().len());
         for info in layout.files() {
+            let mut held = info.length;
             let path = root.join(&info.path);
             let file = match mode {
                 Mode::ReadWrite => {
@@ -79,6 +84,7 @@ impl Storage {
                         .map_err(|e| annotate(e, "stat", &path))?
                         .len();
                     if len < info.length {
+                        held = len;
                         // Sparse: space is only taken as pieces land.
                         file.set_len(info.length)
                             .map_err(|e| annotate(e, "size", &path))?;
@@ -92,11 +98,13 @@ impl Storage {
                 },
             };
             files.push(file);
+            existing.push(held);
         }
         Ok(Self {
             layout,
             lengths,
             files,
+            existing,
         })
     }
 
@@ -151,6 +159,14 @@ impl Storage {
         Ok(())
     }
 
+    /// Whether any byte of `offset..offset + len` was in a file before we opened it (a piece
+    /// wholly in the holes we made is zeros, not data: checking it would hash for nothing).
+    fn any_existing(&self, offset: u64, len: usize) -> bool {
+        self.layout
+            .spans(offset, len)
+            .any(|s| s.file_offset < self.existing.get(s.file).copied().unwrap_or(u64::MAX))
+    }
+
     fn file(&self, index: usize) -> io::Result<&File> {
         self.files
             .get(index)
@@ -195,7 +211,9 @@ impl Storage {
                             }
                             let len = self.lengths.piece_len(piece) as usize;
                             let offset = self.lengths.piece_offset(piece);
-                            if self.read_at(offset, &mut buf[..len]).is_ok() {
+                            if self.any_existing(offset, len)
+                                && self.read_at(offset, &mut buf[..len]).is_ok()
+                            {
                                 let digest: [u8; 20] = Sha1::digest(&buf[..len]).into();
                                 if hashes.get(piece as usize) == Some(&digest) {
                                     ok.push(piece);
@@ -414,5 +432,38 @@ fn serve(uploads: &Arc<BlockPool>, job: DiskJob) {
         DiskJob::Sync { storage, reply } => {
             let _ = reply.try_send(storage.sync());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recheck_skips_the_holes_it_made_and_checks_what_was_there() {
+        let dir = std::env::temp_dir().join(format!("shoal-disk-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("f.bin");
+        let piece = 16 * 1024u64;
+        // Three pieces; the file holds the first one and a half (real data, then zeros).
+        let mut data = vec![7u8; 3 * piece as usize];
+        data[(3 * piece / 2) as usize..].fill(0);
+        std::fs::write(&path, &data[..(3 * piece / 2) as usize]).unwrap();
+        let hashes: Vec<[u8; 20]> = data
+            .chunks(piece as usize)
+            .map(|c| Sha1::digest(c).into())
+            .collect();
+        let lengths = Lengths::new(3 * piece, piece).unwrap();
+        let layout = Layout::new([(path.clone(), 3 * piece)]);
+        let s = Storage::open(Path::new(""), layout, lengths, Mode::ReadWrite).unwrap();
+        let have = s.recheck(&hashes, 2, &|_| {});
+        // Piece 1 was half there (its zero half is a hole that happens to match): checked.
+        // Piece 2 lies wholly in the hole we made: not even read, so not claimed.
+        assert!(have.get(0) && have.get(1) && !have.get(2));
+        // Reopened, the file is whole: every piece is checked and verifies.
+        let layout = Layout::new([(path.clone(), 3 * piece)]);
+        let s = Storage::open(Path::new(""), layout, lengths, Mode::ReadWrite).unwrap();
+        assert!(s.recheck(&hashes, 2, &|_| {}).all());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -801,8 +801,11 @@ impl Peer {
                 self.starved = false;
             }
             Message::Interested => {
-                self.peer_interested = true;
+                let was = std::mem::replace(&mut self.peer_interested, true);
                 self.stats.peer_interested.store(true, Ordering::Relaxed);
+                if !was {
+                    self.shared.peer_interested();
+                }
             }
             Message::NotInterested => {
                 self.peer_interested = false;
@@ -952,8 +955,7 @@ impl Peer {
         let len = data.len() as u64;
         self.stats.downloaded.fetch_add(len, Ordering::Relaxed);
         self.shared.add_downloaded(len);
-        let mut buf = self.pool.take(data.len());
-        buf.copy_from_slice(data);
+        let buf = self.pool.take_copy(data);
         self.picker
             .send(PickerMsg::Block {
                 peer: self.key,

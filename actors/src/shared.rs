@@ -53,6 +53,9 @@ pub struct Shared {
     have_log: Mutex<Vec<u32>>,
     /// Notified when `have_log` grows.
     have_grew: Event,
+    /// Notified when a peer becomes interested, so the torrent can unchoke it into a free slot
+    /// at once instead of on its next one-second tick.
+    interest: Event,
     /// Pieces verified and on disk.
     verified: AtomicU32,
     /// Payload bytes received from peers (every block, good or not).
@@ -113,6 +116,7 @@ impl Shared {
             num_pieces,
             have_log: Mutex::new(Vec::new()),
             have_grew: Event::new(),
+            interest: Event::new(),
             verified: AtomicU32::new(verified),
             downloaded: AtomicU64::new(0),
             uploaded: AtomicU64::new(0),
@@ -221,6 +225,15 @@ impl Shared {
     }
 
     /// A listener for have-log growth. Register it before reading the log.
+    pub(crate) fn peer_interested(&self) {
+        self.interest.notify(usize::MAX);
+    }
+
+    /// A listener for peers becoming interested. Register it, then look at the peers.
+    pub(crate) fn listen_interest(&self) -> EventListener {
+        self.interest.listen()
+    }
+
     pub(crate) fn listen_haves(&self) -> EventListener {
         self.have_grew.listen()
     }

@@ -566,7 +566,10 @@ async fn run(
             Exit(crate::runtime::Exit<PeerExit>),
             TrackerPeers(Vec<SocketAddr>),
             Tick,
+            Interest,
         }
+        // Registered before the peers are looked at (fill_slots), so no interest is missed.
+        let interest = st.shared.listen_interest();
         let ev = future::or(
             async { Ev::Msg(inbox.recv().await) },
             future::or(
@@ -578,10 +581,16 @@ async fn run(
                             Err(_) => future::pending().await,
                         }
                     },
-                    async {
-                        futures_lite::StreamExt::next(&mut tick).await;
-                        Ev::Tick
-                    },
+                    future::or(
+                        async {
+                            futures_lite::StreamExt::next(&mut tick).await;
+                            Ev::Tick
+                        },
+                        async {
+                            interest.await;
+                            Ev::Interest
+                        },
+                    ),
                 ),
             ),
         )
@@ -604,6 +613,7 @@ async fn run(
             Ev::Msg(Some(TorrentMsg::Peers(reply))) => reply.send(st.peer_infos()),
             Ev::Exit(exit) => st.peer_exited(exit).await,
             Ev::Tick => st.tick().await,
+            Ev::Interest => st.fill_slots(),
         }
     }
     st.shutdown().await;

@@ -1,0 +1,303 @@
+//! Helpers shared by the process-level benches: data files kept in the temp folder, torrents,
+//! child processes with their CPU time, medians and the machine's load.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use shoal_engine::create::{create_torrent, CreateOptions};
+
+/// Median of a non-empty list (the upper one of the two middle values).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// MB/s (10^6 bytes per second).
+pub fn mb_per_s(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / 1e6 / d.as_secs_f64().max(1e-9)
+}
+
+/// The 1, 5 and 15 minute load averages, as `/proc/loadavg` gives them.
+pub fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// The CPU model and core count, for the report.
+pub fn machine() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    format!("{cores} cores, {model}")
+}
+
+/// Size of the bench data in MiB: `SHOAL_BENCH_MIB`, or `default`.
+pub fn size_mib(default: u64) -> u64 {
+    std::env::var("SHOAL_BENCH_MIB")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(default)
+}
+
+/// Runs per figure: `SHOAL_BENCH_RUNS`, or `default`.
+pub fn runs(default: usize) -> usize {
+    std::env::var("SHOAL_BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(default)
+}
+
+/// The bench's folder in the temp folder, kept between runs.
+pub fn bench_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("shoal-bench-{name}"));
+    std::fs::create_dir_all(&dir).expect("create bench dir");
+    dir
+}
+
+/// A file of `mib` MiB of pseudo-random bytes in `dir`, written once and reused.
+pub fn data_file(dir: &Path, mib: u64) -> PathBuf {
+    let path = dir.join(format!("data-{mib}MiB.bin"));
+    let len = mib << 20;
+    if std::fs::metadata(&path).map(|m| m.len()).ok() != Some(len) {
+        eprintln!("writing {} ...", path.display());
+        let mut rng = fastrand::Rng::with_seed(0x5ea1 ^ mib);
+        let mut buf = vec![0u8; 1 << 20];
+        let mut f = std::fs::File::create(&path).expect("create data file");
+        for _ in 0..mib {
+            rng.fill(&mut buf);
+            std::io::Write::write_all(&mut f, &buf).expect("write data file");
+        }
+    }
+    path
+}
+
+/// Reads a file once so that it is in the page cache.
+pub fn warm(path: &Path) {
+    let mut f = std::fs::File::open(path).expect("open data file");
+    let mut buf = vec![0u8; 4 << 20];
+    while f.read(&mut buf).expect("read data file") > 0 {}
+}
+
+/// A torrent for `data` with `piece_len` pieces and no tracker, written next to it once.
+pub fn torrent_for(data: &Path, piece_len: u32) -> PathBuf {
+    let path = data.with_extension(format!("{}k.torrent", piece_len >> 10));
+    if !path.exists() {
+        let opts = CreateOptions {
+            piece_length: Some(piece_len),
+            creation_date: Some(0),
+            ..Default::default()
+        };
+        let bytes = create_torrent(data, &opts).expect("create torrent");
+        std::fs::write(&path, bytes).expect("write torrent");
+    }
+    path
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; good enough for a bench).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+/// The `shoal` binary next to the bench executable (built by `cargo build --release -p
+/// shoal-cli`, or here on demand).
+pub fn shoal_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile dir");
+    let bin = profile_dir.join("shoal");
+    // Always rebuild: a stale binary would measure old code. Cheap when up to date.
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["build", "--quiet", "-p", "shoal-cli"]);
+    if profile_dir.ends_with("release") {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("run cargo build");
+    assert!(status.success(), "cargo build -p shoal-cli failed");
+    bin
+}
+
+/// Whether `program` runs (`--version` or `-h` exits at all).
+pub fn have_program(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+/// Whether Debian's python3 can import libtorrent.
+pub fn have_libtorrent() -> bool {
+    Command::new("/usr/bin/python3")
+        .args(["-c", "import libtorrent"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The folder of the bench helper scripts.
+pub fn helpers_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/helpers")
+}
+
+/// CPU seconds (user, system) used so far by a running process, from `/proc/<pid>/stat`.
+pub fn proc_cpu(pid: u32) -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at state, field 3.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = clock_ticks();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime / tick, stime / tick))
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// A child process that is killed and reaped when dropped; reaping it with
+/// [`Proc::wait_rusage`] gives its CPU time, threads included.
+pub struct Proc {
+    child: Option<Child>,
+    name: String,
+    started: Instant,
+    /// Lines of its stdout and stderr, with the time each arrived.
+    lines: mpsc::Receiver<(Instant, String)>,
+}
+
+impl Proc {
+    /// Spawns `cmd` with its stdout and stderr read line by line.
+    pub fn spawn(mut cmd: Command) -> Self {
+        let name = format!("{cmd:?}");
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let started = Instant::now();
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let (tx, rx) = mpsc::channel();
+        for out in [
+            child
+                .stdout
+                .take()
+                .map(|o| Box::new(o) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|o| Box::new(o) as Box<dyn Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines() {
+                    let Ok(line) = line else { break };
+                    if std::env::var_os("SHOAL_BENCH_VERBOSE").is_some() {
+                        eprintln!("    | {line}");
+                    }
+                    if tx.send((Instant::now(), line)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Self {
+            child: Some(child),
+            name,
+            started,
+            lines: rx,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("child taken").id()
+    }
+
+    /// When it was spawned.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Waits for an output line containing `marker`; returns when it arrived, or `None` after
+    /// `limit` or when the process closed its output.
+    pub fn wait_line(&mut self, marker: &str, limit: Duration) -> Option<(Instant, String)> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            match self.lines.recv_timeout(left) {
+                Ok((t, line)) if line.contains(marker) => return Some((t, line)),
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => return None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+    }
+
+    /// Waits (at most `limit`, then kills it) for the process to exit and returns its CPU
+    /// seconds, user plus system, of all its threads.
+    pub fn wait_rusage(mut self, limit: Duration) -> Option<f64> {
+        let mut child = self.child.take()?;
+        let pid = child.id() as libc::pid_t;
+        let deadline = Instant::now() + limit;
+        loop {
+            let mut status = 0;
+            // SAFETY: a zeroed rusage is a valid value to be overwritten.
+            let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+            // SAFETY: pid is our child; the pointers are to live locals.
+            let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
+            if r == pid {
+                let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+                return Some(secs(ru.ru_utime) + secs(ru.ru_stime));
+            }
+            if r < 0 {
+                return None;
+            }
+            if Instant::now() > deadline {
+                eprintln!("{} outlived {limit:?}; killing it", self.name);
+                let _ = child.kill();
+                // SAFETY: as above.
+                unsafe { libc::waitpid(pid, &mut status, 0) };
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

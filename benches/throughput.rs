@@ -1,0 +1,373 @@
+//! One seeder, one downloader, one file on loopback: shoal against libtorrent and aria2c.
+//! Run with `cargo bench --bench throughput`.
+//!
+//! Cases, for 1 MiB and 256 KiB pieces:
+//! - (a) a `shoal seed` process, a `shoal download` process, at each request depth;
+//! - (b) a libtorrent seeder (benches/helpers/lt_bench.py), `shoal download`, at each depth;
+//! - (c) the same libtorrent seeder with a libtorrent downloader, and with aria2c (which finds
+//!   the seeder through an embedded tracker: it cannot be given a peer on its command line).
+//!
+//! Every downloader is its own process, so its CPU time (user + system, all threads) comes from
+//! `wait4`; the seeder's CPU per download is read from `/proc/<pid>/stat` before and after.
+//! The time is from spawning the downloader to its "complete" line (aria2c: its
+//! on-bt-download-complete hook), so it includes start-up: process start, the check of the
+//! empty file, connecting. The source file lives in the temp folder between runs and is read
+//! before timing, so it is hot in the page cache; downloads land in the page cache too (the
+//! machine has far more RAM than the file), and each output is deleted before the next run.
+//!
+//! Knobs: `SHOAL_BENCH_MIB` (default 1024), `SHOAL_BENCH_RUNS` (3), `SHOAL_BENCH_DEPTHS`
+//! (`5,16,64`), `SHOAL_BENCH_PIECES` (KiB, `1024,256`), `SHOAL_BENCH_CASES` (a subset of
+//! `a,b,lt,aria2`), `SHOAL_BENCH_VERBOSE=1` echoes the children's output.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use shoal_actors::tracker_server::TrackerServer;
+use support::{median, Proc};
+
+/// The longest a single download may take before the run is given up.
+const DOWNLOAD_LIMIT: Duration = Duration::from_secs(300);
+
+/// The longest a seeder may take to check its data and start.
+const SEEDER_LIMIT: Duration = Duration::from_secs(120);
+
+fn env_list<T: std::str::FromStr>(name: &str, default: &str) -> Vec<T> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect()
+}
+
+/// One measured download.
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    secs: f64,
+    cpu_down: f64,
+    cpu_seed: f64,
+}
+
+/// One case's label, samples and the load at each run.
+type Case = (String, Vec<Sample>, Vec<String>);
+
+/// How to tell that a downloader is done.
+enum Done {
+    /// A line of its output contains this.
+    Line(&'static str),
+    /// This file appears (aria2c's hook writes it).
+    File(PathBuf),
+}
+
+struct Bench {
+    shoal: PathBuf,
+    dir: PathBuf,
+    bytes: u64,
+    tracker_url: String,
+}
+
+impl Bench {
+    /// Runs one download into a fresh folder and measures it.
+    fn download(
+        &self,
+        label: &str,
+        cmd: Command,
+        done: Done,
+        out: &Path,
+        file_name: &str,
+        seeder_pid: u32,
+    ) -> Option<Sample> {
+        let seed_before = support::proc_cpu(seeder_pid)?;
+        let mut p = Proc::spawn(cmd);
+        let finished = match &done {
+            Done::Line(marker) => p.wait_line(marker, DOWNLOAD_LIMIT).map(|(t, _)| t),
+            Done::File(mark) => {
+                let deadline = Instant::now() + DOWNLOAD_LIMIT;
+                loop {
+                    if mark.exists() {
+                        break Some(Instant::now());
+                    }
+                    if Instant::now() > deadline {
+                        break None;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        };
+        let started = p.started();
+        let cpu_down = p.wait_rusage(Duration::from_secs(60));
+        let seed_after = support::proc_cpu(seeder_pid)?;
+        let Some(finished) = finished else {
+            eprintln!("  {label}: did not complete within {DOWNLOAD_LIMIT:?}");
+            return None;
+        };
+        let got = std::fs::metadata(out.join(file_name)).map(|m| m.len()).ok();
+        if got != Some(self.bytes) {
+            eprintln!(
+                "  {label}: output has {got:?} bytes, expected {}",
+                self.bytes
+            );
+            return None;
+        }
+        Some(Sample {
+            secs: finished.duration_since(started).as_secs_f64(),
+            cpu_down: cpu_down?,
+            cpu_seed: (seed_after.0 + seed_after.1) - (seed_before.0 + seed_before.1),
+        })
+    }
+
+    fn fresh_out(&self, case: &str) -> PathBuf {
+        let out = self.dir.join(format!("out-{case}"));
+        let _ = std::fs::remove_dir_all(&out);
+        std::fs::create_dir_all(&out).expect("create output folder");
+        out
+    }
+
+    fn shoal_download(&self, torrent: &Path, out: &Path, seeder: u16, depth: usize) -> Command {
+        let mut cmd = Command::new(&self.shoal);
+        cmd.arg("download")
+            .arg(torrent)
+            .arg("-o")
+            .arg(out)
+            .args(["--peer", &format!("127.0.0.1:{seeder}")])
+            .args(["--listen", "127.0.0.1:0", "--no-trackers"])
+            .args(["--queue-depth", &depth.to_string()]);
+        cmd
+    }
+
+    fn lt_download(&self, torrent: &Path, out: &Path, seeder: u16) -> Command {
+        let mut cmd = Command::new("/usr/bin/python3");
+        cmd.arg(support::helpers_dir().join("lt_bench.py"))
+            .arg("download")
+            .arg(torrent)
+            .arg(out)
+            .arg(format!("127.0.0.1:{seeder}"));
+        cmd
+    }
+
+    fn aria2_download(&self, torrent: &Path, out: &Path) -> (Command, PathBuf) {
+        let mark = out.join("aria2-complete.mark");
+        let hook = self.dir.join("aria2-hook.sh");
+        std::fs::write(
+            &hook,
+            "#!/bin/sh\ntouch \"$(dirname \"$3\")/aria2-complete.mark\"\n",
+        )
+        .expect("write aria2 hook");
+        let _ = Command::new("chmod").arg("+x").arg(&hook).status();
+        let mut cmd = Command::new("aria2c");
+        cmd.arg("--dir")
+            .arg(out)
+            .args([
+                "--interface=127.0.0.1",
+                "--enable-dht=false",
+                "--enable-dht6=false",
+                "--bt-enable-lpd=false",
+                "--enable-peer-exchange=false",
+                "--seed-time=0",
+                "--file-allocation=falloc",
+                "--summary-interval=0",
+                "--console-log-level=warn",
+                "--listen-port=49152-65000",
+            ])
+            .arg(format!("--bt-tracker={}", self.tracker_url))
+            .arg(format!("--on-bt-download-complete={}", hook.display()))
+            .arg(torrent);
+        (cmd, mark)
+    }
+}
+
+fn main() {
+    let mib = support::size_mib(1024);
+    let runs = support::runs(3);
+    let depths: Vec<usize> = env_list("SHOAL_BENCH_DEPTHS", "5,16,64");
+    let pieces: Vec<u32> = env_list("SHOAL_BENCH_PIECES", "1024,256");
+    let cases: Vec<String> = env_list("SHOAL_BENCH_CASES", "a,b,lt,aria2");
+    let has = |c: &str| cases.iter().any(|x| x == c);
+    let lt = support::have_libtorrent();
+    let aria2 = support::have_program("aria2c");
+    if !lt {
+        eprintln!("python3-libtorrent is missing: cases (b) and (c) are skipped");
+    }
+    if !aria2 {
+        eprintln!("aria2c is missing: its case is skipped");
+    }
+    println!(
+        "machine: {}; load at start: {}",
+        support::machine(),
+        support::load()
+    );
+
+    let dir = support::bench_dir("throughput");
+    let data = support::data_file(&dir, mib);
+    let file_name = data.file_name().unwrap().to_string_lossy().to_string();
+    support::warm(&data);
+    let tracker = TrackerServer::bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("tracker");
+    let bench = Bench {
+        shoal: support::shoal_bin(),
+        dir: dir.clone(),
+        bytes: mib << 20,
+        tracker_url: tracker.announce_url(),
+    };
+    let gib = (mib as f64) / 1024.0;
+    // (piece KiB, case number) -> (label, samples, loads), cases in the order they ran.
+    let mut results: BTreeMap<(u32, usize), Case> = BTreeMap::new();
+
+    for &piece_kib in &pieces {
+        let torrent = support::torrent_for(&data, piece_kib << 10);
+        println!("\n{mib} MiB, {piece_kib} KiB pieces, {runs} runs");
+
+        let shoal_port = support::free_port();
+        let mut shoal_seed = Proc::spawn({
+            let mut c = Command::new(&bench.shoal);
+            c.arg("seed").arg(&torrent).arg(&data).args([
+                "--listen",
+                &format!("127.0.0.1:{shoal_port}"),
+                "--no-trackers",
+            ]);
+            c
+        });
+        shoal_seed
+            .wait_line("shoal: seeding", SEEDER_LIMIT)
+            .expect("shoal seeder started");
+        let lt_port = support::free_port();
+        let mut lt_seed = lt.then(|| {
+            Proc::spawn({
+                let mut c = Command::new("/usr/bin/python3");
+                c.arg(support::helpers_dir().join("lt_bench.py"))
+                    .arg("seed")
+                    .arg(&torrent)
+                    .arg(&dir)
+                    .arg(lt_port.to_string())
+                    .arg(&bench.tracker_url);
+                c
+            })
+        });
+        if let Some(p) = lt_seed.as_mut() {
+            p.wait_line("ready", SEEDER_LIMIT)
+                .expect("libtorrent seeder started");
+        }
+
+        for run in 0..runs {
+            let mut case_no = 0;
+            let mut record = |label: String, s: Option<Sample>| {
+                let load = support::load();
+                match s {
+                    Some(s) => println!(
+                        "  run {} {label:<34} {:>7.1} MB/s  {:>6.2} s  down CPU {:>5.2} s/GiB  \
+                         seed CPU {:>5.2} s/GiB  load {load}",
+                        run + 1,
+                        bench.bytes as f64 / 1e6 / s.secs,
+                        s.secs,
+                        s.cpu_down / gib,
+                        s.cpu_seed / gib
+                    ),
+                    None => println!("  run {} {label:<34} failed  load {load}", run + 1),
+                }
+                let e = results
+                    .entry((piece_kib, case_no))
+                    .or_insert_with(|| (label, Vec::new(), Vec::new()));
+                e.1.extend(s);
+                e.2.push(load);
+                case_no += 1;
+            };
+            if has("a") {
+                for &d in &depths {
+                    let out = bench.fresh_out("a");
+                    let cmd = bench.shoal_download(&torrent, &out, shoal_port, d);
+                    let s = bench.download(
+                        "a",
+                        cmd,
+                        Done::Line("is complete"),
+                        &out,
+                        &file_name,
+                        shoal_seed.pid(),
+                    );
+                    record(format!("(a) shoal -> shoal, depth {d}"), s);
+                }
+            }
+            if let Some(seed) = lt_seed.as_ref() {
+                if has("b") {
+                    for &d in &depths {
+                        let out = bench.fresh_out("b");
+                        let cmd = bench.shoal_download(&torrent, &out, lt_port, d);
+                        let s = bench.download(
+                            "b",
+                            cmd,
+                            Done::Line("is complete"),
+                            &out,
+                            &file_name,
+                            seed.pid(),
+                        );
+                        record(format!("(b) libtorrent -> shoal, depth {d}"), s);
+                    }
+                }
+                if has("lt") {
+                    let out = bench.fresh_out("lt");
+                    let cmd = bench.lt_download(&torrent, &out, lt_port);
+                    let s = bench.download(
+                        "lt",
+                        cmd,
+                        Done::Line("complete "),
+                        &out,
+                        &file_name,
+                        seed.pid(),
+                    );
+                    record("(c) libtorrent -> libtorrent".into(), s);
+                }
+                if has("aria2") && aria2 {
+                    let out = bench.fresh_out("aria2");
+                    let (cmd, mark) = bench.aria2_download(&torrent, &out);
+                    let s = bench.download(
+                        "aria2",
+                        cmd,
+                        Done::File(mark),
+                        &out,
+                        &file_name,
+                        seed.pid(),
+                    );
+                    record("(c) libtorrent -> aria2c".into(), s);
+                }
+            }
+        }
+        drop(shoal_seed);
+        drop(lt_seed);
+    }
+    for case in ["a", "b", "lt", "aria2"] {
+        let _ = std::fs::remove_dir_all(dir.join(format!("out-{case}")));
+    }
+
+    println!(
+        "\nmedians ({mib} MiB file hot in page cache, loopback, time from spawn to complete):"
+    );
+    println!(
+        "{:>6}  {:<34} {:>8} {:>14} {:>14}  loads during runs",
+        "pieces", "case", "MB/s", "down CPU s/GiB", "seed CPU s/GiB"
+    );
+    for ((piece_kib, _), (label, samples, loads)) in &results {
+        let mbs = median(
+            samples
+                .iter()
+                .map(|s| bench.bytes as f64 / 1e6 / s.secs)
+                .collect(),
+        );
+        let cd = median(samples.iter().map(|s| s.cpu_down / gib).collect());
+        let cs = median(samples.iter().map(|s| s.cpu_seed / gib).collect());
+        let loads: Vec<&str> = loads
+            .iter()
+            .map(|l| l.split(' ').next().unwrap_or("?"))
+            .collect();
+        println!(
+            "{:>5}K  {label:<34} {mbs:>8.1} {cd:>14.2} {cs:>14.2}  {} ({} of {} ok)",
+            piece_kib,
+            loads.join(" "),
+            samples.len(),
+            loads.len()
+        );
+    }
+    tracker.shutdown();
+}
