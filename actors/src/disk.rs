@@ -27,6 +27,9 @@ use crate::buffers::{Block, BlockPool};
 /// when it is full.
 pub const DISK_QUEUE: usize = 64;
 
+/// Recheck reads and hashes pieces in chunks of this size (it fits in a core's L2 cache).
+const RECHECK_CHUNK: usize = 128 * 1024;
+
 /// Whether the files may be written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -179,6 +182,20 @@ impl Storage {
             })
     }
 
+    /// The SHA-1 of `len` bytes at torrent offset `offset`, read in chunks through `buf`;
+    /// `None` if they cannot all be read.
+    fn hash_range(&self, offset: u64, len: usize, buf: &mut [u8]) -> Option<[u8; 20]> {
+        let mut sha = Sha1::new();
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(buf.len());
+            self.read_at(offset + done as u64, &mut buf[..n]).ok()?;
+            sha.update(&buf[..n]);
+            done += n;
+        }
+        Some(sha.finalize().into())
+    }
+
     /// Checks every piece against `hashes` with `threads` threads (0: one per core) and
     /// returns the pieces that verify. Missing or short files simply fail their pieces.
     /// `progress` is called with the number of pieces checked so far, now and then.
@@ -202,7 +219,10 @@ impl Storage {
             let workers: Vec<_> = (0..threads)
                 .map(|_| {
                     s.spawn(|| {
-                        let mut buf = vec![0u8; self.lengths.piece_length() as usize];
+                        // Read and hash in chunks that stay in the CPU cache, rather than
+                        // a whole piece (up to 64 MiB) that would be read back from memory.
+                        let mut buf =
+                            vec![0u8; RECHECK_CHUNK.min(self.lengths.piece_length() as usize)];
                         let mut ok = Vec::new();
                         loop {
                             let piece = next.fetch_add(1, Ordering::Relaxed);
@@ -212,12 +232,10 @@ impl Storage {
                             let len = self.lengths.piece_len(piece) as usize;
                             let offset = self.lengths.piece_offset(piece);
                             if self.any_existing(offset, len)
-                                && self.read_at(offset, &mut buf[..len]).is_ok()
+                                && self.hash_range(offset, len, &mut buf).as_ref()
+                                    == hashes.get(piece as usize)
                             {
-                                let digest: [u8; 20] = Sha1::digest(&buf[..len]).into();
-                                if hashes.get(piece as usize) == Some(&digest) {
-                                    ok.push(piece);
-                                }
+                                ok.push(piece);
                             }
                             let d = done.fetch_add(1, Ordering::Relaxed) + 1;
                             if d % 64 == 0 || d == n {
