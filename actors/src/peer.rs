@@ -82,6 +82,9 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The read buffer a connection starts with: small, so that idle peers cost little memory.
 const MIN_READ_BUF: usize = 4 * 1024;
 
+/// After this long without traffic in one direction, that direction's buffer shrinks back.
+const SHRINK_AFTER: Duration = Duration::from_secs(2);
+
 /// The read buffer of a busy connection: a read that fills the buffer doubles it up to this.
 /// (A single message may still grow it up to the largest message allowed.)
 const READ_CHUNK: usize = 64 * 1024;
@@ -966,6 +969,26 @@ impl Peer {
             .map_err(gone)
     }
 
+    /// Gives back the memory of buffers a burst made big once the connection is quiet, so that
+    /// thousands of connections that were busy once cost what idle ones do.
+    fn shrink_idle_buffers(&mut self, now: Instant) {
+        if self.rend == 0
+            && self.rbuf.len() > MIN_READ_BUF
+            && now.duration_since(self.last_recv) > SHRINK_AFTER
+        {
+            self.rbuf = vec![0u8; MIN_READ_BUF];
+            self.rneed = 0;
+        }
+        if self.wbuf.is_empty()
+            && self.wbuf.capacity() > MIN_READ_BUF
+            && self.serve_queue.is_empty()
+            && self.reads_in_flight == 0
+            && now.duration_since(self.last_send) > SHRINK_AFTER
+        {
+            self.wbuf = Vec::new();
+        }
+    }
+
     async fn tick(&mut self) -> Result<(), Stop> {
         let now = Instant::now();
         self.adapt_depth();
@@ -978,6 +1001,7 @@ impl Peer {
         if self.wbuf.is_empty() && now.duration_since(self.last_send) > KEEPALIVE_AFTER {
             self.send(Message::KeepAlive);
         }
+        self.shrink_idle_buffers(now);
         if let Some((_, sent)) = self.outstanding.front() {
             if now.duration_since(*sent) > REQUEST_TIMEOUT {
                 // A stalled peer: give its requests to others, keep the connection.
