@@ -2,16 +2,15 @@
 //!
 //! We speak no extension message yet, so our `m` dictionary is empty: a peer must not send us
 //! any. From a peer's handshake we read only `reqq` (how many requests it queues), `v` (its
-//! client, for logs) and `p` (its listening port); every other key is skipped. The reader is a
-//! few lines of bencode walking over the borrowed payload: it allocates nothing but the client
-//! name, bounds nesting, and answers `None` for anything malformed (the caller then ignores the
-//! message instead of dropping the peer).
+//! client, for logs) and `p` (its listening port); every other key is skipped. The payload is
+//! read with the engine's borrowing decoder ([`shoal_engine::bencode`]): it allocates nothing
+//! but the client name, bounds nesting, and we answer `None` for anything malformed (the caller
+//! then ignores the message instead of dropping the peer).
+
+use shoal_engine::bencode::{self, Value};
 
 /// Our client name and version, sent as `v`.
 pub const CLIENT_VERSION: &str = concat!("shoal ", env!("CARGO_PKG_VERSION"));
-
-/// How deeply values inside a peer's handshake may nest before we call it malformed.
-const MAX_DEPTH: usize = 16;
 
 /// Longest client name we keep from `v`.
 const MAX_CLIENT_LEN: usize = 64;
@@ -44,81 +43,26 @@ impl PeerExtensions {
     /// Reads a peer's handshake payload; `None` when it is not a well-formed dictionary.
     /// Keys we do not know and values of an unexpected type are skipped.
     pub fn parse(payload: &[u8]) -> Option<Self> {
-        if payload.first() != Some(&b'd') {
+        // Bytes after the dictionary are ignored, as they always were.
+        let (Value::Dict(dict), _) = bencode::decode_prefix(payload).ok()? else {
             return None;
-        }
+        };
         let mut out = PeerExtensions::default();
-        let mut pos = 1;
-        loop {
-            match payload.get(pos)? {
-                b'e' => return Some(out),
-                _ => {
-                    let (key, after_key) = bytes_at(payload, pos)?;
-                    let end = skip(payload, after_key, 1)?;
-                    let value = &payload[after_key..end];
-                    match key {
-                        b"reqq" => out.reqq = int(value).and_then(|n| u32::try_from(n).ok()),
-                        b"p" => out.listen_port = int(value).and_then(|n| u16::try_from(n).ok()),
-                        b"v" => {
-                            out.client = bytes_at(value, 0).map(|(s, _)| {
-                                let s = &s[..s.len().min(MAX_CLIENT_LEN)];
-                                String::from_utf8_lossy(s).into_owned()
-                            })
-                        }
-                        _ => {}
-                    }
-                    out.reqq = out.reqq.filter(|&n| n > 0);
-                    out.listen_port = out.listen_port.filter(|&p| p > 0);
-                    pos = end;
+        for (key, value) in dict.pairs() {
+            match (key, value) {
+                (b"reqq", Value::Int(n)) => out.reqq = u32::try_from(n).ok().filter(|&n| n > 0),
+                (b"p", Value::Int(n)) => out.listen_port = u16::try_from(n).ok().filter(|&p| p > 0),
+                (b"v", Value::Bytes(s)) => {
+                    let s = &s[..s.len().min(MAX_CLIENT_LEN)];
+                    out.client = Some(String::from_utf8_lossy(s).into_owned());
                 }
+                (b"reqq", _) => out.reqq = None,
+                (b"p", _) => out.listen_port = None,
+                (b"v", _) => out.client = None,
+                _ => {}
             }
         }
-    }
-}
-
-/// A whole bencoded integer value (`i42e`), or `None`.
-fn int(value: &[u8]) -> Option<i64> {
-    let digits = value.strip_prefix(b"i")?.strip_suffix(b"e")?;
-    std::str::from_utf8(digits).ok()?.parse().ok()
-}
-
-/// The byte string at `pos` (`4:spam`) and the position after it.
-fn bytes_at(buf: &[u8], pos: usize) -> Option<(&[u8], usize)> {
-    let colon = pos + buf.get(pos..)?.iter().position(|&c| c == b':')?;
-    let digits = std::str::from_utf8(&buf[pos..colon]).ok()?;
-    if digits.is_empty() || !digits.bytes().all(|c| c.is_ascii_digit()) {
-        return None;
-    }
-    let len: usize = digits.parse().ok()?;
-    let start = colon + 1;
-    let end = start.checked_add(len)?;
-    Some((buf.get(start..end)?, end))
-}
-
-/// The position just after the value starting at `pos`.
-fn skip(buf: &[u8], pos: usize, depth: usize) -> Option<usize> {
-    if depth > MAX_DEPTH {
-        return None;
-    }
-    match buf.get(pos)? {
-        b'i' => {
-            let end = pos + buf.get(pos..)?.iter().position(|&c| c == b'e')?;
-            int(&buf[pos..=end])?;
-            Some(end + 1)
-        }
-        b'l' | b'd' => {
-            let dict = buf[pos] == b'd';
-            let mut p = pos + 1;
-            while *buf.get(p)? != b'e' {
-                if dict {
-                    p = bytes_at(buf, p)?.1;
-                }
-                p = skip(buf, p, depth + 1)?;
-            }
-            Some(p + 1)
-        }
-        b'0'..=b'9' => Some(bytes_at(buf, pos)?.1),
-        _ => None,
+        Some(out)
     }
 }
 
@@ -163,6 +107,9 @@ mod tests {
             PeerExtensions::parse(b"de"),
             Some(PeerExtensions::default())
         );
+        // A later duplicate wins; bytes after the dictionary are ignored.
+        let x = PeerExtensions::parse(b"d4:reqqi5e4:reqqi6eetrailing").unwrap();
+        assert_eq!(x.reqq, Some(6));
     }
 
     #[test]
@@ -180,6 +127,8 @@ mod tests {
             b"di1ei2ee",
             b"d18446744073709551616:ae",
             b"d1:x-1:e",
+            b"d4:reqqi05ee",
+            b"d1:pi-0ee",
         ] {
             assert_eq!(PeerExtensions::parse(bad), None, "{bad:?}");
         }

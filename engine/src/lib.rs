@@ -1,7 +1,8 @@
 //! Pure BitTorrent logic for shoal: no async runtime, no I/O beyond what a function is asked to do.
 //!
 //! # Layout
-//! - [`metainfo`]: `.torrent` parsing (bencode through `bendy`), info hash over the raw bytes.
+//! - [`bencode`]: a borrowing bencode decoder that keeps byte spans.
+//! - [`metainfo`]: `.torrent` parsing, info hash over the raw bytes.
 //! - [`create`]: torrent creation from a file or a directory, hashing on every core.
 //! - [`lengths`]: piece and block arithmetic, validated indices.
 //! - [`bitfield`]: which pieces a peer (or we) have.
@@ -19,6 +20,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 
+pub mod bencode;
 pub mod bitfield;
 pub mod create;
 mod ids;

@@ -2,8 +2,8 @@
 //! canonical encoder.
 //!
 //! # Reading
-//! [`Metainfo::from_bytes`] walks the bencode with a small borrowing decoder of its own rather
-//! than `bendy`'s: `bendy` refuses dictionaries whose keys are not sorted, and real `.torrent`
+//! [`Metainfo::from_bytes`] walks the bencode with the borrowing decoder of [`crate::bencode`]
+//! rather than `bendy`'s: `bendy` refuses dictionaries whose keys are not sorted, and real `.torrent`
 //! files with unsorted keys exist. Their info hash must be the SHA-1 of the info dictionary's
 //! bytes *exactly as they appear in the file*, so the decoder keeps every value's byte span and
 //! the hash is taken over the span of `info`. The decoder allocates nothing: lists and
@@ -31,12 +31,12 @@ use std::path::PathBuf;
 use bendy::encoding::{Encoder, SingleItemEncoder};
 use sha1::{Digest, Sha1};
 
+use crate::bencode::{self, BencodeError, Dict, List, Value};
 use crate::lengths::{Lengths, LengthsError};
 use crate::InfoHash;
 
-/// How deeply lists and dictionaries may nest. A real torrent nests 5 levels
-/// (top > info > files > file > path); the margin is for unknown keys.
-pub const MAX_DEPTH: usize = 64;
+/// How deeply lists and dictionaries may nest: [`bencode::MAX_DEPTH`].
+pub const MAX_DEPTH: usize = bencode::MAX_DEPTH;
 
 /// The largest `.torrent` file callers should read into memory: 64 MiB (over three million
 /// pieces; real torrents stay under a few MiB). [`Metainfo::from_bytes`] refuses anything larger.
@@ -203,182 +203,28 @@ impl std::error::Error for MetainfoError {
 
 type Result<T, E = MetainfoError> = std::result::Result<T, E>;
 
-// ---------------------------------------------------------------------------------------------
-// A borrowing bencode decoder that keeps byte spans.
-
-/// One bencode value. Lists and dictionaries are their byte spans (from `l`/`d` to `e`
-/// inclusive), already checked well-formed; read them with [`items`] and [`pairs`].
-#[derive(Clone, Copy, Debug)]
-enum Value<'a> {
-    Int(i64),
-    Bytes(&'a [u8]),
-    List(&'a [u8]),
-    Dict(&'a [u8]),
-}
-
-fn malformed(offset: usize, problem: &'static str) -> MetainfoError {
-    MetainfoError::Bencode { offset, problem }
-}
-
-/// Parses the decimal digits of `buf[start..end]` (no sign) as a u64, refusing leading zeros.
-fn parse_digits(buf: &[u8], start: usize, end: usize) -> Result<u64> {
-    let digits = &buf[start..end];
-    if digits.is_empty() {
-        return Err(malformed(start, "expected a digit"));
-    }
-    if digits.len() > 1 && digits[0] == b'0' {
-        return Err(malformed(start, "number with a leading zero"));
-    }
-    let mut n: u64 = 0;
-    for (i, &d) in digits.iter().enumerate() {
-        if !d.is_ascii_digit() {
-            return Err(malformed(start + i, "expected a digit"));
-        }
-        n = n
-            .checked_mul(10)
-            .and_then(|n| n.checked_add(u64::from(d - b'0')))
-            .ok_or_else(|| malformed(start, "number out of range"))?;
-    }
-    Ok(n)
-}
-
-/// Finds `byte` at or after `from`, or reports the input as truncated.
-fn find(buf: &[u8], from: usize, byte: u8) -> Result<usize> {
-    buf.get(from..)
-        .and_then(|rest| rest.iter().position(|&b| b == byte))
-        .map(|i| from + i)
-        .ok_or_else(|| malformed(buf.len(), "input ends inside a value"))
-}
-
-/// Parses the value starting at `pos`, returning it and the offset just past it. `depth` is the
-/// number of containers already open around it.
-fn parse_value(buf: &[u8], pos: usize, depth: usize) -> Result<(Value<'_>, usize)> {
-    let Some(&first) = buf.get(pos) else {
-        return Err(malformed(pos, "input ends where a value was expected"));
-    };
-    match first {
-        b'i' => {
-            let end = find(buf, pos + 1, b'e')?;
-            let (negative, start) = if buf.get(pos + 1) == Some(&b'-') {
-                (true, pos + 2)
-            } else {
-                (false, pos + 1)
-            };
-            let magnitude = parse_digits(buf, start, end)?;
-            let value = if negative {
-                if magnitude == 0 {
-                    return Err(malformed(pos, "negative zero"));
-                }
-                0i64.checked_sub_unsigned(magnitude)
-            } else {
-                i64::try_from(magnitude).ok()
-            };
-            let value = value.ok_or_else(|| malformed(pos, "integer out of 64-bit range"))?;
-            Ok((Value::Int(value), end + 1))
-        }
-        b'0'..=b'9' => {
-            let colon = find(buf, pos, b':')?;
-            let len = parse_digits(buf, pos, colon)?;
-            let start = colon + 1;
-            let end = usize::try_from(len)
-                .ok()
-                .and_then(|len| start.checked_add(len))
-                .filter(|&end| end <= buf.len())
-                .ok_or_else(|| malformed(pos, "string longer than the input"))?;
-            Ok((Value::Bytes(&buf[start..end]), end))
-        }
-        b'l' | b'd' => {
-            if depth >= MAX_DEPTH {
-                return Err(MetainfoError::TooDeep);
+impl From<BencodeError> for MetainfoError {
+    fn from(e: BencodeError) -> Self {
+        if e.is_too_deep() {
+            MetainfoError::TooDeep
+        } else {
+            MetainfoError::Bencode {
+                offset: e.offset,
+                problem: e.problem,
             }
-            let is_dict = first == b'd';
-            let mut at = pos + 1;
-            loop {
-                match buf.get(at) {
-                    None => return Err(malformed(at, "input ends inside a list or dictionary")),
-                    Some(b'e') => break,
-                    Some(_) => {}
-                }
-                if is_dict {
-                    match parse_value(buf, at, depth + 1)? {
-                        (Value::Bytes(_), next) => at = next,
-                        _ => return Err(malformed(at, "dictionary key is not a string")),
-                    }
-                    if buf.get(at) == Some(&b'e') {
-                        return Err(malformed(at, "dictionary key without a value"));
-                    }
-                }
-                at = parse_value(buf, at, depth + 1)?.1;
-            }
-            let span = &buf[pos..=at];
-            let value = if is_dict {
-                Value::Dict(span)
-            } else {
-                Value::List(span)
-            };
-            Ok((value, at + 1))
         }
-        _ => Err(malformed(pos, "unexpected byte where a value should start")),
     }
-}
-
-/// Parses a whole buffer holding exactly one value.
-fn parse_root(buf: &[u8]) -> Result<Value<'_>> {
-    let (value, end) = parse_value(buf, 0, 0)?;
-    if end != buf.len() {
-        return Err(malformed(end, "trailing bytes after the top-level value"));
-    }
-    Ok(value)
-}
-
-/// The items of a list span. The span was checked when it was parsed, so errors here are
-/// impossible in practice; they are still reported, not unwrapped.
-fn items(span: &[u8]) -> impl Iterator<Item = Result<Value<'_>>> + '_ {
-    let mut at = 1;
-    std::iter::from_fn(move || {
-        if at + 1 >= span.len() {
-            return None;
-        }
-        let item = parse_value(span, at, 1);
-        // Stop after an error; otherwise step past the item.
-        at = item.as_ref().map_or(span.len(), |&(_, next)| next);
-        Some(item.map(|(v, _)| v))
-    })
-}
-
-/// The key/value pairs of a dictionary span.
-fn pairs(span: &[u8]) -> impl Iterator<Item = Result<(&[u8], Value<'_>)>> + '_ {
-    let mut at = 1;
-    std::iter::from_fn(move || {
-        if at + 1 >= span.len() {
-            return None;
-        }
-        let pair = (|| {
-            let (key, next) = parse_value(span, at, 1)?;
-            let Value::Bytes(key) = key else {
-                return Err(malformed(at, "dictionary key is not a string"));
-            };
-            let (value, next) = parse_value(span, next, 1)?;
-            at = next;
-            Ok((key, value))
-        })();
-        if pair.is_err() {
-            at = span.len();
-        }
-        Some(pair)
-    })
 }
 
 /// Reads the keys `names` of a dictionary in one pass (unknown keys skipped, a wanted key seen
 /// twice refused). `place` prefixes key names in errors (`files[3].`).
 fn fields<'a, const N: usize>(
-    span: &'a [u8],
+    dict: Dict<'a>,
     names: [&str; N],
     place: &str,
 ) -> Result<[Option<Value<'a>>; N]> {
     let mut out = [None; N];
-    for pair in pairs(span) {
-        let (key, value) = pair?;
+    for (key, value) in dict.pairs() {
         if let Some(i) = names.iter().position(|n| n.as_bytes() == key) {
             if out[i].is_some() {
                 return Err(MetainfoError::DuplicateKey(format!("{place}{}", names[i])));
@@ -422,14 +268,14 @@ fn as_text(v: Value<'_>, key: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(as_bytes(v, key)?).into_owned())
 }
 
-fn as_list<'a>(v: Value<'a>, key: &str) -> Result<&'a [u8]> {
+fn as_list<'a>(v: Value<'a>, key: &str) -> Result<List<'a>> {
     match v {
         Value::List(s) => Ok(s),
         _ => Err(wrong(key, "a list")),
     }
 }
 
-fn as_dict<'a>(v: Value<'a>, key: &str) -> Result<&'a [u8]> {
+fn as_dict<'a>(v: Value<'a>, key: &str) -> Result<Dict<'a>> {
     match v {
         Value::Dict(s) => Ok(s),
         _ => Err(wrong(key, "a dictionary")),
@@ -480,11 +326,11 @@ fn length_of(v: Option<Value<'_>>, key: &str) -> Result<u64> {
     })
 }
 
-fn parse_files(span: &[u8], name: &str) -> Result<Vec<FileEntry>> {
+fn parse_files(list: List<'_>, name: &str) -> Result<Vec<FileEntry>> {
     let mut files = Vec::new();
-    for (i, item) in items(span).enumerate() {
+    for (i, item) in list.items().enumerate() {
         let place = format!("files[{i}]");
-        let file = as_dict(item?, &place)?;
+        let file = as_dict(item, &place)?;
         let [length, path, path_utf8] =
             fields(file, ["length", "path", "path.utf-8"], &format!("{place}."))?;
         let length = length_of(length, &format!("{place}.length"))?;
@@ -492,8 +338,8 @@ fn parse_files(span: &[u8], name: &str) -> Result<Vec<FileEntry>> {
             .ok_or_else(|| MetainfoError::Missing(format!("{place}.path")))?;
         let key = format!("{place}.{key}");
         let mut components = vec![name.to_string()];
-        for c in items(as_list(path, &key)?) {
-            let c = as_utf8(c?, &key)?;
+        for c in as_list(path, &key)?.items() {
+            let c = as_utf8(c, &key)?;
             check_component(&c, &key)?;
             components.push(c);
         }
@@ -529,9 +375,9 @@ fn check_unique_paths(files: &[FileEntry]) -> Result<()> {
     Ok(())
 }
 
-fn parse_info(span: &[u8]) -> Result<Info> {
+fn parse_info(dict: Dict<'_>) -> Result<Info> {
     let [name, name_utf8, piece_length, pieces, length, files, private] = fields(
-        span,
+        dict,
         [
             "name",
             "name.utf-8",
@@ -630,13 +476,13 @@ fn parse_info(span: &[u8]) -> Result<Info> {
     })
 }
 
-fn parse_tiers(span: &[u8]) -> Result<Vec<Vec<String>>> {
+fn parse_tiers(list: List<'_>) -> Result<Vec<Vec<String>>> {
     let mut tiers = Vec::new();
-    for (i, tier) in items(span).enumerate() {
+    for (i, tier) in list.items().enumerate() {
         let key = format!("announce-list[{i}]");
         let mut urls = Vec::new();
-        for url in items(as_list(tier?, &key)?) {
-            let url = as_utf8(url?, &key)?;
+        for url in as_list(tier, &key)?.items() {
+            let url = as_utf8(url, &key)?;
             if !url.is_empty() {
                 urls.push(url);
             }
@@ -654,8 +500,8 @@ impl Metainfo {
         if bytes.len() > MAX_METAINFO_LEN {
             return Err(MetainfoError::TooLarge(bytes.len()));
         }
-        let root = match parse_root(bytes)? {
-            Value::Dict(span) => span,
+        let root = match bencode::decode(bytes)? {
+            Value::Dict(dict) => dict,
             _ => return Err(wrong("(top level)", "a dictionary")),
         };
         let [info, announce, announce_list, creation_date, comment, created_by] = fields(
@@ -670,11 +516,12 @@ impl Metainfo {
             ],
             "",
         )?;
-        let raw_info = as_dict(
+        let info_dict = as_dict(
             info.ok_or_else(|| MetainfoError::Missing("info".into()))?,
             "info",
         )?;
-        let info = parse_info(raw_info)?;
+        let raw_info = info_dict.raw();
+        let info = parse_info(info_dict)?;
         let announce = announce
             .map(|v| as_utf8(v, "announce"))
             .transpose()?

@@ -4,8 +4,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV
 
 use percent_encoding::{percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
-use super::bdecode::{self, DictIter, ListIter, Value};
 use super::{lossy_bounded, Event, TrackerError};
+use crate::bencode::{self, Dict, List, Value};
 use crate::{InfoHash, PeerId};
 
 /// The bytes left as they are in a query value: RFC 3986's unreserved characters. Everything
@@ -130,26 +130,28 @@ pub(super) fn clamp_interval(n: i64) -> u32 {
 }
 
 /// Reads the top-level dictionary of a reply, or says why it is not one.
-fn top_dict(body: &[u8]) -> Result<&[u8], TrackerError> {
-    match bdecode::parse(body)? {
-        Value::Dict(raw) => Ok(raw),
+fn top_dict(body: &[u8]) -> Result<Dict<'_>, TrackerError> {
+    let (value, end) = bencode::decode_prefix(body)?;
+    // Some trackers end their reply with a newline: trailing ASCII whitespace is tolerated.
+    if body[end..].iter().any(|b| !b.is_ascii_whitespace()) {
+        return Err(TrackerError::Bencode {
+            pos: end,
+            what: "trailing bytes after the top-level value",
+        });
+    }
+    match value {
+        Value::Dict(dict) => Ok(dict),
         _ => Err(TrackerError::Reply("reply is not a dictionary".into())),
     }
 }
 
 /// Returns the tracker's `failure reason`, if the reply has one.
-fn failure(dict: &[u8]) -> Result<Option<TrackerError>, TrackerError> {
-    for entry in DictIter::new(dict) {
-        let (key, value) = entry?;
-        if key == b"failure reason" {
-            let reason = match value {
-                Value::Bytes(s) => lossy_bounded(s),
-                _ => "(no reason given)".into(),
-            };
-            return Ok(Some(TrackerError::Failure(reason)));
-        }
-    }
-    Ok(None)
+fn failure(dict: Dict<'_>) -> Option<TrackerError> {
+    let reason = match dict.get(b"failure reason")? {
+        Value::Bytes(s) => lossy_bounded(s),
+        _ => "(no reason given)".into(),
+    };
+    Some(TrackerError::Failure(reason))
 }
 
 /// Parses the bencoded body of an HTTP announce reply.
@@ -161,15 +163,14 @@ fn failure(dict: &[u8]) -> Result<Option<TrackerError>, TrackerError> {
 /// [`DEFAULT_INTERVAL`]; keys may come in any order.
 pub fn parse_announce_response(body: &[u8]) -> Result<AnnounceResponse, TrackerError> {
     let dict = top_dict(body)?;
-    if let Some(e) = failure(dict)? {
+    if let Some(e) = failure(dict) {
         return Err(e);
     }
     let mut resp = AnnounceResponse {
         interval: DEFAULT_INTERVAL,
         ..Default::default()
     };
-    for entry in DictIter::new(dict) {
-        let (key, value) = entry?;
+    for (key, value) in dict.pairs() {
         match (key, value) {
             (b"interval", Value::Int(n)) => resp.interval = clamp_interval(n),
             (b"min interval", Value::Int(n)) => resp.min_interval = Some(clamp_interval(n)),
@@ -178,7 +179,7 @@ pub fn parse_announce_response(body: &[u8]) -> Result<AnnounceResponse, TrackerE
             (b"warning message", Value::Bytes(s)) => resp.warning = Some(lossy_bounded(s)),
             (b"tracker id", Value::Bytes(s)) => resp.tracker_id = Some(lossy_bounded(s)),
             (b"peers", Value::Bytes(s)) => compact_v4(s, &mut resp.peers)?,
-            (b"peers", Value::List(raw)) => dict_peers(raw, &mut resp.peers)?,
+            (b"peers", Value::List(list)) => dict_peers(list, &mut resp.peers),
             (b"peers6", Value::Bytes(s)) => compact_v6(s, &mut resp.peers)?,
             (b"interval" | b"peers" | b"peers6", _) => {
                 let key = String::from_utf8_lossy(key);
@@ -240,15 +241,15 @@ pub(super) fn compact_v6(s: &[u8], peers: &mut Vec<SocketAddr>) -> Result<(), Tr
 
 /// Appends the peers of the original list form: `[{ip, port, peer id}, ...]`. Entries that
 /// are not dictionaries, or whose `ip` is a host name, are skipped.
-fn dict_peers(raw: &[u8], peers: &mut Vec<SocketAddr>) -> Result<(), TrackerError> {
-    for item in ListIter::new(raw) {
+fn dict_peers(list: List<'_>, peers: &mut Vec<SocketAddr>) {
+    for item in list.items() {
         if room(peers) == 0 {
             break;
         }
-        let Value::Dict(d) = item? else { continue };
+        let Value::Dict(d) = item else { continue };
         let (mut ip, mut port) = (None, None);
-        for entry in DictIter::new(d) {
-            match entry? {
+        for entry in d.pairs() {
+            match entry {
                 (b"ip", Value::Bytes(s)) => {
                     ip = std::str::from_utf8(s)
                         .ok()
@@ -262,7 +263,6 @@ fn dict_peers(raw: &[u8], peers: &mut Vec<SocketAddr>) -> Result<(), TrackerErro
             peers.push(SocketAddr::new(ip, port));
         }
     }
-    Ok(())
 }
 
 /// The scrape URL of an announce URL, by the convention of BEP 48: the last path component
@@ -321,21 +321,20 @@ impl ScrapeResponse {
 /// `complete`, `incomplete` and `downloaded`. Keys of another length are skipped.
 pub fn parse_scrape_response(body: &[u8]) -> Result<ScrapeResponse, TrackerError> {
     let dict = top_dict(body)?;
-    if let Some(e) = failure(dict)? {
+    if let Some(e) = failure(dict) {
         return Err(e);
     }
     let mut resp = ScrapeResponse::default();
-    for entry in DictIter::new(dict) {
-        match entry? {
+    for entry in dict.pairs() {
+        match entry {
             (b"files", Value::Dict(files)) => {
-                for file in DictIter::new(files) {
-                    let (key, value) = file?;
+                for (key, value) in files.pairs() {
                     let (Ok(hash), Value::Dict(stats)) = (<[u8; 20]>::try_from(key), value) else {
                         continue;
                     };
                     let mut s = ScrapeStats::default();
-                    for stat in DictIter::new(stats) {
-                        match stat? {
+                    for stat in stats.pairs() {
+                        match stat {
                             (b"complete", Value::Int(n)) => s.complete = count(n),
                             (b"incomplete", Value::Int(n)) => s.incomplete = count(n),
                             (b"downloaded", Value::Int(n)) => s.downloaded = count(n),
@@ -541,6 +540,22 @@ mod tests {
         ));
         assert!(parse_announce_response(b"").is_err());
         assert!(parse_announce_response(b"d8:intervali60e5:peers").is_err());
+    }
+
+    #[test]
+    fn trailing_whitespace_is_tolerated_and_other_bytes_refused() {
+        let r = parse_announce_response(b"d8:intervali60ee\r\n").unwrap();
+        assert_eq!(r.interval, 60);
+        assert_eq!(
+            parse_announce_response(b"d8:intervali60eex"),
+            Err(TrackerError::Bencode {
+                pos: 16,
+                what: "trailing bytes after the top-level value"
+            })
+        );
+        // Unsorted keys are accepted.
+        let r = parse_announce_response(b"d8:intervali60e8:completei3e5:peers0:e").unwrap();
+        assert_eq!((r.complete, r.interval), (Some(3), 60));
     }
 
     #[test]

@@ -37,7 +37,6 @@
 //! assert_eq!(reply.peers, vec!["127.0.0.1:6881".parse().unwrap()]);
 //! ```
 
-mod bdecode;
 mod http;
 mod server;
 pub mod udp;
@@ -164,6 +163,15 @@ impl fmt::Display for TrackerError {
 }
 
 impl std::error::Error for TrackerError {}
+
+impl From<crate::bencode::BencodeError> for TrackerError {
+    fn from(e: crate::bencode::BencodeError) -> Self {
+        Self::Bencode {
+            pos: e.offset,
+            what: e.problem,
+        }
+    }
+}
 
 /// Turns bytes from the network into a string for a message, bounded in length so a hostile
 /// tracker cannot fill our logs.
