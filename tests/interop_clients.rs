@@ -128,15 +128,10 @@ fn shoal_download(setup: &Setup, out: &Path, extra: &[&str], limit: Duration, lo
 // ---------------------------------------------------------------------------------------------
 // libtorrent: peers given directly
 
-#[test]
-fn libtorrent_seeds_to_shoal() {
-    let case = Case {
-        shape: Shape::Single,
-        total: 3 * MIB + 10_000,
-        piece: 16 * KIB,
-    };
+/// libtorrent seeds `case`; `shoal download` dials it and must finish byte-exact.
+fn libtorrent_seeds_case_to_shoal(case: Case, tag: &str, seed: u64) {
     let mut row = Timing::start("libtorrent", "libtorrent -> shoal", case.describe(), TESTS);
-    let setup = Setup::new(&case, "lt-single", 1, None);
+    let setup = Setup::new(&case, tag, seed, None);
     let lt_log = setup.path("libtorrent.log");
     let lt_port = free_port();
     let _lt = Libtorrent {
@@ -160,6 +155,16 @@ fn libtorrent_seeds_to_shoal() {
         FAST_CLIENT,
         &[&lt_log],
     );
+}
+
+#[test]
+fn libtorrent_seeds_to_shoal() {
+    let case = Case {
+        shape: Shape::Single,
+        total: 3 * MIB + 10_000,
+        piece: 16 * KIB,
+    };
+    libtorrent_seeds_case_to_shoal(case, "lt-single", 1);
 }
 
 #[test]
@@ -427,8 +432,7 @@ fn mixed_swarm_through_opentracker() {
     );
 }
 
-/// The eighth row: the same swarm shape as the first test, multi-file, libtorrent dialled by
-/// shoal with pieces of 2 MiB.
+/// The eighth row: multi-file, libtorrent dialled by shoal with pieces of 2 MiB.
 #[test]
 fn libtorrent_seeds_multi_file_to_shoal() {
     let case = Case {
@@ -436,31 +440,7 @@ fn libtorrent_seeds_multi_file_to_shoal() {
         total: 10 * MIB + 777_777,
         piece: 2 * MIB,
     };
-    let mut row = Timing::start("libtorrent", "libtorrent -> shoal", case.describe(), TESTS);
-    let setup = Setup::new(&case, "lt-multi2", 8, None);
-    let lt_log = setup.path("libtorrent.log");
-    let lt_port = free_port();
-    let _lt = Libtorrent {
-        seed: true,
-        ..Libtorrent::default()
-    }
-    .spawn(&setup.torrent, &setup.src(), lt_port, &lt_log);
-    wait_until(
-        FAST_CLIENT,
-        "libtorrent to check its data",
-        &[&lt_log],
-        || libtorrent_finished(&lt_log),
-    );
-    wait_listening(lt_port, FAST_CLIENT, "libtorrent", &[&lt_log]);
-    row.restart();
-    let peer = format!("127.0.0.1:{lt_port}");
-    shoal_download(
-        &setup,
-        &setup.path("out"),
-        &["--no-trackers", "--peer", &peer],
-        FAST_CLIENT,
-        &[&lt_log],
-    );
+    libtorrent_seeds_case_to_shoal(case, "lt-multi2", 8);
 }
 
 /// An opentracker whose port is chosen before the torrent (which names it) is made.
