@@ -13,15 +13,15 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
-use async_channel::{Receiver, Sender};
+use async_channel::Sender;
 use sha1::{Digest, Sha1};
 use shoal_engine::bitfield::Bitfield;
 use shoal_engine::lengths::{BlockInfo, Lengths};
 use shoal_engine::storage::Layout;
 
 use crate::buffers::{Block, BlockPool};
+use crate::workers::Workers;
 
 /// How many jobs may wait for a disk thread. Writers (the hasher) and readers (peers) wait
 /// when it is full.
@@ -341,16 +341,14 @@ pub enum DiskJob {
 /// The disk actor's handle: a queue of jobs served by a few threads.
 #[derive(Clone)]
 pub struct Disk {
-    /// The job queue, bounded by [`DISK_QUEUE`].
-    jobs: Sender<DiskJob>,
-    /// The threads, joined by the last handle to shut down.
-    threads: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
+    /// The threads and their job queue, bounded by [`DISK_QUEUE`].
+    workers: Workers<DiskJob>,
 }
 
 impl fmt::Debug for Disk {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Disk")
-            .field("queued", &self.jobs.len())
+            .field("workers", &self.workers)
             .finish()
     }
 }
@@ -358,41 +356,26 @@ impl fmt::Debug for Disk {
 impl Disk {
     /// Starts `threads` disk threads; upload reads take buffers from `uploads`.
     pub fn spawn(threads: usize, uploads: Arc<BlockPool>) -> Self {
-        let (jobs, rx) = async_channel::bounded(DISK_QUEUE);
-        let handles = (0..threads.max(1))
-            .map(|i| {
-                let rx: Receiver<DiskJob> = rx.clone();
-                let uploads = uploads.clone();
-                std::thread::Builder::new()
-                    .name(format!("shoal-disk-{i}"))
-                    .spawn(move || {
-                        while let Ok(job) = rx.recv_blocking() {
-                            serve(&uploads, job);
-                        }
-                    })
-                    .expect("spawn a disk thread")
-            })
-            .collect();
-        Self {
-            jobs,
-            threads: Arc::new(std::sync::Mutex::new(handles)),
-        }
+        let workers = Workers::spawn("shoal-disk", threads, DISK_QUEUE, move |job| {
+            serve(&uploads, job)
+        });
+        Self { workers }
     }
 
     /// The job queue, for the hasher and peers.
     pub fn jobs(&self) -> &Sender<DiskJob> {
-        &self.jobs
+        self.workers.jobs()
     }
 
     /// How many threads serve the queue.
     pub fn threads(&self) -> usize {
-        self.threads.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.workers.threads()
     }
 
     /// Flushes every file of `storage`.
     pub async fn sync(&self, storage: &Arc<Storage>) -> io::Result<()> {
         let (tx, rx) = async_channel::bounded(1);
-        self.jobs
+        self.jobs()
             .send(DiskJob::Sync {
                 storage: storage.clone(),
                 reply: tx,
@@ -404,17 +387,10 @@ impl Disk {
             .map_err(|_| io::Error::other("disk threads have stopped"))?
     }
 
-    /// Stops taking jobs, lets the threads finish what is queued, and waits for them
-    /// (off the executor). Call it last, after everything that writes has stopped.
+    /// Stops taking jobs, lets the threads finish what is queued, and waits for them (off the
+    /// executor). Call it last, after everything that writes has stopped.
     pub async fn shutdown(&self) {
-        self.jobs.close();
-        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
-        smol::unblock(move || {
-            for t in threads {
-                let _ = t.join();
-            }
-        })
-        .await;
+        self.workers.shutdown().await;
     }
 }
 

@@ -5,15 +5,14 @@
 //! back from disk. A piece that verifies goes on to the disk threads to be written; one that
 //! fails is dropped (its blocks return to the pool) and reported at once.
 
-use std::fmt;
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 
 use async_channel::Sender;
 use sha1::{Digest, Sha1};
 
 use crate::buffers::Block;
 use crate::disk::{DiskJob, PieceDone, PieceOutcome, Storage};
+use crate::workers::Workers;
 
 /// How many complete pieces may wait for a hasher thread. Pickers wait when it is full, which
 /// in turn makes peers wait: hashing sets the pace when it is the bottleneck.
@@ -38,22 +37,10 @@ pub struct HashJob {
 }
 
 /// The hasher pool's handle, cloned by every torrent's picker.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Hasher {
-    /// The job queue, bounded by [`HASH_QUEUE`].
-    jobs: Sender<HashJob>,
-    /// The worker threads, joined by [`Hasher::shutdown`].
-    threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
-    /// How many threads there are.
-    count: usize,
-}
-
-impl fmt::Debug for Hasher {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Hasher")
-            .field("threads", &self.count)
-            .finish()
-    }
+    /// The threads and their job queue, bounded by [`HASH_QUEUE`].
+    workers: Workers<HashJob>,
 }
 
 impl Hasher {
@@ -64,49 +51,31 @@ impl Hasher {
         } else {
             threads
         };
-        let (jobs, rx) = async_channel::bounded::<HashJob>(HASH_QUEUE);
-        let handles = (0..count)
-            .map(|i| {
-                let rx = rx.clone();
-                let disk = disk.clone();
-                std::thread::Builder::new()
-                    .name(format!("shoal-hash-{i}"))
-                    .spawn(move || {
-                        while let Ok(job) = rx.recv_blocking() {
-                            check(job, &disk);
-                        }
-                    })
-                    .expect("spawn a hasher thread")
-            })
-            .collect();
         Self {
-            jobs,
-            threads: Arc::new(Mutex::new(handles)),
-            count,
+            workers: Workers::spawn("shoal-hash", count, HASH_QUEUE, move |job| {
+                check(job, &disk)
+            }),
         }
     }
 
     /// Queues a piece, waiting while the queue is full.
     pub async fn submit(&self, job: HashJob) -> Result<(), crate::runtime::Gone> {
-        self.jobs.send(job).await.map_err(|_| crate::runtime::Gone)
+        self.workers
+            .jobs()
+            .send(job)
+            .await
+            .map_err(|_| crate::runtime::Gone)
     }
 
     /// How many threads hash.
     pub fn threads(&self) -> usize {
-        self.count
+        self.workers.threads()
     }
 
     /// Stops the pool once the queued pieces are done, and waits for it (off the executor).
     /// Call it after every torrent using the pool has stopped.
     pub async fn shutdown(&self) {
-        self.jobs.close();
-        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
-        smol::unblock(move || {
-            for t in threads {
-                let _ = t.join();
-            }
-        })
-        .await;
+        self.workers.shutdown().await;
     }
 }
 

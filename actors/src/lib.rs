@@ -16,3 +16,4 @@ pub mod shared;
 pub mod torrent;
 pub mod tracker;
 pub mod tracker_server;
+pub mod workers;
