@@ -100,6 +100,24 @@ impl BlockPool {
         }
     }
 
+    /// A block of `len` bytes whatever the budget (see [`BlockPool::take`]), for a caller that
+    /// overwrites every byte (a read from disk): a recycled buffer keeps its old bytes instead
+    /// of being zeroed first. Drop the block if the overwrite fails.
+    pub fn take_for_overwrite(self: &Arc<Self>, len: usize) -> Block {
+        self.used.fetch_add(len, Ordering::AcqRel);
+        let mut data = self
+            .idle_rx
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(BLOCK_LEN as usize));
+        // Only bytes past the old length are written here (zeros, once per buffer).
+        data.resize(len, 0);
+        Block {
+            data,
+            charged: len,
+            pool: self.clone(),
+        }
+    }
+
     fn wrap(self: &Arc<Self>, len: usize) -> Block {
         let mut data = self
             .idle_rx
@@ -134,7 +152,8 @@ impl BlockPool {
         self.used.fetch_sub(charged, Ordering::AcqRel);
         self.freed.notify(usize::MAX);
         if data.capacity() <= 2 * BLOCK_LEN as usize {
-            data.clear();
+            // The length is kept, so that `take_for_overwrite` need not zero it again; every
+            // other taker clears or overwrites it.
             let _ = self.idle_tx.try_send(data);
         }
     }
@@ -211,6 +230,23 @@ mod tests {
         let b = pool.try_take(10).unwrap();
         assert_eq!(b.as_ptr(), ptr);
         assert_eq!(&b[..], &[0u8; 10]);
+    }
+
+    #[test]
+    fn take_for_overwrite_reuses_without_zeroing_and_is_charged() {
+        let pool = BlockPool::new(1 << 20);
+        let mut a = pool.take(BLOCK_LEN as usize);
+        a.fill(7);
+        drop(a);
+        let b = pool.take_for_overwrite(100);
+        assert_eq!(b.len(), 100);
+        assert_eq!(pool.used(), 100);
+        drop(b);
+        // `take` still hands out zeros, whatever the buffer held.
+        let c = pool.take(BLOCK_LEN as usize);
+        assert!(c.iter().all(|&x| x == 0));
+        drop(c);
+        assert_eq!(pool.used(), 0);
     }
 
     #[test]

@@ -419,7 +419,8 @@ fn serve(uploads: &Arc<BlockPool>, job: DiskJob) {
             block,
             reply,
         } => {
-            let mut buf = uploads.take(block.len as usize);
+            // Every byte is read over; on error the block is dropped.
+            let mut buf = uploads.take_for_overwrite(block.len as usize);
             let data = storage.read_block(&block, &mut buf).map(|()| buf);
             let _ = reply.try_send(ReadDone { block, data });
         }
