@@ -545,3 +545,72 @@ fn idle_connections_are_bounded_in_number_and_memory() {
     assert_eq!(open, 0, "silent connections outlived the handshake timeout");
     rt.block_on(s.shutdown());
 }
+
+#[test]
+fn the_session_connection_limit_holds_across_torrents() {
+    let dir = common::tempdir();
+    let rt = Runtime::new(2);
+    let s = Session::with_spawner(
+        SessionSettings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            max_connections: 40,
+            ..SessionSettings::default()
+        },
+        rt.handle(),
+    )
+    .expect("listen");
+    // Two torrents, each allowing 100 peers: together they may hold only 40.
+    let mut torrents = Vec::new();
+    for i in 0..2 {
+        let sub = dir.path().join(format!("t{i}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        let (content, _, meta) = make(&sub, 200_000 + i * 1000, 16 * 1024, Vec::new());
+        let mut add = AddTorrent::seed(meta.clone(), PathBuf::new());
+        add.content = Some(content);
+        add.settings = TorrentSettings {
+            max_peers: 100,
+            use_trackers: false,
+            ..TorrentSettings::default()
+        };
+        let t = rt.block_on(s.add_torrent(add)).expect("seed");
+        torrents.push((t, meta));
+    }
+    let mut conns = Vec::new();
+    for (n, (_, meta)) in torrents.iter().enumerate() {
+        for i in 0..30u32 {
+            let mut c = TcpStream::connect(s.local_addr()).expect("connect");
+            let mut id = [b'y'; 20];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            id[4] = n as u8;
+            c.write_all(&Handshake::new(meta.info_hash, PeerId(id)).to_bytes())
+                .unwrap();
+            conns.push(c);
+        }
+    }
+    let total = || {
+        torrents
+            .iter()
+            .map(|(t, _)| t.progress().peers)
+            .sum::<u32>()
+    };
+    wait_until(&rt, Duration::from_secs(20), "40 peers connected", || {
+        total() >= 40
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(total(), 40, "the session-wide limit holds");
+    // Closing some frees slots for newcomers.
+    conns.truncate(0);
+    wait_until(&rt, Duration::from_secs(20), "peers gone", || total() == 0);
+    let (_, meta) = &torrents[0];
+    let mut again = TcpStream::connect(s.local_addr()).expect("connect");
+    again
+        .write_all(&Handshake::new(meta.info_hash, PeerId([b'z'; 20])).to_bytes())
+        .unwrap();
+    wait_until(
+        &rt,
+        Duration::from_secs(20),
+        "a new peer after the others left",
+        || total() == 1,
+    );
+    rt.block_on(s.shutdown());
+}

@@ -148,7 +148,7 @@ impl BlockPool {
         self.limit
     }
 
-    fn give_back(&self, mut data: Vec<u8>, charged: usize) {
+    fn give_back(&self, data: Vec<u8>, charged: usize) {
         self.used.fetch_sub(charged, Ordering::AcqRel);
         self.freed.notify(usize::MAX);
         if data.capacity() <= 2 * BLOCK_LEN as usize {

@@ -36,7 +36,7 @@ use crate::buffers::BlockPool;
 use crate::disk::Disk;
 use crate::hasher::Hasher;
 use crate::runtime::{Runtime, Spawner, Task, TrySendError};
-use crate::torrent::{self, AddTorrent, SessionContext, Torrent, TorrentMsg};
+use crate::torrent::{self, AddTorrent, ConnectionSlots, SessionContext, Torrent, TorrentMsg};
 
 /// How long an incoming connection may take to send its handshake.
 const INCOMING_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -57,6 +57,9 @@ pub struct SessionSettings {
     pub hasher_threads: usize,
     /// Threads that read and write files, unless pools are given.
     pub disk_threads: usize,
+    /// The most peer connections of all torrents together (each also has its own
+    /// `max_peers`): keep it under the process's file descriptor limit.
+    pub max_connections: usize,
 }
 
 impl Default for SessionSettings {
@@ -67,6 +70,7 @@ impl Default for SessionSettings {
             peer_id: None,
             hasher_threads: 0,
             disk_threads: 2,
+            max_connections: 500,
         }
     }
 }
@@ -92,6 +96,8 @@ pub struct Session {
     pools: Pools,
     /// Whether the session made `pools` (and so shuts them down).
     owns_pools: bool,
+    /// The connection limit its torrents share.
+    slots: Arc<ConnectionSlots>,
 }
 
 /// The threads that hash pieces and touch files, which every torrent of a session (or of
@@ -177,6 +183,7 @@ impl Session {
             local_addr,
             pools,
             owns_pools,
+            slots: Arc::new(ConnectionSlots::new(settings.max_connections.max(1))),
         })
     }
 
@@ -216,6 +223,7 @@ impl Session {
             spawner: self.spawner(),
             hasher: self.pools.hasher.clone(),
             disk: self.pools.disk.clone(),
+            slots: self.slots.clone(),
         };
         let torrent = torrent::start(add, ctx).await?;
         self.lock().insert(info_hash, torrent.clone());

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -172,6 +172,51 @@ pub(crate) struct SessionContext {
     pub hasher: Hasher,
     /// The session's disk threads.
     pub disk: Disk,
+    /// The session's connection limit, shared by its torrents.
+    pub slots: Arc<ConnectionSlots>,
+}
+
+/// The peer connections of a whole session against its limit, shared by its torrents, so that
+/// many torrents together stay under the process's file descriptors.
+#[derive(Debug)]
+pub(crate) struct ConnectionSlots {
+    /// The most connections at once.
+    limit: usize,
+    /// Connections open or being opened.
+    used: AtomicUsize,
+}
+
+impl ConnectionSlots {
+    /// Slots for `limit` connections.
+    pub(crate) fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            used: AtomicUsize::new(0),
+        }
+    }
+
+    /// Takes a slot if one is free.
+    fn try_take(&self) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |u| {
+                (u < self.limit).then_some(u + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives `n` slots back.
+    fn give_back(&self, n: usize) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |u| {
+                Some(u.saturating_sub(n))
+            });
+    }
+
+    /// Slots free now.
+    fn free(&self) -> usize {
+        self.limit.saturating_sub(self.used.load(Ordering::Relaxed))
+    }
 }
 
 /// Messages to a torrent.
@@ -675,7 +720,8 @@ impl State {
             .settings
             .max_dialing
             .saturating_sub(connecting)
-            .min(self.settings.max_peers.saturating_sub(self.connections()));
+            .min(self.settings.max_peers.saturating_sub(self.connections()))
+            .min(self.ctx.slots.free());
         if budget == 0 {
             return;
         }
@@ -694,6 +740,9 @@ impl State {
             .collect();
         ready.sort_unstable();
         for (_, addr) in ready.into_iter().take(budget) {
+            if !self.ctx.slots.try_take() {
+                break;
+            }
             self.spawn_peer(addr, None);
         }
     }
@@ -701,11 +750,13 @@ impl State {
     fn incoming(&mut self, stream: TcpStream, addr: SocketAddr, remote: Handshake) {
         if self.banned.is_banned(&addr, Some(&remote.peer_id))
             || self.connections() >= self.settings.max_peers
+            || remote.peer_id == self.ctx.peer_id
         {
-            log::debug!("refusing {addr}: banned or at the peer limit");
+            log::debug!("refusing {addr}: banned, ourselves, or at the torrent's peer limit");
             return;
         }
-        if remote.peer_id == self.ctx.peer_id {
+        if !self.ctx.slots.try_take() {
+            log::debug!("refusing {addr}: at the session's connection limit");
             return;
         }
         self.spawn_peer(addr, Some((stream, remote)));
@@ -813,6 +864,7 @@ impl State {
         let Some(entry) = self.entries.remove(&key) else {
             return;
         };
+        self.ctx.slots.give_back(1);
         self.by_addr.remove(&entry.addr);
         if self.optimistic == Some(key) {
             self.optimistic = None;
@@ -1030,6 +1082,8 @@ impl State {
             .await;
         // Peers that did not stop in time are cancelled.
         self.peers = Supervisor::new(self.ctx.spawner.clone());
+        // Their exits were not handled one by one: give back every slot at once.
+        self.ctx.slots.give_back(self.entries.len());
         self.entries.clear();
         let have = self
             .picker
