@@ -40,6 +40,9 @@ pub const PEER_NOTES: usize = 64;
 /// trying again.
 pub const PAUSE_AFTER_WRITE_FAILURE: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How many departed peers' addresses are remembered for events.
+const DEPARTED_REMEMBERED: usize = 256;
+
 /// The most failed pieces remembered block by block for blame (each holds 20 bytes a block).
 const MAX_SUSPECTS: usize = 1024;
 
@@ -194,6 +197,9 @@ struct State {
     /// Pieces that failed with several senders: who sent each block and its SHA-1, to compare
     /// with the blocks of the attempt that verifies (so the liar, and only the liar, is struck).
     suspects: HashMap<u32, Vec<(PeerKey, [u8; 20])>>,
+    /// Peers that left recently, with their addresses, to name them in events about pieces
+    /// they sent that were still being hashed.
+    departed: std::collections::VecDeque<(PeerKey, SocketAddr)>,
     /// Bytes of pieces handed to the hasher and not yet done.
     in_flight: u64,
     /// Pieces handed to the hasher and not yet done.
@@ -230,6 +236,7 @@ pub async fn run(setup: PickerSetup, mut inbox: Mailbox<PickerMsg>) {
         partial: HashMap::new(),
         senders: HashMap::new(),
         suspects: HashMap::new(),
+        departed: std::collections::VecDeque::new(),
         in_flight: 0,
         in_flight_pieces: 0,
         budget: disk_budget.max(u64::from(lengths.piece_length())),
@@ -347,6 +354,11 @@ impl State {
             PickerMsg::Leave { peer } => {
                 if let Some(slot) = self.peers.remove(&peer) {
                     self.policy.peer_gone(peer, &slot.has);
+                    // Its blocks may still be hashing: keep its address to name it.
+                    if self.departed.len() == DEPARTED_REMEMBERED {
+                        self.departed.pop_front();
+                    }
+                    self.departed.push_back((peer, slot.addr));
                     self.wake(None);
                 }
             }
@@ -461,8 +473,7 @@ impl State {
                 // The event first: a ban that follows is reported after it.
                 let addrs: Vec<SocketAddr> = contributors
                     .iter()
-                    .filter_map(|p| self.peers.get(p))
-                    .map(|slot| slot.addr)
+                    .filter_map(|p| self.addr_of(*p))
                     .collect();
                 log::warn!(
                     "piece {} failed its hash check (from {:?})",
@@ -500,6 +511,16 @@ impl State {
             }
         }
         self.wake(None);
+    }
+
+    /// The address of a peer, connected or recently gone.
+    fn addr_of(&self, peer: PeerKey) -> Option<SocketAddr> {
+        self.peers.get(&peer).map(|slot| slot.addr).or_else(|| {
+            self.departed
+                .iter()
+                .find(|(k, _)| *k == peer)
+                .map(|(_, a)| *a)
+        })
     }
 
     /// One more failure that `peer` surely caused; banned at [`BAN_STRIKES`].
