@@ -113,7 +113,7 @@ pub struct Pools {
 impl Pools {
     /// Starts `hasher_threads` hashing threads (0: one per core) and `disk_threads` disk threads.
     pub fn new(hasher_threads: usize, disk_threads: usize) -> Self {
-        let disk = Disk::spawn(disk_threads, BlockPool::new(usize::MAX / 2));
+        let disk = Disk::spawn(disk_threads, BlockPool::new());
         let hasher = Hasher::spawn(hasher_threads, disk.jobs().clone());
         Self { hasher, disk }
     }

@@ -404,7 +404,7 @@ pub(crate) async fn start(add: AddTorrent, ctx: SessionContext) -> Result<Torren
     }
 
     let storage = Arc::new(storage);
-    let downloads = BlockPool::new(add.settings.disk_budget as usize);
+    let downloads = BlockPool::new();
     let disk = ctx.disk.clone();
     let hasher = ctx.hasher.clone();
     // Every piece in flight reports once: in the hasher's queue or threads, or in the disk's.
