@@ -572,13 +572,11 @@ impl Peer {
                     // The situation changed while the pick was in flight: give them back.
                     if !blocks.is_empty() {
                         let back = std::mem::take(&mut blocks);
-                        self.picker
-                            .send(PickerMsg::Release {
-                                peer: self.key,
-                                blocks: back,
-                            })
-                            .await
-                            .map_err(gone)?;
+                        self.tell_picker(PickerMsg::Release {
+                            peer: self.key,
+                            blocks: back,
+                        })
+                        .await?;
                     }
                 } else {
                     for &b in &blocks {
@@ -666,14 +664,12 @@ impl Peer {
         };
         self.pick_pending = true;
         let max = depth - self.outstanding.len();
-        self.picker
-            .send(PickerMsg::Pick {
-                peer: self.key,
-                max,
-                buf,
-            })
-            .await
-            .map_err(gone)
+        self.tell_picker(PickerMsg::Pick {
+            peer: self.key,
+            max,
+            buf,
+        })
+        .await
     }
 
     /// Starts disk reads for queued requests while the write buffer has room.
@@ -790,13 +786,11 @@ impl Peer {
                     for &b in &blocks {
                         self.remember_released(b);
                     }
-                    self.picker
-                        .send(PickerMsg::Release {
-                            peer: self.key,
-                            blocks,
-                        })
-                        .await
-                        .map_err(gone)?;
+                    self.tell_picker(PickerMsg::Release {
+                        peer: self.key,
+                        blocks,
+                    })
+                    .await?;
                 }
             }
             Message::Unchoke => {
@@ -821,13 +815,11 @@ impl Peer {
                 if !self.remote_has.get(piece) {
                     self.remote_has.set(piece);
                     self.note_seed();
-                    self.picker
-                        .send(PickerMsg::Have {
-                            peer: self.key,
-                            piece,
-                        })
-                        .await
-                        .map_err(gone)?;
+                    self.tell_picker(PickerMsg::Have {
+                        peer: self.key,
+                        piece,
+                    })
+                    .await?;
                 }
             }
             Message::Bitfield(bytes) => {
@@ -852,13 +844,11 @@ impl Peer {
             Message::Reject(block) => {
                 if let Some(i) = self.outstanding.iter().position(|(b, _)| *b == block) {
                     self.outstanding.remove(i);
-                    self.picker
-                        .send(PickerMsg::Rejected {
-                            peer: self.key,
-                            block,
-                        })
-                        .await
-                        .map_err(gone)?;
+                    self.tell_picker(PickerMsg::Rejected {
+                        peer: self.key,
+                        block,
+                    })
+                    .await?;
                 }
             }
             Message::Extended { id: 0, payload } => match PeerExtensions::parse(payload) {
@@ -896,13 +886,11 @@ impl Peer {
         if self.our_have.all() && self.remote_has.all() {
             return Err(Stop::Local("both sides are seeds".into()));
         }
-        self.picker
-            .send(PickerMsg::Bitfield {
-                peer: self.key,
-                bitfield: bf,
-            })
-            .await
-            .map_err(gone)
+        self.tell_picker(PickerMsg::Bitfield {
+            peer: self.key,
+            bitfield: bf,
+        })
+        .await
     }
 
     fn note_seed(&mut self) {
@@ -959,14 +947,18 @@ impl Peer {
         self.stats.downloaded.fetch_add(len, Ordering::Relaxed);
         self.shared.add_downloaded(len);
         let buf = self.pool.take_copy(data);
-        self.picker
-            .send(PickerMsg::Block {
-                peer: self.key,
-                block,
-                data: buf,
-            })
-            .await
-            .map_err(gone)
+        self.tell_picker(PickerMsg::Block {
+            peer: self.key,
+            block,
+            data: buf,
+        })
+        .await
+    }
+
+    /// Sends the picker a message, waiting while its mailbox is full (backpressure); the
+    /// picker gone means the torrent is stopping.
+    async fn tell_picker(&self, msg: PickerMsg) -> Result<(), Stop> {
+        self.picker.send(msg).await.map_err(gone)
     }
 
     /// Gives back the memory of buffers a burst made big once the connection is quiet, so that
@@ -1013,13 +1005,11 @@ impl Peer {
                         self.send(Message::Cancel(b));
                     }
                 }
-                self.picker
-                    .send(PickerMsg::Release {
-                        peer: self.key,
-                        blocks,
-                    })
-                    .await
-                    .map_err(gone)?;
+                self.tell_picker(PickerMsg::Release {
+                    peer: self.key,
+                    blocks,
+                })
+                .await?;
             }
         }
         Ok(())
