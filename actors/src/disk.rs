@@ -50,6 +50,10 @@ pub struct Storage {
     /// Per file, how many bytes it held before we extended it: beyond that it is a hole of
     /// zeros we made, so [`Storage::recheck`] need not read and hash it.
     existing: Vec<u64>,
+    /// Set once a read without waiting was refused as unsupported (old kernel, some file
+    /// systems): uploads then always go through the disk threads.
+    #[cfg(target_os = "linux")]
+    nowait_unsupported: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for Storage {
@@ -108,6 +112,8 @@ impl Storage {
             lengths,
             files,
             existing,
+            #[cfg(target_os = "linux")]
+            nowait_unsupported: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -144,9 +150,67 @@ impl Storage {
         self.read_at(offset, &mut buf[..block.len as usize])
     }
 
-    /// Writes a whole piece given as its blocks in order.
+    /// Reads one block only if it can be done without waiting for the disk, that is, if every
+    /// byte is in the page cache: `Ok(true)` when `buf` holds the block, `Ok(false)` when it
+    /// must be read by a disk thread instead (not cached, or not supported here). Network
+    /// threads use it to serve uploads of hot data without a round trip to a disk thread.
+    pub fn read_block_cached(&self, block: &BlockInfo, buf: &mut [u8]) -> io::Result<bool> {
+        #[cfg(target_os = "linux")]
+        {
+            if self.nowait_unsupported.load(Ordering::Relaxed) {
+                return Ok(false);
+            }
+            let offset = self.lengths.piece_offset(block.piece) + u64::from(block.begin);
+            let buf = &mut buf[..block.len as usize];
+            for span in self.layout.spans(offset, buf.len()) {
+                let file = self.file(span.file)?;
+                let mut dst = &mut buf[span.buf_offset..span.buf_offset + span.len];
+                let mut at = span.file_offset;
+                while !dst.is_empty() {
+                    let mut iov = [io::IoSliceMut::new(dst)];
+                    match rustix::io::preadv2(
+                        file,
+                        &mut iov,
+                        at,
+                        rustix::io::ReadWriteFlags::NOWAIT,
+                    ) {
+                        Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                        Ok(n) => {
+                            dst = &mut dst[n..];
+                            at += n as u64;
+                        }
+                        Err(rustix::io::Errno::AGAIN) => return Ok(false),
+                        Err(rustix::io::Errno::INTR) => {}
+                        Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::NOSYS) => {
+                            // An old kernel or a file system without RWF_NOWAIT.
+                            self.nowait_unsupported.store(true, Ordering::Relaxed);
+                            return Ok(false);
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+            Ok(true)
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = (block, buf);
+            Ok(false)
+        }
+    }
+
+    /// Writes a whole piece given as its blocks in order: with one `pwritev` when the piece
+    /// lies in one file (the common case), where the platform has it.
     pub fn write_piece(&self, piece: u32, blocks: &[Block]) -> io::Result<()> {
         let mut offset = self.lengths.piece_offset(piece);
+        #[cfg(target_os = "linux")]
+        {
+            let len = blocks.iter().map(|b| b.len()).sum();
+            let mut spans = self.layout.spans(offset, len);
+            if let (Some(span), None) = (spans.next(), spans.next()) {
+                return write_all_vectored_at(self.file(span.file)?, blocks, span.file_offset);
+            }
+        }
         for b in blocks {
             self.write_at(offset, b)?;
             offset += b.len() as u64;
@@ -264,6 +328,28 @@ pub fn default_threads() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
+}
+
+/// Writes `blocks` back to back at `at`, with as few `pwritev` calls as the kernel allows.
+#[cfg(target_os = "linux")]
+fn write_all_vectored_at(file: &File, blocks: &[Block], mut at: u64) -> io::Result<()> {
+    /// The most buffers one call takes (`IOV_MAX` on Linux).
+    const IOV_MAX: usize = 1024;
+    let mut slices: Vec<io::IoSlice<'_>> = blocks.iter().map(|b| io::IoSlice::new(b)).collect();
+    let mut bufs = &mut slices[..];
+    while !bufs.is_empty() {
+        let batch = bufs.len().min(IOV_MAX);
+        match rustix::io::pwritev(file, &bufs[..batch], at) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                at += n as u64;
+                io::IoSlice::advance_slices(&mut bufs, n);
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 fn annotate(e: io::Error, what: &str, path: &Path) -> io::Error {

@@ -672,12 +672,20 @@ impl Peer {
         .await
     }
 
-    /// Starts disk reads for queued requests while the write buffer has room.
+    /// Serves queued requests while the write buffer has room: straight from the page cache
+    /// when the block is there (no thread hop), else through a disk thread.
     fn start_reads(&mut self) {
-        while self.reads_in_flight < MAX_READS && self.wbuf.len() - self.wpos < WRITE_HIGH_WATER {
+        while self.wbuf.len() - self.wpos < WRITE_HIGH_WATER {
             let Some(block) = self.serve_queue.pop_front() else {
                 break;
             };
+            if self.read_cached(block) {
+                continue;
+            }
+            if self.reads_in_flight == MAX_READS {
+                self.serve_queue.push_front(block);
+                break;
+            }
             match self.disk.try_send(DiskJob::Read {
                 storage: self.storage.clone(),
                 block,
@@ -690,6 +698,37 @@ impl Peer {
                     break;
                 }
             }
+        }
+    }
+
+    /// Appends the block to the write buffer if it can be read without waiting for the disk.
+    fn read_cached(&mut self, b: BlockInfo) -> bool {
+        let start = self.wbuf.len();
+        self.wbuf
+            .extend_from_slice(&piece_header(b.piece, b.begin, b.len));
+        let data = self.wbuf.len();
+        self.wbuf.resize(data + b.len as usize, 0);
+        match self.storage.read_block_cached(&b, &mut self.wbuf[data..]) {
+            Ok(true) => {
+                self.uploaded(b);
+                true
+            }
+            // Not cached, or an error: a disk thread reads it (and reports any error).
+            Ok(false) | Err(_) => {
+                self.wbuf.truncate(start);
+                false
+            }
+        }
+    }
+
+    /// Counts a block queued for sending as uploaded.
+    fn uploaded(&mut self, b: BlockInfo) {
+        self.stats
+            .uploaded
+            .fetch_add(u64::from(b.len), Ordering::Relaxed);
+        self.shared.add_uploaded(u64::from(b.len));
+        if let Some(f) = &self.serve_filter {
+            f.served(self.key, &b);
         }
     }
 
@@ -712,13 +751,7 @@ impl Peer {
                 self.wbuf
                     .extend_from_slice(&piece_header(b.piece, b.begin, b.len));
                 self.wbuf.extend_from_slice(&data);
-                self.stats
-                    .uploaded
-                    .fetch_add(u64::from(b.len), Ordering::Relaxed);
-                self.shared.add_uploaded(u64::from(b.len));
-                if let Some(f) = &self.serve_filter {
-                    f.served(self.key, &b);
-                }
+                self.uploaded(b);
                 Ok(())
             }
             Err(e) => Err(Stop::Local(format!("cannot read block for upload: {e}"))),
