@@ -32,10 +32,10 @@ use shoal_engine::wire::{decode, piece_header, Decoded, Handshake, Message, Wire
 use shoal_engine::PeerId;
 use smol::net::TcpStream;
 
-use crate::buffers::BlockPool;
+use crate::buffers::{Block, BlockPool};
 use crate::disk::{DiskJob, ReadDone, Storage};
 use crate::extension::{our_handshake, PeerExtensions};
-use crate::picker::{PeerNote, PickerMsg, PEER_NOTES};
+use crate::picker::{PeerNote, PickRequest, PickerMsg, PEER_NOTES};
 use crate::runtime::Addr;
 use crate::shared::Shared;
 
@@ -271,6 +271,8 @@ struct Peer {
     pick_pending: bool,
     /// The grant vector when it is home.
     grant_buf: Option<Vec<BlockInfo>>,
+    /// Blocks decoded from the current read, not yet handed to the picker.
+    arrived: Vec<(BlockInfo, Block)>,
     /// Whether the picker had nothing for us; wait for a wake-up.
     starved: bool,
 
@@ -353,6 +355,7 @@ pub async fn run(setup: PeerSetup, stream: TcpStream, remote: Handshake) -> Peer
         released: VecDeque::new(),
         pick_pending: false,
         grant_buf: Some(Vec::with_capacity(64)),
+        arrived: Vec::new(),
         starved: false,
         serve_queue: VecDeque::new(),
         reads_in_flight: 0,
@@ -652,24 +655,47 @@ impl Peer {
     }
 
     async fn maybe_pick(&mut self) -> Result<(), Stop> {
-        if self.pick_pending || self.starved || self.peer_choking || !self.am_interested {
-            return Ok(());
-        }
-        let depth = self.depth;
-        if self.outstanding.len() >= depth {
-            return Ok(());
-        }
-        let Some(buf) = self.grant_buf.take() else {
+        let Some(PickRequest { max, buf }) = self.pick_request() else {
             return Ok(());
         };
-        self.pick_pending = true;
-        let max = depth - self.outstanding.len();
         self.tell_picker(PickerMsg::Pick {
             peer: self.key,
             max,
             buf,
         })
         .await
+    }
+
+    /// A request for more blocks, if the pipeline has room and none is pending.
+    fn pick_request(&mut self) -> Option<PickRequest> {
+        if self.pick_pending || self.starved || self.peer_choking || !self.am_interested {
+            return None;
+        }
+        let max = self.depth.checked_sub(self.outstanding.len())?;
+        if max == 0 {
+            return None;
+        }
+        let buf = self.grant_buf.take()?;
+        self.pick_pending = true;
+        Some(PickRequest { max, buf })
+    }
+
+    /// Hands the blocks of the last read to the picker in one message, with the next pick if
+    /// `pick` (a single wake-up of the picker per read, not per block).
+    async fn flush_arrived(&mut self, pick: bool) -> Result<(), Stop> {
+        if self.arrived.is_empty() {
+            return Ok(());
+        }
+        let blocks = std::mem::replace(&mut self.arrived, Vec::with_capacity(8));
+        let pick = if pick { self.pick_request() } else { None };
+        self.picker
+            .send(PickerMsg::Blocks {
+                peer: self.key,
+                blocks,
+                pick,
+            })
+            .await
+            .map_err(gone)
     }
 
     /// Serves queued requests while the write buffer has room: straight from the page cache
@@ -767,7 +793,8 @@ impl Peer {
         let mut buf = std::mem::take(&mut self.rbuf);
         let result = self.process_buffer(&mut buf).await;
         self.rbuf = buf;
-        result
+        result?;
+        self.flush_arrived(true).await
     }
 
     async fn process_buffer(&mut self, buf: &mut Vec<u8>) -> Result<(), Stop> {
@@ -873,7 +900,7 @@ impl Peer {
                     self.cancelled_in_flight.push(block);
                 }
             }
-            Message::Piece { piece, begin, data } => self.piece(piece, begin, data).await?,
+            Message::Piece { piece, begin, data } => self.piece(piece, begin, data)?,
             Message::Reject(block) => {
                 if let Some(i) = self.outstanding.iter().position(|(b, _)| *b == block) {
                     self.outstanding.remove(i);
@@ -959,7 +986,7 @@ impl Peer {
         Ok(())
     }
 
-    async fn piece(&mut self, piece: u32, begin: u32, data: &[u8]) -> Result<(), Stop> {
+    fn piece(&mut self, piece: u32, begin: u32, data: &[u8]) -> Result<(), Stop> {
         let block = BlockInfo {
             piece,
             begin,
@@ -980,17 +1007,16 @@ impl Peer {
         self.stats.downloaded.fetch_add(len, Ordering::Relaxed);
         self.shared.add_downloaded(len);
         let buf = self.pool.take_copy(data);
-        self.tell_picker(PickerMsg::Block {
-            peer: self.key,
-            block,
-            data: buf,
-        })
-        .await
+        // Handed on after the whole read is decoded (or before any other message to the
+        // picker, which keeps the order): see `flush_arrived`.
+        self.arrived.push((block, buf));
+        Ok(())
     }
 
     /// Sends the picker a message, waiting while its mailbox is full (backpressure); the
-    /// picker gone means the torrent is stopping.
-    async fn tell_picker(&self, msg: PickerMsg) -> Result<(), Stop> {
+    /// picker gone means the torrent is stopping. Blocks waiting to be handed on go first.
+    async fn tell_picker(&mut self, msg: PickerMsg) -> Result<(), Stop> {
+        self.flush_arrived(false).await?;
         self.picker.send(msg).await.map_err(gone)
     }
 

@@ -98,14 +98,15 @@ pub enum PickerMsg {
         /// An empty vector to fill (lent back and forth, so a grant allocates nothing).
         buf: Vec<BlockInfo>,
     },
-    /// A block arrived.
-    Block {
-        /// The peer that sent it.
+    /// Blocks arrived: those of one read from the peer's socket, in one message so that the
+    /// picker wakes once per read rather than once per block. The peer's next pick rides along.
+    Blocks {
+        /// The peer that sent them.
         peer: PeerKey,
-        /// Which block.
-        block: BlockInfo,
-        /// Its bytes.
-        data: Block,
+        /// Which blocks, and their bytes.
+        blocks: Vec<(BlockInfo, Block)>,
+        /// The peer wants more blocks: answered with [`PeerNote::Grant`] after these are taken.
+        pick: Option<PickRequest>,
     },
     /// These requests will not be answered (choke, timeout, cancel): give them to others.
     Release {
@@ -138,6 +139,15 @@ pub enum PickerMsg {
         /// Answered once everything in flight has landed.
         reply: ReplyTo<Bitfield>,
     },
+}
+
+/// A peer's request for blocks, folded into [`PickerMsg::Blocks`].
+#[derive(Debug)]
+pub struct PickRequest {
+    /// How many blocks at most.
+    pub max: usize,
+    /// An empty vector to fill, lent as in [`PickerMsg::Pick`].
+    pub buf: Vec<BlockInfo>,
 }
 
 /// Everything the picker actor needs at start.
@@ -246,6 +256,8 @@ pub async fn run(setup: PickerSetup, mut inbox: Mailbox<PickerMsg>) {
         storage,
     };
     let mut shutdown: Option<ReplyTo<Bitfield>> = None;
+    // Complete pieces from the message at hand, to hand to the hasher.
+    let mut jobs: Vec<HashJob> = Vec::new();
     loop {
         enum Ev {
             Msg(Option<PickerMsg>),
@@ -272,10 +284,13 @@ pub async fn run(setup: PickerSetup, mut inbox: Mailbox<PickerMsg>) {
             Ev::Msg(None) => break,
             Ev::Msg(Some(PickerMsg::Shutdown { reply })) => shutdown = Some(reply),
             Ev::Msg(Some(msg)) => {
-                if let Some(job) = st.handle(msg) {
-                    if hasher.submit(job).await.is_err() {
-                        break;
-                    }
+                st.handle(msg, &mut jobs);
+                let mut stopped = false;
+                for job in jobs.drain(..) {
+                    stopped = stopped || hasher.submit(job).await.is_err();
+                }
+                if stopped {
+                    break;
                 }
             }
         }
@@ -286,8 +301,8 @@ pub async fn run(setup: PickerSetup, mut inbox: Mailbox<PickerMsg>) {
 }
 
 impl State {
-    /// Handles one message; returns a complete piece to hash, if the message completed one.
-    fn handle(&mut self, msg: PickerMsg) -> Option<HashJob> {
+    /// Handles one message; pieces it completes go to `jobs`, to be hashed.
+    fn handle(&mut self, msg: PickerMsg, jobs: &mut Vec<HashJob>) {
         match msg {
             PickerMsg::Join { peer, addr, notes } => {
                 let has = Bitfield::new(self.lengths.num_pieces());
@@ -320,20 +335,17 @@ impl State {
                     }
                 }
             }
-            PickerMsg::Pick { peer, max, mut buf } => {
-                buf.clear();
-                let paused = self
-                    .paused
-                    .is_some_and(|t| t.elapsed() < PAUSE_AFTER_WRITE_FAILURE);
-                let allow_new = !paused && self.reserved_bytes() < self.budget;
-                if let Some(slot) = self.peers.get_mut(&peer) {
-                    self.policy.set_new_pieces_allowed(allow_new);
-                    self.policy.pick(peer, &slot.has, max, &mut buf);
-                    slot.starved = buf.is_empty();
-                    let _ = slot.notes.try_send(PeerNote::Grant(buf));
+            PickerMsg::Pick { peer, max, buf } => self.pick(peer, max, buf),
+            PickerMsg::Blocks { peer, blocks, pick } => {
+                jobs.extend(
+                    blocks
+                        .into_iter()
+                        .filter_map(|(block, data)| self.block(peer, block, data)),
+                );
+                if let Some(PickRequest { max, buf }) = pick {
+                    self.pick(peer, max, buf);
                 }
             }
-            PickerMsg::Block { peer, block, data } => return self.block(peer, block, data),
             PickerMsg::Release { peer, blocks } => {
                 for b in blocks {
                     self.policy.block_released(peer, b);
@@ -374,7 +386,21 @@ impl State {
             PickerMsg::Verified { reply } => reply.send(self.policy.have().clone()),
             PickerMsg::Shutdown { .. } => unreachable!("handled by the loop"),
         }
-        None
+    }
+
+    /// Answers a peer's pick with a grant of up to `max` blocks, in `buf`.
+    fn pick(&mut self, peer: PeerKey, max: usize, mut buf: Vec<BlockInfo>) {
+        buf.clear();
+        let paused = self
+            .paused
+            .is_some_and(|t| t.elapsed() < PAUSE_AFTER_WRITE_FAILURE);
+        let allow_new = !paused && self.reserved_bytes() < self.budget;
+        if let Some(slot) = self.peers.get_mut(&peer) {
+            self.policy.set_new_pieces_allowed(allow_new);
+            self.policy.pick(peer, &slot.has, max, &mut buf);
+            slot.starved = buf.is_empty();
+            let _ = slot.notes.try_send(PeerNote::Grant(buf));
+        }
     }
 
     /// Bytes held by pieces in progress (counted whole) and pieces in flight.
