@@ -5,7 +5,15 @@
 //! - (a) a `shoal seed` process, a `shoal download` process, at each request depth;
 //! - (b) a libtorrent seeder (benches/helpers/lt_bench.py), `shoal download`, at each depth;
 //! - (c) the same libtorrent seeder with a libtorrent downloader, and with aria2c (which finds
-//!   the seeder through an embedded tracker: it cannot be given a peer on its command line).
+//!   the seeder through an embedded tracker: it cannot be given a peer on its command line);
+//! - (floor) what the machine can do for the same job without any protocol: in this process, a
+//!   sender thread reads the file piece by piece (`read_exact_at`) into a socket on loopback, a
+//!   receiver thread reads each piece, checks its SHA-1 against the torrent and `write_all_at`s
+//!   it to a fresh file. Its time runs from starting the threads (connected already) to the
+//!   last write; "down CPU" is the receiver thread's, "seed CPU" the sender's.
+//!
+//! Once per run it also prints SHA-1 on one core in memory (a 64 MiB buffer, median of five):
+//! the ceiling for a downloader that hashes on one core.
 //!
 //! Every downloader is its own process, so its CPU time (user + system, all threads) comes from
 //! `wait4`; the seeder's CPU per download is read from `/proc/<pid>/stat` before and after.
@@ -17,18 +25,23 @@
 //!
 //! Knobs: `SHOAL_BENCH_MIB` (default 1024), `SHOAL_BENCH_RUNS` (3), `SHOAL_BENCH_DEPTHS`
 //! (`5,16,64`), `SHOAL_BENCH_PIECES` (KiB, `1024,256`), `SHOAL_BENCH_CASES` (a subset of
-//! `a,b,lt,aria2`), `SHOAL_BENCH_VERBOSE=1` echoes the children's output.
+//! `floor,a,b,lt,aria2`), `SHOAL_BENCH_VERBOSE=1` echoes the children's output.
 
 #[path = "support/mod.rs"]
 mod support;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use sha1::{Digest, Sha1};
 use shoal_actors::tracker_server::TrackerServer;
+use shoal_engine::metainfo::Metainfo;
 use support::{median, Proc};
 
 /// The longest a single download may take before the run is given up.
@@ -44,6 +57,9 @@ fn env_list<T: std::str::FromStr>(name: &str, default: &str) -> Vec<T> {
         .filter_map(|s| s.trim().parse().ok())
         .collect()
 }
+
+/// Width of the case column.
+const LABEL: usize = 41;
 
 /// One measured download.
 #[derive(Clone, Copy, Debug)]
@@ -181,12 +197,95 @@ impl Bench {
     }
 }
 
+/// The floor case: `data` sent as `meta`'s pieces over loopback TCP from one thread to another,
+/// which checks each piece's SHA-1 and writes it at its offset into a new file in `out`.
+fn floor(data: &Path, meta: &Metainfo, out: &Path) -> Result<Sample, String> {
+    let lengths = meta.info.lengths;
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| format!("local addr: {e}"))?;
+    // Connected before the clock starts, so that a side failing early cannot leave the other
+    // waiting in accept: dropping its stream wakes the other with an error.
+    let mut tx = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    let (mut rx, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
+    let target = out.join(&meta.info.name);
+    let piece_len = lengths.piece_length() as usize;
+    let started = Instant::now();
+    let (sent, received) = std::thread::scope(|s| {
+        let sender = s.spawn(move || -> std::io::Result<f64> {
+            let cpu = support::thread_cpu();
+            let file = File::open(data)?;
+            let mut buf = vec![0u8; piece_len];
+            for piece in 0..lengths.num_pieces() {
+                let buf = &mut buf[..lengths.piece_len(piece) as usize];
+                file.read_exact_at(buf, lengths.piece_offset(piece))?;
+                tx.write_all(buf)?;
+            }
+            Ok(support::thread_cpu() - cpu)
+        });
+        let receiver = s.spawn(move || -> std::io::Result<(Instant, f64, u32)> {
+            let cpu = support::thread_cpu();
+            let file = File::create(&target)?;
+            let mut buf = vec![0u8; piece_len];
+            let mut bad = 0;
+            for piece in 0..lengths.num_pieces() {
+                let buf = &mut buf[..lengths.piece_len(piece) as usize];
+                rx.read_exact(buf)?;
+                let digest = Sha1::digest(&*buf);
+                match meta.info.pieces.get(piece as usize) {
+                    Some(hash) if hash[..] == digest[..] => {}
+                    _ => bad += 1,
+                }
+                file.write_all_at(buf, lengths.piece_offset(piece))?;
+            }
+            Ok((Instant::now(), support::thread_cpu() - cpu, bad))
+        });
+        (sender.join(), receiver.join())
+    });
+    let cpu_seed = sent
+        .map_err(|_| "sender panicked".to_string())?
+        .map_err(|e| format!("sender: {e}"))?;
+    let (finished, cpu_down, bad) = received
+        .map_err(|_| "receiver panicked".to_string())?
+        .map_err(|e| format!("receiver: {e}"))?;
+    if bad > 0 {
+        return Err(format!("{bad} pieces failed their hash check"));
+    }
+    let got = std::fs::metadata(out.join(&meta.info.name)).map(|m| m.len());
+    if got.as_ref().ok() != Some(&lengths.total_length()) {
+        return Err(format!(
+            "output has {got:?} bytes, expected {}",
+            lengths.total_length()
+        ));
+    }
+    Ok(Sample {
+        secs: finished.duration_since(started).as_secs_f64(),
+        cpu_down,
+        cpu_seed,
+    })
+}
+
+/// SHA-1 on one core in memory, MB/s: the median of five passes over a 64 MiB buffer.
+fn sha1_one_core() -> f64 {
+    let mut buf = vec![0u8; 64 << 20];
+    fastrand::Rng::with_seed(1).fill(&mut buf);
+    let rates = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            std::hint::black_box(Sha1::digest(std::hint::black_box(&buf)));
+            support::mb_per_s(buf.len() as u64, t.elapsed())
+        })
+        .collect();
+    median(rates)
+}
+
 fn main() {
     let mib = support::size_mib(1024);
     let runs = support::runs(3);
     let depths: Vec<usize> = env_list("SHOAL_BENCH_DEPTHS", "5,16,64");
     let pieces: Vec<u32> = env_list("SHOAL_BENCH_PIECES", "1024,256");
-    let cases: Vec<String> = env_list("SHOAL_BENCH_CASES", "a,b,lt,aria2");
+    let cases: Vec<String> = env_list("SHOAL_BENCH_CASES", "floor,a,b,lt,aria2");
     let has = |c: &str| cases.iter().any(|x| x == c);
     let lt = support::have_libtorrent();
     let aria2 = support::have_program("aria2c");
@@ -201,6 +300,8 @@ fn main() {
         support::machine(),
         support::load()
     );
+    let sha1_mbs = sha1_one_core();
+    println!("sha1 on one core, in memory: {sha1_mbs:.0} MB/s");
 
     let dir = support::bench_dir("throughput");
     let data = support::data_file(&dir, mib);
@@ -219,6 +320,10 @@ fn main() {
 
     for &piece_kib in &pieces {
         let torrent = support::torrent_for(&data, piece_kib << 10);
+        let meta = std::fs::read(&torrent)
+            .map_err(|e| e.to_string())
+            .and_then(|b| Metainfo::from_bytes(&b).map_err(|e| e.to_string()))
+            .unwrap_or_else(|e| panic!("read {}: {e}", torrent.display()));
         println!("\n{mib} MiB, {piece_kib} KiB pieces, {runs} runs");
 
         let shoal_port = support::free_port();
@@ -258,7 +363,7 @@ fn main() {
                 let load = support::load();
                 match s {
                     Some(s) => println!(
-                        "  run {} {label:<34} {:>7.1} MB/s  {:>6.2} s  down CPU {:>5.2} s/GiB  \
+                        "  run {} {label:<LABEL$} {:>7.1} MB/s  {:>6.2} s  down CPU {:>5.2} s/GiB  \
                          seed CPU {:>5.2} s/GiB  load {load}",
                         run + 1,
                         bench.bytes as f64 / 1e6 / s.secs,
@@ -266,7 +371,7 @@ fn main() {
                         s.cpu_down / gib,
                         s.cpu_seed / gib
                     ),
-                    None => println!("  run {} {label:<34} failed  load {load}", run + 1),
+                    None => println!("  run {} {label:<LABEL$} failed  load {load}", run + 1),
                 }
                 let e = results
                     .entry((piece_kib, case_no))
@@ -275,6 +380,13 @@ fn main() {
                 e.2.push(load);
                 case_no += 1;
             };
+            if has("floor") {
+                let out = bench.fresh_out("floor");
+                let s = floor(&data, &meta, &out)
+                    .inspect_err(|e| eprintln!("  floor: {e}"))
+                    .ok();
+                record("(floor) TCP + SHA-1 + pwrite, no protocol".into(), s);
+            }
             if has("a") {
                 for &d in &depths {
                     let out = bench.fresh_out("a");
@@ -337,7 +449,7 @@ fn main() {
         drop(shoal_seed);
         drop(lt_seed);
     }
-    for case in ["a", "b", "lt", "aria2"] {
+    for case in ["floor", "a", "b", "lt", "aria2"] {
         let _ = std::fs::remove_dir_all(dir.join(format!("out-{case}")));
     }
 
@@ -345,7 +457,7 @@ fn main() {
         "\nmedians ({mib} MiB file hot in page cache, loopback, time from spawn to complete):"
     );
     println!(
-        "{:>6}  {:<34} {:>8} {:>14} {:>14}  loads during runs",
+        "{:>6}  {:<LABEL$} {:>8} {:>14} {:>14}  loads during runs",
         "pieces", "case", "MB/s", "down CPU s/GiB", "seed CPU s/GiB"
     );
     for ((piece_kib, _), (label, samples, loads)) in &results {
@@ -362,12 +474,16 @@ fn main() {
             .map(|l| l.split(' ').next().unwrap_or("?"))
             .collect();
         println!(
-            "{:>5}K  {label:<34} {mbs:>8.1} {cd:>14.2} {cs:>14.2}  {} ({} of {} ok)",
+            "{:>5}K  {label:<LABEL$} {mbs:>8.1} {cd:>14.2} {cs:>14.2}  {} ({} of {} ok)",
             piece_kib,
             loads.join(" "),
             samples.len(),
             loads.len()
         );
     }
+    println!(
+        "{:>6}  {:<LABEL$} {sha1_mbs:>8.0}",
+        "-", "sha1 on one core, in memory"
+    );
     tracker.shutdown();
 }
