@@ -141,6 +141,8 @@ impl Bench {
         let out = self.dir.join(format!("out-{case}"));
         let _ = std::fs::remove_dir_all(&out);
         std::fs::create_dir_all(&out).expect("create output folder");
+        // Write back what earlier runs left dirty, so that no run pays for another's writeback.
+        let _ = Command::new("sync").status();
         out
     }
 

@@ -17,10 +17,11 @@ use std::sync::Arc;
 use async_channel::{Receiver, Sender};
 use shoal_engine::lengths::BLOCK_LEN;
 
-/// How many idle buffers a pool keeps for reuse; the rest are freed.
-const RECYCLE_CAPACITY: usize = 4096;
+/// How many idle buffers a pool keeps for reuse (16 MiB); the rest are freed, so a burst's
+/// memory goes back once it is over.
+const RECYCLE_CAPACITY: usize = 1024;
 
-/// A source of recycled block buffers, shared by every peer of a torrent (or a session).
+/// A source of recycled block buffers, shared by every torrent using the same disk threads.
 pub struct BlockPool {
     /// Bytes held by live blocks.
     used: AtomicUsize,

@@ -429,6 +429,9 @@ pub enum DiskJob {
 pub struct Disk {
     /// The threads and their job queue, bounded by [`DISK_QUEUE`].
     workers: Workers<DiskJob>,
+    /// The block buffers of everything that uses these threads: uploads read into them, and
+    /// torrents receive into them. One pool, so idle buffers are recycled across torrents.
+    blocks: Arc<BlockPool>,
 }
 
 impl fmt::Debug for Disk {
@@ -440,12 +443,18 @@ impl fmt::Debug for Disk {
 }
 
 impl Disk {
-    /// Starts `threads` disk threads; upload reads take buffers from `uploads`.
-    pub fn spawn(threads: usize, uploads: Arc<BlockPool>) -> Self {
+    /// Starts `threads` disk threads; upload reads take buffers from `blocks`.
+    pub fn spawn(threads: usize, blocks: Arc<BlockPool>) -> Self {
+        let uploads = blocks.clone();
         let workers = Workers::spawn("shoal-disk", threads, DISK_QUEUE, move |job| {
             serve(&uploads, job)
         });
-        Self { workers }
+        Self { workers, blocks }
+    }
+
+    /// The block buffers shared by the users of these threads.
+    pub fn blocks(&self) -> &Arc<BlockPool> {
+        &self.blocks
     }
 
     /// The job queue, for the hasher and peers.

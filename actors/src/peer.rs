@@ -672,7 +672,9 @@ impl Peer {
             return None;
         }
         let max = self.depth.checked_sub(self.outstanding.len())?;
-        if max == 0 {
+        // A deep queue is topped up in batches of a quarter of it, not block by block: one
+        // round trip to the picker per batch.
+        if max == 0 || max < self.depth / 4 {
             return None;
         }
         let buf = self.grant_buf.take()?;

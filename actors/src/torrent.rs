@@ -404,8 +404,8 @@ pub(crate) async fn start(add: AddTorrent, ctx: SessionContext) -> Result<Torren
     }
 
     let storage = Arc::new(storage);
-    let downloads = BlockPool::new();
     let disk = ctx.disk.clone();
+    let downloads = disk.blocks().clone();
     let hasher = ctx.hasher.clone();
     // Every piece in flight reports once: in the hasher's queue or threads, or in the disk's.
     // The pools are shared, so this bounds one torrent's pieces in flight too.
