@@ -2,7 +2,8 @@
 //! Run with `cargo bench --bench throughput`.
 //!
 //! Cases, for 1 MiB and 256 KiB pieces:
-//! - (a) a `shoal seed` process, a `shoal download` process, at each request depth;
+//! - (a) a `shoal seed` process, a `shoal download` process, at each request depth given
+//!   (`--queue-depth`, the floor of the adaptive queue; by default only 5, the default);
 //! - (b) a libtorrent seeder (benches/helpers/lt_bench.py), `shoal download`, at each depth;
 //! - (c) the same libtorrent seeder with a libtorrent downloader, and with aria2c (which finds
 //!   the seeder through an embedded tracker: it cannot be given a peer on its command line);
@@ -21,10 +22,11 @@
 //! on-bt-download-complete hook), so it includes start-up: process start, the check of the
 //! empty file, connecting. The source file lives in the temp folder between runs and is read
 //! before timing, so it is hot in the page cache; downloads land in the page cache too (the
-//! machine has far more RAM than the file), and each output is deleted before the next run.
+//! machine has far more RAM than the file), and each output is deleted, and everything dirty
+//! written back (`sync`), before the next run.
 //!
-//! Knobs: `SHOAL_BENCH_MIB` (default 1024), `SHOAL_BENCH_RUNS` (3), `SHOAL_BENCH_DEPTHS`
-//! (`5,16,64`), `SHOAL_BENCH_PIECES` (KiB, `1024,256`), `SHOAL_BENCH_CASES` (a subset of
+//! Knobs: `SHOAL_BENCH_MIB` (default 1024), `SHOAL_BENCH_RUNS` (5), `SHOAL_BENCH_DEPTHS`
+//! (`5`; `5,16,64` compares floors), `SHOAL_BENCH_PIECES` (KiB, `1024,256`), `SHOAL_BENCH_CASES` (a subset of
 //! `floor,a,b,lt,aria2`), `SHOAL_BENCH_VERBOSE=1` echoes the children's output.
 
 #[path = "support/mod.rs"]
@@ -284,8 +286,8 @@ fn sha1_one_core() -> f64 {
 
 fn main() {
     let mib = support::size_mib(1024);
-    let runs = support::runs(3);
-    let depths: Vec<usize> = env_list("SHOAL_BENCH_DEPTHS", "5,16,64");
+    let runs = support::runs(5);
+    let depths: Vec<usize> = env_list("SHOAL_BENCH_DEPTHS", "5");
     let pieces: Vec<u32> = env_list("SHOAL_BENCH_PIECES", "1024,256");
     let cases: Vec<String> = env_list("SHOAL_BENCH_CASES", "floor,a,b,lt,aria2");
     let has = |c: &str| cases.iter().any(|x| x == c);

@@ -27,6 +27,8 @@ fn loopback() -> SocketAddr {
 }
 
 fn session(rt: &Runtime) -> Session {
+    // Logs (RUST_LOG) show with a failing test's output.
+    let _ = env_logger::builder().is_test(true).try_init();
     Session::with_spawner(
         SessionSettings {
             listen: loopback(),

@@ -690,6 +690,59 @@ fn encode_reply(interval: u32) -> Vec<u8> {
     shoal::engine::tracker::encode_announce_reply(interval, &[], true, 0, 1)
 }
 
+/// Each announce asks for its connection to be closed, so that clients do not hold a
+/// tracker's workers between announces: twenty torrents announcing one after the other to the
+/// embedded tracker are all answered at once (with connections kept open, tiny_http queued a
+/// new connection behind idle ones, and an announce waited for the whole request timeout).
+#[test]
+fn announces_close_their_connection_and_many_clients_are_answered_at_once() {
+    // What our client sends, seen by a raw listener.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while head.len() < 16 * 1024 && !head.ends_with(b"\r\n\r\n") {
+            match s.read(&mut byte) {
+                Ok(1) => head.push(byte[0]),
+                _ => break,
+            }
+        }
+        let _ = s.write_all(&http_200(&encode_reply(60)));
+        String::from_utf8_lossy(&head).to_ascii_lowercase()
+    });
+    run_bounded(10, async {
+        let url = format!("http://{addr}/announce");
+        announce_once(&url, &request(hash(24), 1, 1, None), &fast_timing())
+            .await
+            .expect("announce");
+    });
+    let head = seen.join().unwrap();
+    assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+
+    // The embedded tracker and twenty clients, each one's first announce bounded.
+    let tracker = server(60);
+    run_bounded(60, async {
+        let mut clients = Vec::new();
+        for i in 0..20u16 {
+            let c = spawn_client(one(&tracker.announce_url()), hash(25), 48000 + i, 1);
+            let start = Instant::now();
+            until(|| c.client.status()[0].announces >= 1).await;
+            assert!(
+                start.elapsed() < Duration::from_secs(3),
+                "client {i} waited {:?} for its first answer",
+                start.elapsed()
+            );
+            clients.push(c);
+        }
+        for c in clients {
+            c.client.stop().await;
+        }
+    });
+}
+
 #[test]
 fn announce_once_rejects_unusable_urls() {
     run_bounded(5, async {

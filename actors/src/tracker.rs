@@ -432,11 +432,7 @@ impl Actor {
             }
         }
         let timeout = config.timing.request_timeout;
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(timeout)
-            .timeout(timeout)
-            .user_agent(concat!("shoal/", env!("CARGO_PKG_VERSION")))
-            .build();
+        let agent = http_agent(timeout);
         Actor {
             tiers,
             info_hash: config.info_hash,
@@ -709,9 +705,7 @@ pub async fn announce_once(
         tracker_id: None,
         udp: None,
     };
-    let agent = ureq::AgentBuilder::new()
-        .timeout(timing.request_timeout)
-        .build();
+    let agent = http_agent(timing.request_timeout);
     announce_to(&agent, timing, &mut tracker, req).await
 }
 
@@ -726,9 +720,7 @@ pub async fn scrape(
         Proto::Http => {
             let url =
                 scrape_url(announce_url).ok_or(AnnounceError::Tracker(TrackerError::NoScrape))?;
-            let agent = ureq::AgentBuilder::new()
-                .timeout(timing.request_timeout)
-                .build();
+            let agent = http_agent(timing.request_timeout);
             let body = http_get(
                 &agent,
                 scrape_request_url(&url, info_hashes),
@@ -742,6 +734,17 @@ pub async fn scrape(
 }
 
 /// A GET on smol's blocking pool, bounded in time and in body size.
+/// The HTTP client for trackers: no idle connections kept (a tracker is asked once per
+/// interval), every step bounded by `timeout`.
+fn http_agent(timeout: Duration) -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .max_idle_connections(0)
+        .timeout_connect(timeout)
+        .timeout(timeout)
+        .user_agent(concat!("shoal/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
 async fn http_get(
     agent: &ureq::Agent,
     url: String,
@@ -758,7 +761,9 @@ async fn http_get(
 }
 
 fn fetch_blocking(agent: &ureq::Agent, url: &str) -> Result<Vec<u8>, AnnounceError> {
-    match agent.get(url).call() {
+    // One request per interval: keeping the connection open would only hold one of the
+    // tracker's workers (the embedded tracker's among them) for nothing.
+    match agent.get(url).set("Connection", "close").call() {
         Ok(resp) => read_body(resp),
         Err(ureq::Error::Status(code, resp)) => {
             // Some trackers give their failure reason with an error status.
