@@ -11,7 +11,11 @@ use common::{shoal, shoal_bin, ChildGuard};
 
 /// Starts `shoal tracker` on a free port and returns it with its announce URL.
 fn start_tracker() -> (ChildGuard, String) {
-    let mut cmd = Command::new(shoal_bin());
+    start_tracker_with(Command::new(shoal_bin()))
+}
+
+/// Starts `cmd` (which runs the shoal binary) as `shoal tracker` on a free port.
+fn start_tracker_with(mut cmd: Command) -> (ChildGuard, String) {
     cmd.args(["tracker", "--listen", "127.0.0.1:0", "--interval", "2"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
@@ -27,6 +31,53 @@ fn start_tracker() -> (ChildGuard, String) {
         "announce URL: {url:?}"
     );
     (guard, url)
+}
+
+/// The tracker runs out of file descriptors (a limit of 32, 60 idle clients), keeps running,
+/// and answers again once clients leave.
+#[test]
+fn the_tracker_survives_running_out_of_file_descriptors() {
+    common::require_program("prlimit");
+    let mut cmd = Command::new("prlimit");
+    cmd.args(["--nofile=32", "--"]).arg(shoal_bin());
+    let (mut tracker, url) = start_tracker_with(cmd);
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/announce")
+        .to_string();
+    let announce = |addr: &str| -> Option<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+        let q = "info_hash=aaaaaaaaaaaaaaaaaaaa&peer_id=bbbbbbbbbbbbbbbbbbbb&port=6881&left=1";
+        write!(s, "GET /announce?{q} HTTP/1.1\r\nHost: {addr}\r\n\r\n").ok()?;
+        let mut reply = Vec::new();
+        s.read_to_end(&mut reply).ok()?;
+        Some(String::from_utf8_lossy(&reply).into_owned())
+    };
+    // Connections the kernel completes but the tracker cannot accept (no descriptor left).
+    let idle: Vec<std::net::TcpStream> = (0..60)
+        .filter_map(|_| std::net::TcpStream::connect(&addr).ok())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    drop(idle);
+    // The tracker closes the idle ones it accepted after its client timeout (10 s).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let reply = loop {
+        if let Some(r) = announce(&addr).filter(|r| r.starts_with("HTTP/1.1 200")) {
+            break r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the tracker did not answer again within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(reply.contains("8:intervali2e"), "{reply}");
+    assert!(
+        tracker.child().try_wait().expect("poll tracker").is_none(),
+        "the tracker exited"
+    );
 }
 
 #[test]

@@ -743,6 +743,53 @@ fn announces_close_their_connection_and_many_clients_are_answered_at_once() {
     });
 }
 
+/// Idle and misbehaving clients of the embedded tracker cost it nothing that others notice:
+/// 200 connections that never send a byte, one sending a huge head, one sending junk, one
+/// POST; an announce meanwhile is answered at once, and each bad request gets its status.
+#[test]
+fn the_embedded_tracker_answers_while_clients_idle_or_misbehave() {
+    let tracker = server(60);
+    let addr = tracker.local_addr();
+    let idle: Vec<TcpStream> = (0..200)
+        .map(|_| TcpStream::connect(addr).expect("connect"))
+        .collect();
+    let status_of_reply = |request: &[u8]| -> String {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = s.write_all(request);
+        let mut reply = Vec::new();
+        let _ = s.read_to_end(&mut reply);
+        String::from_utf8_lossy(&reply)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string()
+    };
+    let mut huge = b"GET /announce?".to_vec();
+    huge.extend(std::iter::repeat_n(b'a', 64 * 1024));
+    assert!(status_of_reply(&huge).contains(" 431 "));
+    assert!(status_of_reply(b"\x00\x01junk\r\n\r\n").contains(" 400 "));
+    assert!(status_of_reply(b"POST /announce HTTP/1.1\r\n\r\n").contains(" 405 "));
+    assert!(status_of_reply(b"GET /nothing HTTP/1.1\r\n\r\n").contains(" 404 "));
+    let start = Instant::now();
+    let reply = run_bounded(10, async {
+        announce_once(
+            &tracker.announce_url(),
+            &request(hash(26), 6881, 1, Some(Event::Started)),
+            &fast_timing(),
+        )
+        .await
+        .expect("announce")
+    });
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(reply.incomplete, Some(1));
+    drop(idle);
+}
+
 #[test]
 fn announce_once_rejects_unusable_urls() {
     run_bounded(5, async {

@@ -1,10 +1,11 @@
 //! An embedded HTTP tracker: an open tracker for local swarms, tests and demos.
 //!
-//! One thread owns the swarm table and answers requests one at a time; `tiny_http` reads
-//! requests on its own threads, so a slow client never holds the table. Announce replies are
-//! compact (BEP 23, with `peers6` from BEP 7) unless the client sends `compact=0`. Any info
-//! hash is accepted, within bounds on torrents and peers per torrent so a flood cannot exhaust
-//! memory.
+//! One thread runs a small single-threaded executor: it accepts connections, reads each
+//! request (parsed by `httparse`, bounded in size and time), answers from the swarm table it
+//! owns, and closes the connection. Many slow or idle clients cost a task each, never a thread,
+//! and running out of file descriptors only pauses accepting. Announce replies are compact
+//! (BEP 23, with `peers6` from BEP 7) unless the client sends `compact=0`. Any info hash is
+//! accepted, within bounds on torrents and peers per torrent so a flood cannot exhaust memory.
 //!
 //! ```no_run
 //! use shoal_actors::tracker_server::TrackerServer;
@@ -13,26 +14,36 @@
 //! server.shutdown();
 //! ```
 
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::rc::Rc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use async_channel::{Receiver, Sender};
+use futures_lite::{future, AsyncReadExt, AsyncWriteExt, FutureExt};
 use shoal_engine::tracker::{
     encode_announce_reply, encode_failure, encode_scrape_reply, parse_announce_query,
     parse_scrape_query, AnnounceQuery, Event, ScrapeStats,
 };
 use shoal_engine::{InfoHash, PeerId};
+use smol::net::TcpStream;
+use smol::Timer;
 
 /// Peers returned when the client does not say how many it wants.
 pub const DEFAULT_NUMWANT: u32 = 50;
 /// The most peers returned in one reply, whatever the client asks.
 pub const MAX_NUMWANT: u32 = 200;
-/// How often the serving thread wakes to expire peers and check for shutdown.
-const TICK: Duration = Duration::from_millis(250);
+/// The longest a client may take to send its request and read the answer.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest request head read; a longer one is refused.
+const MAX_REQUEST: usize = 16 * 1024;
+/// Connections served at once; more are closed as soon as they are accepted.
+const MAX_CLIENTS: usize = 1024;
+/// How long accepting pauses after it fails (out of file descriptors, say).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// How the embedded tracker behaves.
 #[derive(Clone, Debug)]
@@ -58,12 +69,10 @@ impl Default for TrackerServerOptions {
 
 /// A running embedded tracker. Dropping it (or [`TrackerServer::shutdown`]) stops it.
 pub struct TrackerServer {
-    /// The HTTP server, shared with the serving thread.
-    server: Arc<tiny_http::Server>,
     /// The address it listens on.
     addr: SocketAddr,
-    /// Set to ask the serving thread to end.
-    stop: Arc<AtomicBool>,
+    /// Closed to ask the serving thread to end.
+    stop: Sender<()>,
     /// The serving thread, joined at shutdown.
     thread: Option<JoinHandle<()>>,
 }
@@ -86,20 +95,13 @@ impl TrackerServer {
     pub fn bind_with(addr: SocketAddr, options: TrackerServerOptions) -> io::Result<TrackerServer> {
         let listener = TcpListener::bind(addr)?;
         let addr = listener.local_addr()?;
-        let server = tiny_http::Server::from_listener(listener, None)
-            .map_err(|e| io::Error::other(format!("cannot start http server: {e}")))?;
-        let server = Arc::new(server);
-        let stop = Arc::new(AtomicBool::new(false));
+        let listener = smol::net::TcpListener::try_from(listener)?;
+        let (stop, stopped) = async_channel::bounded(1);
         let thread = std::thread::Builder::new()
             .name("shoal-tracker".into())
-            .spawn({
-                let server = Arc::clone(&server);
-                let stop = Arc::clone(&stop);
-                move || serve(&server, &stop, Swarms::new(options))
-            })?;
+            .spawn(move || smol::block_on(serve(listener, stopped, Swarms::new(options))))?;
         log::info!("tracker listening on http://{addr}/announce");
         Ok(TrackerServer {
-            server,
             addr,
             stop,
             thread: Some(thread),
@@ -129,8 +131,7 @@ impl TrackerServer {
 
 impl Drop for TrackerServer {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.server.unblock();
+        self.stop.close();
         if let Some(thread) = self.thread.take() {
             if thread.join().is_err() {
                 log::error!("tracker thread panicked");
@@ -139,40 +140,124 @@ impl Drop for TrackerServer {
     }
 }
 
-/// The serving loop: answers requests until asked to stop.
-fn serve(server: &tiny_http::Server, stop: &AtomicBool, mut swarms: Swarms) {
-    let mut last_expiry = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
-        let request = match server.recv_timeout(TICK) {
-            Ok(request) => request,
-            Err(e) => {
-                log::debug!("tracker: receive failed: {e}");
-                None
+/// The serving loop: accepts and answers until asked to stop. Every client is a task on one
+/// thread, so the swarm table needs no lock.
+async fn serve(listener: smol::net::TcpListener, stop: Receiver<()>, swarms: Swarms) {
+    let swarms = Rc::new(RefCell::new(swarms));
+    let clients = Rc::new(Cell::new(0usize));
+    let ex = smol::LocalExecutor::new();
+    let accept = async {
+        // Whether the last accept failed: a streak of failures is logged once.
+        let mut failing = false;
+        loop {
+            match listener.accept().await {
+                Ok((stream, remote)) => {
+                    failing = false;
+                    if clients.get() >= MAX_CLIENTS {
+                        log::debug!("tracker: {MAX_CLIENTS} clients already, closing {remote}");
+                        continue;
+                    }
+                    clients.set(clients.get() + 1);
+                    let (swarms, clients) = (swarms.clone(), clients.clone());
+                    ex.spawn(async move {
+                        let served = answer(stream, remote, &swarms)
+                            .or(async {
+                                Timer::after(CLIENT_TIMEOUT).await;
+                                Err(io::ErrorKind::TimedOut.into())
+                            })
+                            .await;
+                        if let Err(e) = served {
+                            log::debug!("tracker: client {remote}: {e}");
+                        }
+                        clients.set(clients.get() - 1);
+                    })
+                    .detach();
+                }
+                Err(e) => {
+                    // Out of file descriptors, say: wait for some to be closed.
+                    if !failing {
+                        log::warn!("tracker: cannot accept connections: {e}; retrying");
+                    }
+                    failing = true;
+                    Timer::after(ACCEPT_BACKOFF).await;
+                }
             }
-        };
-        let now = Instant::now();
-        if now.duration_since(last_expiry) >= swarms.interval {
-            swarms.expire_all(now);
-            last_expiry = now;
         }
-        let Some(request) = request else { continue };
-        let remote = request.remote_addr().map(|a| a.ip().to_canonical());
-        let (path, query) = request.url().split_once('?').unwrap_or((request.url(), ""));
-        let (status, body) = match (path, remote) {
-            ("/announce", Some(remote)) => (200, swarms.announce(query, remote, now)),
-            ("/announce", None) => (200, encode_failure("no remote address")),
-            ("/scrape", _) => (200, swarms.scrape(query)),
+    };
+    ex.run(future::or(accept, async {
+        let _ = stop.recv().await;
+    }))
+    .await;
+}
+
+/// Reads one request from `stream`, answers it and closes the connection.
+async fn answer(
+    mut stream: TcpStream,
+    remote: SocketAddr,
+    swarms: &RefCell<Swarms>,
+) -> io::Result<()> {
+    let mut head = vec![0u8; 2048];
+    let mut len = 0;
+    let target = loop {
+        if len == head.len() {
+            if head.len() >= MAX_REQUEST {
+                return respond(&mut stream, 431, &encode_failure("request too large")).await;
+            }
+            head.resize(head.len() * 2, 0);
+        }
+        let n = stream.read(&mut head[len..]).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        len += n;
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&head[..len]) {
+            Ok(httparse::Status::Complete(_)) => {
+                if req.method != Some("GET") {
+                    return respond(&mut stream, 405, &encode_failure("use GET")).await;
+                }
+                break req.path.unwrap_or("/").to_string();
+            }
+            Ok(httparse::Status::Partial) => {}
+            Err(e) => {
+                let reason = format!("malformed request: {e}");
+                return respond(&mut stream, 400, &encode_failure(&reason)).await;
+            }
+        }
+    };
+    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    let now = Instant::now();
+    let (status, body) = {
+        let mut swarms = swarms.borrow_mut();
+        swarms.expire_if_due(now);
+        match path {
+            "/announce" => (200, swarms.announce(query, remote.ip().to_canonical(), now)),
+            "/scrape" => (200, swarms.scrape(query)),
             _ => (404, encode_failure("not found: use /announce or /scrape")),
-        };
-        let response = tiny_http::Response::from_data(body)
-            .with_status_code(status)
-            .with_header(
-                tiny_http::Header::from_bytes("Content-Type", "text/plain").expect("valid header"),
-            );
-        if let Err(e) = request.respond(response) {
-            log::debug!("tracker: reply not sent: {e}");
         }
-    }
+    };
+    respond(&mut stream, status, &body).await
+}
+
+/// Writes a whole response and closes our side.
+async fn respond(stream: &mut TcpStream, status: u16, body: &[u8]) -> io::Result<()> {
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        _ => "Request Header Fields Too Large",
+    };
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body);
+    stream.write_all(&out).await?;
+    stream.close().await
 }
 
 /// One peer of a swarm, as last announced.
@@ -220,6 +305,8 @@ struct Swarms {
     interval: Duration,
     /// Bounds.
     options: TrackerServerOptions,
+    /// When silent peers were last dropped from every swarm.
+    last_expiry: Instant,
 }
 
 impl Swarms {
@@ -229,6 +316,15 @@ impl Swarms {
             swarms: HashMap::new(),
             interval,
             options,
+            last_expiry: Instant::now(),
+        }
+    }
+
+    /// Drops silent peers from every swarm, once an interval.
+    fn expire_if_due(&mut self, now: Instant) {
+        if now.duration_since(self.last_expiry) >= self.interval {
+            self.expire_all(now);
+            self.last_expiry = now;
         }
     }
 
