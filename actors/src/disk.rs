@@ -47,6 +47,10 @@ pub struct Storage {
     lengths: Lengths,
     /// One open handle per file of `layout` (`None` for a file missing in read-only mode).
     files: Vec<Option<File>>,
+    /// One lock per file, held while writing to it: the kernel serialises buffered writes to
+    /// one file anyway, and a second disk thread spins on the inode lock meanwhile (5% of the
+    /// downloader's CPU in one profile); waiting here parks it instead.
+    write_locks: Vec<std::sync::Mutex<()>>,
     /// Per file, how many bytes it held before we extended it: beyond that it is a hole of
     /// zeros we made, so [`Storage::recheck`] need not read and hash it.
     existing: Vec<u64>,
@@ -110,6 +114,7 @@ impl Storage {
         Ok(Self {
             layout,
             lengths,
+            write_locks: files.iter().map(|_| std::sync::Mutex::new(())).collect(),
             files,
             existing,
             #[cfg(target_os = "linux")]
@@ -136,6 +141,7 @@ impl Storage {
     pub fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         for span in self.layout.spans(offset, data.len()) {
             let file = self.file(span.file)?;
+            let _writing = self.write_lock(span.file);
             file.write_all_at(
                 &data[span.buf_offset..span.buf_offset + span.len],
                 span.file_offset,
@@ -208,7 +214,9 @@ impl Storage {
             let len = blocks.iter().map(|b| b.len()).sum();
             let mut spans = self.layout.spans(offset, len);
             if let (Some(span), None) = (spans.next(), spans.next()) {
-                return write_all_vectored_at(self.file(span.file)?, blocks, span.file_offset);
+                let file = self.file(span.file)?;
+                let _writing = self.write_lock(span.file);
+                return write_all_vectored_at(file, blocks, span.file_offset);
             }
         }
         for b in blocks {
@@ -232,6 +240,13 @@ impl Storage {
         self.layout
             .spans(offset, len)
             .any(|s| s.file_offset < self.existing.get(s.file).copied().unwrap_or(u64::MAX))
+    }
+
+    /// Holds the write lock of file `index` (a poisoned lock is still a lock: it guards no data).
+    fn write_lock(&self, index: usize) -> Option<std::sync::MutexGuard<'_, ()>> {
+        self.write_locks
+            .get(index)
+            .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     fn file(&self, index: usize) -> io::Result<&File> {
