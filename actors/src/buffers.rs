@@ -17,9 +17,11 @@ use std::sync::Arc;
 use async_channel::{Receiver, Sender};
 use shoal_engine::lengths::BLOCK_LEN;
 
-/// How many idle buffers a pool keeps for reuse (16 MiB); the rest are freed, so a burst's
-/// memory goes back once it is over.
-const RECYCLE_CAPACITY: usize = 1024;
+/// How many idle buffers a pool keeps for reuse: 64 MiB, one torrent's default disk budget, so
+/// that a download held up by its disk recycles its buffers instead of returning them to the
+/// allocator and faulting them in again (which made a slow disk slower still). The rest are
+/// freed. One pool serves a whole session (see `Disk::blocks`).
+const RECYCLE_CAPACITY: usize = 4096;
 
 /// A source of recycled block buffers, shared by every torrent using the same disk threads.
 pub struct BlockPool {
