@@ -11,14 +11,15 @@ use common::{shoal, shoal_bin, ChildGuard};
 
 /// Starts `shoal tracker` on a free port and returns it with its announce URL.
 fn start_tracker() -> (ChildGuard, String) {
-    start_tracker_with(Command::new(shoal_bin()))
+    start_tracker_with(Command::new(shoal_bin()), Stdio::null())
 }
 
-/// Starts `cmd` (which runs the shoal binary) as `shoal tracker` on a free port.
-fn start_tracker_with(mut cmd: Command) -> (ChildGuard, String) {
+/// Starts `cmd` (which runs the shoal binary) as `shoal tracker` on a free port, its standard
+/// error going to `stderr`.
+fn start_tracker_with(mut cmd: Command, stderr: Stdio) -> (ChildGuard, String) {
     cmd.args(["tracker", "--listen", "127.0.0.1:0", "--interval", "2"])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .stderr(stderr);
     let mut guard = ChildGuard::spawn(cmd);
     let stdout = guard.child().stdout.take().expect("tracker stdout");
     let mut line = String::new();
@@ -38,9 +39,12 @@ fn start_tracker_with(mut cmd: Command) -> (ChildGuard, String) {
 #[test]
 fn the_tracker_survives_running_out_of_file_descriptors() {
     common::require_program("prlimit");
+    let dir = common::tempdir();
+    let log_path = dir.path().join("tracker.log");
+    let log = std::fs::File::create(&log_path).expect("create log");
     let mut cmd = Command::new("prlimit");
     cmd.args(["--nofile=32", "--"]).arg(shoal_bin());
-    let (mut tracker, url) = start_tracker_with(cmd);
+    let (mut tracker, url) = start_tracker_with(cmd, Stdio::from(log));
     let addr = url
         .trim_start_matches("http://")
         .trim_end_matches("/announce")
@@ -77,6 +81,12 @@ fn the_tracker_survives_running_out_of_file_descriptors() {
     assert!(
         tracker.child().try_wait().expect("poll tracker").is_none(),
         "the tracker exited"
+    );
+    // It did run out: it said so (once for the streak).
+    let log = std::fs::read_to_string(&log_path).expect("read log");
+    assert!(
+        log.contains("cannot accept connections: Too many open files"),
+        "{log}"
     );
 }
 

@@ -691,9 +691,10 @@ fn encode_reply(interval: u32) -> Vec<u8> {
 }
 
 /// Each announce asks for its connection to be closed, so that clients do not hold a
-/// tracker's workers between announces: twenty torrents announcing one after the other to the
-/// embedded tracker are all answered at once (with connections kept open, tiny_http queued a
-/// new connection behind idle ones, and an announce waited for the whole request timeout).
+/// tracker's workers between announces (with tiny_http, our embedded tracker then queued a new
+/// connection behind idle ones, and an announce waited for the whole request timeout). The
+/// header is checked on the wire; then twenty torrents announcing one after the other to the
+/// embedded tracker (which now closes every connection itself) are each answered at once.
 #[test]
 fn announces_close_their_connection_and_many_clients_are_answered_at_once() {
     // What our client sends, seen by a raw listener.

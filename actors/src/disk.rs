@@ -543,6 +543,64 @@ fn serve(uploads: &Arc<BlockPool>, job: DiskJob) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shoal_engine::lengths::BLOCK_LEN;
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("shoal-disk-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_piece_across_two_files_is_written_and_read_back_from_the_cache() {
+        let dir = scratch("span");
+        let (a, b) = (dir.join("a"), dir.join("b"));
+        let piece = 2 * BLOCK_LEN as u64;
+        let lengths = Lengths::new(10_000 + 30_000, piece).unwrap();
+        let layout = Layout::new([(a.clone(), 10_000), (b.clone(), 30_000)]);
+        let s = Storage::open(Path::new(""), layout, lengths, Mode::ReadWrite).unwrap();
+        let data: Vec<u8> = (0..piece as usize).map(|i| (i * 7 % 251) as u8).collect();
+        let pool = BlockPool::new();
+        let blocks: Vec<Block> = data
+            .chunks(BLOCK_LEN as usize)
+            .map(|c| pool.take_copy(c))
+            .collect();
+        // The first block spans both files: the per-span path, not one pwritev.
+        s.write_piece(0, &blocks).unwrap();
+        let on_disk = [std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap()].concat();
+        assert_eq!(&on_disk[..piece as usize], &data[..]);
+        let first = BlockInfo {
+            piece: 0,
+            begin: 0,
+            len: BLOCK_LEN,
+        };
+        let mut buf = vec![0u8; BLOCK_LEN as usize];
+        // Just written, so in the page cache: read without waiting, across both files.
+        let cached = s.read_block_cached(&first, &mut buf).unwrap();
+        assert_eq!(cached, cfg!(target_os = "linux"));
+        if cached {
+            assert_eq!(&buf[..], &data[..BLOCK_LEN as usize]);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_piece_of_more_blocks_than_one_pwritev_takes_is_written_whole() {
+        let dir = scratch("iov");
+        let path = dir.join("f");
+        // 1100 blocks of 16 bytes: more buffers than one call accepts (1024).
+        let len = 1100 * 16;
+        let lengths = Lengths::new(len, len).unwrap();
+        let layout = Layout::new([(path.clone(), len)]);
+        let s = Storage::open(Path::new(""), layout, lengths, Mode::ReadWrite).unwrap();
+        let data: Vec<u8> = (0..len as usize).map(|i| (i % 253) as u8).collect();
+        let pool = BlockPool::new();
+        let blocks: Vec<Block> = data.chunks(16).map(|c| pool.take_copy(c)).collect();
+        s.write_piece(0, &blocks).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), data);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn recheck_skips_the_holes_it_made_and_checks_what_was_there() {

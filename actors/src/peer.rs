@@ -6,10 +6,11 @@
 //! reading, and a one-second tick. Reading and writing are both always possible, so two peers
 //! that upload to each other can never wedge on full TCP buffers.
 //!
-//! Downloads: each arriving block is handed to the picker and, while fewer than the queue depth
-//! of requests are outstanding, the peer asks the picker for more (one `Pick` in flight at a
-//! time; a grant carries several blocks). Uploads: requests from the peer are queued (bounded),
-//! read from disk a few at a time, and written out while the write buffer is below its mark.
+//! Downloads: the blocks of each socket read go to the picker in one message, with a request for
+//! more while the pipeline has room (one pick in flight at a time; a grant carries several
+//! blocks; the depth follows the peer's rate). Uploads: requests from the peer are queued
+//! (bounded) and, while the write buffer is below its mark, read straight into it when the data
+//! is in the page cache, else by the disk threads, a few at a time.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -278,10 +279,13 @@ struct Peer {
 
     /// The peer's requests, waiting for a disk read.
     serve_queue: VecDeque<BlockInfo>,
-    /// Disk reads in flight.
-    reads_in_flight: usize,
-    /// Requests cancelled while their read was in flight.
+    /// Blocks being read by the disk threads (at most [`MAX_READS`]).
+    reads_at_disk: Vec<BlockInfo>,
+    /// Those of them the peer cancelled meanwhile: dropped when they come back.
     cancelled_in_flight: Vec<BlockInfo>,
+    /// Whether the request at the head of the serve queue missed the page cache: it waits for
+    /// a disk thread, and is not tried in the cache again meanwhile.
+    head_missed: bool,
     /// Where disk reads come back.
     reads_tx: Sender<ReadDone>,
 
@@ -358,8 +362,9 @@ pub async fn run(setup: PeerSetup, stream: TcpStream, remote: Handshake) -> Peer
         arrived: Vec::new(),
         starved: false,
         serve_queue: VecDeque::new(),
-        reads_in_flight: 0,
+        reads_at_disk: Vec::with_capacity(MAX_READS),
         cancelled_in_flight: Vec::new(),
+        head_missed: false,
         reads_tx,
         wbuf: Vec::new(),
         wpos: 0,
@@ -551,6 +556,7 @@ impl Peer {
                 self.send(Message::Choke);
                 // Requests we will not answer: with the fast extension they must be rejected.
                 let dropped: Vec<BlockInfo> = self.serve_queue.drain(..).collect();
+                self.head_missed = false;
                 if self.fast {
                     for b in dropped {
                         self.send(Message::Reject(b));
@@ -704,14 +710,15 @@ impl Peer {
     /// when the block is there (no thread hop), else through a disk thread.
     fn start_reads(&mut self) {
         while self.wbuf.len() - self.wpos < WRITE_HIGH_WATER {
-            let Some(block) = self.serve_queue.pop_front() else {
+            let Some(&block) = self.serve_queue.front() else {
                 break;
             };
-            if self.read_cached(block) {
+            if !self.head_missed && self.read_cached(block) {
+                self.serve_queue.pop_front();
                 continue;
             }
-            if self.reads_in_flight == MAX_READS {
-                self.serve_queue.push_front(block);
+            self.head_missed = true;
+            if self.reads_at_disk.len() == MAX_READS {
                 break;
             }
             match self.disk.try_send(DiskJob::Read {
@@ -719,12 +726,13 @@ impl Peer {
                 block,
                 reply: self.reads_tx.clone(),
             }) {
-                Ok(()) => self.reads_in_flight += 1,
-                Err(_) => {
-                    // The disk queue is full: try again after the next event.
-                    self.serve_queue.push_front(block);
-                    break;
+                Ok(()) => {
+                    self.serve_queue.pop_front();
+                    self.reads_at_disk.push(block);
+                    self.head_missed = false;
                 }
+                // The disk queue is full: try again after the next event.
+                Err(_) => break,
             }
         }
     }
@@ -761,7 +769,9 @@ impl Peer {
     }
 
     fn read_done(&mut self, done: ReadDone) -> Result<(), Stop> {
-        self.reads_in_flight -= 1;
+        if let Some(i) = self.reads_at_disk.iter().position(|b| *b == done.block) {
+            self.reads_at_disk.swap_remove(i);
+        }
         if let Some(i) = self
             .cancelled_in_flight
             .iter()
@@ -795,7 +805,11 @@ impl Peer {
         let mut buf = std::mem::take(&mut self.rbuf);
         let result = self.process_buffer(&mut buf).await;
         self.rbuf = buf;
-        result?;
+        if let Err(stop) = result {
+            // The good blocks before the bad message still count.
+            let _ = self.flush_arrived(false).await;
+            return Err(stop);
+        }
         self.flush_arrived(true).await
     }
 
@@ -898,7 +912,14 @@ impl Peer {
             Message::Cancel(block) => {
                 if let Some(i) = self.serve_queue.iter().position(|b| *b == block) {
                     self.serve_queue.remove(i);
-                } else if self.reads_in_flight > 0 && self.cancelled_in_flight.len() < MAX_READS {
+                    if i == 0 {
+                        self.head_missed = false;
+                    }
+                } else if self.reads_at_disk.contains(&block)
+                    && !self.cancelled_in_flight.contains(&block)
+                {
+                    // Its read is at a disk thread: drop it when it comes back. (A block
+                    // already in the write buffer is sent; BEP 3 allows that.)
                     self.cancelled_in_flight.push(block);
                 }
             }
@@ -1035,7 +1056,7 @@ impl Peer {
         if self.wbuf.is_empty()
             && self.wbuf.capacity() > MIN_READ_BUF
             && self.serve_queue.is_empty()
-            && self.reads_in_flight == 0
+            && self.reads_at_disk.is_empty()
             && now.duration_since(self.last_send) > SHRINK_AFTER
         {
             self.wbuf = Vec::new();

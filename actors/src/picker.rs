@@ -425,7 +425,11 @@ impl State {
             } => {
                 for other in cancel {
                     if let Some(slot) = self.peers.get(&other) {
-                        let _ = slot.notes.try_send(PeerNote::Cancel(block));
+                        // Cancels never take the last slots: the grant (one at a time) and a
+                        // wake-up must always fit, or the peer would never ask again.
+                        if slot.notes.len() + 2 < PEER_NOTES {
+                            let _ = slot.notes.try_send(PeerNote::Cancel(block));
+                        }
                     }
                 }
                 let blocks = self.lengths.blocks_in_piece(block.piece) as usize;

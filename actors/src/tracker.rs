@@ -733,7 +733,6 @@ pub async fn scrape(
     }
 }
 
-/// A GET on smol's blocking pool, bounded in time and in body size.
 /// The HTTP client for trackers: no idle connections kept (a tracker is asked once per
 /// interval), every step bounded by `timeout`.
 fn http_agent(timeout: Duration) -> ureq::Agent {
@@ -745,6 +744,7 @@ fn http_agent(timeout: Duration) -> ureq::Agent {
         .build()
 }
 
+/// A GET on smol's blocking pool, bounded in time and in body size.
 async fn http_get(
     agent: &ureq::Agent,
     url: String,

@@ -217,9 +217,12 @@ async fn answer(
                 if req.method != Some("GET") {
                     return respond(&mut stream, 405, &encode_failure("use GET")).await;
                 }
-                break req.path.unwrap_or("/").to_string();
+                break origin_form(req.path.unwrap_or("/")).to_string();
             }
             Ok(httparse::Status::Partial) => {}
+            Err(httparse::Error::TooManyHeaders) => {
+                return respond(&mut stream, 431, &encode_failure("too many headers")).await;
+            }
             Err(e) => {
                 let reason = format!("malformed request: {e}");
                 return respond(&mut stream, 400, &encode_failure(&reason)).await;
@@ -240,7 +243,18 @@ async fn answer(
     respond(&mut stream, status, &body).await
 }
 
-/// Writes a whole response and closes our side.
+/// The path and query of a request target, also from the absolute form
+/// (`http://host/announce?...`, which proxies send).
+fn origin_form(target: &str) -> &str {
+    match target.split_once("://") {
+        Some((_, rest)) if !target.starts_with('/') => rest.find('/').map_or("/", |i| &rest[i..]),
+        _ => target,
+    }
+}
+
+/// Writes a whole response, closes our side, then reads (and drops) what the client still
+/// sends until it closes, for at most a second: closing with unread input would reset the
+/// connection and could destroy the response in flight.
 async fn respond(stream: &mut TcpStream, status: u16, body: &[u8]) -> io::Result<()> {
     let reason = match status {
         200 => "OK",
@@ -249,15 +263,27 @@ async fn respond(stream: &mut TcpStream, status: u16, body: &[u8]) -> io::Result
         405 => "Method Not Allowed",
         _ => "Request Header Fields Too Large",
     };
+    let allow = if status == 405 { "Allow: GET\r\n" } else { "" };
     let mut out = format!(
         "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n",
+         {allow}Connection: close\r\n\r\n",
         body.len()
     )
     .into_bytes();
     out.extend_from_slice(body);
     stream.write_all(&out).await?;
-    stream.close().await
+    stream.close().await?;
+    let mut sink = [0u8; 4096];
+    let drain = async {
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<(), io::Error>(())
+    };
+    drain
+        .or(async {
+            Timer::after(Duration::from_secs(1)).await;
+            Ok(())
+        })
+        .await
 }
 
 /// One peer of a swarm, as last announced.
@@ -418,5 +444,21 @@ impl Swarms {
                 .collect()
         };
         encode_scrape_reply(&files)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::origin_form;
+
+    #[test]
+    fn request_targets_in_origin_and_absolute_form() {
+        assert_eq!(origin_form("/announce?x=1"), "/announce?x=1");
+        assert_eq!(
+            origin_form("http://t.example:6969/announce?x=1"),
+            "/announce?x=1"
+        );
+        assert_eq!(origin_form("http://t.example"), "/");
+        assert_eq!(origin_form("/a?u=http://x/y"), "/a?u=http://x/y");
     }
 }
