@@ -22,8 +22,8 @@
 //! on-bt-download-complete hook), so it includes start-up: process start, the check of the
 //! empty file, connecting. The source file lives in the temp folder between runs and is read
 //! before timing, so it is hot in the page cache; downloads land in the page cache too (the
-//! machine has far more RAM than the file), and each output is deleted, and everything dirty
-//! written back (`sync`), before the next run.
+//! machine has far more RAM than the file); each output is deleted right after its run, and
+//! everything dirty written back (`sync`) before the next.
 //!
 //! Knobs: `SHOAL_BENCH_MIB` (default 1024), `SHOAL_BENCH_RUNS` (5), `SHOAL_BENCH_DEPTHS`
 //! (`5`; `5,16,64` compares floors), `SHOAL_BENCH_PIECES` (KiB, `1024,256`), `SHOAL_BENCH_CASES` (a subset of
@@ -125,6 +125,9 @@ impl Bench {
             return None;
         };
         let got = std::fs::metadata(out.join(file_name)).map(|m| m.len()).ok();
+        // Gone at once, not before this case's next run: here a gigabyte of page cache written
+        // just before makes the next writer's page-cache writes cost up to 3x (seen with dd).
+        let _ = std::fs::remove_dir_all(out);
         if got != Some(self.bytes) {
             eprintln!(
                 "  {label}: output has {got:?} bytes, expected {}",
@@ -405,6 +408,7 @@ fn main() {
                 let s = floor(&data, &meta, &out)
                     .inspect_err(|e| eprintln!("  floor: {e}"))
                     .ok();
+                let _ = std::fs::remove_dir_all(&out);
                 record("(floor) TCP + SHA-1 + pwrite, no protocol".into(), s);
             }
             if has("a") {
