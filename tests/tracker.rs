@@ -533,8 +533,8 @@ impl Drop for Hostile {
     }
 }
 
-/// Reads an HTTP request head (bounded), ignoring its content.
-fn read_head(s: &mut TcpStream) {
+/// Reads an HTTP request head (bounded) and returns it.
+fn read_head(s: &mut TcpStream) -> Vec<u8> {
     s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
@@ -544,6 +544,7 @@ fn read_head(s: &mut TcpStream) {
             _ => break,
         }
     }
+    head
 }
 
 fn http_200(body: &[u8]) -> Vec<u8> {
@@ -702,15 +703,7 @@ fn announces_close_their_connection_and_many_clients_are_answered_at_once() {
     let addr = listener.local_addr().unwrap();
     let seen = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while head.len() < 16 * 1024 && !head.ends_with(b"\r\n\r\n") {
-            match s.read(&mut byte) {
-                Ok(1) => head.push(byte[0]),
-                _ => break,
-            }
-        }
+        let head = read_head(&mut s);
         let _ = s.write_all(&http_200(&encode_reply(60)));
         String::from_utf8_lossy(&head).to_ascii_lowercase()
     });
