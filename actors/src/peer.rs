@@ -93,9 +93,16 @@ const SHRINK_AFTER: Duration = Duration::from_secs(2);
 
 /// The read buffer of a busy connection: a read that fills the buffer doubles it up to this,
 /// and it shrinks back after [`SHRINK_AFTER`] without traffic. (A single message may still grow
-/// it up to the largest message allowed.) 256 KiB rather than 64: fewer reads and wake-ups per
-/// byte for a fast peer.
-const READ_CHUNK: usize = 256 * 1024;
+/// it up to the largest message allowed.)
+const READ_CHUNK: usize = 64 * 1024;
+
+/// The read buffer of a fast peer (one that sent [`FAST_PEER_RATE`] in the last second): fewer
+/// reads and wake-ups per byte (half of a 7% CPU saving at 600 MB/s). Only fast peers get it:
+/// in a swarm of thousands of ordinary connections it would cost a quarter MiB each.
+const FAST_READ_CHUNK: usize = 256 * 1024;
+
+/// Bytes per second from which a peer counts as fast, for [`FAST_READ_CHUNK`].
+const FAST_PEER_RATE: u64 = 32 * 1024 * 1024;
 
 /// Settings for every peer of a torrent.
 #[derive(Clone, Debug)]
@@ -260,6 +267,8 @@ struct Peer {
     up_at_tick: u64,
     /// Bytes queued for sending beyond which no more blocks are read for the peer.
     write_high_water: usize,
+    /// The most the read buffer grows to for ordinary traffic (more for a fast peer).
+    read_chunk: usize,
 
     /// Our pieces, as this peer has been told about them.
     our_have: Bitfield,
@@ -360,6 +369,7 @@ pub async fn run(setup: PeerSetup, stream: TcpStream, remote: Handshake) -> Peer
         down_at_tick: 0,
         up_at_tick: 0,
         write_high_water: WRITE_HIGH_WATER,
+        read_chunk: READ_CHUNK,
         our_have: (*initial_have).clone(),
         have_cursor: 0,
         new_haves: Vec::new(),
@@ -505,7 +515,7 @@ impl Peer {
                 Wake::Received(Ok(0)) => Err(Stop::Io(io::ErrorKind::UnexpectedEof.into())),
                 Wake::Received(Ok(n)) => {
                     self.rend += n;
-                    if self.rend == self.rbuf.len() && self.rbuf.len() < READ_CHUNK {
+                    if self.rend == self.rbuf.len() && self.rbuf.len() < self.read_chunk {
                         // A busy connection: read more per call.
                         let len = self.rbuf.len() * 2;
                         self.rbuf.resize(len, 0);
@@ -1122,6 +1132,11 @@ impl Peer {
             .remote_reqq
             .map_or(MAX_QUEUE_DEPTH, |r| MAX_QUEUE_DEPTH.min(r as usize));
         self.depth = want.min(cap).max(self.settings.queue_depth.max(1));
+        self.read_chunk = if rate >= FAST_PEER_RATE {
+            FAST_READ_CHUNK
+        } else {
+            READ_CHUNK
+        };
         let up = self.stats.uploaded.load(Ordering::Relaxed);
         let up_rate = up.saturating_sub(self.up_at_tick);
         self.up_at_tick = up;
