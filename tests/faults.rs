@@ -98,6 +98,7 @@ fn wait_until(rt: &Runtime, limit: Duration, what: &str, mut cond: impl FnMut() 
 
 #[test]
 fn the_download_waits_for_a_seeder_that_leaves_and_comes_back() {
+    let _together = alongside_others();
     let _ = env_logger::builder().is_test(true).try_init();
     let dir = common::tempdir();
     let (content, _, meta) = make(dir.path(), 6 * 1024 * 1024, 64 * 1024, Vec::new());
@@ -150,6 +151,7 @@ fn the_download_waits_for_a_seeder_that_leaves_and_comes_back() {
 
 #[test]
 fn kill_9_mid_download_keeps_every_verified_piece() {
+    let _together = alongside_others();
     let dir = common::tempdir();
     let (content, torrent, meta) = make(dir.path(), 8 * 1024 * 1024 + 5, 32 * 1024, Vec::new());
     let n = meta.info.lengths.num_pieces();
@@ -214,6 +216,7 @@ fn kill_9_mid_download_keeps_every_verified_piece() {
 
 #[test]
 fn a_clean_restart_trusts_the_resume_record() {
+    let _together = alongside_others();
     let dir = common::tempdir();
     let (content, torrent, meta) = make(dir.path(), 2 * 1024 * 1024, 16 * 1024, Vec::new());
     let rt = Runtime::new(2);
@@ -322,6 +325,7 @@ impl Drop for Tmpfs {
 
 #[test]
 fn a_full_disk_pauses_the_download_and_loses_nothing() {
+    let _together = alongside_others();
     let dir = common::tempdir();
     let (content, _, meta) = make(dir.path(), 12 * 1024 * 1024, 64 * 1024, Vec::new());
     let n = meta.info.lengths.num_pieces();
@@ -389,6 +393,7 @@ fn a_full_disk_pauses_the_download_and_loses_nothing() {
 
 #[test]
 fn a_folder_we_may_not_write_is_a_clear_error() {
+    let _together = alongside_others();
     let dir = common::tempdir();
     let (_, torrent, _) = make(dir.path(), 100_000, 16 * 1024, Vec::new());
     let locked = dir.path().join("locked");
@@ -427,6 +432,7 @@ fn a_folder_we_may_not_write_is_a_clear_error() {
 
 #[test]
 fn a_dead_tracker_does_not_stop_direct_peers() {
+    let _together = alongside_others();
     let dir = common::tempdir();
     // A tracker address where nothing listens, and one that accepts and never answers.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -453,6 +459,14 @@ fn a_dead_tracker_does_not_stop_direct_peers() {
     });
 }
 
+/// Tests of this file run in parallel, except the one that measures the process's memory.
+static EXCLUSIVE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Held by every test but the memory one, which waits for them and holds them off.
+fn alongside_others() -> std::sync::RwLockReadGuard<'static, ()> {
+    EXCLUSIVE.read().unwrap_or_else(|e| e.into_inner())
+}
+
 fn vm_rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     status
@@ -465,6 +479,8 @@ fn vm_rss_kib() -> u64 {
 
 #[test]
 fn idle_connections_are_bounded_in_number_and_memory() {
+    // It reads the whole process's RSS: no other test of this file may run meanwhile.
+    let _alone = EXCLUSIVE.write().unwrap_or_else(|e| e.into_inner());
     let dir = common::tempdir();
     let (content, _, meta) = make(dir.path(), 1024 * 1024, 16 * 1024, Vec::new());
     let rt = Runtime::new(2);
@@ -548,6 +564,7 @@ fn idle_connections_are_bounded_in_number_and_memory() {
 
 #[test]
 fn the_session_connection_limit_holds_across_torrents() {
+    let _together = alongside_others();
     let dir = common::tempdir();
     let rt = Runtime::new(2);
     let s = Session::with_spawner(
