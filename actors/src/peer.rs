@@ -49,6 +49,12 @@ const MAX_SERVE_QUEUE: usize = 512;
 /// Disk reads in flight for one peer's uploads.
 const MAX_READS: usize = 8;
 
+/// Most consecutive requested blocks read from the page cache with one system call.
+const MAX_READ_RUN: usize = 64;
+
+/// Bytes before a block's data in a PIECE message (`piece_header`): length, id, index, begin.
+const PIECE_HEADER_LEN: usize = 13;
+
 /// Stop reading blocks for this peer while this many bytes wait to be sent: at least this...
 const WRITE_HIGH_WATER: usize = 256 * 1024;
 
@@ -736,9 +742,12 @@ impl Peer {
             let Some(&block) = self.serve_queue.front() else {
                 break;
             };
-            if !self.head_missed && self.read_cached(block) {
-                self.serve_queue.pop_front();
-                continue;
+            if !self.head_missed {
+                let served = self.read_cached_run();
+                if served > 0 {
+                    self.serve_queue.drain(..served);
+                    continue;
+                }
             }
             self.head_missed = true;
             if self.reads_at_disk.len() == MAX_READS {
@@ -758,6 +767,57 @@ impl Peer {
                 Err(_) => break,
             }
         }
+    }
+
+    /// Appends the longest run of consecutive blocks at the head of the serve queue (same
+    /// piece, each starting where the last ended, within the write buffer's room) to the write
+    /// buffer, each behind its header, with one read if the data is in the page cache; falls
+    /// back to the first block alone. Returns how many blocks it queued for sending.
+    fn read_cached_run(&mut self) -> usize {
+        let Some(&first) = self.serve_queue.front() else {
+            return 0;
+        };
+        let room = self
+            .write_high_water
+            .saturating_sub(self.wbuf.len() - self.wpos);
+        let mut run = 1;
+        let mut bytes = first.len as usize;
+        let mut end = first.begin + first.len;
+        for b in self.serve_queue.iter().skip(1).take(MAX_READ_RUN - 1) {
+            if b.piece != first.piece || b.begin != end || bytes + b.len as usize > room {
+                break;
+            }
+            run += 1;
+            bytes += b.len as usize;
+            end += b.len;
+        }
+        if run > 1 {
+            let start = self.wbuf.len();
+            for b in self.serve_queue.iter().take(run) {
+                self.wbuf
+                    .extend_from_slice(&piece_header(b.piece, b.begin, b.len));
+                let data = self.wbuf.len();
+                self.wbuf.resize(data + b.len as usize, 0);
+            }
+            // The data slots between the headers, as one vectored read.
+            let mut slots = Vec::with_capacity(run);
+            let mut rest = &mut self.wbuf[start..];
+            for b in self.serve_queue.iter().take(run) {
+                let (_, after_header) = rest.split_at_mut(PIECE_HEADER_LEN);
+                let (data, after) = after_header.split_at_mut(b.len as usize);
+                slots.push(io::IoSliceMut::new(data));
+                rest = after;
+            }
+            if let Ok(true) = self.storage.read_run_cached(&first, &mut slots) {
+                for i in 0..run {
+                    let b = self.serve_queue[i];
+                    self.uploaded(b);
+                }
+                return run;
+            }
+            self.wbuf.truncate(start);
+        }
+        usize::from(self.read_cached(first))
     }
 
     /// Appends the block to the write buffer if it can be read without waiting for the disk.
