@@ -170,30 +170,9 @@ impl Storage {
             let buf = &mut buf[..block.len as usize];
             for span in self.layout.spans(offset, buf.len()) {
                 let file = self.file(span.file)?;
-                let mut dst = &mut buf[span.buf_offset..span.buf_offset + span.len];
-                let mut at = span.file_offset;
-                while !dst.is_empty() {
-                    let mut iov = [io::IoSliceMut::new(dst)];
-                    match rustix::io::preadv2(
-                        file,
-                        &mut iov,
-                        at,
-                        rustix::io::ReadWriteFlags::NOWAIT,
-                    ) {
-                        Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                        Ok(n) => {
-                            dst = &mut dst[n..];
-                            at += n as u64;
-                        }
-                        Err(rustix::io::Errno::AGAIN) => return Ok(false),
-                        Err(rustix::io::Errno::INTR) => {}
-                        Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::NOSYS) => {
-                            // An old kernel or a file system without RWF_NOWAIT.
-                            self.nowait_unsupported.store(true, Ordering::Relaxed);
-                            return Ok(false);
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
+                let dst = &mut buf[span.buf_offset..span.buf_offset + span.len];
+                if !self.read_nowait(file, &mut [io::IoSliceMut::new(dst)], span.file_offset)? {
+                    return Ok(false);
                 }
             }
             Ok(true)
@@ -225,32 +204,42 @@ impl Storage {
             let (Some(span), None) = (spans.next(), spans.next()) else {
                 return Ok(false);
             };
-            let file = self.file(span.file)?;
-            let mut at = span.file_offset;
-            let mut bufs = bufs;
-            while !bufs.is_empty() {
-                match rustix::io::preadv2(file, bufs, at, rustix::io::ReadWriteFlags::NOWAIT) {
-                    Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                    Ok(n) => {
-                        at += n as u64;
-                        io::IoSliceMut::advance_slices(&mut bufs, n);
-                    }
-                    Err(rustix::io::Errno::AGAIN) => return Ok(false),
-                    Err(rustix::io::Errno::INTR) => {}
-                    Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::NOSYS) => {
-                        self.nowait_unsupported.store(true, Ordering::Relaxed);
-                        return Ok(false);
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            Ok(true)
+            self.read_nowait(self.file(span.file)?, bufs, span.file_offset)
         }
         #[cfg(not(target_os = "linux"))]
         {
             let _ = (first, bufs);
             Ok(false)
         }
+    }
+
+    /// Fills `bufs` from `file` at `at` with `preadv2(RWF_NOWAIT)`, short reads resumed:
+    /// `Ok(false)` as soon as a byte would have to wait for the disk (or the kernel cannot say).
+    #[cfg(target_os = "linux")]
+    fn read_nowait(
+        &self,
+        file: &File,
+        mut bufs: &mut [io::IoSliceMut<'_>],
+        mut at: u64,
+    ) -> io::Result<bool> {
+        while !bufs.is_empty() {
+            match rustix::io::preadv2(file, bufs, at, rustix::io::ReadWriteFlags::NOWAIT) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => {
+                    at += n as u64;
+                    io::IoSliceMut::advance_slices(&mut bufs, n);
+                }
+                Err(rustix::io::Errno::AGAIN) => return Ok(false),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::NOSYS) => {
+                    // An old kernel or a file system without RWF_NOWAIT.
+                    self.nowait_unsupported.store(true, Ordering::Relaxed);
+                    return Ok(false);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(true)
     }
 
     /// Writes a whole piece given as its blocks in order: with one `pwritev` when the piece
