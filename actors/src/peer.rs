@@ -8,7 +8,7 @@
 //!
 //! Downloads: the blocks of each socket read go to the picker in one message, with a request for
 //! more while the pipeline has room (one pick in flight at a time; a grant carries several
-//! blocks; the depth follows the peer's rate). Uploads: requests from the peer are queued
+//! blocks; the depth grows in slow start, then follows the peer's rate). Uploads: requests from the peer are queued
 //! (bounded) and, while the write buffer is below its mark, read straight into it when the data
 //! is in the page cache, else by the disk threads, a few at a time.
 
@@ -27,8 +27,9 @@ use async_channel::{Receiver, Sender};
 use event_listener::EventListener;
 use futures_lite::{AsyncRead, AsyncWrite, FutureExt, Stream};
 use shoal_engine::bitfield::Bitfield;
-use shoal_engine::lengths::{BlockInfo, Lengths, BLOCK_LEN};
+use shoal_engine::lengths::{BlockInfo, Lengths};
 use shoal_engine::picker::PeerKey;
+use shoal_engine::pipeline::RequestDepth;
 use shoal_engine::wire::{decode, piece_header, Decoded, Handshake, Message, WireError};
 use shoal_engine::PeerId;
 use smol::net::TcpStream;
@@ -80,14 +81,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// late for one of them is not taken for data we never asked for.
 const RECENT_RELEASED: usize = 256;
 
-/// Requests kept outstanding with a peer cover this many seconds of its recent rate (as in
-/// libtorrent), so that a peer answering in batches still has a full pipe: Transmission fills
-/// its output every 500 ms, and with 5 requests outstanding it sent 160 KiB/s.
-const QUEUE_SECONDS: u64 = 3;
-
-/// Most requests kept outstanding with one peer, whatever its rate (libtorrent's default).
-const MAX_QUEUE_DEPTH: usize = 500;
-
 /// How long a graceful close may take to send what is queued.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -113,7 +106,9 @@ const FAST_PEER_RATE: u64 = 32 * 1024 * 1024;
 /// Settings for every peer of a torrent.
 #[derive(Clone, Debug)]
 pub struct PeerSettings {
-    /// Requests kept outstanding per peer (BEP 3 clients use 5 or more).
+    /// The fewest requests kept outstanding per peer (BEP 3 clients use 5 or more); the queue
+    /// grows in slow start, then holds a few seconds of the peer's rate (see
+    /// [`shoal_engine::pipeline`]).
     pub queue_depth: usize,
     /// Largest message accepted from a peer.
     pub max_message_len: u32,
@@ -263,10 +258,8 @@ struct Peer {
     extended: bool,
     /// Our listening port, for our extended handshake.
     listen_port: Option<u16>,
-    /// Requests to keep outstanding: at least the setting, more for a fast peer.
-    depth: usize,
-    /// How many requests the peer says it queues (`reqq` of its extended handshake).
-    remote_reqq: Option<u32>,
+    /// Requests to keep outstanding: slow start, then a few seconds of the peer's rate.
+    depth: RequestDepth,
     /// Payload received from the peer as of the last tick, to measure its rate.
     down_at_tick: u64,
     /// Payload uploaded to the peer as of the last tick, to measure that rate.
@@ -353,7 +346,7 @@ pub async fn run(setup: PeerSetup, stream: TcpStream, remote: Handshake) -> Peer
     let (reads_tx, reads_rx) = async_channel::bounded(MAX_READS);
     let fast = remote.supports_fast() && (our_reserved[7] & 0x04) != 0;
     let extended = remote.supports_extended() && (our_reserved[5] & 0x10) != 0;
-    let min_depth = settings.queue_depth.max(1);
+    let depth = RequestDepth::new(settings.queue_depth);
     let n = lengths.num_pieces();
     let mut peer = Peer {
         key,
@@ -370,8 +363,7 @@ pub async fn run(setup: PeerSetup, stream: TcpStream, remote: Handshake) -> Peer
         fast,
         extended,
         listen_port,
-        depth: min_depth,
-        remote_reqq: None,
+        depth,
         down_at_tick: 0,
         up_at_tick: 0,
         write_high_water: WRITE_HIGH_WATER,
@@ -706,10 +698,11 @@ impl Peer {
         if self.pick_pending || self.starved || self.peer_choking || !self.am_interested {
             return None;
         }
-        let max = self.depth.checked_sub(self.outstanding.len())?;
+        let depth = self.depth.depth();
+        let max = depth.checked_sub(self.outstanding.len())?;
         // A deep queue is topped up in batches of a quarter of it, not block by block: one
         // round trip to the picker per batch.
-        if max == 0 || max < self.depth / 4 {
+        if max == 0 || max < depth / 4 {
             return None;
         }
         let buf = self.grant_buf.take()?;
@@ -1026,7 +1019,7 @@ impl Peer {
                         x.reqq,
                         x.listen_port
                     );
-                    self.remote_reqq = x.reqq;
+                    self.depth.set_peer_limit(x.reqq);
                 }
                 // Not worth a disconnect: we use nothing from it that we cannot do without.
                 None => log::debug!(
@@ -1109,6 +1102,7 @@ impl Peer {
                 data.len()
             )));
         }
+        self.depth.block_arrived();
         let len = data.len() as u64;
         self.stats.downloaded.fetch_add(len, Ordering::Relaxed);
         self.shared.add_downloaded(len);
@@ -1164,6 +1158,7 @@ impl Peer {
                 // A stalled peer: give its requests to others, keep the connection.
                 let blocks: Vec<BlockInfo> = self.outstanding.drain(..).map(|(b, _)| b).collect();
                 log::debug!("peer {}: {} requests timed out", self.addr, blocks.len());
+                self.depth.timed_out();
                 for &b in &blocks {
                     self.remember_released(b);
                     if self.fast {
@@ -1186,12 +1181,7 @@ impl Peer {
         let down = self.stats.downloaded.load(Ordering::Relaxed);
         let rate = down.saturating_sub(self.down_at_tick);
         self.down_at_tick = down;
-        let want =
-            usize::try_from(rate * QUEUE_SECONDS / u64::from(BLOCK_LEN)).unwrap_or(usize::MAX);
-        let cap = self
-            .remote_reqq
-            .map_or(MAX_QUEUE_DEPTH, |r| MAX_QUEUE_DEPTH.min(r as usize));
-        self.depth = want.min(cap).max(self.settings.queue_depth.max(1));
+        self.depth.tick(rate);
         self.read_chunk = if rate >= FAST_PEER_RATE {
             FAST_READ_CHUNK
         } else {

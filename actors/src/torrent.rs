@@ -58,7 +58,7 @@ const MAX_KNOWN: usize = 2000;
 /// Settings of one torrent.
 #[derive(Clone, Debug)]
 pub struct TorrentSettings {
-    /// Requests kept outstanding per peer.
+    /// The fewest requests kept outstanding per peer; the queue grows with the peer's rate.
     pub queue_depth: usize,
     /// Most peer connections at once.
     pub max_peers: usize,

@@ -27,7 +27,7 @@ pub struct SwarmOptions {
     /// A peer to dial directly (repeatable), with or without trackers.
     #[arg(long = "peer", value_name = "ADDR")]
     pub peers: Vec<SocketAddr>,
-    /// Requests kept outstanding per peer.
+    /// The fewest requests kept outstanding per peer (the queue grows with its rate).
     #[arg(long, default_value_t = 5, value_name = "N")]
     pub queue_depth: usize,
     /// Most peer connections for the torrent.
