@@ -1,13 +1,19 @@
 //! `shoal create` speed against mktorrent on the same 1 GiB file, and the raw SHA-1 speed of the
 //! `sha1` crate on one core. Run with `cargo bench --bench create`.
 //!
-//! The data file is kept in the temp folder between runs. It is read once before timing, so it
-//! is hot in the page cache for both tools (dropping the cache needs root): the figures are
-//! hashing plus copy-from-cache speed, not disk speed.
+//! The data file is kept in the temp folder between runs. Before timing it is dropped from the
+//! page cache and read back once (`support::warm`), so it is hot in the cache, in the same state
+//! for both tools and every run: the figures are hashing plus copy-from-cache speed, not disk
+//! speed.
+
+#[path = "support/mod.rs"]
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+use support::{mb_per_s, median};
 
 use sha1::{Digest, Sha1};
 use shoal_engine::create::{create_torrent, CreateOptions};
@@ -17,15 +23,6 @@ const FILE_LEN: u64 = 1 << 30;
 const PIECE_LEN: u32 = 1 << 20;
 const RUNS: usize = 3;
 const SHA_BUF: usize = 512 << 20;
-
-fn mb_per_s(bytes: u64, d: Duration) -> f64 {
-    bytes as f64 / 1e6 / d.as_secs_f64()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 /// The 1 GiB data file, written once with pseudo-random bytes and reused afterwards.
 fn data_file() -> PathBuf {
@@ -43,14 +40,6 @@ fn data_file() -> PathBuf {
         }
     }
     path
-}
-
-/// Reads the file once so both tools find it in the page cache.
-fn warm(path: &Path) {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).expect("open data file");
-    let mut buf = vec![0u8; 4 << 20];
-    while f.read(&mut buf).expect("read data file") > 0 {}
 }
 
 fn run_shoal(path: &Path) -> (Duration, Metainfo) {
@@ -129,7 +118,7 @@ fn main() {
 
     let path = data_file();
     let out = path.with_file_name("mktorrent-out.torrent");
-    warm(&path);
+    support::warm(&path);
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     let mut hashes = None;
     for run in 0..RUNS {
