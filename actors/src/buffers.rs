@@ -12,9 +12,8 @@
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use async_channel::{Receiver, Sender};
 use shoal_engine::lengths::BLOCK_LEN;
 
 /// How many idle buffers a pool keeps for reuse: 64 MiB, one torrent's default disk budget, so
@@ -27,17 +26,17 @@ const RECYCLE_CAPACITY: usize = 4096;
 pub struct BlockPool {
     /// Bytes held by live blocks.
     used: AtomicUsize,
-    /// Idle buffers, ready for reuse.
-    idle_tx: Sender<Vec<u8>>,
-    /// The other end of `idle_tx`.
-    idle_rx: Receiver<Vec<u8>>,
+    /// Idle buffers, ready for reuse, the most recently returned last: it is handed out first
+    /// (last in, first out), while its bytes may still be in a CPU cache. Writing a received
+    /// block into a buffer idle for longer costs a trip to memory for every cache line.
+    idle: Mutex<Vec<Vec<u8>>>,
 }
 
 impl fmt::Debug for BlockPool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BlockPool")
             .field("used", &self.used.load(Ordering::Relaxed))
-            .field("idle", &self.idle_rx.len())
+            .field("idle", &self.idle().len())
             .finish()
     }
 }
@@ -45,11 +44,9 @@ impl fmt::Debug for BlockPool {
 impl BlockPool {
     /// An empty pool.
     pub fn new() -> Arc<Self> {
-        let (idle_tx, idle_rx) = async_channel::bounded(RECYCLE_CAPACITY);
         Arc::new(Self {
             used: AtomicUsize::new(0),
-            idle_tx,
-            idle_rx,
+            idle: Mutex::new(Vec::new()),
         })
     }
 
@@ -63,10 +60,7 @@ impl BlockPool {
     /// `take` and then a copy, the buffer is not zeroed first: one pass over the bytes, not two.
     pub fn take_copy(self: &Arc<Self>, src: &[u8]) -> Block {
         self.used.fetch_add(src.len(), Ordering::AcqRel);
-        let mut data = self
-            .idle_rx
-            .try_recv()
-            .unwrap_or_else(|_| Vec::with_capacity(BLOCK_LEN as usize));
+        let mut data = self.recycled();
         data.clear();
         data.extend_from_slice(src);
         Block {
@@ -81,10 +75,7 @@ impl BlockPool {
     /// of being zeroed first. Drop the block if the overwrite fails.
     pub fn take_for_overwrite(self: &Arc<Self>, len: usize) -> Block {
         self.used.fetch_add(len, Ordering::AcqRel);
-        let mut data = self
-            .idle_rx
-            .try_recv()
-            .unwrap_or_else(|_| Vec::with_capacity(BLOCK_LEN as usize));
+        let mut data = self.recycled();
         // Only bytes past the old length are written here (zeros, once per buffer).
         data.resize(len, 0);
         Block {
@@ -95,10 +86,7 @@ impl BlockPool {
     }
 
     fn wrap(self: &Arc<Self>, len: usize) -> Block {
-        let mut data = self
-            .idle_rx
-            .try_recv()
-            .unwrap_or_else(|_| Vec::with_capacity(BLOCK_LEN as usize));
+        let mut data = self.recycled();
         data.clear();
         data.resize(len, 0);
         Block {
@@ -106,6 +94,19 @@ impl BlockPool {
             charged: len,
             pool: self.clone(),
         }
+    }
+
+    /// The most recently returned idle buffer, or a new one.
+    fn recycled(&self) -> Vec<u8> {
+        self.idle()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(BLOCK_LEN as usize))
+    }
+
+    /// The idle list. Its lock is held for a push or a pop only, so a panic cannot leave it
+    /// half changed: a poisoned lock is taken over as it is.
+    fn idle(&self) -> MutexGuard<'_, Vec<Vec<u8>>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Bytes held by live blocks now.
@@ -118,7 +119,10 @@ impl BlockPool {
         if data.capacity() <= 2 * BLOCK_LEN as usize {
             // The length is kept, so that `take_for_overwrite` need not zero it again; every
             // other taker clears or overwrites it.
-            let _ = self.idle_tx.try_send(data);
+            let mut idle = self.idle();
+            if idle.len() < RECYCLE_CAPACITY {
+                idle.push(data);
+            }
         }
     }
 }
