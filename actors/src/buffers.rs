@@ -46,7 +46,7 @@ impl BlockPool {
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
             used: AtomicUsize::new(0),
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(Vec::with_capacity(RECYCLE_CAPACITY)),
         })
     }
 
@@ -98,9 +98,9 @@ impl BlockPool {
 
     /// The most recently returned idle buffer, or a new one.
     fn recycled(&self) -> Vec<u8> {
-        self.idle()
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(BLOCK_LEN as usize))
+        // The lock is released before a new buffer is allocated.
+        let idle = self.idle().pop();
+        idle.unwrap_or_else(|| Vec::with_capacity(BLOCK_LEN as usize))
     }
 
     /// The idle list. Its lock is held for a push or a pop only, so a panic cannot leave it
@@ -183,6 +183,19 @@ mod tests {
         assert_eq!(&c[..], &[0u8; 10], "and zeroed for `take`");
         drop((b, c));
         assert_eq!(pool.used(), 0);
+    }
+
+    #[test]
+    fn the_buffer_returned_last_is_handed_out_first() {
+        let pool = BlockPool::new();
+        let (a, b) = (pool.take(BLOCK_LEN as usize), pool.take(BLOCK_LEN as usize));
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        drop(a);
+        drop(b);
+        let c = pool.take_copy(&[1; 16]);
+        assert_eq!(c.as_ptr(), pb, "the most recently returned buffer comes back first");
+        let d = pool.take_for_overwrite(16);
+        assert_eq!(d.as_ptr(), pa);
     }
 
     #[test]

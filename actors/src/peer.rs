@@ -8,9 +8,9 @@
 //!
 //! Downloads: the blocks of each socket read go to the picker in one message, with a request for
 //! more while the pipeline has room (one pick in flight at a time; a grant carries several
-//! blocks; the depth grows in slow start, then follows the peer's rate). Uploads: requests from the peer are queued
-//! (bounded) and, while the write buffer is below its mark, read straight into it when the data
-//! is in the page cache, else by the disk threads, a few at a time.
+//! blocks; the depth grows in slow start, then follows the peer's rate). Uploads: requests from
+//! the peer are queued (bounded) and, while the write buffer is below its mark, read straight
+//! into it when the data is in the page cache, else by the disk threads, a few at a time.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -264,6 +264,8 @@ struct Peer {
     down_at_tick: u64,
     /// Payload uploaded to the peer as of the last tick, to measure that rate.
     up_at_tick: u64,
+    /// When the rates were last measured.
+    rates_at: Instant,
     /// Bytes queued for sending beyond which no more blocks are read for the peer.
     write_high_water: usize,
     /// The most the read buffer grows to for ordinary traffic (more for a fast peer).
@@ -366,6 +368,7 @@ pub async fn run(setup: PeerSetup, stream: TcpStream, remote: Handshake) -> Peer
         depth,
         down_at_tick: 0,
         up_at_tick: 0,
+        rates_at: Instant::now(),
         write_high_water: WRITE_HIGH_WATER,
         read_chunk: READ_CHUNK,
         our_have: (*initial_have).clone(),
@@ -948,6 +951,7 @@ impl Peer {
             Message::Unchoke => {
                 self.peer_choking = false;
                 self.starved = false;
+                self.depth.unchoked();
             }
             Message::Interested => {
                 let was = std::mem::replace(&mut self.peer_interested, true);
@@ -1175,11 +1179,24 @@ impl Peer {
         Ok(())
     }
 
-    /// Sets the request queue depth from the download rate of the last second, and the write
-    /// buffer's mark from the upload rate (called once a second).
+    /// Sets the request queue depth from the download rate since the last measurement, and the
+    /// write buffer's mark from the upload rate (called on the one-second tick).
+    ///
+    /// Rates are per second of the time that really passed: a busy connection can delay its
+    /// tick, and the interval timer then fires again at once to catch up. A measurement over
+    /// less than half a second waits for the next tick instead of reading a sliver of traffic
+    /// as a collapsed rate.
     fn adapt_depth(&mut self) {
+        let now = Instant::now();
+        let ms = now.duration_since(self.rates_at).as_millis();
+        if ms < 500 {
+            return;
+        }
+        self.rates_at = now;
+        let per_second =
+            |bytes: u64| u64::try_from(u128::from(bytes) * 1000 / ms).unwrap_or(u64::MAX);
         let down = self.stats.downloaded.load(Ordering::Relaxed);
-        let rate = down.saturating_sub(self.down_at_tick);
+        let rate = per_second(down.saturating_sub(self.down_at_tick));
         self.down_at_tick = down;
         self.depth.tick(rate);
         self.read_chunk = if rate >= FAST_PEER_RATE {
@@ -1188,7 +1205,7 @@ impl Peer {
             READ_CHUNK
         };
         let up = self.stats.uploaded.load(Ordering::Relaxed);
-        let up_rate = up.saturating_sub(self.up_at_tick);
+        let up_rate = per_second(up.saturating_sub(self.up_at_tick));
         self.up_at_tick = up;
         self.write_high_water = usize::try_from(up_rate / 4)
             .unwrap_or(usize::MAX)

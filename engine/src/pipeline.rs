@@ -2,9 +2,12 @@
 //!
 //! A new connection starts in *slow start*, as in libtorrent: each block that arrives adds one
 //! request, so the queue doubles every round trip instead of sitting at the minimum until the
-//! first rate measurement. Slow start ends once the measured rate grows by less than a tenth
-//! from one tick to the next, when the queue reaches its ceiling, or on a request timeout. From
-//! then on the queue holds [`QUEUE_SECONDS`] of the rate measured at each tick, within bounds.
+//! first rate measurement. Growth stops at the ceiling; slow start itself ends at a tick once the
+//! measured rate grows by less than a tenth from the tick before (or the queue has reached its
+//! ceiling by then), and at once on a request timeout, which also cuts the queue to the minimum.
+//! From then on the queue holds [`QUEUE_SECONDS`] of the rate measured at each tick, within
+//! bounds. A queue that fell to the minimum (the peer choked us for a while) starts a new slow
+//! start when the peer unchokes us.
 //!
 //! # Examples
 //! ```
@@ -80,21 +83,32 @@ impl RequestDepth {
     /// A requested block arrived.
     pub fn block_arrived(&mut self) {
         if self.slow_start {
-            self.depth = (self.depth + 1).min(self.max);
+            self.depth = self.depth.saturating_add(1).min(self.max);
         }
     }
 
-    /// A request timed out: the peer is slower than the queue assumed, so slow start ends.
+    /// A request timed out: the peer is slower than the queue assumed, so slow start ends and
+    /// the queue drops to the minimum (the next ticks size it from what the peer delivers).
     pub fn timed_out(&mut self) {
         self.slow_start = false;
+        self.depth = self.min;
     }
 
-    /// Once a second: `rate` bytes arrived since the last tick.
+    /// The peer unchoked us. A queue that fell to the minimum while nothing came (choked for a
+    /// second or more) grows in slow start again, instead of a second at the minimum.
+    pub fn unchoked(&mut self) {
+        if !self.slow_start && self.depth == self.min {
+            self.slow_start = true;
+            self.last_rate = 0;
+        }
+    }
+
+    /// Once a second or so: `rate` bytes per second arrived since the last tick.
     pub fn tick(&mut self, rate: u64) {
         if self.slow_start
             && rate > 0
             && self.last_rate > 0
-            && (rate < self.last_rate + self.last_rate / 10 || self.depth >= self.max)
+            && (rate < self.last_rate.saturating_add(self.last_rate / 10) || self.depth >= self.max)
         {
             self.slow_start = false;
         }
@@ -157,7 +171,7 @@ mod tests {
     }
 
     #[test]
-    fn slow_start_never_shrinks_the_queue_and_a_timeout_ends_it() {
+    fn slow_start_never_shrinks_the_queue_and_a_timeout_ends_it_at_the_minimum() {
         let mut d = RequestDepth::new(5);
         for _ in 0..100 {
             d.block_arrived();
@@ -166,9 +180,61 @@ mod tests {
         assert_eq!(d.depth(), 105);
         d.timed_out();
         d.block_arrived();
-        assert_eq!(d.depth(), 105);
+        assert_eq!(d.depth(), 5);
         d.tick(MIB / 16);
         assert_eq!(d.depth(), 12);
+    }
+
+    #[test]
+    fn slow_start_ends_at_the_ceiling_even_while_the_rate_still_grows() {
+        let mut d = RequestDepth::new(5);
+        d.set_peer_limit(Some(50));
+        for _ in 0..100 {
+            d.block_arrived();
+        }
+        assert_eq!(d.depth(), 50);
+        d.tick(MIB);
+        d.tick(2 * MIB);
+        assert!(!d.in_slow_start());
+        assert_eq!(d.depth(), 50);
+    }
+
+    #[test]
+    fn a_timeout_cuts_the_queue_and_an_unchoke_after_a_quiet_spell_restarts_slow_start() {
+        let mut d = RequestDepth::new(5);
+        for _ in 0..200 {
+            d.block_arrived();
+        }
+        d.timed_out();
+        assert_eq!(d.depth(), 5);
+        assert!(!d.in_slow_start());
+        // Unchoked while the queue is still deep: nothing changes.
+        let mut deep = RequestDepth::new(5);
+        deep.tick(MIB);
+        deep.tick(MIB);
+        assert_eq!(deep.depth(), 192);
+        deep.unchoked();
+        assert!(!deep.in_slow_start());
+        // Choked for a second: the queue falls to the minimum; the unchoke restarts slow start.
+        deep.tick(0);
+        assert_eq!(deep.depth(), 5);
+        deep.unchoked();
+        assert!(deep.in_slow_start());
+        deep.block_arrived();
+        assert_eq!(deep.depth(), 6);
+        // With no rate remembered, the first tick after the restart decides nothing.
+        deep.tick(MIB / 2);
+        assert!(deep.in_slow_start());
+    }
+
+    #[test]
+    fn a_huge_minimum_does_not_overflow() {
+        let mut d = RequestDepth::new(usize::MAX);
+        d.block_arrived();
+        assert_eq!(d.depth(), usize::MAX);
+        d.tick(u64::MAX);
+        d.tick(u64::MAX);
+        assert_eq!(d.depth(), usize::MAX);
     }
 
     #[test]
