@@ -193,7 +193,11 @@ mod tests {
         drop(a);
         drop(b);
         let c = pool.take_copy(&[1; 16]);
-        assert_eq!(c.as_ptr(), pb, "the most recently returned buffer comes back first");
+        assert_eq!(
+            c.as_ptr(),
+            pb,
+            "the most recently returned buffer comes back first"
+        );
         let d = pool.take_for_overwrite(16);
         assert_eq!(d.as_ptr(), pa);
     }
