@@ -18,7 +18,7 @@
 //!     d.block_arrived(); // slow start: one more request per block
 //! }
 //! assert_eq!(d.depth(), 10);
-//! d.tick(1 << 20); // 1 MiB in the last second
+//! d.tick(1 << 20); // 1 MiB/s since the last tick
 //! d.tick(1 << 20); // no growth: slow start ends, 3 s of 1 MiB/s in 16 KiB blocks
 //! assert!(!d.in_slow_start());
 //! assert_eq!(d.depth(), 192);
@@ -36,8 +36,9 @@ pub const QUEUE_SECONDS: u64 = 3;
 pub const MAX_QUEUE_DEPTH: usize = 500;
 
 /// The request queue depth of one peer connection. Call [`block_arrived`](Self::block_arrived)
-/// for each requested block received, and [`tick`](Self::tick) once a second with the bytes
-/// received since the last tick.
+/// for each requested block received, [`tick`](Self::tick) about once a second with the rate
+/// since the last tick (bytes per second), and [`unchoked`](Self::unchoked) and
+/// [`timed_out`](Self::timed_out) when those happen.
 #[derive(Debug, Clone)]
 pub struct RequestDepth {
     depth: usize,
