@@ -132,6 +132,16 @@ mod tests {
 
     const MIB: u64 = 1 << 20;
 
+    /// A queue of minimum 5 (capped at `limit` requests) after `blocks` blocks arrived.
+    fn grown(limit: Option<u32>, blocks: usize) -> RequestDepth {
+        let mut d = RequestDepth::new(5);
+        d.set_peer_limit(limit);
+        for _ in 0..blocks {
+            d.block_arrived();
+        }
+        d
+    }
+
     #[test]
     fn slow_start_doubles_per_round_trip_up_to_the_ceiling() {
         let mut d = RequestDepth::new(5);
@@ -173,10 +183,7 @@ mod tests {
 
     #[test]
     fn slow_start_never_shrinks_the_queue_and_a_timeout_ends_it_at_the_minimum() {
-        let mut d = RequestDepth::new(5);
-        for _ in 0..100 {
-            d.block_arrived();
-        }
+        let mut d = grown(None, 100);
         d.tick(MIB / 16); // measured 12 blocks' worth: the grown queue stays
         assert_eq!(d.depth(), 105);
         d.timed_out();
@@ -188,11 +195,7 @@ mod tests {
 
     #[test]
     fn slow_start_ends_at_the_ceiling_even_while_the_rate_still_grows() {
-        let mut d = RequestDepth::new(5);
-        d.set_peer_limit(Some(50));
-        for _ in 0..100 {
-            d.block_arrived();
-        }
+        let mut d = grown(Some(50), 100);
         assert_eq!(d.depth(), 50);
         d.tick(MIB);
         d.tick(2 * MIB);
@@ -202,10 +205,7 @@ mod tests {
 
     #[test]
     fn a_timeout_cuts_the_queue_and_an_unchoke_after_a_quiet_spell_restarts_slow_start() {
-        let mut d = RequestDepth::new(5);
-        for _ in 0..200 {
-            d.block_arrived();
-        }
+        let mut d = grown(None, 200);
         d.timed_out();
         assert_eq!(d.depth(), 5);
         assert!(!d.in_slow_start());
