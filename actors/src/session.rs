@@ -36,7 +36,7 @@ use crate::buffers::BlockPool;
 use crate::disk::Disk;
 use crate::hasher::Hasher;
 use crate::runtime::{Runtime, Spawner, Task, TrySendError};
-use crate::torrent::{self, AddTorrent, ConnectionSlots, SessionContext, Torrent, TorrentMsg};
+use crate::torrent::{self, AddTorrent, SessionContext, Torrent, TorrentMsg};
 
 /// How long an incoming connection may take to send its handshake.
 const INCOMING_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -338,5 +338,48 @@ async fn route_incoming(mut stream: TcpStream, addr: SocketAddr, torrents: &Regi
         Ok(()) => {}
         Err(TrySendError::Full(_)) => log::debug!("incoming {addr}: torrent is busy"),
         Err(TrySendError::Closed(_)) => {}
+    }
+}
+
+/// The peer connections of a whole session against its limit, shared by its torrents, so that
+/// many torrents together stay under the process's file descriptors.
+#[derive(Debug)]
+pub(crate) struct ConnectionSlots {
+    /// The most connections at once.
+    limit: usize,
+    /// Connections open or being opened.
+    used: AtomicUsize,
+}
+
+impl ConnectionSlots {
+    /// Slots for `limit` connections.
+    pub(crate) fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            used: AtomicUsize::new(0),
+        }
+    }
+
+    /// Takes a slot if one is free.
+    pub(crate) fn try_take(&self) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |u| {
+                (u < self.limit).then_some(u + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives `n` slots back.
+    pub(crate) fn give_back(&self, n: usize) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |u| {
+                Some(u.saturating_sub(n))
+            });
+    }
+
+    /// Slots free now.
+    pub(crate) fn free(&self) -> usize {
+        self.limit.saturating_sub(self.used.load(Ordering::Relaxed))
     }
 }

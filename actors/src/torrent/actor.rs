@@ -1,0 +1,535 @@
+//! The torrent actor's run loop: peers joining (dialled or accepted) and leaving, the
+//! one-second tick (choking, dialling, resume records), and the shutdown order.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_channel::{Receiver, Sender};
+use futures_lite::{future, AsyncReadExt, AsyncWriteExt, FutureExt};
+use shoal_engine::bitfield::Bitfield;
+use shoal_engine::metainfo::Metainfo;
+use shoal_engine::picker::PeerKey;
+use shoal_engine::wire::{Handshake, HANDSHAKE_LEN};
+use smol::net::TcpStream;
+
+use super::choker::{Candidate, Choker};
+use super::swarm::Swarm;
+use super::{PeerInfo, SessionContext, TorrentMsg, TorrentSettings};
+use crate::buffers::BlockPool;
+use crate::disk::{Disk, Storage};
+use crate::peer::{
+    self, PeerControl, PeerExit, PeerSettings, PeerSetup, PeerStats, ServeFilter, PEER_CONTROL,
+};
+use crate::picker::PickerMsg;
+use crate::runtime::{Addr, Mailbox, Outcome, Supervisor};
+use crate::shared::{Shared, TorrentEvent};
+use crate::tracker::{TrackerClient, TransferStats};
+
+/// How long a TCP connect plus handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often the fast-resume record is saved while pieces keep arriving.
+const RESUME_EVERY: Duration = Duration::from_secs(30);
+
+/// One peer connection as the torrent sees it.
+pub(super) struct Entry {
+    /// Its address.
+    addr: SocketAddr,
+    /// Orders to it.
+    control: Sender<PeerControl>,
+    /// Its counters.
+    stats: Arc<PeerStats>,
+    /// Whether we choke it.
+    choked: bool,
+    /// `stats.downloaded` at the last rechoke, for rates.
+    last_down: u64,
+    /// `stats.uploaded` at the last rechoke, for rates.
+    last_up: u64,
+}
+
+/// The torrent actor's state. Built by [`super::start`]; fields are set there.
+pub(super) struct State {
+    /// The torrent.
+    pub(super) meta: Arc<Metainfo>,
+    /// What the session gives every torrent.
+    pub(super) ctx: SessionContext,
+    /// This torrent's settings.
+    pub(super) settings: TorrentSettings,
+    /// What every peer of this torrent starts with.
+    pub(super) peer_settings: Arc<PeerSettings>,
+    /// Progress and events, read by the handles.
+    pub(super) shared: Arc<Shared>,
+    /// Our pieces when the torrent started; a new peer reads later ones from the have-log.
+    pub(super) initial_have: Arc<Bitfield>,
+    /// The picker's mailbox.
+    pub(super) picker: Addr<PickerMsg>,
+    /// The picker's task, awaited at shutdown.
+    pub(super) picker_task: Option<smol::Task<()>>,
+    /// The session's disk threads.
+    pub(super) disk: Disk,
+    /// This torrent's files.
+    pub(super) storage: Arc<Storage>,
+    /// The block buffers of downloads.
+    pub(super) downloads: Arc<BlockPool>,
+    /// The tracker client, when the torrent has trackers.
+    pub(super) tracker: Option<TrackerClient>,
+    /// The totals the tracker client announces.
+    pub(super) transfer: Arc<TransferStats>,
+    /// Optional limit on what we serve.
+    pub(super) serve_filter: Option<Arc<dyn ServeFilter>>,
+    /// The peer tasks.
+    pub(super) peers: Supervisor<PeerExit>,
+    /// Peers by key.
+    pub(super) entries: HashMap<PeerKey, Entry>,
+    /// Keys by address (connecting or connected).
+    pub(super) by_addr: HashMap<SocketAddr, PeerKey>,
+    /// The key of the next peer.
+    pub(super) next_key: u64,
+    /// Peer keys by supervisor task key.
+    pub(super) by_task: HashMap<usize, PeerKey>,
+    /// The addresses we may dial, and bans.
+    pub(super) swarm: Swarm,
+    /// Who we upload to.
+    pub(super) choker: Choker,
+    /// Whether the tracker was told we completed.
+    pub(super) announced_complete: bool,
+    /// The fast-resume record and the files it stamps.
+    pub(super) resume: Option<(PathBuf, Vec<PathBuf>)>,
+    /// Verified pieces in the last record saved.
+    pub(super) saved_pieces: u32,
+    /// When the record was last saved.
+    pub(super) last_save: Instant,
+}
+
+pub(super) async fn run(
+    mut st: State,
+    mut inbox: Mailbox<TorrentMsg>,
+    tracker_peers: Receiver<Vec<SocketAddr>>,
+) {
+    let mut tick = smol::Timer::interval(Duration::from_secs(1));
+    let mut shutdown_reply = None;
+    loop {
+        enum Ev {
+            Msg(Option<TorrentMsg>),
+            Exit(crate::runtime::Exit<PeerExit>),
+            TrackerPeers(Vec<SocketAddr>),
+            Tick,
+            Interest,
+        }
+        // Registered before the peers are looked at (fill_slots), so no interest is missed.
+        let interest = st.shared.listen_interest();
+        let ev = future::or(
+            async { Ev::Msg(inbox.recv().await) },
+            future::or(
+                async { Ev::Exit(st.peers.next_exit().await) },
+                future::or(
+                    async {
+                        match tracker_peers.recv().await {
+                            Ok(p) => Ev::TrackerPeers(p),
+                            Err(_) => future::pending().await,
+                        }
+                    },
+                    future::or(
+                        async {
+                            futures_lite::StreamExt::next(&mut tick).await;
+                            Ev::Tick
+                        },
+                        async {
+                            interest.await;
+                            Ev::Interest
+                        },
+                    ),
+                ),
+            ),
+        )
+        .await;
+        match ev {
+            Ev::Msg(None) => break,
+            Ev::Msg(Some(TorrentMsg::Shutdown(reply))) => {
+                shutdown_reply = Some(reply);
+                break;
+            }
+            Ev::Msg(Some(TorrentMsg::Incoming {
+                stream,
+                addr,
+                remote,
+            })) => st.incoming(stream, addr, remote),
+            Ev::Msg(Some(TorrentMsg::AddPeers(peers))) | Ev::TrackerPeers(peers) => {
+                st.add_candidates(peers);
+                st.dial();
+            }
+            Ev::Msg(Some(TorrentMsg::Peers(reply))) => reply.send(st.peer_infos()),
+            Ev::Exit(exit) => st.peer_exited(exit).await,
+            Ev::Tick => st.tick().await,
+            Ev::Interest => st.fill_slots(),
+        }
+    }
+    st.shutdown().await;
+    if let Some(reply) = shutdown_reply {
+        reply.send(());
+    }
+}
+
+impl State {
+    fn add_candidates(&mut self, peers: Vec<SocketAddr>) {
+        self.swarm.add(peers, Instant::now());
+    }
+
+    fn connections(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Dials known addresses whose time has come, within the connection and dialling limits.
+    fn dial(&mut self) {
+        let connecting = self
+            .entries
+            .values()
+            .filter(|e| !e.stats.connected.load(Ordering::Relaxed))
+            .count();
+        let budget = self
+            .settings
+            .max_dialing
+            .saturating_sub(connecting)
+            .min(self.settings.max_peers.saturating_sub(self.connections()))
+            .min(self.ctx.slots.free());
+        let complete = self.shared.is_complete();
+        let by_addr = &self.by_addr;
+        let ready = self.swarm.to_dial(Instant::now(), budget, complete, |a| {
+            by_addr.contains_key(a)
+        });
+        for addr in ready {
+            if !self.ctx.slots.try_take() {
+                break;
+            }
+            self.spawn_peer(addr, None);
+        }
+    }
+
+    fn incoming(&mut self, stream: TcpStream, addr: SocketAddr, remote: Handshake) {
+        if self.swarm.is_banned(&addr, Some(&remote.peer_id))
+            || self.connections() >= self.settings.max_peers
+            || remote.peer_id == self.ctx.peer_id
+        {
+            log::debug!("refusing {addr}: banned, ourselves, or at the torrent's peer limit");
+            return;
+        }
+        if !self.ctx.slots.try_take() {
+            log::debug!("refusing {addr}: at the session's connection limit");
+            return;
+        }
+        self.spawn_peer(addr, Some((stream, remote)));
+    }
+
+    fn spawn_peer(&mut self, addr: SocketAddr, incoming: Option<(TcpStream, Handshake)>) {
+        let key = PeerKey(self.next_key);
+        self.next_key += 1;
+        let (control_tx, control_rx) = async_channel::bounded(PEER_CONTROL);
+        let stats = Arc::new(PeerStats::default());
+        let ours = Handshake::new(self.meta.info_hash, self.ctx.peer_id);
+        let info_hash = self.meta.info_hash;
+        let our_id = self.ctx.peer_id;
+        let setup = PeerSetup {
+            key,
+            addr,
+            our_reserved: ours.reserved,
+            listen_port: Some(self.ctx.listen_port),
+            lengths: self.meta.info.lengths,
+            initial_have: self.initial_have.clone(),
+            picker: self.picker.clone(),
+            disk: self.disk.jobs().clone(),
+            storage: self.storage.clone(),
+            shared: self.shared.clone(),
+            pool: self.downloads.clone(),
+            control: control_rx,
+            stats: stats.clone(),
+            settings: self.peer_settings.clone(),
+            serve_filter: self.serve_filter.clone(),
+        };
+        let task = self.peers.spawn(async move {
+            let connected = async {
+                let (mut stream, remote) = match incoming {
+                    Some((mut stream, remote)) => {
+                        stream.write_all(&ours.to_bytes()).await?;
+                        (stream, remote)
+                    }
+                    None => {
+                        let mut stream = TcpStream::connect(addr).await?;
+                        stream.set_nodelay(true)?;
+                        stream.write_all(&ours.to_bytes()).await?;
+                        let mut buf = [0u8; HANDSHAKE_LEN];
+                        stream.read_exact(&mut buf).await?;
+                        let remote = Handshake::decode(&buf)
+                            .map_err(|e| {
+                                std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
+                            })?
+                            .ok_or_else(|| {
+                                std::io::Error::from(std::io::ErrorKind::UnexpectedEof)
+                            })?;
+                        if remote.info_hash != info_hash {
+                            return Err(std::io::Error::new(
+                                std::io::ErrorKind::InvalidData,
+                                "wrong info hash",
+                            ));
+                        }
+                        if remote.peer_id == our_id {
+                            return Err(std::io::Error::new(
+                                std::io::ErrorKind::InvalidData,
+                                "connected to ourselves",
+                            ));
+                        }
+                        (stream, remote)
+                    }
+                };
+                stream.flush().await?;
+                Ok((stream, remote))
+            }
+            .or(async {
+                smol::Timer::after(HANDSHAKE_TIMEOUT).await;
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "handshake timed out",
+                ))
+            })
+            .await;
+            match connected {
+                Ok((stream, remote)) => peer::run(setup, stream, remote).await,
+                Err(e) => PeerExit {
+                    reason: format!("connect: {e}"),
+                    ban: false,
+                    peer_id: None,
+                },
+            }
+        });
+        self.by_addr.insert(addr, key);
+        self.by_task.insert(task, key);
+        self.entries.insert(
+            key,
+            Entry {
+                addr,
+                control: control_tx,
+                stats,
+                choked: true,
+                last_down: 0,
+                last_up: 0,
+            },
+        );
+    }
+
+    async fn peer_exited(&mut self, exit: crate::runtime::Exit<PeerExit>) {
+        let Some(key) = self.by_task.remove(&exit.key) else {
+            return;
+        };
+        let Some(entry) = self.entries.remove(&key) else {
+            return;
+        };
+        self.ctx.slots.give_back(1);
+        self.by_addr.remove(&entry.addr);
+        self.choker.peer_gone(key);
+        let (reason, ban, peer_id) = match exit.outcome {
+            Outcome::Finished(e) => (e.reason, e.ban, e.peer_id),
+            Outcome::Panicked(msg) => {
+                log::error!("peer {} task panicked: {msg}", entry.addr);
+                // It could not tell the picker itself.
+                let _ = self.picker.send(PickerMsg::Leave { peer: key }).await;
+                (format!("internal error: {msg}"), false, None)
+            }
+        };
+        let failed_to_connect = !entry.stats.connected.load(Ordering::Relaxed);
+        if failed_to_connect {
+            self.swarm.connect_failed(entry.addr, Instant::now());
+        } else {
+            let seed = entry.stats.peer_is_seed.load(Ordering::Relaxed);
+            self.swarm.disconnected(entry.addr, Instant::now(), seed);
+        }
+        if !failed_to_connect {
+            self.shared.emit(TorrentEvent::PeerDisconnected {
+                addr: entry.addr,
+                reason: reason.clone(),
+            });
+        }
+        if ban {
+            log::warn!("banned {}: {reason}", entry.addr);
+            self.swarm.ban(entry.addr, peer_id);
+            self.shared.emit(TorrentEvent::PeerBanned(entry.addr));
+        }
+        self.dial();
+    }
+
+    async fn tick(&mut self) {
+        // A lost tick is harmless: another comes in a second.
+        let _ = self.picker.try_send(PickerMsg::Tick);
+        let p = self.shared.progress();
+        self.transfer.uploaded.store(p.uploaded, Ordering::Relaxed);
+        self.transfer
+            .downloaded
+            .store(p.downloaded, Ordering::Relaxed);
+        self.transfer.left.store(p.left, Ordering::Relaxed);
+        if p.complete && !self.announced_complete {
+            self.announced_complete = true;
+            if let Some(t) = &self.tracker {
+                t.completed().await;
+            }
+            // Seeds have no use for other seeds.
+            for e in self.entries.values() {
+                if e.stats.peer_is_seed.load(Ordering::Relaxed) {
+                    let _ = e.control.try_send(PeerControl::Stop);
+                }
+            }
+        }
+        if self.last_save.elapsed() >= RESUME_EVERY && p.verified_pieces != self.saved_pieces {
+            if let Ok(have) = self
+                .picker
+                .call(|reply| PickerMsg::Verified { reply })
+                .await
+            {
+                self.save_resume(have).await;
+            }
+        }
+        if self.choker.due(Instant::now()) {
+            self.rechoke();
+        } else {
+            self.fill_slots();
+        }
+        self.dial();
+    }
+
+    /// What the choker needs to know of each peer; with `measure`, the bytes since the last
+    /// round become the rates and the counters move on.
+    fn candidates(&mut self, measure: bool) -> Vec<Candidate> {
+        let seeding = self.shared.is_complete();
+        let mut out = Vec::with_capacity(self.entries.len());
+        for (&key, e) in self.entries.iter_mut() {
+            let mut rate = 0;
+            if measure {
+                let down = e.stats.downloaded.load(Ordering::Relaxed);
+                let up = e.stats.uploaded.load(Ordering::Relaxed);
+                rate = if seeding {
+                    up - e.last_up.min(up)
+                } else {
+                    down - e.last_down.min(down)
+                };
+                e.last_down = down;
+                e.last_up = up;
+            }
+            out.push(Candidate {
+                key,
+                interested: e.stats.peer_interested.load(Ordering::Relaxed),
+                choked: e.choked,
+                rate,
+            });
+        }
+        out
+    }
+
+    /// Unchokes interested peers while slots are free, between full rounds.
+    fn fill_slots(&mut self) {
+        let candidates = self.candidates(false);
+        for key in self.choker.fill(&candidates) {
+            if let Some(e) = self.entries.get_mut(&key) {
+                if e.control.try_send(PeerControl::Unchoke).is_ok() {
+                    e.choked = false;
+                }
+            }
+        }
+    }
+
+    /// A full round of the choker (see [`Choker::rechoke`]).
+    fn rechoke(&mut self) {
+        let candidates = self.candidates(true);
+        let unchoke: HashSet<PeerKey> = self
+            .choker
+            .rechoke(Instant::now(), &candidates, |n| fastrand::usize(..n));
+        for (key, e) in self.entries.iter_mut() {
+            let want_choked = !unchoke.contains(key);
+            if want_choked != e.choked {
+                let order = if want_choked {
+                    PeerControl::Choke
+                } else {
+                    PeerControl::Unchoke
+                };
+                if e.control.try_send(order).is_ok() {
+                    e.choked = want_choked;
+                }
+            }
+        }
+    }
+
+    /// Flushes the files, then writes the fast-resume record for `have` (off the executor).
+    async fn save_resume(&mut self, have: Bitfield) {
+        if let Err(e) = self.disk.sync(&self.storage).await {
+            log::error!("flushing {}: {e}", self.meta.info.name);
+            return;
+        }
+        self.last_save = Instant::now();
+        let Some((record, files)) = self.resume.clone() else {
+            return;
+        };
+        let count = have.count_ones();
+        let info_hash = self.meta.info_hash;
+        let saved =
+            smol::unblock(move || crate::resume::save(&record, &info_hash, &have, &files)).await;
+        match saved {
+            Ok(()) => self.saved_pieces = count,
+            Err(e) => log::warn!(
+                "cannot save the resume record of {}: {e}",
+                self.meta.info.name
+            ),
+        }
+    }
+
+    fn peer_infos(&self) -> Vec<PeerInfo> {
+        self.entries
+            .values()
+            .map(|e| PeerInfo {
+                addr: e.addr,
+                downloaded: e.stats.downloaded.load(Ordering::Relaxed),
+                uploaded: e.stats.uploaded.load(Ordering::Relaxed),
+                is_seed: e.stats.peer_is_seed.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    /// Shuts down in order: trackers, peers, the picker (which waits for pieces in flight to be
+    /// hashed and written), then the disk, which flushes last.
+    async fn shutdown(&mut self) {
+        if let Some(t) = self.tracker.take() {
+            t.stop().await;
+        }
+        for e in self.entries.values() {
+            let _ = e.control.try_send(PeerControl::Stop);
+        }
+        let peers_done = async {
+            while !self.peers.is_empty() {
+                let _ = self.peers.next_exit().await;
+            }
+        };
+        peers_done
+            .or(async {
+                smol::Timer::after(Duration::from_secs(5)).await;
+            })
+            .await;
+        // Peers that did not stop in time are cancelled.
+        self.peers = Supervisor::new(self.ctx.spawner.clone());
+        // Their exits were not handled one by one: give back every slot at once.
+        self.ctx.slots.give_back(self.entries.len());
+        self.entries.clear();
+        let have = self
+            .picker
+            .call(|reply| PickerMsg::Shutdown { reply })
+            .await;
+        if let Some(t) = self.picker_task.take() {
+            t.await;
+        }
+        if let Ok(have) = have {
+            // Saving flushes the files first.
+            self.save_resume(have).await;
+        } else if let Err(e) = self.disk.sync(&self.storage).await {
+            log::error!("flushing {}: {e}", self.meta.info.name);
+        }
+        self.shared.set_stopped();
+    }
+}

@@ -1,0 +1,285 @@
+//! The torrent actor: one per torrent. It opens the files, checks what is already there, starts
+//! the picker and the tracker client, and owns the peer connections: dialling, accepting,
+//! choking, banning, and shutting it all down in order.
+//!
+//! - [`start`](start::start): opening the files, the check (or the fast-resume record) and
+//!   the start of the picker, the tracker client and the actor;
+//! - `swarm`: the addresses we may dial, their backoff, and bans;
+//! - `choker`: which peers we upload to (pure policy);
+//! - `actor`: the run loop, peer spawning and exits, the tick, resume records and shutdown.
+//!
+//! This file holds the types others use: the settings, [`AddTorrent`] and the [`Torrent`]
+//! handle.
+
+mod actor;
+mod choker;
+mod start;
+mod swarm;
+
+pub(crate) use start::start;
+pub use swarm::BanKey;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_channel::Receiver;
+use shoal_engine::metainfo::Metainfo;
+use shoal_engine::wire::Handshake;
+use shoal_engine::{InfoHash, PeerId};
+use smol::net::TcpStream;
+
+use crate::disk::{Disk, Mode};
+use crate::hasher::Hasher;
+use crate::peer::ServeFilter;
+use crate::runtime::{Addr, ReplyTo, Spawner};
+use crate::session::ConnectionSlots;
+use crate::shared::{Progress, Shared, TorrentEvent};
+
+/// Capacity of a torrent's mailbox.
+pub const TORRENT_MAILBOX: usize = 128;
+
+/// Settings of one torrent.
+#[derive(Clone, Debug)]
+pub struct TorrentSettings {
+    /// The fewest requests kept outstanding per peer; the queue grows with the peer's rate.
+    pub queue_depth: usize,
+    /// Most peer connections at once.
+    pub max_peers: usize,
+    /// Most outgoing connection attempts at once.
+    pub max_dialing: usize,
+    /// Regular unchoke slots (one optimistic slot comes on top).
+    pub upload_slots: usize,
+    /// Bytes allowed between the sockets and the disk.
+    pub disk_budget: u64,
+    /// Threads that check the data already on disk when the torrent starts (0: one per core).
+    /// Pieces downloaded later are checked by the session's hasher pool.
+    pub hasher_threads: usize,
+    /// Whether to announce to the torrent's trackers.
+    pub use_trackers: bool,
+}
+
+impl Default for TorrentSettings {
+    fn default() -> Self {
+        Self {
+            queue_depth: 5,
+            max_peers: 200,
+            max_dialing: 32,
+            upload_slots: 4,
+            disk_budget: 64 * 1024 * 1024,
+            hasher_threads: 0,
+            use_trackers: true,
+        }
+    }
+}
+
+/// How to add a torrent.
+#[derive(Clone)]
+pub struct AddTorrent {
+    /// The torrent.
+    pub metainfo: Arc<Metainfo>,
+    /// The download folder: files land at `folder/<paths of the metainfo>` (a file, or a
+    /// folder named after the torrent).
+    pub folder: PathBuf,
+    /// Where the content itself is, when it is not `folder/<torrent name>`: the file of a
+    /// single-file torrent, or the folder of a multi-file one (seeding data the user renamed).
+    pub content: Option<PathBuf>,
+    /// Read-write (download) or read-only (seed what the user gave us).
+    pub mode: Mode,
+    /// Peers to dial at once, with or without trackers.
+    pub peers: Vec<SocketAddr>,
+    /// Settings.
+    pub settings: TorrentSettings,
+    /// Optional limit on what we serve (the stop-after-one-copy seeding mode).
+    pub serve_filter: Option<Arc<dyn ServeFilter>>,
+    /// Where to keep the fast-resume record (see [`crate::resume`]); `None`: check every piece
+    /// on start.
+    pub resume: Option<PathBuf>,
+}
+
+impl fmt::Debug for AddTorrent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AddTorrent")
+            .field("name", &self.metainfo.info.name)
+            .field("folder", &self.folder)
+            .field("mode", &self.mode)
+            .field("peers", &self.peers)
+            .finish()
+    }
+}
+
+impl AddTorrent {
+    /// Download `metainfo` into `folder` with default settings.
+    pub fn download(metainfo: Arc<Metainfo>, folder: impl Into<PathBuf>) -> Self {
+        Self {
+            metainfo,
+            folder: folder.into(),
+            content: None,
+            mode: Mode::ReadWrite,
+            peers: Vec::new(),
+            settings: TorrentSettings::default(),
+            serve_filter: None,
+            resume: None,
+        }
+    }
+
+    /// Seed `metainfo` from the data in `folder` (read-only) with default settings.
+    pub fn seed(metainfo: Arc<Metainfo>, folder: impl Into<PathBuf>) -> Self {
+        Self {
+            mode: Mode::ReadOnly,
+            ..Self::download(metainfo, folder)
+        }
+    }
+}
+
+/// Where a file of the metainfo (`path`, starting with the torrent name) is when the content
+/// itself is at `content`: `content` for a single-file torrent, `content/<rest of path>` for a
+/// multi-file one.
+pub fn content_path(content: &std::path::Path, path: &[String]) -> PathBuf {
+    let mut p = content.to_path_buf();
+    for c in path.iter().skip(1) {
+        p.push(c);
+    }
+    p
+}
+
+/// What the session gives every torrent.
+#[derive(Clone, Debug)]
+pub(crate) struct SessionContext {
+    /// Our peer id.
+    pub peer_id: PeerId,
+    /// The port we accept peers on.
+    pub listen_port: u16,
+    /// Where tasks run.
+    pub spawner: Spawner,
+    /// The session's hasher pool.
+    pub hasher: Hasher,
+    /// The session's disk threads.
+    pub disk: Disk,
+    /// The session's connection limit, shared by its torrents.
+    pub slots: Arc<ConnectionSlots>,
+}
+
+/// Messages to a torrent.
+pub(crate) enum TorrentMsg {
+    /// An incoming connection whose handshake names this torrent.
+    Incoming {
+        /// The socket, our handshake not yet sent.
+        stream: TcpStream,
+        /// The remote address.
+        addr: SocketAddr,
+        /// The remote handshake.
+        remote: Handshake,
+    },
+    /// Peers to dial.
+    AddPeers(Vec<SocketAddr>),
+    /// The connected peers.
+    Peers(ReplyTo<Vec<PeerInfo>>),
+    /// Stop everything, flush, then answer.
+    Shutdown(ReplyTo<()>),
+}
+
+impl fmt::Debug for TorrentMsg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Incoming { addr, .. } => write!(f, "Incoming({addr})"),
+            Self::AddPeers(p) => write!(f, "AddPeers({})", p.len()),
+            Self::Peers(_) => write!(f, "Peers"),
+            Self::Shutdown(_) => write!(f, "Shutdown"),
+        }
+    }
+}
+
+/// A connected peer, for display.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Payload bytes received from it.
+    pub downloaded: u64,
+    /// Payload bytes sent to it.
+    pub uploaded: u64,
+    /// Whether it has every piece.
+    pub is_seed: bool,
+}
+
+/// A handle to a running torrent.
+#[derive(Clone)]
+pub struct Torrent {
+    /// The torrent's mailbox.
+    addr: Addr<TorrentMsg>,
+    /// Progress and events.
+    shared: Arc<Shared>,
+    /// The info hash.
+    info_hash: InfoHash,
+}
+
+impl fmt::Debug for Torrent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Torrent")
+            .field("info_hash", &self.info_hash)
+            .finish()
+    }
+}
+
+impl Torrent {
+    /// The torrent's info hash.
+    pub fn info_hash(&self) -> InfoHash {
+        self.info_hash
+    }
+
+    /// A snapshot of its progress.
+    pub fn progress(&self) -> Progress {
+        self.shared.progress()
+    }
+
+    /// Subscribes to its events.
+    pub fn subscribe(&self) -> Receiver<TorrentEvent> {
+        self.shared.subscribe()
+    }
+
+    /// Waits until every piece is verified and written, or the torrent stops (then the error,
+    /// if one stopped it).
+    pub async fn wait_complete(&self) -> Result<(), String> {
+        self.shared.wait_finished().await;
+        if self.shared.is_complete() {
+            Ok(())
+        } else {
+            Err(self
+                .shared
+                .error()
+                .unwrap_or_else(|| "torrent stopped".into()))
+        }
+    }
+
+    /// Whether the torrent has stopped (shut down, or stopped by a fatal error).
+    pub fn is_stopped(&self) -> bool {
+        self.shared.is_stopped()
+    }
+
+    /// The last error that paused or stopped the torrent (a disk error, say).
+    pub fn error(&self) -> Option<String> {
+        self.shared.error()
+    }
+
+    /// Dials these peers.
+    pub async fn add_peers(&self, peers: Vec<SocketAddr>) {
+        let _ = self.addr.send(TorrentMsg::AddPeers(peers)).await;
+    }
+
+    /// The connected peers.
+    pub async fn peers(&self) -> Vec<PeerInfo> {
+        self.addr.call(TorrentMsg::Peers).await.unwrap_or_default()
+    }
+
+    /// Stops the torrent: tells the trackers, closes the peers, writes what is in flight and
+    /// flushes the files.
+    pub async fn shutdown(&self) {
+        let _ = self.addr.call(TorrentMsg::Shutdown).await;
+    }
+
+    pub(crate) fn addr(&self) -> &Addr<TorrentMsg> {
+        &self.addr
+    }
+}
