@@ -4,6 +4,7 @@
 
 pub mod buffers;
 pub mod disk;
+pub mod error;
 pub mod extension;
 pub mod hasher;
 pub mod one_copy;

@@ -34,6 +34,7 @@ use smol::net::{TcpListener, TcpStream};
 
 use crate::buffers::BlockPool;
 use crate::disk::Disk;
+use crate::error::{Error, Result};
 use crate::hasher::Hasher;
 use crate::runtime::{Runtime, Spawner, Task, TrySendError};
 use crate::torrent::{self, AddTorrent, SessionContext, Torrent, TorrentMsg};
@@ -211,12 +212,15 @@ impl Session {
         }
     }
 
-    /// Adds a torrent: checks the data already in its folder, then starts it.
-    pub async fn add_torrent(&self, add: AddTorrent) -> Result<Torrent, String> {
+    /// Adds a torrent and returns at once: the torrent is in [`TorrentState::Checking`] while
+    /// it checks the data already in its folder (see [`Progress::checked_pieces`]), then starts.
+    /// A torrent already in the session is refused with [`Error::AlreadyPresent`]: a second
+    /// copy is never started.
+    ///
+    /// [`TorrentState::Checking`]: crate::shared::TorrentState::Checking
+    /// [`Progress::checked_pieces`]: crate::shared::Progress::checked_pieces
+    pub fn start_torrent(&self, add: AddTorrent) -> Result<Torrent> {
         let info_hash = add.metainfo.info_hash;
-        if self.lock().contains_key(&info_hash) {
-            return Err(format!("torrent {info_hash} is already in this session"));
-        }
         let ctx = SessionContext {
             peer_id: self.peer_id,
             listen_port: self.local_addr.port(),
@@ -225,8 +229,25 @@ impl Session {
             disk: self.pools.disk.clone(),
             slots: self.slots.clone(),
         };
-        let torrent = torrent::start(add, ctx).await?;
-        self.lock().insert(info_hash, torrent.clone());
+        // Checked and inserted under one lock: two adds of the same torrent cannot both start.
+        let mut torrents = self.lock();
+        if torrents.contains_key(&info_hash) {
+            return Err(Error::AlreadyPresent(info_hash));
+        }
+        let torrent = torrent::start(add, ctx);
+        torrents.insert(info_hash, torrent.clone());
+        Ok(torrent)
+    }
+
+    /// Adds a torrent (see [`start_torrent`](Self::start_torrent)) and waits for the check of
+    /// its files to end.
+    pub async fn add_torrent(&self, add: AddTorrent) -> Result<Torrent> {
+        let info_hash = add.metainfo.info_hash;
+        let torrent = self.start_torrent(add)?;
+        if let Err(e) = torrent.wait_checked().await {
+            self.lock().remove(&info_hash);
+            return Err(e);
+        }
         Ok(torrent)
     }
 
@@ -235,12 +256,26 @@ impl Session {
         self.lock().get(info_hash).cloned()
     }
 
-    /// Stops one torrent and forgets it.
-    pub async fn remove_torrent(&self, info_hash: &InfoHash) {
+    /// Every torrent of the session.
+    pub fn torrents(&self) -> Vec<Torrent> {
+        self.lock().values().cloned().collect()
+    }
+
+    /// Stops one torrent and forgets it; with `delete_files`, its files (and fast-resume
+    /// record) are deleted too, and the folders the torrent made if they are left empty.
+    pub async fn remove_torrent(&self, info_hash: &InfoHash, delete_files: bool) -> Result<()> {
         let torrent = self.lock().remove(info_hash);
-        if let Some(t) = torrent {
-            t.shutdown().await;
+        let Some(t) = torrent else {
+            return Err(Error::UnknownTorrent(*info_hash));
+        };
+        t.shutdown().await;
+        if delete_files {
+            let files = t.files.clone();
+            let root = t.root.clone();
+            let resume = t.resume.clone();
+            smol::unblock(move || delete(&files, &root, resume.as_deref())).await?;
         }
+        Ok(())
     }
 
     /// Stops accepting peers and shuts every torrent down in order (each flushes its files).
@@ -290,6 +325,34 @@ async fn accept_loop(listener: TcpListener, torrents: Registry, spawner: Spawner
             })
             .detach();
     }
+}
+
+/// Deletes a removed torrent's files and record, then the folders under `root` (the torrent's
+/// own folder, for a multi-file torrent) that are left empty.
+fn delete(
+    files: &[std::path::PathBuf],
+    root: &std::path::Path,
+    resume: Option<&std::path::Path>,
+) -> Result<()> {
+    let mut folders = std::collections::BTreeSet::new();
+    for f in files.iter().map(|f| f.as_path()).chain(resume) {
+        match std::fs::remove_file(f) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("deleting {}", f.display()), e)),
+        }
+        let mut dir = f.parent();
+        while let Some(d) = dir.filter(|d| d.starts_with(root)) {
+            folders.insert(d.to_path_buf());
+            dir = d.parent();
+        }
+    }
+    // Deepest first; a folder that still holds anything (the user's own files, the download
+    // folder itself with other torrents) stays.
+    for d in folders.iter().rev() {
+        let _ = std::fs::remove_dir(d);
+    }
+    Ok(())
 }
 
 /// Reads an incoming handshake and hands the connection to its torrent.

@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 
 use async_channel::Sender;
@@ -42,6 +42,61 @@ pub enum TorrentEvent {
     DiskError(String),
 }
 
+/// What a torrent is doing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum TorrentState {
+    /// Checking the data already on disk (or reading its fast-resume record).
+    #[default]
+    Checking,
+    /// Fetching pieces.
+    Downloading,
+    /// Every piece is here; serving others.
+    Seeding,
+    /// Paused by the user: no peers, no trackers, every piece kept.
+    Paused,
+    /// Stopped by an error (see [`Progress::error`](Shared::error)); nothing moves.
+    Error,
+}
+
+impl TorrentState {
+    /// The lowercase name used in displays and the HTTP API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Checking => "checking",
+            Self::Downloading => "downloading",
+            Self::Seeding => "seeding",
+            Self::Paused => "paused",
+            Self::Error => "error",
+        }
+    }
+
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Downloading,
+            2 => Self::Seeding,
+            3 => Self::Paused,
+            4 => Self::Error,
+            _ => Self::Checking,
+        }
+    }
+
+    fn to_u8(self) -> u8 {
+        match self {
+            Self::Checking => 0,
+            Self::Downloading => 1,
+            Self::Seeding => 2,
+            Self::Paused => 3,
+            Self::Error => 4,
+        }
+    }
+}
+
+impl fmt::Display for TorrentState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// How many events a subscriber may fall behind before further events are dropped for it.
 pub const EVENT_QUEUE: usize = 1024;
 
@@ -70,6 +125,10 @@ pub struct Shared {
     peers: AtomicU32,
     /// Set once every piece is verified.
     complete: AtomicBool,
+    /// What the torrent is doing ([`TorrentState`] as a byte), written by the torrent actor.
+    state: AtomicU8,
+    /// Pieces checked so far while [`TorrentState::Checking`].
+    checked: AtomicU32,
     /// Notified when the torrent completes, or stops.
     finished: Event,
     /// Set when the torrent stops (shutdown or fatal error).
@@ -107,6 +166,10 @@ pub struct Progress {
     pub peers: u32,
     /// Whether every piece is verified.
     pub complete: bool,
+    /// What the torrent is doing.
+    pub state: TorrentState,
+    /// Pieces checked so far while checking.
+    pub checked_pieces: u32,
 }
 
 impl Shared {
@@ -124,6 +187,8 @@ impl Shared {
             left: AtomicU64::new(left),
             peers: AtomicU32::new(0),
             complete: AtomicBool::new(verified == num_pieces),
+            state: AtomicU8::new(TorrentState::Checking.to_u8()),
+            checked: AtomicU32::new(0),
             finished: Event::new(),
             stopped: AtomicBool::new(false),
             error: Mutex::new(None),
@@ -142,12 +207,19 @@ impl Shared {
             wasted: self.wasted.load(Ordering::Relaxed),
             peers: self.peers.load(Ordering::Relaxed),
             complete: self.complete.load(Ordering::Acquire),
+            state: self.state(),
+            checked_pieces: self.checked.load(Ordering::Relaxed),
         }
     }
 
     /// Whether every piece is verified.
     pub fn is_complete(&self) -> bool {
         self.complete.load(Ordering::Acquire)
+    }
+
+    /// What the torrent is doing.
+    pub fn state(&self) -> TorrentState {
+        TorrentState::from_u8(self.state.load(Ordering::Acquire))
     }
 
     /// Whether the torrent has stopped.
@@ -160,6 +232,17 @@ impl Shared {
         loop {
             let listener = self.finished.listen();
             if self.is_complete() || self.is_stopped() {
+                return;
+            }
+            listener.await;
+        }
+    }
+
+    /// Waits until the check of the files is over, or the torrent stops.
+    pub async fn wait_checked(&self) {
+        loop {
+            let listener = self.finished.listen();
+            if self.state() != TorrentState::Checking || self.is_stopped() {
                 return;
             }
             listener.await;
@@ -224,7 +307,7 @@ impl Shared {
         }
     }
 
-    /// A listener for have-log growth. Register it before reading the log.
+    /// A peer became interested: wake the torrent so it can unchoke it into a free slot.
     pub(crate) fn peer_interested(&self) {
         self.interest.notify(usize::MAX);
     }
@@ -234,6 +317,7 @@ impl Shared {
         self.interest.listen()
     }
 
+    /// A listener for have-log growth. Register it before reading the log.
     pub(crate) fn listen_haves(&self) -> EventListener {
         self.have_grew.listen()
     }
@@ -260,6 +344,28 @@ impl Shared {
 
     pub(crate) fn set_error(&self, error: String) {
         *self.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
+    }
+
+    pub(crate) fn set_state(&self, state: TorrentState) {
+        self.state.store(state.to_u8(), Ordering::Release);
+        // Whoever waits for the check to end looks again.
+        self.finished.notify(usize::MAX);
+    }
+
+    /// Pieces checked so far, while checking.
+    pub(crate) fn set_checked(&self, pieces: u32) {
+        self.checked.store(pieces, Ordering::Relaxed);
+    }
+
+    /// The check is over: `verified` pieces are good and `left` bytes are missing.
+    pub(crate) fn checked(&self, verified: u32, left: u64) {
+        self.verified.store(verified, Ordering::Release);
+        self.left.store(left, Ordering::Relaxed);
+        self.checked.store(self.num_pieces, Ordering::Relaxed);
+        if verified == self.num_pieces {
+            self.complete.store(true, Ordering::Release);
+            self.finished.notify(usize::MAX);
+        }
     }
 
     pub(crate) fn set_stopped(&self) {

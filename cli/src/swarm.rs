@@ -138,7 +138,7 @@ pub fn download(args: DownloadArgs) -> CliResult {
     add.settings = torrent_settings(&args.swarm);
     let interrupted = ctrl_c();
     session.block_on(async {
-        let torrent = session.add_torrent(add).await?;
+        let torrent = session.add_torrent(add).await.map_err(|e| e.to_string())?;
         eprintln!(
             "shoal: downloading {} ({}) into {}, listening on {}",
             meta.info.name,
@@ -172,7 +172,7 @@ pub fn seed(args: SeedArgs) -> CliResult {
     let interrupted = ctrl_c();
     session.block_on(async {
         eprintln!("shoal: checking {}", args.path.display());
-        let torrent = session.add_torrent(add).await?;
+        let torrent = session.add_torrent(add).await.map_err(|e| e.to_string())?;
         let p = torrent.progress();
         if p.verified_pieces == 0 {
             session.shutdown().await;

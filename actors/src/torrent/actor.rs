@@ -26,8 +26,8 @@ use crate::peer::{
 };
 use crate::picker::PickerMsg;
 use crate::runtime::{Addr, Mailbox, Outcome, Supervisor};
-use crate::shared::{Shared, TorrentEvent};
-use crate::tracker::{TrackerClient, TransferStats};
+use crate::shared::{Shared, TorrentEvent, TorrentState};
+use crate::tracker::{TrackerClient, TrackerConfig, TransferStats};
 
 /// How long a TCP connect plus handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -75,8 +75,12 @@ pub(super) struct State {
     pub(super) storage: Arc<Storage>,
     /// The block buffers of downloads.
     pub(super) downloads: Arc<BlockPool>,
-    /// The tracker client, when the torrent has trackers.
+    /// The tracker client, while the torrent runs and has trackers.
     pub(super) tracker: Option<TrackerClient>,
+    /// How to start the tracker client again after a pause; `None`: no trackers.
+    pub(super) tracker_config: Option<TrackerConfig>,
+    /// Where tracker clients send the peers they learn (the run loop holds the receiver).
+    pub(super) tracker_peers: Sender<Vec<SocketAddr>>,
     /// The totals the tracker client announces.
     pub(super) transfer: Arc<TransferStats>,
     /// Optional limit on what we serve.
@@ -97,6 +101,8 @@ pub(super) struct State {
     pub(super) choker: Choker,
     /// Whether the tracker was told we completed.
     pub(super) announced_complete: bool,
+    /// Paused: no peers, no trackers.
+    pub(super) paused: bool,
     /// The fast-resume record and the files it stamps.
     pub(super) resume: Option<(PathBuf, Vec<PathBuf>)>,
     /// Verified pieces in the last record saved.
@@ -158,6 +164,14 @@ pub(super) async fn run(
                 addr,
                 remote,
             })) => st.incoming(stream, addr, remote),
+            Ev::Msg(Some(TorrentMsg::Pause(reply))) => {
+                st.pause().await;
+                reply.send(());
+            }
+            Ev::Msg(Some(TorrentMsg::Resume(reply))) => {
+                st.resume_work();
+                reply.send(());
+            }
             Ev::Msg(Some(TorrentMsg::AddPeers(peers))) | Ev::TrackerPeers(peers) => {
                 st.add_candidates(peers);
                 st.dial();
@@ -175,6 +189,50 @@ pub(super) async fn run(
 }
 
 impl State {
+    /// Starts (or restarts, after a pause) the trackers and the dialling.
+    pub(super) fn resume_work(&mut self) {
+        if !self.paused {
+            return;
+        }
+        self.paused = false;
+        self.shared.set_state(if self.shared.is_complete() {
+            TorrentState::Seeding
+        } else {
+            TorrentState::Downloading
+        });
+        if let Some(config) = &self.tracker_config {
+            self.tracker = Some(TrackerClient::spawn(
+                config.clone(),
+                self.transfer.clone(),
+                self.tracker_peers.clone(),
+            ));
+        }
+        self.dial();
+    }
+
+    /// Stops the trackers (announcing `stopped`) and every peer; keeps the pieces and saves
+    /// the fast-resume record.
+    async fn pause(&mut self) {
+        if self.paused {
+            return;
+        }
+        self.paused = true;
+        self.shared.set_state(TorrentState::Paused);
+        if let Some(t) = self.tracker.take() {
+            t.stop().await;
+        }
+        for e in self.entries.values() {
+            let _ = e.control.try_send(PeerControl::Stop);
+        }
+        if let Ok(have) = self
+            .picker
+            .call(|reply| PickerMsg::Verified { reply })
+            .await
+        {
+            self.save_resume(have).await;
+        }
+    }
+
     fn add_candidates(&mut self, peers: Vec<SocketAddr>) {
         self.swarm.add(peers, Instant::now());
     }
@@ -185,6 +243,9 @@ impl State {
 
     /// Dials known addresses whose time has come, within the connection and dialling limits.
     fn dial(&mut self) {
+        if self.paused {
+            return;
+        }
         let connecting = self
             .entries
             .values()
@@ -210,7 +271,8 @@ impl State {
     }
 
     fn incoming(&mut self, stream: TcpStream, addr: SocketAddr, remote: Handshake) {
-        if self.swarm.is_banned(&addr, Some(&remote.peer_id))
+        if self.paused
+            || self.swarm.is_banned(&addr, Some(&remote.peer_id))
             || self.connections() >= self.settings.max_peers
             || remote.peer_id == self.ctx.peer_id
         {
@@ -368,6 +430,9 @@ impl State {
             .downloaded
             .store(p.downloaded, Ordering::Relaxed);
         self.transfer.left.store(p.left, Ordering::Relaxed);
+        if p.complete && !self.paused && self.shared.state() == TorrentState::Downloading {
+            self.shared.set_state(TorrentState::Seeding);
+        }
         if p.complete && !self.announced_complete {
             self.announced_complete = true;
             if let Some(t) = &self.tracker {

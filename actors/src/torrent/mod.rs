@@ -31,11 +31,12 @@ use shoal_engine::{InfoHash, PeerId};
 use smol::net::TcpStream;
 
 use crate::disk::{Disk, Mode};
+use crate::error::{Error, Result};
 use crate::hasher::Hasher;
 use crate::peer::ServeFilter;
 use crate::runtime::{Addr, ReplyTo, Spawner};
 use crate::session::ConnectionSlots;
-use crate::shared::{Progress, Shared, TorrentEvent};
+use crate::shared::{Progress, Shared, TorrentEvent, TorrentState};
 
 /// Capacity of a torrent's mailbox.
 pub const TORRENT_MAILBOX: usize = 128;
@@ -96,6 +97,8 @@ pub struct AddTorrent {
     /// Where to keep the fast-resume record (see [`crate::resume`]); `None`: check every piece
     /// on start.
     pub resume: Option<PathBuf>,
+    /// Start paused: check the files, then wait for [`Torrent::resume`].
+    pub paused: bool,
 }
 
 impl fmt::Debug for AddTorrent {
@@ -105,6 +108,7 @@ impl fmt::Debug for AddTorrent {
             .field("folder", &self.folder)
             .field("mode", &self.mode)
             .field("peers", &self.peers)
+            .field("paused", &self.paused)
             .finish()
     }
 }
@@ -121,6 +125,7 @@ impl AddTorrent {
             settings: TorrentSettings::default(),
             serve_filter: None,
             resume: None,
+            paused: false,
         }
     }
 
@@ -176,6 +181,10 @@ pub(crate) enum TorrentMsg {
     AddPeers(Vec<SocketAddr>),
     /// The connected peers.
     Peers(ReplyTo<Vec<PeerInfo>>),
+    /// Stop the peers and trackers, keep every piece.
+    Pause(ReplyTo<()>),
+    /// Start the peers and trackers again, without a recheck.
+    Resume(ReplyTo<()>),
     /// Stop everything, flush, then answer.
     Shutdown(ReplyTo<()>),
 }
@@ -186,6 +195,8 @@ impl fmt::Debug for TorrentMsg {
             Self::Incoming { addr, .. } => write!(f, "Incoming({addr})"),
             Self::AddPeers(p) => write!(f, "AddPeers({})", p.len()),
             Self::Peers(_) => write!(f, "Peers"),
+            Self::Pause(_) => write!(f, "Pause"),
+            Self::Resume(_) => write!(f, "Resume"),
             Self::Shutdown(_) => write!(f, "Shutdown"),
         }
     }
@@ -213,6 +224,12 @@ pub struct Torrent {
     shared: Arc<Shared>,
     /// The info hash.
     info_hash: InfoHash,
+    /// Where each file of the torrent is (for removal with its files).
+    pub(crate) files: Arc<Vec<PathBuf>>,
+    /// The torrent's own content: its file, or its folder for a multi-file torrent.
+    pub(crate) root: PathBuf,
+    /// The fast-resume record, if kept.
+    pub(crate) resume: Option<PathBuf>,
 }
 
 impl fmt::Debug for Torrent {
@@ -239,18 +256,52 @@ impl Torrent {
         self.shared.subscribe()
     }
 
+    /// What the torrent is doing now.
+    pub fn state(&self) -> TorrentState {
+        self.shared.state()
+    }
+
+    /// Waits until the check of the files is over (at once when it is).
+    pub async fn wait_checked(&self) -> Result<()> {
+        self.shared.wait_checked().await;
+        match self.shared.state() {
+            TorrentState::Error => Err(Error::Failed(self.error().unwrap_or_default())),
+            _ if self.shared.is_stopped() => Err(Error::Stopped),
+            _ => Ok(()),
+        }
+    }
+
     /// Waits until every piece is verified and written, or the torrent stops (then the error,
     /// if one stopped it).
-    pub async fn wait_complete(&self) -> Result<(), String> {
+    pub async fn wait_complete(&self) -> Result<()> {
         self.shared.wait_finished().await;
         if self.shared.is_complete() {
             Ok(())
         } else {
-            Err(self
-                .shared
-                .error()
-                .unwrap_or_else(|| "torrent stopped".into()))
+            Err(self.shared.error().map_or(Error::Stopped, Error::Failed))
         }
+    }
+
+    /// Pauses: closes every peer connection, tells the trackers we stopped, keeps every
+    /// piece. A paused torrent accepts and dials nobody until [`resume`](Self::resume).
+    pub async fn pause(&self) -> Result<()> {
+        self.addr
+            .call(TorrentMsg::Pause)
+            .await
+            .map_err(|_| Error::Stopped)
+    }
+
+    /// Resumes a paused torrent, without checking its files again.
+    pub async fn resume(&self) -> Result<()> {
+        self.addr
+            .call(TorrentMsg::Resume)
+            .await
+            .map_err(|_| Error::Stopped)
+    }
+
+    /// Where each file of the torrent is on disk.
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
     }
 
     /// Whether the torrent has stopped (shut down, or stopped by a fatal error).

@@ -2,49 +2,99 @@
 //! the executor, then its picker, tracker client and actor start.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures_lite::future;
 use shoal_engine::bitfield::Bitfield;
 use shoal_engine::storage::Layout;
 
 use super::actor::{run, State};
 use super::choker::Choker;
 use super::swarm::Swarm;
-use super::{content_path, AddTorrent, SessionContext, Torrent, TORRENT_MAILBOX};
+use super::{content_path, AddTorrent, SessionContext, Torrent, TorrentMsg, TORRENT_MAILBOX};
 use crate::disk::{Mode, Storage, DISK_QUEUE};
 use crate::hasher::HASH_QUEUE;
 use crate::peer::PeerSettings;
 use crate::picker::{self, PickerSetup, PICKER_MAILBOX};
-use crate::runtime::{mailbox, Supervisor};
-use crate::shared::Shared;
-use crate::tracker::{TrackerClient, TrackerConfig, TransferStats};
+use crate::runtime::{mailbox, Mailbox, ReplyTo, Supervisor};
+use crate::shared::{Shared, TorrentState};
+use crate::tracker::{TrackerConfig, TransferStats};
 
 /// Capacity of the channel of peer addresses from the tracker client.
 const TRACKER_PEERS: usize = 16;
 
-/// Opens the files, checks them, and starts the torrent's actors. The check runs off the
-/// executor, on every core.
-pub(crate) async fn start(add: AddTorrent, ctx: SessionContext) -> Result<Torrent, String> {
+/// Starts a torrent: the handle comes back at once, in [`TorrentState::Checking`]; a task
+/// checks the files (off the executor, on every core, or trusts the fast-resume record), then
+/// starts the picker, the tracker client and the actor.
+pub(crate) fn start(add: AddTorrent, ctx: SessionContext) -> Torrent {
     let meta = add.metainfo.clone();
     let lengths = meta.info.lengths;
-    let layout = match &add.content {
+    let layout = layout(&add);
+    let files: Arc<Vec<PathBuf>> =
+        Arc::new(layout.files().iter().map(|f| f.path.clone()).collect());
+    let shared = Arc::new(Shared::new(lengths.num_pieces(), 0, lengths.total_length()));
+    let (addr, inbox) = mailbox(TORRENT_MAILBOX);
+    let resume_path = add.resume.clone();
+    let root = add
+        .content
+        .clone()
+        .unwrap_or_else(|| add.folder.join(&meta.info.name));
+    ctx.spawner
+        .spawn(launch(add, ctx.clone(), layout, shared.clone(), inbox))
+        .detach();
+    Torrent {
+        addr,
+        shared,
+        info_hash: meta.info_hash,
+        files,
+        root,
+        resume: resume_path,
+    }
+}
+
+/// Where each file of the torrent is.
+pub(crate) fn layout(add: &AddTorrent) -> Layout {
+    let files = &add.metainfo.info.files;
+    match &add.content {
         // The metainfo's paths start with the torrent name; the content replaces it.
         Some(content) => Layout::new(
-            meta.info
-                .files
+            files
                 .iter()
                 .map(|f| (content_path(content, &f.path), f.length)),
         ),
         None => Layout::new(
-            meta.info
-                .files
+            files
                 .iter()
                 .map(|f| (add.folder.join(f.relative_path()), f.length)),
         ),
-    };
+    }
+}
+
+/// What the torrent was told while it checked its files.
+#[derive(Default)]
+struct Pending {
+    /// Peers to dial once started.
+    peers: Vec<SocketAddr>,
+    /// Whether to start paused.
+    paused: bool,
+    /// A shutdown to answer: the torrent never starts.
+    shutdown: Option<ReplyTo<()>>,
+}
+
+/// The torrent's task: the check, answering the mailbox meanwhile, then the run loop.
+async fn launch(
+    add: AddTorrent,
+    ctx: SessionContext,
+    layout: Layout,
+    shared: Arc<Shared>,
+    mut inbox: Mailbox<TorrentMsg>,
+) {
+    let meta = add.metainfo.clone();
+    let lengths = meta.info.lengths;
     // Paths in the layout are complete: the folder is already joined in.
     let folder = PathBuf::new();
     let mode = add.mode;
@@ -59,24 +109,99 @@ pub(crate) async fn start(add: AddTorrent, ctx: SessionContext) -> Result<Torren
         .map(|r| (r, files));
     let record = resume.clone();
     let info_hash = meta.info_hash;
-    let (storage, have) = smol::unblock(move || -> std::io::Result<(Storage, Bitfield)> {
+    let progress = shared.clone();
+    let mut check = smol::unblock(move || -> std::io::Result<(Storage, Bitfield, bool)> {
         let storage = Storage::open(&folder, layout, lengths, mode)?;
         let resumed = record.and_then(|(r, files)| {
             crate::resume::load(&r, &info_hash, lengths.num_pieces(), &files)
         });
-        let have = match resumed {
-            Some(have) => have,
-            None => storage.recheck(&check_hashes, threads, &|_| {}),
-        };
-        Ok((storage, have))
-    })
-    .await
-    .map_err(|e| e.to_string())?;
+        Ok(match resumed {
+            Some(have) => (storage, have, true),
+            None => {
+                let have = storage.recheck(&check_hashes, threads, &|n| progress.set_checked(n));
+                (storage, have, false)
+            }
+        })
+    });
+    let mut pending = Pending {
+        peers: add.peers.clone(),
+        paused: add.paused,
+        shutdown: None,
+    };
+    let checked = loop {
+        let ev = future::or(async { Ok((&mut check).await) }, async {
+            Err(inbox.recv().await)
+        })
+        .await;
+        match ev {
+            Ok(result) => break Some(result),
+            Err(None) => break None,
+            Err(Some(msg)) => match msg {
+                TorrentMsg::Shutdown(reply) => {
+                    pending.shutdown = Some(reply);
+                    break None;
+                }
+                TorrentMsg::AddPeers(peers) => pending.peers.extend(peers),
+                TorrentMsg::Pause(reply) => {
+                    pending.paused = true;
+                    reply.send(());
+                }
+                TorrentMsg::Resume(reply) => {
+                    pending.paused = false;
+                    reply.send(());
+                }
+                TorrentMsg::Peers(reply) => reply.send(Vec::new()),
+                // Not started yet: an incoming peer is turned away (it will retry).
+                TorrentMsg::Incoming { .. } => {}
+            },
+        }
+    };
+    let (storage, have, resumed) = match checked {
+        Some(Ok(checked)) => checked,
+        Some(Err(e)) => {
+            let what = format!("opening the files of {}: {e}", meta.info.name);
+            log::error!("{what}");
+            shared.set_error(what);
+            shared.set_state(TorrentState::Error);
+            shared.set_stopped();
+            // Answer whatever comes until every handle is gone.
+            while let Some(msg) = inbox.recv().await {
+                match msg {
+                    TorrentMsg::Shutdown(r) | TorrentMsg::Pause(r) | TorrentMsg::Resume(r) => {
+                        r.send(())
+                    }
+                    TorrentMsg::Peers(r) => r.send(Vec::new()),
+                    TorrentMsg::AddPeers(_) | TorrentMsg::Incoming { .. } => {}
+                }
+            }
+            return;
+        }
+        None => {
+            // Shut down (or every handle dropped) while checking: the check thread finishes
+            // on its own and closes the files.
+            shared.set_stopped();
+            if let Some(reply) = pending.shutdown {
+                reply.send(());
+            }
+            return;
+        }
+    };
     let left: u64 = (0..lengths.num_pieces())
         .filter(|&p| !have.get(p))
         .map(|p| u64::from(lengths.piece_len(p)))
         .sum();
-    let shared = Arc::new(Shared::new(lengths.num_pieces(), have.count_ones(), left));
+    shared.checked(have.count_ones(), left);
+    log::debug!(
+        "{}: {} of {} pieces good ({})",
+        meta.info.name,
+        have.count_ones(),
+        lengths.num_pieces(),
+        if resumed {
+            "fast-resume record"
+        } else {
+            "checked"
+        }
+    );
     if mode == Mode::ReadOnly && !have.all() {
         log::warn!(
             "{}: {} of {} pieces are missing or wrong in the data given; seeding the rest",
@@ -118,23 +243,16 @@ pub(crate) async fn start(add: AddTorrent, ctx: SessionContext) -> Result<Torren
     } else {
         Vec::new()
     };
-    let tracker = (!tiers.is_empty()).then(|| {
-        TrackerClient::spawn(
-            TrackerConfig {
-                tiers,
-                info_hash: meta.info_hash,
-                peer_id: ctx.peer_id,
-                port: ctx.listen_port,
-                numwant: 50,
-                timing: Default::default(),
-            },
-            transfer.clone(),
-            tracker_peers_tx,
-        )
+    let tracker_config = (!tiers.is_empty()).then(|| TrackerConfig {
+        tiers,
+        info_hash: meta.info_hash,
+        peer_id: ctx.peer_id,
+        port: ctx.listen_port,
+        numwant: 50,
+        timing: Default::default(),
     });
 
-    let (addr, inbox) = mailbox(TORRENT_MAILBOX);
-    let state = State {
+    let mut state = State {
         meta: meta.clone(),
         ctx: ctx.clone(),
         settings: add.settings.clone(),
@@ -149,7 +267,9 @@ pub(crate) async fn start(add: AddTorrent, ctx: SessionContext) -> Result<Torren
         disk,
         storage,
         downloads,
-        tracker,
+        tracker: None,
+        tracker_config,
+        tracker_peers: tracker_peers_tx,
         transfer,
         serve_filter: add.serve_filter.clone(),
         peers: Supervisor::new(ctx.spawner.clone()),
@@ -160,19 +280,16 @@ pub(crate) async fn start(add: AddTorrent, ctx: SessionContext) -> Result<Torren
         swarm: Swarm::new(ctx.listen_port),
         choker: Choker::new(add.settings.upload_slots, Instant::now()),
         announced_complete: shared.is_complete(),
+        paused: true,
         resume,
         saved_pieces: u32::MAX,
         last_save: Instant::now(),
     };
-    let task = ctx.spawner.spawn(run(state, inbox, tracker_peers_rx));
-    task.detach();
-    let torrent = Torrent {
-        addr,
-        shared,
-        info_hash: meta.info_hash,
-    };
-    if !add.peers.is_empty() {
-        torrent.add_peers(add.peers).await;
+    state.swarm.add(pending.peers, Instant::now());
+    if pending.paused {
+        shared.set_state(TorrentState::Paused);
+    } else {
+        state.resume_work();
     }
-    Ok(torrent)
+    run(state, inbox, tracker_peers_rx).await;
 }

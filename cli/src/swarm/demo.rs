@@ -81,7 +81,7 @@ fn run_in(root: &Path, downloaders: usize, size: u64) -> CliResult {
     runtime.block_on(async {
         let mut add = AddTorrent::seed(meta.clone(), PathBuf::new());
         add.content = Some(content.clone());
-        seeder.add_torrent(add).await?;
+        seeder.add_torrent(add).await.map_err(|e| e.to_string())?;
         eprintln!("demo: seeder on {}", seeder.local_addr());
         let mut torrents: Vec<Torrent> = Vec::new();
         for (i, s) in leechers.iter().enumerate() {
@@ -90,7 +90,8 @@ fn run_in(root: &Path, downloaders: usize, size: u64) -> CliResult {
                     meta.clone(),
                     root.join(format!("peer-{i}")),
                 ))
-                .await?;
+                .await
+                .map_err(|e| e.to_string())?;
             torrents.push(t);
         }
         show_progress(&torrents, &leechers).await?;
