@@ -3,6 +3,7 @@
 use std::fmt;
 use std::io;
 
+use shoal_engine::metainfo::MetainfoError;
 use shoal_engine::InfoHash;
 
 /// Why a session or torrent call failed.
@@ -17,6 +18,8 @@ pub enum Error {
     Stopped,
     /// The torrent stopped without completing; the text says why (a disk error, say).
     Failed(String),
+    /// The `.torrent` is malformed.
+    InvalidTorrent(MetainfoError),
     /// A file or socket operation failed.
     Io {
         /// What we were doing, e.g. "opening downloads/a.iso".
@@ -43,6 +46,7 @@ impl fmt::Display for Error {
             Self::UnknownTorrent(h) => write!(f, "no torrent {h} in this session"),
             Self::Stopped => f.write_str("the torrent has stopped"),
             Self::Failed(why) => f.write_str(why),
+            Self::InvalidTorrent(e) => write!(f, "invalid torrent: {e}"),
             Self::Io { context, source } => write!(f, "{context}: {source}"),
         }
     }
@@ -52,8 +56,15 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::Io { source, .. } => Some(source),
+            Self::InvalidTorrent(e) => Some(e),
             _ => None,
         }
+    }
+}
+
+impl From<MetainfoError> for Error {
+    fn from(e: MetainfoError) -> Self {
+        Self::InvalidTorrent(e)
     }
 }
 

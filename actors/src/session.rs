@@ -169,7 +169,7 @@ impl Session {
         let owns_pools = pools.is_none();
         let pools =
             pools.unwrap_or_else(|| Pools::new(settings.hasher_threads, settings.disk_threads));
-        let listener = std::net::TcpListener::bind(settings.listen)?;
+        let listener = bind(settings.listen)?;
         let local_addr = listener.local_addr()?;
         let listener = TcpListener::try_from(listener)?;
         let peer_id = settings.peer_id.unwrap_or_else(PeerId::generate);
@@ -324,6 +324,27 @@ async fn accept_loop(listener: TcpListener, torrents: Registry, spawner: Spawner
                 pending.fetch_sub(1, Ordering::Relaxed);
             })
             .detach();
+    }
+}
+
+/// Ports tried after the one asked for when it is taken, as libtorrent does
+/// (`max_retry_port_bind`): a second client on the machine still starts.
+const PORT_RETRIES: u16 = 10;
+
+/// Listens on `addr`; when its port (not 0) is taken, on one of the next [`PORT_RETRIES`].
+fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let first = std::net::TcpListener::bind(addr);
+    match first {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && addr.port() != 0 => {
+            for port in (1..=PORT_RETRIES).filter_map(|i| addr.port().checked_add(i)) {
+                if let Ok(l) = std::net::TcpListener::bind(SocketAddr::new(addr.ip(), port)) {
+                    log::info!("port {} is taken; listening on {port}", addr.port());
+                    return Ok(l);
+                }
+            }
+            Err(e)
+        }
+        other => other,
     }
 }
 

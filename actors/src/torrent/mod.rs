@@ -2,7 +2,7 @@
 //! the picker and the tracker client, and owns the peer connections: dialling, accepting,
 //! choking, banning, and shutting it all down in order.
 //!
-//! - [`start`](start::start): opening the files, the check (or the fast-resume record) and
+//! - `start`: opening the files, the check (or the fast-resume record) and
 //!   the start of the picker, the tracker client and the actor;
 //! - `swarm`: the addresses we may dial, their backoff, and bans;
 //! - `choker`: which peers we upload to (pure policy);

@@ -160,7 +160,7 @@ async fn launch(
         Some(Ok(checked)) => checked,
         Some(Err(e)) => {
             let what = format!("opening the files of {}: {e}", meta.info.name);
-            log::error!("{what}");
+            log::debug!("{what}");
             shared.set_error(what);
             shared.set_state(TorrentState::Error);
             shared.set_stopped();
