@@ -129,6 +129,10 @@ pub struct Shared {
     state: AtomicU8,
     /// Pieces checked so far while [`TorrentState::Checking`].
     checked: AtomicU32,
+    /// Payload bytes per second received, measured by the torrent each second.
+    download_rate: AtomicU64,
+    /// Payload bytes per second sent, measured by the torrent each second.
+    upload_rate: AtomicU64,
     /// Notified when the torrent completes, or stops.
     finished: Event,
     /// Set when the torrent stops (shutdown or fatal error).
@@ -170,6 +174,22 @@ pub struct Progress {
     pub state: TorrentState,
     /// Pieces checked so far while checking.
     pub checked_pieces: u32,
+    /// Payload bytes per second received, over the last few seconds.
+    pub download_rate: u64,
+    /// Payload bytes per second sent, over the last few seconds.
+    pub upload_rate: u64,
+}
+
+impl Progress {
+    /// Seconds until complete at the current download rate; `None` while nothing arrives
+    /// (and `Some(0)` once complete).
+    pub fn eta(&self) -> Option<u64> {
+        match (self.left, self.download_rate) {
+            (0, _) => Some(0),
+            (_, 0) => None,
+            (left, rate) => Some(left.div_ceil(rate)),
+        }
+    }
 }
 
 impl Shared {
@@ -189,6 +209,8 @@ impl Shared {
             complete: AtomicBool::new(verified == num_pieces),
             state: AtomicU8::new(TorrentState::Checking.to_u8()),
             checked: AtomicU32::new(0),
+            download_rate: AtomicU64::new(0),
+            upload_rate: AtomicU64::new(0),
             finished: Event::new(),
             stopped: AtomicBool::new(false),
             error: Mutex::new(None),
@@ -209,6 +231,8 @@ impl Shared {
             complete: self.complete.load(Ordering::Acquire),
             state: self.state(),
             checked_pieces: self.checked.load(Ordering::Relaxed),
+            download_rate: self.download_rate.load(Ordering::Relaxed),
+            upload_rate: self.upload_rate.load(Ordering::Relaxed),
         }
     }
 
@@ -350,6 +374,12 @@ impl Shared {
         self.state.store(state.to_u8(), Ordering::Release);
         // Whoever waits for the check to end looks again.
         self.finished.notify(usize::MAX);
+    }
+
+    /// The rates the torrent measured this second.
+    pub(crate) fn set_rates(&self, download: u64, upload: u64) {
+        self.download_rate.store(download, Ordering::Relaxed);
+        self.upload_rate.store(upload, Ordering::Relaxed);
     }
 
     /// Pieces checked so far, while checking.

@@ -9,6 +9,7 @@
 //! - [`wire`]: the peer wire protocol of BEP 3: handshake, messages, a partial-buffer codec.
 //! - [`storage`]: the map from pieces and blocks to the file spans they cover.
 //! - [`picker`]: piece selection policy (random first, rarest first, endgame).
+//! - [`rate`]: transfer rates over a sliding window, and the time left at that rate.
 //! - [`pipeline`]: how many requests to keep outstanding with a peer (slow start, then rate).
 //! - [`tracker`]: tracker announce requests and replies (HTTP and UDP), as pure data.
 //!
@@ -29,6 +30,7 @@ pub mod lengths;
 pub mod metainfo;
 pub mod picker;
 pub mod pipeline;
+pub mod rate;
 pub mod storage;
 pub mod tracker;
 pub mod wire;

@@ -13,6 +13,7 @@ use futures_lite::{future, AsyncReadExt, AsyncWriteExt, FutureExt};
 use shoal_engine::bitfield::Bitfield;
 use shoal_engine::metainfo::Metainfo;
 use shoal_engine::picker::PeerKey;
+use shoal_engine::rate::Rate;
 use shoal_engine::wire::{Handshake, HANDSHAKE_LEN};
 use smol::net::TcpStream;
 
@@ -49,6 +50,10 @@ pub(super) struct Entry {
     last_down: u64,
     /// `stats.uploaded` at the last rechoke, for rates.
     last_up: u64,
+    /// Its download rate, sampled every second.
+    down_rate: Rate,
+    /// Its upload rate, sampled every second.
+    up_rate: Rate,
 }
 
 /// The torrent actor's state. Built by [`super::start`]; fields are set there.
@@ -99,6 +104,10 @@ pub(super) struct State {
     pub(super) swarm: Swarm,
     /// Who we upload to.
     pub(super) choker: Choker,
+    /// The torrent's download rate, sampled every second.
+    pub(super) down_rate: Rate,
+    /// The torrent's upload rate, sampled every second.
+    pub(super) up_rate: Rate,
     /// Whether the tracker was told we completed.
     pub(super) announced_complete: bool,
     /// Paused: no peers, no trackers.
@@ -377,6 +386,8 @@ impl State {
                 choked: true,
                 last_down: 0,
                 last_up: 0,
+                down_rate: Rate::default(),
+                up_rate: Rate::default(),
             },
         );
     }
@@ -425,6 +436,15 @@ impl State {
         // A lost tick is harmless: another comes in a second.
         let _ = self.picker.try_send(PickerMsg::Tick);
         let p = self.shared.progress();
+        self.down_rate.sample(p.downloaded);
+        self.up_rate.sample(p.uploaded);
+        self.shared
+            .set_rates(self.down_rate.per_second(), self.up_rate.per_second());
+        for e in self.entries.values_mut() {
+            e.down_rate
+                .sample(e.stats.downloaded.load(Ordering::Relaxed));
+            e.up_rate.sample(e.stats.uploaded.load(Ordering::Relaxed));
+        }
         self.transfer.uploaded.store(p.uploaded, Ordering::Relaxed);
         self.transfer
             .downloaded
@@ -554,6 +574,8 @@ impl State {
                 downloaded: e.stats.downloaded.load(Ordering::Relaxed),
                 uploaded: e.stats.uploaded.load(Ordering::Relaxed),
                 is_seed: e.stats.peer_is_seed.load(Ordering::Relaxed),
+                download_rate: e.down_rate.per_second(),
+                upload_rate: e.up_rate.per_second(),
             })
             .collect()
     }

@@ -213,6 +213,10 @@ pub struct PeerInfo {
     pub uploaded: u64,
     /// Whether it has every piece.
     pub is_seed: bool,
+    /// Payload bytes per second received from it, over the last few seconds.
+    pub download_rate: u64,
+    /// Payload bytes per second sent to it, over the last few seconds.
+    pub upload_rate: u64,
 }
 
 /// A handle to a running torrent.

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use futures_lite::future;
 use shoal_engine::bitfield::Bitfield;
+use shoal_engine::rate::Rate;
 use shoal_engine::storage::Layout;
 
 use super::actor::{run, State};
@@ -279,6 +280,8 @@ async fn launch(
         by_task: HashMap::new(),
         swarm: Swarm::new(ctx.listen_port),
         choker: Choker::new(add.settings.upload_slots, Instant::now()),
+        down_rate: Rate::default(),
+        up_rate: Rate::default(),
         announced_complete: shared.is_complete(),
         paused: true,
         resume,
