@@ -34,6 +34,14 @@ pub enum TorrentEvent {
         /// Why, in words.
         reason: String,
     },
+    /// A connection attempt failed before the handshake was done (refused, timed out, not a
+    /// BitTorrent peer, the wrong torrent). The address is dialled again later.
+    ConnectFailed {
+        /// The address dialled.
+        addr: SocketAddr,
+        /// Why, in words.
+        reason: String,
+    },
     /// A peer was banned for sending corrupt data.
     PeerBanned(SocketAddr),
     /// Every piece is verified and on disk.

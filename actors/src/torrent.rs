@@ -271,6 +271,8 @@ pub struct Torrent {
     shared: Arc<Shared>,
     /// The info hash.
     info_hash: InfoHash,
+    /// Whether the pieces on disk at start were taken from the fast-resume record.
+    from_record: bool,
 }
 
 impl fmt::Debug for Torrent {
@@ -285,6 +287,12 @@ impl Torrent {
     /// The torrent's info hash.
     pub fn info_hash(&self) -> InfoHash {
         self.info_hash
+    }
+
+    /// Whether the pieces on disk at start were taken from the fast-resume record (trusted
+    /// because no file changed size or modification time) rather than read and checked.
+    pub fn resumed_from_record(&self) -> bool {
+        self.from_record
     }
 
     /// A snapshot of its progress.
@@ -376,16 +384,17 @@ pub(crate) async fn start(add: AddTorrent, ctx: SessionContext) -> Result<Torren
         .map(|r| (r, files));
     let record = resume.clone();
     let info_hash = meta.info_hash;
-    let (storage, have) = smol::unblock(move || -> std::io::Result<(Storage, Bitfield)> {
+    let (storage, have, from_record) = smol::unblock(move || {
         let storage = Storage::open(&folder, layout, lengths, mode)?;
         let resumed = record.and_then(|(r, files)| {
             crate::resume::load(&r, &info_hash, lengths.num_pieces(), &files)
         });
+        let from_record = resumed.is_some();
         let have = match resumed {
             Some(have) => have,
             None => storage.recheck(&check_hashes, threads, &|_| {}),
         };
-        Ok((storage, have))
+        std::io::Result::Ok((storage, have, from_record))
     })
     .await
     .map_err(|e| e.to_string())?;
@@ -395,8 +404,9 @@ pub(crate) async fn start(add: AddTorrent, ctx: SessionContext) -> Result<Torren
         .sum();
     let shared = Arc::new(Shared::new(lengths.num_pieces(), have.count_ones(), left));
     if mode == Mode::ReadOnly && !have.all() {
-        log::warn!(
-            "{}: {} of {} pieces are missing or wrong in the data given; seeding the rest",
+        // Said to the user by the caller, which knows what it will do about it.
+        log::debug!(
+            "{}: {} of {} pieces are missing or wrong in the data given",
             meta.info.name,
             lengths.num_pieces() - have.count_ones(),
             lengths.num_pieces()
@@ -423,6 +433,7 @@ pub(crate) async fn start(add: AddTorrent, ctx: SessionContext) -> Result<Torren
             done_tx,
             done_rx,
             shared: shared.clone(),
+            download: mode == Mode::ReadWrite,
         },
         picker_inbox,
     ));
@@ -490,6 +501,7 @@ pub(crate) async fn start(add: AddTorrent, ctx: SessionContext) -> Result<Torren
         addr,
         shared,
         info_hash: meta.info_hash,
+        from_record,
     };
     if !add.peers.is_empty() {
         torrent.add_peers(add.peers).await;
@@ -897,6 +909,11 @@ impl State {
                 addr: entry.addr,
                 reason: reason.clone(),
             });
+        } else {
+            self.shared.emit(TorrentEvent::ConnectFailed {
+                addr: entry.addr,
+                reason: reason.clone(),
+            });
         }
         if ban {
             log::warn!("banned {}: {reason}", entry.addr);
@@ -918,6 +935,10 @@ impl State {
         self.transfer.left.store(p.left, Ordering::Relaxed);
         if p.complete && !self.announced_complete {
             self.announced_complete = true;
+            let storage = self.storage.clone();
+            if let Err(e) = smol::unblock(move || storage.trim_to_length()).await {
+                log::error!("{}: {e}", self.meta.info.name);
+            }
             if let Some(t) = &self.tracker {
                 t.completed().await;
             }
