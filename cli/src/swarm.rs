@@ -276,7 +276,7 @@ pub fn download(args: DownloadArgs) -> CliResult {
         let torrent = match added {
             Ok(t) => t?,
             Err(signal) => {
-                say("shoal: interrupted while checking the data on disk; nothing was changed");
+                say("shoal: interrupted while checking the data on disk; run the same command again to start over");
                 return Err(Failure::Signal(signal));
             }
         };
