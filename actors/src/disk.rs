@@ -54,6 +54,8 @@ pub struct Storage {
     /// Per file, how many bytes it held before we extended it: beyond that it is a hole of
     /// zeros we made, so [`Storage::recheck`] need not read and hash it.
     existing: Vec<u64>,
+    /// Whether the files may be written.
+    mode: Mode,
     /// Set once a read without waiting was refused as unsupported (old kernel, some file
     /// systems): uploads then always go through the disk threads.
     #[cfg(target_os = "linux")]
@@ -96,7 +98,11 @@ impl Storage {
                         .len();
                     if len < info.length {
                         held = len;
-                        // Sparse: space is only taken as pieces land.
+                    }
+                    if len != info.length {
+                        // Shorter: sparse, space is only taken as pieces land. Longer (stale
+                        // bytes from an older file of the same name): cut back, so a finished
+                        // download is exactly the torrent's bytes.
                         file.set_len(info.length)
                             .map_err(|e| annotate(e, "size", &path))?;
                     }
@@ -114,6 +120,7 @@ impl Storage {
         Ok(Self {
             layout,
             lengths,
+            mode,
             write_locks: files.iter().map(|_| std::sync::Mutex::new(())).collect(),
             files,
             existing,
@@ -125,6 +132,56 @@ impl Storage {
     /// The torrent's lengths.
     pub fn lengths(&self) -> &Lengths {
         &self.lengths
+    }
+
+    /// The files, where they are and how long the torrent says they are.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The files whose length on disk is not the torrent's (or that are missing), in torrent
+    /// order. Pieces may still verify when a file is too long, so a check of the data must
+    /// look at this too.
+    pub fn wrong_lengths(&self) -> Vec<WrongLength> {
+        self.layout
+            .files()
+            .iter()
+            .zip(&self.files)
+            .filter_map(|(info, file)| {
+                let found = file
+                    .as_ref()
+                    .and_then(|f| f.metadata().ok())
+                    .map(|m| m.len());
+                (found != Some(info.length)).then(|| WrongLength {
+                    path: info.path.clone(),
+                    expected: info.length,
+                    found,
+                })
+            })
+            .collect()
+    }
+
+    /// Cuts back every file longer than the torrent says (in [`Mode::ReadWrite`] only; read-only
+    /// data is never changed) and returns their paths. Called when a download completes, so
+    /// that nothing written behind our back survives past the torrent's end.
+    pub fn trim_to_length(&self) -> io::Result<Vec<std::path::PathBuf>> {
+        let mut trimmed = Vec::new();
+        if self.mode != Mode::ReadWrite {
+            return Ok(trimmed);
+        }
+        for (info, file) in self.layout.files().iter().zip(&self.files) {
+            let Some(file) = file else { continue };
+            let len = file
+                .metadata()
+                .map_err(|e| annotate(e, "stat", &info.path))?
+                .len();
+            if len > info.length {
+                file.set_len(info.length)
+                    .map_err(|e| annotate(e, "cut back", &info.path))?;
+                trimmed.push(info.path.clone());
+            }
+        }
+        Ok(trimmed)
     }
 
     /// Reads `buf.len()` bytes at torrent offset `offset`, across files.
@@ -408,6 +465,17 @@ fn annotate(e: io::Error, what: &str, path: &Path) -> io::Error {
     io::Error::new(e.kind(), format!("cannot {what} {}: {e}", path.display()))
 }
 
+/// A file whose length on disk is not the one the torrent gives it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WrongLength {
+    /// Where the file is.
+    pub path: std::path::PathBuf,
+    /// Its length in the torrent.
+    pub expected: u64,
+    /// Its length on disk; `None` when it is missing.
+    pub found: Option<u64>,
+}
+
 /// How a piece handed to the hasher ended.
 #[derive(Debug)]
 pub enum PieceOutcome {
@@ -581,6 +649,7 @@ fn serve(uploads: &Arc<BlockPool>, job: DiskJob) {
 mod tests {
     use super::*;
     use shoal_engine::lengths::BLOCK_LEN;
+    use std::io::Write;
 
     fn scratch(name: &str) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("shoal-disk-{name}-{}", std::process::id()));
@@ -655,6 +724,37 @@ mod tests {
         if cached {
             assert_eq!(bufs.concat(), &data[32..80]);
         }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_longer_file_is_cut_back_for_a_download_and_reported_read_only() {
+        let dir = scratch("long");
+        let path = dir.join("f");
+        std::fs::write(&path, [1u8; 300]).unwrap();
+        let lengths = Lengths::new(205, 64).unwrap();
+        let layout = || Layout::new([(path.clone(), 200), (dir.join("gone"), 5)]);
+        // Read-only: nothing changes, and both files are reported.
+        let s = Storage::open(Path::new(""), layout(), lengths, Mode::ReadOnly).unwrap();
+        let wrong = s.wrong_lengths();
+        assert_eq!(wrong.len(), 2);
+        assert_eq!((wrong[0].expected, wrong[0].found), (200, Some(300)));
+        assert_eq!(wrong[1].found, None);
+        assert!(s.trim_to_length().unwrap().is_empty());
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 300);
+        // Read-write: cut back (and the missing file made) on open.
+        let s = Storage::open(Path::new(""), layout(), lengths, Mode::ReadWrite).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 200);
+        assert!(s.wrong_lengths().is_empty());
+        // Grown behind our back: cut back on request.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"more")
+            .unwrap();
+        assert_eq!(s.trim_to_length().unwrap(), vec![path.clone()]);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 200);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -171,6 +171,9 @@ pub struct PickerSetup {
     pub done_rx: Receiver<PieceDone>,
     /// Shared progress and events.
     pub shared: Arc<Shared>,
+    /// Whether to fetch missing pieces at all. Seeding data the user gave us read-only does not:
+    /// there is nowhere to write them, so every pick is answered with nothing.
+    pub download: bool,
 }
 
 /// One peer as the picker sees it.
@@ -223,6 +226,8 @@ struct State {
     /// When writing last failed: no new piece is started for [`PAUSE_AFTER_WRITE_FAILURE`]
     /// after it, or until a write succeeds.
     paused: Option<std::time::Instant>,
+    /// Whether missing pieces are fetched (see [`PickerSetup::download`]).
+    download: bool,
 }
 
 /// Runs the picker actor until shutdown or until every handle is dropped.
@@ -237,6 +242,7 @@ pub async fn run(setup: PickerSetup, mut inbox: Mailbox<PickerMsg>) {
         done_rx,
         shared,
         storage,
+        download,
     } = setup;
     let mut st = State {
         policy: Picker::new(lengths, have),
@@ -254,6 +260,7 @@ pub async fn run(setup: PickerSetup, mut inbox: Mailbox<PickerMsg>) {
         done_tx,
         paused: None,
         storage,
+        download,
     };
     let mut shutdown: Option<ReplyTo<Bitfield>> = None;
     // Complete pieces from the message at hand, to hand to the hasher.
@@ -397,7 +404,9 @@ impl State {
         let allow_new = !paused && self.reserved_bytes() < self.budget;
         if let Some(slot) = self.peers.get_mut(&peer) {
             self.policy.set_new_pieces_allowed(allow_new);
-            self.policy.pick(peer, &slot.has, max, &mut buf);
+            if self.download {
+                self.policy.pick(peer, &slot.has, max, &mut buf);
+            }
             slot.starved = buf.is_empty();
             let _ = slot.notes.try_send(PeerNote::Grant(buf));
         }

@@ -34,6 +34,14 @@ pub enum TorrentEvent {
         /// Why, in words.
         reason: String,
     },
+    /// A connection attempt failed before the handshake was done (refused, timed out, not a
+    /// BitTorrent peer, the wrong torrent). The address is dialled again later.
+    ConnectFailed {
+        /// The address dialled.
+        addr: SocketAddr,
+        /// Why, in words.
+        reason: String,
+    },
     /// A peer was banned for sending corrupt data.
     PeerBanned(SocketAddr),
     /// Every piece is verified and on disk.
@@ -129,6 +137,8 @@ pub struct Shared {
     state: AtomicU8,
     /// Pieces checked so far while [`TorrentState::Checking`].
     checked: AtomicU32,
+    /// Whether the pieces on disk at start came from the fast-resume record, not a check.
+    from_record: AtomicBool,
     /// Payload bytes per second received, measured by the torrent each second.
     download_rate: AtomicU64,
     /// Payload bytes per second sent, measured by the torrent each second.
@@ -209,6 +219,7 @@ impl Shared {
             complete: AtomicBool::new(verified == num_pieces),
             state: AtomicU8::new(TorrentState::Checking.to_u8()),
             checked: AtomicU32::new(0),
+            from_record: AtomicBool::new(false),
             download_rate: AtomicU64::new(0),
             upload_rate: AtomicU64::new(0),
             finished: Event::new(),
@@ -374,6 +385,15 @@ impl Shared {
         self.state.store(state.to_u8(), Ordering::Release);
         // Whoever waits for the check to end looks again.
         self.finished.notify(usize::MAX);
+    }
+
+    /// Whether the pieces on disk at start came from the fast-resume record, not a check.
+    pub fn from_record(&self) -> bool {
+        self.from_record.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_from_record(&self, yes: bool) {
+        self.from_record.store(yes, Ordering::Relaxed);
     }
 
     /// The rates the torrent measured this second.

@@ -4,10 +4,12 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use shoal_engine::create::{create_torrent, CreateOptions};
+use shoal_engine::lengths::MAX_PIECE_LENGTH;
 use shoal_engine::metainfo::Metainfo;
 
+use crate::display::{count, printable, say};
 use crate::info::human_size;
-use crate::CliResult;
+use crate::{outln, CliResult};
 
 /// Arguments of `shoal create`.
 #[derive(Debug, clap::Args)]
@@ -19,7 +21,8 @@ pub struct Args {
     #[arg(short, long, value_name = "OUT.torrent")]
     pub output: PathBuf,
     /// Bytes per piece: a number with an optional binary suffix (16k, 256KiB, 1MiB, 1m,
-    /// 262144). Default: a power of two giving 1024 to 2048 pieces, 16 KiB to 16 MiB.
+    /// 262144), at most 64 MiB; clients expect a power of two. Default: a power of two giving
+    /// 1024 to 2048 pieces, 16 KiB to 16 MiB.
     #[arg(short = 'l', long, value_name = "SIZE", value_parser = parse_size)]
     pub piece_length: Option<u32>,
     /// A tracker announce URL; repeat for more, each in its own tier (BEP 12).
@@ -42,8 +45,9 @@ pub struct Args {
     pub force: bool,
 }
 
-/// Parses a size such as `262144`, `16k`, `256KiB`, `1MiB` or `2m` (suffixes are binary and
-/// case-insensitive: k, kb, kib = 1024; m, mb, mib = 1024²; g, gb, gib = 1024³).
+/// Parses a piece length such as `262144`, `16k`, `256KiB`, `1MiB` or `2m` (suffixes are binary
+/// and case-insensitive: k, kb, kib = 1024; m, mb, mib = 1024²; g, gb, gib = 1024³; t, tb,
+/// tib = 1024⁴), at most [`MAX_PIECE_LENGTH`].
 pub fn parse_size(s: &str) -> Result<u32, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -62,13 +66,23 @@ pub fn parse_size(s: &str) -> Result<u32, String> {
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
         _ => return Err(bad()),
     };
-    let bytes = n.checked_mul(unit).ok_or_else(bad)?;
+    let too_large = || {
+        format!(
+            "bad size {s:?}: the largest piece length is {} ({MAX_PIECE_LENGTH} bytes)",
+            human_size(u64::from(MAX_PIECE_LENGTH))
+        )
+    };
+    let bytes = n.checked_mul(unit).ok_or_else(too_large)?;
     if bytes == 0 {
         return Err(format!("bad size {s:?}: a piece holds at least one byte"));
     }
-    u32::try_from(bytes).map_err(|_| format!("bad size {s:?}: too large"))
+    if bytes > u64::from(MAX_PIECE_LENGTH) {
+        return Err(too_large());
+    }
+    u32::try_from(bytes).map_err(|_| too_large())
 }
 
 /// Runs `shoal create`.
@@ -88,7 +102,25 @@ pub fn run(args: Args) -> CliResult {
         return Err(format!(
             "{} already exists (use --force to overwrite it)",
             args.output.display()
+        )
+        .into());
+    }
+    if let Some(pl) = opts.piece_length.filter(|pl| !pl.is_power_of_two()) {
+        say(&format!(
+            "shoal: warning: a piece length of {pl} bytes is not a power of two; most clients \
+             expect one (such as {} or {})",
+            human_size(u64::from(pl.next_power_of_two() / 2).max(1)),
+            human_size(u64::from(pl.next_power_of_two()))
         ));
+    }
+    for tier in &opts.trackers {
+        for url in tier.iter().filter(|u| !looks_like_tracker_url(u)) {
+            say(&format!(
+                "shoal: warning: tracker {:?} is not a tracker URL (http://, https:// or \
+                 udp://, with a host); clients will not reach it",
+                printable(url)
+            ));
+        }
     }
     let bytes = create_torrent(&args.path, &opts).map_err(|e| e.to_string())?;
     let meta = Metainfo::from_bytes(&bytes)
@@ -104,18 +136,30 @@ pub fn run(args: Args) -> CliResult {
         .and_then(|()| file.sync_all())
         .map_err(|e| format!("{}: {e}", args.output.display()))?;
     let info = &meta.info;
-    println!("info hash: {}", meta.info_hash);
-    println!(
-        "wrote {}: \"{}\", {} file{}, {} in {} pieces of {}",
+    outln!("info hash: {}", meta.info_hash)?;
+    outln!(
+        "wrote {}: \"{}\", {}, {} in {} of {}",
         args.output.display(),
-        info.name,
-        info.files.len(),
-        if info.files.len() == 1 { "" } else { "s" },
+        printable(&info.name),
+        count(info.files.len() as u64, "file", "files"),
         human_size(meta.total_length()),
-        info.pieces.len(),
+        count(info.pieces.len() as u64, "piece", "pieces"),
         human_size(u64::from(info.piece_length)),
-    );
+    )?;
     Ok(())
+}
+
+/// Whether `url` could be a tracker's: `http://`, `https://` or `udp://` and a host.
+fn looks_like_tracker_url(url: &str) -> bool {
+    let rest = ["http://", "https://", "udp://"].iter().find_map(|scheme| {
+        url.get(..scheme.len())
+            .filter(|s| s.eq_ignore_ascii_case(scheme))
+            .map(|_| &url[scheme.len()..])
+    });
+    rest.is_some_and(|r| {
+        let host = r.split(['/', '?']).next().unwrap_or("");
+        !host.is_empty() && !r.contains(char::is_whitespace)
+    })
 }
 
 #[cfg(test)]
@@ -138,9 +182,18 @@ mod tests {
             "1.5m",
             "0",
             "8g",
+            "1GiB",
+            "1TiB",
             "99999999999999999999k",
         ] {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
+        assert!(parse_size("1TiB").unwrap_err().contains("largest"));
+        assert!(parse_size("65m").unwrap_err().contains("largest"));
+        assert_eq!(parse_size("64m"), Ok(64 << 20));
+        assert!(super::looks_like_tracker_url("udp://t.example:80"));
+        assert!(super::looks_like_tracker_url("HTTP://t/announce"));
+        assert!(!super::looks_like_tracker_url("not a url"));
+        assert!(!super::looks_like_tracker_url("http:///announce"));
     }
 }

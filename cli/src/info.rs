@@ -17,7 +17,8 @@ use std::path::PathBuf;
 use serde::Serialize;
 use shoal_engine::metainfo::{Metainfo, MAX_METAINFO_LEN};
 
-use crate::CliResult;
+use crate::display::printable;
+use crate::{outln, CliResult};
 
 /// Arguments of `shoal info`.
 #[derive(Debug, clap::Args)]
@@ -130,41 +131,43 @@ pub fn run(args: Args) -> CliResult {
             creation_date: meta.creation_date,
         };
         let text = serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?;
-        println!("{text}");
+        outln!("{text}")?;
         return Ok(());
     }
     let total = meta.total_length();
-    println!("name:          {}", info.name);
-    println!("info hash:     {}", meta.info_hash);
-    println!(
+    // Every string from the torrent goes through `printable`: a name is not allowed to move
+    // the cursor, change colours or ring the bell.
+    outln!("name:          {}", printable(&info.name))?;
+    outln!("info hash:     {}", meta.info_hash)?;
+    outln!(
         "piece length:  {} ({} bytes)",
         human_size(u64::from(info.piece_length)),
         info.piece_length
-    );
-    println!("pieces:        {}", info.pieces.len());
-    println!("total size:    {} ({total} bytes)", human_size(total));
-    println!("private:       {}", if info.private { "yes" } else { "no" });
+    )?;
+    outln!("pieces:        {}", info.pieces.len())?;
+    outln!("total size:    {} ({total} bytes)", human_size(total))?;
+    outln!("private:       {}", if info.private { "yes" } else { "no" })?;
     if let Some(c) = &meta.comment {
-        println!("comment:       {c}");
+        outln!("comment:       {}", printable(c))?;
     }
     if let Some(c) = &meta.created_by {
-        println!("created by:    {c}");
+        outln!("created by:    {}", printable(c))?;
     }
     if let Some(t) = meta.creation_date {
-        println!("creation date: {} ({t})", utc_date(t));
+        outln!("creation date: {} ({t})", utc_date(t))?;
     }
     let tiers = meta.tiers();
     if tiers.is_empty() {
-        println!("trackers:      none");
+        outln!("trackers:      none")?;
     } else {
-        println!("trackers:");
+        outln!("trackers:")?;
         for (i, tier) in tiers.iter().enumerate() {
-            println!("  tier {i}: {}", tier.join(" "));
+            outln!("  tier {i}: {}", printable(&tier.join(" ")))?;
         }
     }
-    println!("files ({}):", info.files.len());
+    outln!("files ({}):", info.files.len())?;
     for f in &info.files {
-        println!("  {:>14}  {}", f.length, f.path.join("/"));
+        outln!("  {:>14}  {}", f.length, printable(&f.path.join("/")))?;
     }
     Ok(())
 }

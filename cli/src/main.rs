@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod create;
+mod display;
 mod info;
 mod swarm;
 mod tracker;
@@ -37,14 +38,12 @@ enum Command {
     Demo(swarm::DemoArgs),
 }
 
-/// An error for the user: printed as one line on stderr, exit code 1.
-pub type CliResult = Result<(), String>;
+/// How a command ends: see [`display::Failure`] for the exit codes.
+pub type CliResult = Result<(), display::Failure>;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-        .format_timestamp_millis()
-        .init();
+    display::init_logging();
     let result = match cli.command {
         Command::Create(args) => create::run(args),
         Command::Info(args) => info::run(args),
@@ -55,9 +54,10 @@ fn main() -> ExitCode {
         Command::Demo(args) => swarm::demo(args),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(msg) => {
-            eprintln!("shoal: error: {msg}");
+        Ok(()) | Err(display::Failure::ClosedPipe) => ExitCode::SUCCESS,
+        Err(display::Failure::Signal(n)) => ExitCode::from((128 + n).clamp(0, 255) as u8),
+        Err(display::Failure::Error(msg)) => {
+            display::say(&format!("shoal: error: {msg}"));
             ExitCode::FAILURE
         }
     }

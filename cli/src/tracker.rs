@@ -35,10 +35,10 @@ pub fn run(args: Args) -> CliResult {
     out.flush()
         .map_err(|e| format!("cannot write to stdout: {e}"))?;
     drop(out);
-    eprintln!(
+    crate::display::say(&format!(
         "shoal: tracker listening on {}; Ctrl-C stops it",
         server.local_addr()
-    );
+    ));
     // Serving happens on the server's thread; this one only keeps the process alive. Ctrl-C's
     // default action ends the process, which is all the cleanup a tracker in memory needs.
     loop {

@@ -190,7 +190,10 @@ mod tests {
         assert_eq!(b.take(t0, 1), 0);
         assert_eq!(b.wait(t0, 5_000), Duration::from_millis(500));
         // Asking for more than a burst waits for one burst only.
-        assert_eq!(b.wait(t0, 1 << 30), Duration::from_secs_f64(16_384.0 / 10_000.0));
+        assert_eq!(
+            b.wait(t0, 1 << 30),
+            Duration::from_secs_f64(16_384.0 / 10_000.0)
+        );
         b.give_back(1_000);
         assert_eq!(b.take(t0, 5_000), 1_000);
         b.set_rate(0, t0);

@@ -423,6 +423,11 @@ impl State {
                 addr: entry.addr,
                 reason: reason.clone(),
             });
+        } else {
+            self.shared.emit(TorrentEvent::ConnectFailed {
+                addr: entry.addr,
+                reason: reason.clone(),
+            });
         }
         if ban {
             log::warn!("banned {}: {reason}", entry.addr);
@@ -455,6 +460,10 @@ impl State {
         }
         if p.complete && !self.announced_complete {
             self.announced_complete = true;
+            let storage = self.storage.clone();
+            if let Err(e) = smol::unblock(move || storage.trim_to_length()).await {
+                log::error!("{}: {e}", self.meta.info.name);
+            }
             if let Some(t) = &self.tracker {
                 t.completed().await;
             }

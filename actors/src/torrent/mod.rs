@@ -250,6 +250,12 @@ impl Torrent {
         self.info_hash
     }
 
+    /// Whether the pieces on disk at start were taken from the fast-resume record (trusted
+    /// because no file changed size or modification time) rather than read and checked.
+    pub fn resumed_from_record(&self) -> bool {
+        self.shared.from_record()
+    }
+
     /// A snapshot of its progress.
     pub fn progress(&self) -> Progress {
         self.shared.progress()

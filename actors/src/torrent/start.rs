@@ -203,9 +203,11 @@ async fn launch(
             "checked"
         }
     );
+    shared.set_from_record(resumed);
     if mode == Mode::ReadOnly && !have.all() {
-        log::warn!(
-            "{}: {} of {} pieces are missing or wrong in the data given; seeding the rest",
+        // Said to the user by the caller, which knows what it will do about it.
+        log::debug!(
+            "{}: {} of {} pieces are missing or wrong in the data given",
             meta.info.name,
             lengths.num_pieces() - have.count_ones(),
             lengths.num_pieces()
@@ -232,6 +234,7 @@ async fn launch(
             done_tx,
             done_rx,
             shared: shared.clone(),
+            download: mode == Mode::ReadWrite,
         },
         picker_inbox,
     ));

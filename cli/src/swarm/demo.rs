@@ -25,23 +25,24 @@ const DEMO_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Runs the demo.
 pub fn run(args: DemoArgs) -> CliResult {
-    let downloaders = args.downloaders.clamp(1, 64);
-    let size = args.size_mib.clamp(1, 4096) * 1024 * 1024;
+    // Clap has checked the ranges (1 to 64 downloaders, 1 to 4096 MiB).
+    let downloaders = args.downloaders;
+    let size = args.size_mib * 1024 * 1024;
     let root = std::env::temp_dir().join(format!("shoal-demo-{}", std::process::id()));
-    let result = run_in(&root, downloaders, size);
+    let result = run_in(&root, downloaders, size).map_err(Into::into);
     if args.keep {
-        eprintln!("demo: files kept in {}", root.display());
+        crate::display::say(&format!("demo: files kept in {}", root.display()));
     } else {
         let _ = std::fs::remove_dir_all(&root);
     }
     result
 }
 
-fn run_in(root: &Path, downloaders: usize, size: u64) -> CliResult {
+fn run_in(root: &Path, downloaders: usize, size: u64) -> Result<(), String> {
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
     let tracker =
         TrackerServer::bind(loopback).map_err(|e| format!("cannot start the tracker: {e}"))?;
-    eprintln!("demo: tracker at {}", tracker.announce_url());
+    crate::display::say(&format!("demo: tracker at {}", tracker.announce_url()));
 
     let content = root.join("seed").join("shoal-demo");
     make_content(&content, size).map_err(|e| format!("cannot write demo files: {e}"))?;
@@ -55,14 +56,14 @@ fn run_in(root: &Path, downloaders: usize, size: u64) -> CliResult {
     let torrent_path = root.join("shoal-demo.torrent");
     std::fs::write(&torrent_path, &bytes).map_err(|e| e.to_string())?;
     let meta = Arc::new(Metainfo::from_bytes(&bytes).map_err(|e| e.to_string())?);
-    eprintln!(
+    crate::display::say(&format!(
         "demo: {} in {} files, {} pieces of {}, info hash {}",
         human_size(meta.total_length()),
         meta.info.files.len(),
         meta.info.pieces.len(),
         human_size(u64::from(meta.info.piece_length)),
         meta.info_hash
-    );
+    ));
 
     let runtime = Runtime::new(0);
     let session = |_| {
@@ -82,7 +83,7 @@ fn run_in(root: &Path, downloaders: usize, size: u64) -> CliResult {
         let mut add = AddTorrent::seed(meta.clone(), PathBuf::new());
         add.content = Some(content.clone());
         seeder.add_torrent(add).await.map_err(|e| e.to_string())?;
-        eprintln!("demo: seeder on {}", seeder.local_addr());
+        crate::display::say(&format!("demo: seeder on {}", seeder.local_addr()));
         let mut torrents: Vec<Torrent> = Vec::new();
         for (i, s) in leechers.iter().enumerate() {
             let t = s
@@ -111,10 +112,11 @@ fn run_in(root: &Path, downloaders: usize, size: u64) -> CliResult {
     });
     tracker.shutdown();
     let total = meta.total_length() as f64 * downloaders as f64;
-    eprintln!(
-        "demo: {downloaders} downloaders finished in {secs:.1} s ({:.0} MB/s in all); every copy is byte-exact",
+    crate::display::say(&format!(
+        "demo: {} finished in {secs:.1} s ({:.0} MB/s in all); every copy is byte-exact",
+        crate::display::count(downloaders as u64, "downloader", "downloaders"),
         total / 1e6 / secs
-    );
+    ));
     Ok(())
 }
 
@@ -146,7 +148,7 @@ fn make_content(dir: &Path, size: u64) -> std::io::Result<()> {
     Ok(())
 }
 
-async fn show_progress(torrents: &[Torrent], sessions: &[Session]) -> CliResult {
+async fn show_progress(torrents: &[Torrent], sessions: &[Session]) -> Result<(), String> {
     let tty = std::io::stderr().is_terminal();
     let multi = MultiProgress::new();
     let bars: Vec<ProgressBar> = if tty {
@@ -181,7 +183,7 @@ async fn show_progress(torrents: &[Torrent], sessions: &[Session]) -> CliResult 
                 .iter()
                 .map(|p| format!("{}/{}", p.verified_pieces, p.total_pieces))
                 .collect();
-            eprintln!("demo: pieces {}", line.join(" "));
+            crate::display::say(&format!("demo: pieces {}", line.join(" ")));
             last_line = Instant::now();
         }
         if progress.iter().all(|p| p.complete) {
