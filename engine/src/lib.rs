@@ -11,6 +11,7 @@
 //! - [`picker`]: piece selection policy (random first, rarest first, endgame).
 //! - [`pipeline`]: how many requests to keep outstanding with a peer (slow start, then rate).
 //! - [`tracker`]: tracker announce requests and replies (HTTP and UDP), as pure data.
+//! - [`utp`]: uTP (BEP 29) connections and the demultiplexer of a UDP socket, without I/O.
 //!
 //! # Examples
 //! ```
@@ -31,6 +32,7 @@ pub mod picker;
 pub mod pipeline;
 pub mod storage;
 pub mod tracker;
+pub mod utp;
 pub mod wire;
 
 pub use ids::{InfoHash, PeerId};
