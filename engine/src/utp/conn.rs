@@ -441,6 +441,8 @@ impl Connection {
         // libtorrent's SYN advertises a zero window; assume room for a packet until told.
         c.peer_wnd = (syn.wnd_size as usize).max(c.config.packet_size);
         c.ack_pending = true;
+        // Until the peer confirms, our STATE is sent again on this timer like a SYN.
+        c.rto_deadline = Some(now + c.rto);
         c
     }
 
@@ -592,9 +594,10 @@ impl Connection {
     }
 
     /// Closes the connection gracefully: no more writes, a FIN after the buffered bytes.
-    /// Before the handshake is done, it sends a RESET instead.
+    /// Before the handshake is done (on either side), it sends a RESET instead.
     pub fn close(&mut self) {
         match self.state {
+            State::Connected if !self.confirmed => self.reset(),
             State::SynSent => {
                 self.reset_pending = true;
                 self.state = State::Closed;
@@ -721,7 +724,13 @@ impl Connection {
         if seq_less(last_sent, packet.ack_nr) || seq_less(packet.ack_nr, oldest) {
             return;
         }
-        self.confirmed = true;
+        if !self.confirmed {
+            self.confirmed = true;
+            self.timeouts = 0;
+            if self.in_flight.is_empty() {
+                self.rto_deadline = None;
+            }
+        }
         if self.state == State::SynSent {
             let syn = self.seq_nr.wrapping_sub(1);
             if packet.ack_nr != syn || !matches!(packet.ty, PacketType::State | PacketType::Data) {
@@ -1030,6 +1039,18 @@ impl Connection {
             return;
         };
         if now < deadline {
+            return;
+        }
+        if !self.confirmed {
+            // Our STATE answering the SYN may be lost: send it again, or give up.
+            self.timeouts += 1;
+            if self.timeouts > self.config.max_syn_timeouts {
+                self.fail(now, UtpError::TimedOut);
+                return;
+            }
+            self.rto = (self.rto * 2).min(MAX_RTO);
+            self.ack_pending = true;
+            self.rto_deadline = Some(now + self.rto);
             return;
         }
         if self.in_flight.is_empty() {

@@ -30,6 +30,8 @@ struct Link {
     sent: usize,
     /// Packets lost.
     lost: usize,
+    /// When each packet was sent into the link.
+    times: Vec<Instant>,
 }
 
 impl Link {
@@ -44,11 +46,13 @@ impl Link {
             counter: 0,
             sent: 0,
             lost: 0,
+            times: Vec::new(),
         }
     }
 
     fn push(&mut self, now: Instant, rng: &mut fastrand::Rng, datagram: Vec<u8>, drop: bool) {
         self.sent += 1;
+        self.times.push(now);
         if drop || rng.f64() < self.loss {
             self.lost += 1;
             return;
@@ -406,14 +410,10 @@ fn rto_backs_off_and_gives_up() {
     sim.run_until(Duration::from_secs(1), |s| s.a.is_connected());
     sim.ab.loss = 1.0; // the link dies
     sim.a.write(b"hello");
-    let mut sends = Vec::new();
     let start = sim.now;
-    sim.run_until(Duration::from_secs(600), |s| {
-        if s.ab.sent > sends.len() {
-            sends.push(s.now - start);
-        }
-        s.a.is_closed()
-    });
+    let first = sim.ab.times.len();
+    sim.run_until(Duration::from_secs(600), |s| s.a.is_closed());
+    let sends: Vec<Duration> = sim.ab.times[first..].iter().map(|&t| t - start).collect();
     assert_eq!(sim.a.error(), Some(&UtpError::TimedOut));
     // The first send plus one per timeout (6), each gap twice the one before.
     assert_eq!(sends.len(), 7, "{sends:?}");

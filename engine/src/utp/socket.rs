@@ -349,3 +349,316 @@ impl UtpSocket {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::utp::conn::TIME_WAIT;
+    use std::time::Duration;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    /// Sends everything `from` has; datagrams for `to_addr` go to `to`, the rest are returned.
+    fn shuttle(
+        now: Instant,
+        from: &mut UtpSocket,
+        from_addr: SocketAddr,
+        to: &mut UtpSocket,
+        to_addr: SocketAddr,
+    ) -> Vec<(SocketAddr, Vec<u8>)> {
+        let mut buf = vec![0u8; 2048];
+        let mut other = Vec::new();
+        while let Some((dest, n)) = from.poll_transmit(now, &mut buf) {
+            if dest == to_addr {
+                to.handle_datagram(now, from_addr, &buf[..n]);
+            } else {
+                other.push((dest, buf[..n].to_vec()));
+            }
+        }
+        other
+    }
+
+    fn pair() -> (Instant, UtpSocket, UtpSocket, SocketAddr, SocketAddr) {
+        let now = Instant::now();
+        let a = UtpSocket::new(now, Config::default(), 16, 1);
+        let b = UtpSocket::new(now - Duration::from_secs(5), Config::default(), 16, 2);
+        (now, a, b, addr("10.0.0.1:6881"), addr("10.0.0.2:6881"))
+    }
+
+    #[test]
+    fn connect_accept_exchange_close_and_forget() {
+        let (mut now, mut a, mut b, aa, ba) = pair();
+        let ha = a.connect(now, ba).unwrap();
+        a.connection_mut(ha).unwrap().write(b"hello");
+        assert!(b.accept().is_none());
+        for _ in 0..4 {
+            shuttle(now, &mut a, aa, &mut b, ba);
+            shuttle(now, &mut b, ba, &mut a, aa);
+        }
+        let hb = b.accept().expect("a connection to accept");
+        assert!(b.accept().is_none());
+        assert_eq!(b.peer_addr(hb), Some(aa));
+        assert!(a.connection(ha).unwrap().is_connected());
+        let mut buf = [0u8; 16];
+        assert_eq!(b.connection_mut(hb).unwrap().read(&mut buf), 5);
+        assert_eq!(&buf[..5], b"hello");
+        // Both give the connection up: FINs cross, and after TIME_WAIT both tables are empty.
+        a.release(ha);
+        b.release(hb);
+        for _ in 0..4 {
+            shuttle(now, &mut a, aa, &mut b, ba);
+            shuttle(now, &mut b, ba, &mut a, aa);
+        }
+        assert!(a.connection(ha).unwrap().is_closed());
+        assert!(b.connection(hb).unwrap().is_closed());
+        assert!(a.connection(ha).unwrap().error().is_none());
+        now += TIME_WAIT;
+        assert!(a.poll_timeout().is_some_and(|t| t <= now));
+        a.handle_timeout(now);
+        b.handle_timeout(now);
+        assert!(a.is_empty() && b.is_empty());
+        assert!(a.connection(ha).is_none(), "the handle is stale");
+    }
+
+    #[test]
+    fn krpc_and_junk_are_not_utp() {
+        let (now, _, mut b, aa, _) = pair();
+        assert_eq!(
+            b.handle_datagram(
+                now,
+                aa,
+                b"d1:ad2:id20:aaaaaaaaaaaaaaaaaaaae1:q4:ping1:t2:xx1:y1:qe"
+            ),
+            Routed::NotUtp(DatagramKind::Krpc)
+        );
+        assert_eq!(
+            b.handle_datagram(now, aa, b"hi"),
+            Routed::NotUtp(DatagramKind::Other)
+        );
+        // Looks like uTP but its extension runs past the end.
+        let mut bad = [0u8; 21];
+        bad[0] = 0x01;
+        bad[1] = 1;
+        assert_eq!(b.handle_datagram(now, aa, &bad), Routed::Dropped);
+        assert!(b.poll_transmit(now, &mut [0u8; 64]).is_none());
+    }
+
+    #[test]
+    fn strays_get_a_reset_and_resets_get_nothing() {
+        let (now, _, mut b, aa, _) = pair();
+        let mut p = Packet::new(PacketType::Data, 0x4242);
+        p.seq_nr = 77;
+        let mut buf = [0u8; 64];
+        let n = p.encode(&mut buf).unwrap();
+        assert_eq!(b.handle_datagram(now, aa, &buf[..n]), Routed::Dropped);
+        let (to, len) = b.poll_transmit(now, &mut buf).expect("a RESET");
+        assert_eq!(to, aa);
+        let (r, _) = Packet::decode(&buf[..len]).unwrap();
+        assert_eq!(
+            (r.ty, r.connection_id, r.ack_nr),
+            (PacketType::Reset, 0x4242, 77)
+        );
+        let reset = Packet::new(PacketType::Reset, 9);
+        let n = reset.encode(&mut buf).unwrap();
+        assert_eq!(b.handle_datagram(now, aa, &buf[..n]), Routed::Dropped);
+        assert!(
+            b.poll_transmit(now, &mut buf).is_none(),
+            "never reset a reset"
+        );
+        assert!(b.is_empty());
+    }
+
+    /// The peer forgot the connection (restarted): our next packet draws its RESET, which finds
+    /// our connection though it carries the peer's view of the ids.
+    #[test]
+    fn a_reset_from_a_forgetful_peer_ends_the_connection() {
+        for initiator_forgets in [false, true] {
+            let (now, mut a, mut b, aa, ba) = pair();
+            let ha = a.connect(now, ba).unwrap();
+            for _ in 0..3 {
+                shuttle(now, &mut a, aa, &mut b, ba);
+                shuttle(now, &mut b, ba, &mut a, aa);
+            }
+            // The initiator speaks first (as in BitTorrent), which confirms the acceptor.
+            a.connection_mut(ha).unwrap().write(b"hi");
+            shuttle(now, &mut a, aa, &mut b, ba);
+            let hb = b.accept().unwrap();
+            let (mut keeper, keeper_addr, h, mut forgetter, forgetter_addr) = if initiator_forgets {
+                (b, ba, hb, UtpSocket::new(now, Config::default(), 16, 9), aa)
+            } else {
+                (a, aa, ha, UtpSocket::new(now, Config::default(), 16, 9), ba)
+            };
+            keeper.connection_mut(h).unwrap().write(b"anyone there?");
+            shuttle(
+                now,
+                &mut keeper,
+                keeper_addr,
+                &mut forgetter,
+                forgetter_addr,
+            );
+            shuttle(
+                now,
+                &mut forgetter,
+                forgetter_addr,
+                &mut keeper,
+                keeper_addr,
+            );
+            let c = keeper.connection(h).unwrap();
+            assert_eq!(c.error(), Some(&UtpError::Reset), "{initiator_forgets}");
+        }
+    }
+
+    #[test]
+    fn wrong_connection_id_is_reset_and_harmless() {
+        let (now, mut a, mut b, aa, ba) = pair();
+        let ha = a.connect(now, ba).unwrap();
+        for _ in 0..3 {
+            shuttle(now, &mut a, aa, &mut b, ba);
+            shuttle(now, &mut b, ba, &mut a, aa);
+        }
+        let hb = b.accept().unwrap();
+        let id = b.connection(hb).unwrap().recv_id();
+        let mut buf = [0u8; 64];
+        for wrong in [id.wrapping_add(7), id.wrapping_sub(3)] {
+            let mut p = Packet::new(PacketType::Data, wrong);
+            p.seq_nr = 1;
+            let n = p.encode(&mut buf).unwrap();
+            assert_eq!(b.handle_datagram(now, aa, &buf[..n]), Routed::Dropped);
+        }
+        // The right id from another address is a stranger too.
+        let mut p = Packet::new(PacketType::Data, id);
+        p.seq_nr = 1;
+        let n = p.encode(&mut buf).unwrap();
+        assert_eq!(
+            b.handle_datagram(now, addr("10.9.9.9:1"), &buf[..n]),
+            Routed::Dropped
+        );
+        let resets = shuttle(
+            now,
+            &mut b,
+            ba,
+            &mut UtpSocket::new(now, Config::default(), 1, 0),
+            addr("0.0.0.0:1"),
+        );
+        assert_eq!(resets.len(), 3);
+        a.connection_mut(ha).unwrap().write(b"fine");
+        shuttle(now, &mut a, aa, &mut b, ba);
+        let mut out = [0u8; 8];
+        assert_eq!(b.connection_mut(hb).unwrap().read(&mut out), 4);
+    }
+
+    #[test]
+    fn syn_flood_is_bounded() {
+        let now = Instant::now();
+        let max = 32;
+        let mut b = UtpSocket::new(now, Config::default(), max, 3);
+        let mut rng = fastrand::Rng::with_seed(5);
+        let mut buf = [0u8; 64];
+        let mut resets = 0;
+        for i in 0..10_000u32 {
+            let mut syn = Packet::new(PacketType::Syn, rng.u16(..));
+            syn.seq_nr = 1;
+            let n = syn.encode(&mut buf).unwrap();
+            let from = SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 4000));
+            b.handle_datagram(now, from, &buf[..n]);
+            assert!(b.len() <= MAX_PENDING_ACCEPTS.min(max));
+            assert!(b.resets.len() <= MAX_PENDING_RESETS);
+            if i % 100 == 0 {
+                while b.poll_transmit(now, &mut buf).is_some() {
+                    resets += 1;
+                }
+            }
+        }
+        assert_eq!(b.len(), max);
+        assert!(resets > 0);
+        // The application takes them and gives them up; the flooders never answer our FIN,
+        // which times out, and the table empties.
+        while let Some(h) = b.accept() {
+            b.release(h);
+        }
+        let mut now = now;
+        for _ in 0..100 {
+            while b.poll_transmit(now, &mut [0u8; 1500]).is_some() {}
+            match b.poll_timeout() {
+                Some(t) => now = now.max(t),
+                None => break,
+            }
+            b.handle_timeout(now);
+        }
+        assert!(b.is_empty(), "{} left", b.len());
+    }
+
+    #[test]
+    fn connect_refused_when_full() {
+        let now = Instant::now();
+        let mut a = UtpSocket::new(now, Config::default(), 2, 3);
+        a.connect(now, addr("1.1.1.1:1")).unwrap();
+        a.connect(now, addr("1.1.1.1:1")).unwrap();
+        assert_eq!(a.connect(now, addr("1.1.1.1:1")), Err(UtpError::TableFull));
+    }
+}
+
+/// Random and half-valid datagrams against a socket with live connections (a stand-in for the
+/// fuzz target that runs with every `cargo test`).
+#[cfg(test)]
+mod hostile {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn random_datagrams_never_panic_and_stay_bounded() {
+        let mut rng = fastrand::Rng::with_seed(42);
+        let start = Instant::now();
+        let mut now = start;
+        let max = 8;
+        let mut s = UtpSocket::new(start, Config::default(), max, 7);
+        let peers: Vec<SocketAddr> = (1..4)
+            .map(|i| SocketAddr::from(([10, 0, 0, i], 1000 + u16::from(i))))
+            .collect();
+        let ours = s.connect(now, peers[0]).unwrap();
+        let our_id = s.connection(ours).unwrap().recv_id();
+        let mut buf = vec![0u8; 4096];
+        for round in 0..50_000u32 {
+            let len = rng.usize(0..200);
+            let mut d: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+            if len >= 20 && rng.bool() {
+                // Mostly valid: version 1, a real type, often our connection's id, small
+                // sequence and ack numbers near the real ones, sometimes a SACK.
+                d[0] = (rng.u8(0..5) << 4) | 1;
+                d[1] = if rng.u8(0..4) == 0 { 1 } else { 0 };
+                if rng.bool() {
+                    d[2..4].copy_from_slice(&our_id.to_be_bytes());
+                }
+                d[16..18].copy_from_slice(&rng.u16(0..40).to_be_bytes());
+                d[18..20].copy_from_slice(&rng.u16(0..40).to_be_bytes());
+                if d[1] == 1 && len > 22 {
+                    d[20] = 0;
+                    d[21] = rng.u8(0..(len as u8 - 22));
+                }
+            }
+            let from = peers[rng.usize(0..peers.len())];
+            s.handle_datagram(now, from, &d);
+            if let Some(c) = s.connection_mut(ours) {
+                c.write(&d);
+                let mut sink = [0u8; 300];
+                while c.read(&mut sink) > 0 {}
+                assert!(c.buffered_recv_bytes() <= c.config().recv_buffer);
+                assert!(c.unacked_bytes() <= c.config().send_buffer);
+            }
+            while let Some((_, n)) = s.poll_transmit(now, &mut buf) {
+                assert!(Packet::decode(&buf[..n]).is_ok());
+            }
+            now += Duration::from_millis(rng.u64(0..50));
+            s.handle_timeout(now);
+            assert!(s.len() <= max);
+            assert!(s.resets.len() <= MAX_PENDING_RESETS);
+            if round % 1000 == 0 {
+                while let Some(h) = s.accept() {
+                    s.release(h);
+                }
+            }
+        }
+    }
+}
