@@ -20,11 +20,14 @@ use shoal::engine::{InfoHash, PeerId};
 use common::clients::free_port;
 use common::{require_libtorrent, tempdir, write_random_file, ChildGuard, DEBIAN_PYTHON};
 
-/// A libtorrent seeder with TCP off: makes the torrent, seeds it, prints JSON lines.
-const SEEDER: &str = r#"
+/// A libtorrent peer with TCP off. `seed CONTENT TORRENT PORT` makes the torrent and seeds
+/// it; `get CONTENT TORRENT PORT SAVE_DIR PEER_PORT` makes the same torrent from the content,
+/// downloads it into SAVE_DIR from 127.0.0.1:PEER_PORT (dialling over uTP) and says when it
+/// has finished. Prints JSON lines.
+const LT_PEER: &str = r#"
 import json, os, sys, time
 import libtorrent as lt
-content, torrent, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+mode, content, torrent, port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 fs = lt.file_storage()
 lt.add_files(fs, content)
 ct = lt.create_torrent(fs, 262144, flags=lt.create_torrent.v1_only)
@@ -41,21 +44,31 @@ ses = lt.session({
 })
 atp = lt.add_torrent_params()
 atp.ti = ti
-atp.save_path = os.path.dirname(content)
+atp.save_path = os.path.dirname(content) if mode == "seed" else sys.argv[5]
 h = ses.add_torrent(atp)
+if mode == "get":
+    print(json.dumps({"event": "added", "info_hash": str(ti.info_hash())}), flush=True)
+    h.connect_peer(("127.0.0.1", int(sys.argv[6])))
 deadline = time.time() + 120
 said = False
+utp_seen = 0
+last = 0.0
 while time.time() < deadline:
     st = h.status()
+    peers = h.get_peer_info()
+    # Sampled every 20 ms: a 1 MiB transfer on loopback is over in a blink.
+    utp_seen = max(utp_seen, sum(1 for p in peers if p.flags & (1 << 17)))
     if not said and st.is_seeding:
-        print(json.dumps({"event": "seeding", "info_hash": str(ti.info_hash())}), flush=True)
+        event = "seeding" if mode == "seed" else "finished"
+        print(json.dumps({"event": event, "info_hash": str(ti.info_hash()), "utp": utp_seen}),
+              flush=True)
         said = True
-    if said:
-        peers = h.get_peer_info()
-        utp = sum(1 for p in peers if p.flags & (1 << 17))
-        print(json.dumps({"event": "peers", "total": len(peers), "utp": utp,
-                          "up": st.total_payload_upload}), flush=True)
-    time.sleep(0.2)
+    if time.time() - last > 0.2 and (said or mode == "get"):
+        last = time.time()
+        print(json.dumps({"event": "peers", "total": len(peers), "utp": utp_seen,
+                          "up": st.total_payload_upload, "down": st.total_payload_download}),
+              flush=True)
+    time.sleep(0.02)
 "#;
 
 const BLOCK: u32 = 16 * 1024;
@@ -123,11 +136,12 @@ fn libtorrent_utp_only_seeder_serves_shoal_utp() {
     write_random_file(&content, len, 29);
     let want = std::fs::read(&content).unwrap();
     let torrent = dir.path().join("data.torrent");
-    let script = dir.path().join("seeder.py");
-    std::fs::write(&script, SEEDER).unwrap();
+    let script = dir.path().join("lt_peer.py");
+    std::fs::write(&script, LT_PEER).unwrap();
     let port = free_port();
     let mut cmd = Command::new(DEBIAN_PYTHON);
     cmd.arg(&script)
+        .arg("seed")
         .arg(&content)
         .arg(&torrent)
         .arg(port.to_string())
@@ -263,4 +277,147 @@ fn libtorrent_utp_only_seeder_serves_shoal_utp() {
         }
     }
     assert!(saw_utp, "libtorrent reported a uTP peer");
+}
+
+/// The other way: a uTP-only libtorrent dials us and downloads 1 MiB that our state machine
+/// sends (so libtorrent's SYN, ACKs and selective ACKs meet our sender and its LEDBAT), with
+/// datagrams of `config.packet_size`. libtorrent reads datagrams into a 1500-byte buffer, so
+/// [`Config::loopback`]'s 16 KiB packets are for shoal to shoal only. Its UDP socket keeps the
+/// system's default receive buffer, which a burst on loopback overflows: this also shows loss
+/// recovery against a real peer (a hundred or more retransmissions per run).
+fn libtorrent_downloads_from_shoal(config: Config) {
+    require_libtorrent();
+    let dir = tempdir();
+    let content = dir.path().join("data.bin");
+    let len = 1 << 20;
+    write_random_file(&content, len, 30);
+    let data = std::fs::read(&content).unwrap();
+    let torrent = dir.path().join("data.torrent");
+    let save = dir.path().join("got");
+    std::fs::create_dir_all(&save).unwrap();
+    let script = dir.path().join("lt_peer.py");
+    std::fs::write(&script, LT_PEER).unwrap();
+
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let our_port = udp.local_addr().unwrap().port();
+    let mut utp = UtpSocket::new(Instant::now(), config, 8, 30);
+    let mut cmd = Command::new(DEBIAN_PYTHON);
+    cmd.arg(&script)
+        .arg("get")
+        .arg(&content)
+        .arg(&torrent)
+        .arg(free_port().to_string())
+        .arg(&save)
+        .arg(our_port.to_string())
+        .stdout(Stdio::piped());
+    let mut downloader = ChildGuard::spawn(cmd);
+    let events = lines(&mut downloader);
+    let info_hash = loop {
+        let v = events
+            .recv_timeout(Duration::from_secs(30))
+            .expect("libtorrent starts within 30 s");
+        if v["event"] == "added" {
+            break InfoHash::from_hex(v["info_hash"].as_str().unwrap()).unwrap();
+        }
+    };
+
+    let mut buf = vec![0u8; 64 * 1024];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut h = None;
+    let mut rx = Vec::new();
+    let mut tx = Vec::new();
+    let mut handshaken = false;
+    let mut finished = false;
+    let mut saw_utp = false;
+    let mut served = 0usize;
+    let mut started = Instant::now();
+    while !finished {
+        assert!(
+            Instant::now() < deadline,
+            "timed out: accepted {}, handshake {handshaken}, {served} bytes served",
+            h.is_some()
+        );
+        drive(&udp, &mut utp, &mut buf);
+        while let Ok(v) = events.try_recv() {
+            saw_utp |= v["utp"].as_u64().unwrap_or(0) > 0;
+            finished |= v["event"] == "finished";
+        }
+        if finished {
+            break;
+        }
+        if h.is_none() {
+            h = utp.accept();
+            // Time the transfer, not libtorrent's start-up.
+            started = Instant::now();
+        }
+        let Some(h) = h else { continue };
+        let c = utp.connection_mut(h).expect("connection");
+        assert!(c.error().is_none(), "uTP error: {:?}", c.error());
+        read_all(&mut utp, h, &mut rx);
+        if !handshaken {
+            match Handshake::decode(&rx).expect("a valid handshake") {
+                Some(hs) => {
+                    assert_eq!(hs.info_hash, info_hash);
+                    rx.drain(..HANDSHAKE_LEN);
+                    let mut ours = Handshake::new(info_hash, PeerId(*b"-SH0001-utp-seeder!!"));
+                    ours.reserved = [0; 8];
+                    tx.extend_from_slice(&ours.to_bytes());
+                    Message::Bitfield(&[0xf0]).encode(&mut tx);
+                    Message::Unchoke.encode(&mut tx);
+                    handshaken = true;
+                }
+                None => continue,
+            }
+        }
+        loop {
+            let consumed = match decode(&rx, 1 << 20).expect("valid messages") {
+                Decoded::Message { message, consumed } => {
+                    if let Message::Request(b) = message {
+                        let at = (b.piece * 262144 + b.begin) as usize;
+                        let block = &data[at..at + b.len as usize];
+                        Message::Piece {
+                            piece: b.piece,
+                            begin: b.begin,
+                            data: block,
+                        }
+                        .encode(&mut tx);
+                        served += block.len();
+                    }
+                    consumed
+                }
+                Decoded::NeedMore(_) => break,
+            };
+            rx.drain(..consumed);
+        }
+        let c = utp.connection_mut(h).unwrap();
+        let n = c.write(&tx);
+        tx.drain(..n);
+    }
+    let took = started.elapsed();
+    let got = std::fs::read(save.join("data.bin")).expect("libtorrent wrote the file");
+    assert!(got == data, "libtorrent got the bytes exactly");
+    assert!(served >= len);
+    let wait = Instant::now() + Duration::from_secs(2);
+    while !saw_utp && Instant::now() < wait {
+        if let Ok(v) = events.recv_timeout(Duration::from_millis(300)) {
+            saw_utp |= v["utp"].as_u64().unwrap_or(0) > 0;
+        }
+    }
+    assert!(saw_utp, "libtorrent reported a uTP peer");
+    let c = utp.connection(h.unwrap()).unwrap();
+    eprintln!(
+        "1 MiB over uTP to libtorrent in {took:?} ({} byte datagrams); rtt {:?}, cwnd {}, \
+         peer window {}, queueing {:?}, {:?}",
+        c.config().packet_size,
+        c.rtt(),
+        c.cwnd(),
+        c.peer_window(),
+        c.queueing_delay(),
+        c.stats()
+    );
+}
+
+#[test]
+fn utp_only_libtorrent_downloads_from_shoal_utp() {
+    libtorrent_downloads_from_shoal(Config::default());
 }

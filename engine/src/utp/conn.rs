@@ -56,9 +56,11 @@ use super::{seq_less, UtpError};
 /// The default datagram size: fits a 1500-byte Ethernet MTU under IPv6 and UDP headers (1452)
 /// with room to spare for tunnels and PPPoE.
 pub const DEFAULT_PACKET_SIZE: usize = 1400;
-/// The datagram size for loopback peers: one 16 KiB block plus its message header in a single
-/// packet, far below loopback's 64 KiB MTU. Larger packets cut the per-packet cost (system
-/// calls, ACKs) that bounds uTP's throughput on a fast path.
+/// The datagram size for shoal peers on loopback: one 16 KiB block plus its message header in
+/// a single packet, far below loopback's 64 KiB MTU. Larger packets cut the per-packet cost
+/// (system calls, ACKs) that bounds uTP's throughput on a fast path. Only for peers known to
+/// read such datagrams: libtorrent 2.0 reads into a 1500-byte buffer and drops the rest of
+/// anything larger, so other clients get [`DEFAULT_PACKET_SIZE`] even on loopback.
 pub const LOOPBACK_PACKET_SIZE: usize = 16 * 1024 + 64;
 /// The smallest datagram size a [`Config`] may ask for: a header, the largest selective ACK and
 /// some payload.
@@ -128,8 +130,8 @@ impl Default for Config {
 }
 
 impl Config {
-    /// The settings for a peer on the loopback interface: [`LOOPBACK_PACKET_SIZE`] packets and
-    /// 4 MiB buffers.
+    /// The settings for a shoal peer on the loopback interface: [`LOOPBACK_PACKET_SIZE`]
+    /// packets and 4 MiB buffers (see there why not for other clients).
     pub fn loopback() -> Self {
         Self {
             packet_size: LOOPBACK_PACKET_SIZE,
@@ -150,6 +152,25 @@ pub enum State {
     Connected,
     /// Over: closed cleanly, reset, or timed out ([`Connection::error`] says which).
     Closed,
+}
+
+/// Counters of one connection, for logs and benches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Datagrams sent (every type).
+    pub packets_sent: u64,
+    /// SYN, DATA and FIN packets sent again.
+    pub retransmits: u64,
+    /// Packets found lost by duplicate or selective ACKs.
+    pub fast_losses: u64,
+    /// Retransmission timeouts.
+    pub timeouts: u64,
+    /// Packets handled (after the id checks).
+    pub packets_received: u64,
+    /// Packets ahead of a gap on arrival.
+    pub out_of_order: u64,
+    /// Payload bytes delivered in order.
+    pub bytes_received: u64,
 }
 
 /// A packet we sent and the peer has not acknowledged cumulatively.
@@ -339,6 +360,8 @@ pub struct Connection {
     /// accepted connection sends no data before (its first packet might otherwise arrive
     /// before our STATE and be taken for the first one).
     confirmed: bool,
+    /// Counters.
+    stats: Stats,
 }
 
 impl Connection {
@@ -388,6 +411,7 @@ impl Connection {
             last_adv_wnd: config.recv_buffer,
             syn_seq: None,
             confirmed: true,
+            stats: Stats::default(),
             config,
         }
     }
@@ -476,6 +500,11 @@ impl Connection {
     /// The id we put on packets to the peer.
     pub fn send_id(&self) -> u16 {
         self.send_id
+    }
+
+    /// Counters since the connection began.
+    pub fn stats(&self) -> Stats {
+        self.stats
     }
 
     /// The settings.
@@ -741,6 +770,7 @@ impl Connection {
             self.ack_nr = packet.seq_nr.wrapping_sub(1);
         }
 
+        self.stats.packets_received += 1;
         self.reply_micro = self.micros(now).wrapping_sub(packet.timestamp_us);
         // uTorrent once sent i32::MAX for "unknown"; zero means no sample yet.
         let sample = packet.timestamp_diff_us;
@@ -886,6 +916,7 @@ impl Connection {
         self.resend_count += 1;
         self.bytes_in_flight -= len;
         self.fast_resend_seq = seq.wrapping_add(1);
+        self.stats.fast_losses += 1;
         if !seq_less(seq, self.loss_seq) {
             let min = self.max_payload() as f64;
             self.cwnd = (self.cwnd / 2.0).max(min);
@@ -985,6 +1016,7 @@ impl Connection {
         }
         self.ack_pending = true;
         if k > 0 {
+            self.stats.out_of_order += 1;
             if self.reorder.len() <= k {
                 self.reorder.resize(k + 1, None);
             }
@@ -994,6 +1026,7 @@ impl Connection {
             return;
         }
         self.recv_buf.extend(payload);
+        self.stats.bytes_received += payload.len() as u64;
         self.ack_nr = seq;
         self.reorder.pop_front();
         while let Some(Some(_)) = self.reorder.front() {
@@ -1002,6 +1035,7 @@ impl Connection {
             };
             self.reorder_bytes -= data.len();
             self.reorder_count -= 1;
+            self.stats.bytes_received += data.len() as u64;
             self.recv_buf.extend(&data);
             self.ack_nr = self.ack_nr.wrapping_add(1);
         }
@@ -1069,6 +1103,7 @@ impl Connection {
             self.fail(now, UtpError::TimedOut);
             return;
         }
+        self.stats.timeouts += 1;
         self.rto = (self.rto * 2).min(MAX_RTO);
         let mss = self.max_payload() as f64;
         self.ssthresh = (self.cwnd / 2.0).max(mss);
@@ -1112,6 +1147,7 @@ impl Connection {
             self.closed_at.get_or_insert(now);
             let mut h = self.header(now, PacketType::Reset, self.seq_nr);
             h.wnd_size = 0;
+            self.stats.packets_sent += 1;
             return h.encode(buf);
         }
         if self.state == State::Closed {
@@ -1149,6 +1185,7 @@ impl Connection {
     fn send_state(&mut self, now: Instant, buf: &mut [u8], limit: usize) -> Option<usize> {
         let mut h = self.header(now, PacketType::State, self.seq_nr);
         h.sack = self.sack();
+        self.stats.packets_sent += 1;
         h.encode(&mut buf[..limit])
     }
 
@@ -1244,7 +1281,11 @@ impl Connection {
         if h.sack.is_some() || self.reorder_count == 0 {
             self.ack_pending = false;
         }
+        self.stats.packets_sent += 1;
         let s = &mut self.in_flight[idx];
+        if s.transmissions > 0 {
+            self.stats.retransmits += 1;
+        }
         s.transmissions += 1;
         s.sent_at = now;
         s.need_resend = false;

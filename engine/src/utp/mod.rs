@@ -45,7 +45,7 @@ pub mod socket;
 #[cfg(test)]
 mod sim_tests;
 
-pub use conn::{Config, Connection, State};
+pub use conn::{Config, Connection, State, Stats};
 pub use packet::{Packet, PacketType, SelectiveAck};
 pub use socket::{ConnectionHandle, Routed, UtpSocket};
 
