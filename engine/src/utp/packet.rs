@@ -343,20 +343,22 @@ mod tests {
         assert!(p.encode(&mut [0u8; 25]).is_none(), "buffer too small");
     }
 
-    /// A SYN as libtorrent 2.0 sends it (captured layout: type 4, version 1, no extension,
-    /// connection id 0x3a1f, timestamp, zero difference, zero window, random seq_nr, ack 0).
+    /// A SYN captured from libtorrent 2.0.8 dialling over loopback: type 4, version 1, no
+    /// extension, connection id 0x2037, its clock, no delay sample, a zero window, a random
+    /// seq_nr, ack_nr 0.
     #[test]
     fn libtorrent_syn_bytes() {
         let bytes = [
-            0x41, 0x00, 0x3a, 0x1f, 0x12, 0x34, 0x56, 0x78, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
-            0x00, 0x00, 0x9c, 0x40, 0x00, 0x00,
+            0x41, 0x00, 0x20, 0x37, 0x0c, 0xde, 0xf5, 0xdb, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x00, 0x00, 0x16, 0x7b, 0x00, 0x00,
         ];
         let (p, payload) = Packet::decode(&bytes).unwrap();
         assert_eq!(p.ty, PacketType::Syn);
-        assert_eq!(p.connection_id, 0x3a1f);
-        assert_eq!(p.timestamp_us, 0x1234_5678);
+        assert_eq!(p.connection_id, 0x2037);
+        assert_eq!(p.timestamp_us, 0x0cde_f5db);
+        assert_eq!(p.timestamp_diff_us, 0);
         assert_eq!(p.wnd_size, 0);
-        assert_eq!(p.seq_nr, 0x9c40);
+        assert_eq!(p.seq_nr, 0x167b);
         assert_eq!(p.ack_nr, 0);
         assert!(p.sack.is_none() && payload.is_empty());
         let mut out = [0u8; 20];

@@ -422,6 +422,34 @@ mod tests {
         assert!(a.connection(ha).is_none(), "the handle is stale");
     }
 
+    /// libtorrent's SYN (captured, see packet.rs): we answer on its id with a STATE that
+    /// acknowledges its seq_nr, and take its id + 1 as ours.
+    #[test]
+    fn answers_a_libtorrent_syn() {
+        let (now, _, mut b, aa, _) = pair();
+        let syn = [
+            0x41, 0x00, 0x20, 0x37, 0x0c, 0xde, 0xf5, 0xdb, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x00, 0x00, 0x16, 0x7b, 0x00, 0x00,
+        ];
+        let Routed::Accepted(h) = b.handle_datagram(now, aa, &syn) else {
+            panic!("a SYN opens a connection");
+        };
+        assert_eq!(b.connection(h).unwrap().recv_id(), 0x2038);
+        let mut buf = [0u8; 1500];
+        let (to, n) = b.poll_transmit(now, &mut buf).expect("a STATE");
+        assert_eq!(to, aa);
+        let (state, _) = Packet::decode(&buf[..n]).unwrap();
+        assert_eq!(state.ty, PacketType::State);
+        assert_eq!(state.connection_id, 0x2037);
+        assert_eq!(state.ack_nr, 0x167b);
+        assert!(state.wnd_size > 0);
+        // The same SYN again (our STATE was lost): the same connection answers again.
+        assert_eq!(b.handle_datagram(now, aa, &syn), Routed::Connection(h));
+        let (_, n2) = b.poll_transmit(now, &mut buf).expect("the STATE again");
+        assert_eq!(Packet::decode(&buf[..n2]).unwrap().0.seq_nr, state.seq_nr);
+        assert_eq!(b.len(), 1);
+    }
+
     #[test]
     fn krpc_and_junk_are_not_utp() {
         let (now, _, mut b, aa, _) = pair();
