@@ -618,6 +618,45 @@ mod tests {
         assert!(b.is_empty(), "{} left", b.len());
     }
 
+    /// Half-open connections nobody confirms expire on their own, accepted or not, so a
+    /// flood's entries leave the table within seconds.
+    #[test]
+    fn unconfirmed_connections_expire() {
+        let start = Instant::now();
+        let mut b = UtpSocket::new(start, Config::default(), 16, 3);
+        let mut buf = [0u8; 1500];
+        for i in 0..16u16 {
+            let mut syn = Packet::new(PacketType::Syn, i * 2);
+            syn.seq_nr = 1;
+            let n = syn.encode(&mut buf).unwrap();
+            b.handle_datagram(start, addr("10.1.1.1:5"), &buf[..n]);
+        }
+        assert_eq!(b.len(), 16);
+        let taken = b.accept().unwrap();
+        let mut now = start;
+        let mut states = 0;
+        while let Some(t) = b.poll_timeout() {
+            while b.poll_transmit(now, &mut buf).is_some() {
+                states += 1;
+            }
+            now = t;
+            b.handle_timeout(now);
+            assert!(now - start < Duration::from_secs(30));
+        }
+        // Each STATE went out three times (at 0, 1 and 3 s) before giving up at 7 s.
+        assert_eq!(states, 16 * 3);
+        assert_eq!(
+            b.len(),
+            1,
+            "the one the application holds stays until released"
+        );
+        let c = b.connection(taken).unwrap();
+        assert_eq!(c.error(), Some(&UtpError::TimedOut));
+        b.release(taken);
+        b.handle_timeout(now);
+        assert!(b.is_empty());
+    }
+
     #[test]
     fn connect_refused_when_full() {
         let now = Instant::now();
