@@ -205,37 +205,31 @@ fn libtorrent_utp_only_seeder_serves_shoal_utp() {
             }
         }
         let mut out = Vec::new();
-        loop {
-            let consumed = match decode(&rx, 1 << 20).expect("valid messages") {
-                Decoded::Message { message, consumed } => {
-                    match message {
-                        Message::Bitfield(bits) => {
-                            bitfield = Some(bits.to_vec());
-                            Message::Interested.encode(&mut out);
-                        }
-                        Message::Unchoke if !requested => {
-                            requested = true;
-                            for i in 0..(len as u32 / BLOCK) {
-                                let (piece, begin) = (i * BLOCK / 262144, i * BLOCK % 262144);
-                                let mut r = Vec::new();
-                                Message::Request(BlockInfo {
-                                    piece,
-                                    begin,
-                                    len: BLOCK,
-                                })
-                                .encode(&mut r);
-                                out.extend_from_slice(&r);
-                            }
-                        }
-                        Message::Piece { piece, begin, data } => {
-                            blocks.insert(piece * 262144 + begin, data.to_vec());
-                        }
-                        _ => {}
-                    }
-                    consumed
+        while let Decoded::Message { message, consumed } =
+            decode(&rx, 1 << 20).expect("valid messages")
+        {
+            match message {
+                Message::Bitfield(bits) => {
+                    bitfield = Some(bits.to_vec());
+                    Message::Interested.encode(&mut out);
                 }
-                Decoded::NeedMore(_) => break,
-            };
+                Message::Unchoke if !requested => {
+                    requested = true;
+                    for i in 0..(len as u32 / BLOCK) {
+                        let (piece, begin) = (i * BLOCK / 262144, i * BLOCK % 262144);
+                        Message::Request(BlockInfo {
+                            piece,
+                            begin,
+                            len: BLOCK,
+                        })
+                        .encode(&mut out);
+                    }
+                }
+                Message::Piece { piece, begin, data } => {
+                    blocks.insert(piece * 262144 + begin, data.to_vec());
+                }
+                _ => {}
+            }
             rx.drain(..consumed);
         }
         if !out.is_empty() {
@@ -369,24 +363,20 @@ fn libtorrent_downloads_from_shoal(config: Config) {
                 None => continue,
             }
         }
-        loop {
-            let consumed = match decode(&rx, 1 << 20).expect("valid messages") {
-                Decoded::Message { message, consumed } => {
-                    if let Message::Request(b) = message {
-                        let at = (b.piece * 262144 + b.begin) as usize;
-                        let block = &data[at..at + b.len as usize];
-                        Message::Piece {
-                            piece: b.piece,
-                            begin: b.begin,
-                            data: block,
-                        }
-                        .encode(&mut tx);
-                        served += block.len();
-                    }
-                    consumed
+        while let Decoded::Message { message, consumed } =
+            decode(&rx, 1 << 20).expect("valid messages")
+        {
+            if let Message::Request(b) = message {
+                let at = (b.piece * 262144 + b.begin) as usize;
+                let block = &data[at..at + b.len as usize];
+                Message::Piece {
+                    piece: b.piece,
+                    begin: b.begin,
+                    data: block,
                 }
-                Decoded::NeedMore(_) => break,
-            };
+                .encode(&mut tx);
+                served += block.len();
+            }
             rx.drain(..consumed);
         }
         let c = utp.connection_mut(h).unwrap();
