@@ -2,6 +2,16 @@
 //! timers come in through `handle_*`, the application writes and reads bytes, and `poll_*` say
 //! what to send and when to wake.
 //!
+//! # Handshake
+//! [`Connection::connect`] queues a SYN; the connection is established when the peer's STATE
+//! acknowledges it (that STATE carries the peer's next sequence number, so our `ack_nr` starts
+//! one below it, as libtorrent does). [`Connection::accept`] answers a SYN with a STATE at once
+//! but sends no data until the initiator's first packet arrives: data sent earlier could
+//! overtake the STATE and be taken for the start of the stream. In BitTorrent the initiator
+//! speaks first, so this costs nothing. Until then the STATE is sent again on the SYN schedule
+//! (1 s, then doubling) and after [`Config::max_syn_timeouts`] the connection fails, so
+//! half-open connections from a SYN flood expire in seconds. SYNs are retried the same way.
+//!
 //! # Sending
 //! Bytes written wait in a bounded send buffer ([`Config::send_buffer`]) until acknowledged.
 //! Packets are cut from it up to [`Config::packet_size`] while the bytes in flight stay under
