@@ -619,3 +619,40 @@ fn ledbat_keeps_a_bottleneck_queue_near_target() {
     let acked = sent - sim.a.unacked_bytes();
     assert!(acked > 21_000_000, "acked {acked} bytes in 30 s");
 }
+
+/// The receiver's window opens but the STATE saying so is lost: the sender probes the shut
+/// window after a timeout and the transfer goes on.
+#[test]
+fn zero_window_probe_recovers_a_lost_window_update() {
+    let small = Config {
+        recv_buffer: 4 * 1024,
+        ..Config::default()
+    };
+    let mut sim = Sim::with_seqs(20 * MS, 14, Config::default(), small, 1, 5);
+    sim.run_until(Duration::from_secs(1), |s| s.a.is_connected());
+    let data = pattern(50_000, 9);
+    assert_eq!(sim.a.write(&data), data.len());
+    let until = sim.now + Duration::from_secs(2);
+    sim.run_until(Duration::from_secs(3), |s| s.now >= until);
+    assert_eq!(sim.b.buffered_recv_bytes(), 4 * 1024, "b is full");
+    assert_eq!(sim.a.peer_window(), 0, "a sees a shut window");
+    // b reads; its window update is lost.
+    sim.ba.loss = 1.0;
+    let mut got = vec![0u8; 8192];
+    let n = sim.b.read(&mut got);
+    got.truncate(n);
+    sim.step();
+    sim.ba.loss = 0.0;
+    let mut buf = [0u8; 8192];
+    sim.run_until(Duration::from_secs(60), |s| {
+        loop {
+            let n = s.b.read(&mut buf);
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        got.len() == data.len()
+    });
+    assert!(got == data);
+}
