@@ -24,8 +24,9 @@
 //! `ack_nr` comes back in three STATE packets (duplicate ACKs): it is sent again at once (fast
 //! retransmit) and the congestion window is halved, once per window of data. A retransmission
 //! timeout (RTO) sends everything unacknowledged again from a one-packet window, doubles the
-//! timeout, and after [`Config::max_timeouts`] timeouts in a row the connection fails with
-//! [`UtpError::TimedOut`]. The RTO follows BEP 29 (and RFC 6298): `rto = rtt + 4 * rtt_var`, at
+//! timeout, and after [`Config::max_timeouts`] timeouts in a row with nothing heard from the
+//! peer the connection fails with [`UtpError::TimedOut`] (a peer that answers a probe of its
+//! shut window is alive, however long it keeps the window shut). The RTO follows BEP 29 (and RFC 6298): `rto = rtt + 4 * rtt_var`, at
 //! least [`MIN_RTO`], [`INITIAL_RTO`] before the first sample, samples taken only from packets
 //! sent once (Karn).
 //!
@@ -372,6 +373,9 @@ pub struct Connection {
     confirmed: bool,
     /// Counters.
     stats: Stats,
+    /// A packet arrived since the last retransmission timeout (with a shut window, that timeout
+    /// does not count towards giving up).
+    heard: bool,
 }
 
 impl Connection {
@@ -422,6 +426,7 @@ impl Connection {
             syn_seq: None,
             confirmed: true,
             stats: Stats::default(),
+            heard: false,
             config,
         }
     }
@@ -781,6 +786,7 @@ impl Connection {
         }
 
         self.stats.packets_received += 1;
+        self.heard = true;
         self.reply_micro = self.micros(now).wrapping_sub(packet.timestamp_us);
         // uTorrent once sent i32::MAX for "unknown"; zero means no sample yet.
         let sample = packet.timestamp_diff_us;
@@ -1103,7 +1109,13 @@ impl Connection {
             self.peer_wnd = self.peer_wnd.max(self.max_payload());
             return;
         }
-        self.timeouts += 1;
+        // A peer that answers while its window is too small for what we sent is alive and
+        // busy, not gone: that timeout does not count towards giving up.
+        let heard = std::mem::take(&mut self.heard);
+        let shut = self.peer_wnd < self.in_flight.front().map_or(1, |s| s.len.max(1));
+        if !(heard && shut) {
+            self.timeouts += 1;
+        }
         let limit = if self.state == State::SynSent {
             self.config.max_syn_timeouts
         } else {

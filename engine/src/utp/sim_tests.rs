@@ -656,3 +656,35 @@ fn zero_window_probe_recovers_a_lost_window_update() {
     });
     assert!(got == data);
 }
+
+/// A receiver that keeps its window shut for minutes but answers the probes is not timed out.
+#[test]
+fn a_long_shut_window_is_not_a_dead_peer() {
+    let small = Config {
+        recv_buffer: 4 * 1024,
+        ..Config::default()
+    };
+    let mut sim = Sim::with_seqs(20 * MS, 15, Config::default(), small, 1, 5);
+    sim.run_until(Duration::from_secs(1), |s| s.a.is_connected());
+    let data = pattern(20_000, 10);
+    sim.a.write(&data);
+    let until = sim.now + Duration::from_secs(600);
+    sim.run_until(Duration::from_secs(601), |s| {
+        assert!(s.a.error().is_none(), "{:?}", s.a.error());
+        s.now >= until
+    });
+    assert!(sim.a.stats().timeouts > Config::default().max_timeouts.into());
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    sim.run_until(Duration::from_secs(600), |s| {
+        loop {
+            let n = s.b.read(&mut buf);
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        got.len() == data.len()
+    });
+    assert!(got == data);
+}
