@@ -196,13 +196,12 @@ impl UtpSocket {
         if self.len() >= self.max_connections {
             return Err(UtpError::TableFull);
         }
-        // Our receive id r and the acceptor's r + 1 must both be free of collisions with us.
-        let id = loop {
-            let id: u16 = self.rng.u16(..);
-            if !self.by_key.contains_key(&(addr, id)) {
-                break id;
-            }
-        };
+        // A receive id not in use with this peer; a few tries find one unless nearly all
+        // 65,536 are taken, which only a table larger than the id space could do.
+        let id = (0..64)
+            .map(|_| self.rng.u16(..))
+            .find(|&id| !self.by_key.contains_key(&(addr, id)))
+            .ok_or(UtpError::TableFull)?;
         let conn = Connection::connect(now, self.epoch, id, 1, self.config.clone());
         Ok(self.insert(addr, conn))
     }
