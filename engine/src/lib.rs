@@ -12,6 +12,7 @@
 //! - [`rate`]: transfer rates over a sliding window, and the time left at that rate.
 //! - [`pipeline`]: how many requests to keep outstanding with a peer (slow start, then rate).
 //! - [`tracker`]: tracker announce requests and replies (HTTP and UDP), as pure data.
+//! - [`utp`]: uTP (BEP 29) connections and the demultiplexer of a UDP socket, without I/O.
 //!
 //! # Examples
 //! ```
@@ -33,6 +34,7 @@ pub mod pipeline;
 pub mod rate;
 pub mod storage;
 pub mod tracker;
+pub mod utp;
 pub mod wire;
 
 pub use ids::{InfoHash, PeerId};
