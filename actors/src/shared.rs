@@ -12,6 +12,7 @@ use std::sync::Mutex;
 
 use async_channel::Sender;
 use event_listener::{Event, EventListener};
+use shoal_engine::bitfield::Bitfield;
 
 /// Something that happened to a torrent, for subscribers (progress displays, tests, embedders).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -116,6 +117,10 @@ pub struct Shared {
     have_log: Mutex<Vec<u32>>,
     /// Notified when `have_log` grows.
     have_grew: Event,
+    /// Every piece verified and on disk, those found at start included (the have-log holds
+    /// only the ones verified since), for displays and for streaming readers that wait for a
+    /// piece. Written once per piece, so a lock of its own costs nothing on the hot path.
+    have: Mutex<Bitfield>,
     /// Notified when a peer becomes interested, so the torrent can unchoke it into a free slot
     /// at once instead of on its next one-second tick.
     interest: Event,
@@ -209,6 +214,7 @@ impl Shared {
             num_pieces,
             have_log: Mutex::new(Vec::new()),
             have_grew: Event::new(),
+            have: Mutex::new(Bitfield::new(num_pieces)),
             interest: Event::new(),
             verified: AtomicU32::new(verified),
             downloaded: AtomicU64::new(0),
@@ -315,6 +321,10 @@ impl Shared {
 
     /// Appends a verified piece to the have-log and wakes the peers.
     pub(crate) fn piece_verified(&self, piece: u32, len: u64) {
+        self.have
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set(piece);
         self.have_log
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -331,6 +341,27 @@ impl Shared {
             self.emit(TorrentEvent::Complete);
             self.finished.notify(usize::MAX);
         }
+    }
+
+    /// A copy of the pieces verified and on disk.
+    pub fn have(&self) -> Bitfield {
+        self.have.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Whether `piece` is verified and on disk.
+    pub fn has_piece(&self, piece: u32) -> bool {
+        piece < self.num_pieces
+            && self
+                .have
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(piece)
+    }
+
+    /// A listener notified whenever a piece is verified (and when the check ends). Register it,
+    /// then look at [`has_piece`](Self::has_piece).
+    pub fn listen_pieces(&self) -> EventListener {
+        self.have_grew.listen()
     }
 
     /// Copies the have-log entries from `cursor` on into `out` and advances the cursor.
@@ -407,6 +438,19 @@ impl Shared {
         self.checked.store(pieces, Ordering::Relaxed);
     }
 
+    /// The pieces found good by the check (or the fast-resume record), before
+    /// [`checked`](Self::checked).
+    pub(crate) fn set_initial_have(&self, have: &Bitfield) {
+        let mut ours = self.have.lock().unwrap_or_else(|e| e.into_inner());
+        if have.len() == ours.len() {
+            for p in have.iter_ones() {
+                ours.set(p);
+            }
+        }
+        drop(ours);
+        self.have_grew.notify(usize::MAX);
+    }
+
     /// The check is over: `verified` pieces are good and `left` bytes are missing.
     pub(crate) fn checked(&self, verified: u32, left: u64) {
         self.verified.store(verified, Ordering::Release);
@@ -421,5 +465,7 @@ impl Shared {
     pub(crate) fn set_stopped(&self) {
         self.stopped.store(true, Ordering::Release);
         self.finished.notify(usize::MAX);
+        // Readers waiting for a piece look again, and see the torrent stopped.
+        self.have_grew.notify(usize::MAX);
     }
 }

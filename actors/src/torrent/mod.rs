@@ -261,6 +261,26 @@ impl Torrent {
         self.shared.progress()
     }
 
+    /// The pieces verified and on disk (a copy).
+    pub fn have(&self) -> shoal_engine::bitfield::Bitfield {
+        self.shared.have()
+    }
+
+    /// Waits until `piece` is verified and on disk; `false` if the torrent stops first, or the
+    /// piece is not one of the torrent's.
+    pub async fn wait_piece(&self, piece: u32) -> bool {
+        loop {
+            let listener = self.shared.listen_pieces();
+            if self.shared.has_piece(piece) {
+                return true;
+            }
+            if self.shared.is_stopped() || piece >= self.shared.progress().total_pieces {
+                return false;
+            }
+            listener.await;
+        }
+    }
+
     /// Subscribes to its events.
     pub fn subscribe(&self) -> Receiver<TorrentEvent> {
         self.shared.subscribe()

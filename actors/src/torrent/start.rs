@@ -191,6 +191,7 @@ async fn launch(
         .filter(|&p| !have.get(p))
         .map(|p| u64::from(lengths.piece_len(p)))
         .sum();
+    shared.set_initial_have(&have);
     shared.checked(have.count_ones(), left);
     log::debug!(
         "{}: {} of {} pieces good ({})",
