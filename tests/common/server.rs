@@ -46,11 +46,14 @@ impl ServerProc {
         let lines = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.strip_prefix("shoal: server on http://") {
-                    let addr = rest.split('/').next().unwrap_or("").to_string();
+                let addr = line
+                    .strip_prefix("shoal: server on http://")
+                    .map(|rest| rest.split('/').next().unwrap_or("").to_string());
+                // Logged before the address is handed over, so the caller sees the line.
+                lines.lock().unwrap().push(line);
+                if let Some(addr) = addr {
                     let _ = tx.send(addr);
                 }
-                lines.lock().unwrap().push(line);
             }
         });
         let http = rx
