@@ -108,7 +108,7 @@ fn every_route_answers_and_bad_input_changes_nothing() {
     let mut s = TcpStream::connect(&server.http).unwrap();
     write!(
         s,
-        "POST /api/v1/torrents HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-bittorrent\r\n\
+        "POST /api/v1/torrents HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-bittorrent\r\n\
          Content-Length: 999999999\r\n\r\n"
     )
     .unwrap();
@@ -327,7 +327,7 @@ fn every_route_answers_and_bad_input_changes_nothing() {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
         s,
-        "GET /api/v1/session HTTP/1.1\r\nHost: x\r\n\r\nGET /api/v1/torrents HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        "GET /api/v1/session HTTP/1.1\r\nHost: localhost\r\n\r\nGET /api/v1/torrents HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut raw = Vec::new();
@@ -371,6 +371,20 @@ fn every_route_answers_and_bad_input_changes_nothing() {
         status.success(),
         "the server ends with 0 after SIGTERM: {status:?}"
     );
+}
+
+/// Sends `POST path` with its own `Host` header; the status.
+fn request_with_host(addr: &str, host: &str, path: &str) -> u16 {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    parse_reply(&raw).unwrap().status
 }
 
 /// Runs `shoal ctl --server URL ARGS...`.

@@ -62,6 +62,28 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Without a token (loopback only), the `Host` must be a loopback name: a page of another site
+/// whose name was made to point at 127.0.0.1 (DNS rebinding) sends its own name, and is
+/// refused. A request without `Host` (HTTP/1.0 tools) is let through.
+fn host_allowed(server: &Server, req: &Request) -> bool {
+    if server.token.is_some() {
+        return true;
+    }
+    let Some(host) = req.header("host") else {
+        return true;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    let name = name.to_ascii_lowercase();
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Refuses requests a web page of another site could make the user's browser send: an
 /// `Origin` that is not this server. Scripts and `shoal ctl` send no `Origin`.
 fn cross_site(req: &Request) -> bool {
@@ -72,7 +94,7 @@ fn cross_site(req: &Request) -> bool {
     origin_host != host
 }
 
-async fn route(server: &Server, req: Request) -> Response {
+async fn route(server: &Arc<Server>, req: Request) -> Response {
     log::debug!("http: {} {} {}", req.remote, req.method, req.path);
     if !authorized(server, &req) {
         return Response::error(
@@ -80,6 +102,12 @@ async fn route(server: &Server, req: Request) -> Response {
             "this server needs its token: `Authorization: Bearer TOKEN` or `?token=TOKEN`",
         )
         .with("WWW-Authenticate", "Bearer");
+    }
+    if !host_allowed(server, &req) {
+        return Response::error(
+            403,
+            "the Host header must name this machine (127.0.0.1, localhost or [::1])",
+        );
     }
     if cross_site(&req) {
         return Response::error(403, "requests from other sites are refused");
@@ -94,7 +122,7 @@ async fn route(server: &Server, req: Request) -> Response {
         },
         ["api", "v1", "torrents"] => match m {
             "GET" | "HEAD" => list(server),
-            "POST" => add(server, &req),
+            "POST" => add(server, req).await,
             _ => method_not_allowed("GET, POST"),
         },
         ["api", "v1", "session"] => match m {
@@ -360,7 +388,8 @@ fn flag(req: &Request, name: &str, default: bool) -> Result<bool, Response> {
     }
 }
 
-fn add(server: &Server, req: &Request) -> Response {
+async fn add(server: &Arc<Server>, req: Request) -> Response {
+    let req = &req;
     let ctype = req
         .header("content-type")
         .map(|c| {
@@ -384,7 +413,9 @@ fn add(server: &Server, req: &Request) -> Response {
             if req.body.is_empty() {
                 return Response::error(400, "the body is empty: send the .torrent file's bytes");
             }
-            server.add(&req.body, folder, paused, None, false)
+            // Parsing (SHA-1 of the info dictionary) and saving (fsync) off the executor.
+            let (server, body) = (server.clone(), req.body.clone());
+            smol::unblock(move || server.add(&body, folder, paused, None, false)).await
         }
         "application/json" => {
             let body: AddJson = match serde_json::from_slice(&req.body) {
