@@ -167,7 +167,7 @@ fn bench_picker(min: Duration) {
     );
 
     // Pipelined: every peer keeps up to 64 requests outstanding; in its turn it delivers its
-    // 16 oldest and asks for 16 more, so hundreds of pieces are in progress at once.
+    // first 16 in its list (in no set order) and asks for 16 more, so hundreds of pieces are in progress at once.
     let mut have = Bitfield::new(PIECES);
     for p in 0..8 {
         have.set(p * 1000);
