@@ -47,6 +47,9 @@
 //! we need; the rarest-first scan is O(pieces) only for a peer whose every useful piece is among
 //! the most common. Availability changes are O(1) per piece; verifying a piece is O(distinct
 //! availability values). A received or released block is O(1). Nothing is O(pieces × peers).
+//! The modes cost more only when on: a deadline scans its range (at most
+//! [`MAX_DEADLINE_PIECES`]) on each pick, and sequential mode scans from the lowest piece not
+//! started, O(pieces) for a peer that has none of the next ones.
 
 mod availability;
 mod progress;
