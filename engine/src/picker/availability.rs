@@ -54,7 +54,8 @@ impl Availability {
         }
     }
 
-    /// How many connected peers have `piece` (0 out of range).
+    /// How many connected peers have `piece` (0 out of range); for tests.
+    #[cfg(test)]
     pub(super) fn get(&self, piece: u32) -> u32 {
         self.avail.get(piece as usize).copied().unwrap_or(0)
     }

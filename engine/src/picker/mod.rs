@@ -263,12 +263,6 @@ impl Picker {
             .all(|p| self.avail.class_len(p.class()) == 0)
     }
 
-    /// How many connected peers have `piece` (0 out of range), as counted through
-    /// [`Picker::peer_bitfield`] and [`Picker::peer_have`].
-    pub fn availability(&self, piece: u32) -> u32 {
-        self.avail.get(piece)
-    }
-
     /// The priority of `piece` ([`Priority::Skip`] out of range).
     pub fn piece_priority(&self, piece: u32) -> Priority {
         self.priority
@@ -277,20 +271,10 @@ impl Picker {
             .unwrap_or(Priority::Skip)
     }
 
-    /// Blocks of wanted (not skipped) unverified pieces that have not been received.
-    pub fn missing_blocks(&self) -> u64 {
-        self.missing
-    }
-
     /// Whether every missing block of a wanted piece is already requested from some peer, so
     /// `pick` hands out duplicates.
     pub fn in_endgame(&self) -> bool {
         self.missing > 0 && self.wanted_not_started() == 0 && self.progress.partial().is_empty()
-    }
-
-    /// The blocks currently requested from `peer`, in no particular order.
-    pub fn requests_of(&self, peer: PeerKey) -> &[BlockInfo] {
-        self.requests.of(peer)
     }
 
     // ---- what peers tell us ----
@@ -894,7 +878,7 @@ impl Picker {
                     for (i, b) in st.blocks.iter().enumerate() {
                         let block = self.lengths.block(p, i as u32);
                         for (r, at) in b.requests() {
-                            assert_eq!(self.requests_of(r).get(at as usize), Some(&block));
+                            assert_eq!(self.requests.of(r).get(at as usize), Some(&block));
                         }
                     }
                 }

@@ -46,7 +46,8 @@ pub(super) struct Requests {
 }
 
 impl Requests {
-    /// The blocks requested from `peer`, in no particular order.
+    /// The blocks requested from `peer`, in no particular order; for tests.
+    #[cfg(test)]
     pub(super) fn of(&self, peer: PeerKey) -> &[BlockInfo] {
         self.by_peer.get(&peer).map_or(&[], Vec::as_slice)
     }

@@ -4,6 +4,24 @@ use super::*;
 use proptest::prelude::*;
 use std::collections::HashSet;
 
+/// Getters only tests need: the actor and the bench never ask.
+impl Picker {
+    /// How many connected peers have `piece` (0 out of range).
+    fn availability(&self, piece: u32) -> u32 {
+        self.avail.get(piece)
+    }
+
+    /// Blocks of wanted (not skipped) unverified pieces that have not been received.
+    fn missing_blocks(&self) -> u64 {
+        self.missing
+    }
+
+    /// The blocks currently requested from `peer`, in no particular order.
+    fn requests_of(&self, peer: PeerKey) -> &[BlockInfo] {
+        self.requests.of(peer)
+    }
+}
+
 /// `pieces` pieces of `blocks` blocks each.
 fn lengths(pieces: u32, blocks: u32) -> Lengths {
     let pl = u64::from(blocks) * 16_384;
