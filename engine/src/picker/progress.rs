@@ -5,14 +5,15 @@
 //! array reads (no hashing) and a scan of every piece in progress (endgame) walks one slice.
 //!
 //! # Invariants
-//! 1. `slot[p]` is `p`'s index in `states` iff `p` is in progress, and `states[i].piece` names
-//!    its piece.
+//! 1. `slot[p]` is `p`'s index in `states` iff `p` is in progress (and then its bit in
+//!    `started` is set), and `states[i].piece` names its piece.
 //! 2. A block is free, requested by 1 to [`MAX_REQUESTERS`] distinct peers, or received; a
 //!    received block has no requesters. `free` and `received` count them per piece.
 //! 3. `partial` holds exactly the pieces marked partial by [`InProgress::sync_partial`] (in
 //!    progress, with a free block, and wanted), each knowing its index there.
 
 use super::{PeerKey, MAX_REQUESTERS};
+use crate::bitfield::Bitfield;
 
 /// Marks a piece that is not in `partial`.
 const NOT_PARTIAL: u32 = u32::MAX;
@@ -154,6 +155,9 @@ impl PieceState {
 pub(super) struct InProgress {
     /// Each piece's index in `states`, or [`NO_SLOT`].
     slot: Vec<u32>,
+    /// The pieces with a slot, as a bitfield: rarest-first scans ask "in progress?" of many
+    /// pieces, and a bit per piece stays in cache where `slot` would not.
+    started: Bitfield,
     /// The pieces in progress, in no particular order.
     states: Vec<PieceState>,
     /// Pieces marked partial: in progress, wanted, with a free block (invariant 3).
@@ -167,6 +171,7 @@ impl InProgress {
     pub(super) fn new(pieces: u32) -> Self {
         Self {
             slot: vec![NO_SLOT; pieces as usize],
+            started: Bitfield::new(pieces),
             states: Vec::new(),
             partial: Vec::new(),
             spare: Vec::new(),
@@ -180,7 +185,7 @@ impl InProgress {
 
     /// Whether `piece` is in progress (false out of range).
     pub(super) fn contains(&self, piece: u32) -> bool {
-        self.slot.get(piece as usize).is_some_and(|&s| s != NO_SLOT)
+        self.started.get(piece)
     }
 
     /// The state of `piece`, if it is in progress.
@@ -222,6 +227,7 @@ impl InProgress {
             None => vec![BlockState::FREE; n].into_boxed_slice(),
         };
         self.slot[piece as usize] = self.states.len() as u32;
+        self.started.set(piece);
         self.states.push(PieceState {
             piece,
             blocks,
@@ -242,6 +248,7 @@ impl InProgress {
             return None;
         }
         self.slot[piece as usize] = NO_SLOT;
+        self.started.clear(piece);
         let st = self.states.swap_remove(s as usize);
         if let Some(moved) = self.states.get(s as usize) {
             self.slot[moved.piece as usize] = s;
@@ -316,6 +323,9 @@ impl InProgress {
             self.slot.iter().filter(|&&s| s != NO_SLOT).count(),
             self.states.len()
         );
+        for (p, &s) in self.slot.iter().enumerate() {
+            assert_eq!(self.started.get(p as u32), s != NO_SLOT);
+        }
         for &p in &self.partial {
             assert!(self.is_partial(p));
         }
