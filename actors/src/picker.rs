@@ -20,7 +20,7 @@ use async_channel::{Receiver, Sender};
 use futures_lite::future;
 use shoal_engine::bitfield::Bitfield;
 use shoal_engine::lengths::{BlockInfo, Lengths};
-use shoal_engine::picker::{PeerKey, Picker, Received};
+use shoal_engine::picker::{PeerKey, Picker, Priority, Received};
 
 use crate::buffers::Block;
 use crate::disk::{PieceDone, PieceOutcome, Storage};
@@ -129,6 +129,22 @@ pub enum PickerMsg {
     },
     /// A second has passed: starved peers ask again once a pause has run out.
     Tick,
+    /// New piece priorities (from file selection): one per piece, from piece 0; pieces past
+    /// the vector keep theirs. A skipped piece is never requested.
+    SetPriorities {
+        /// The priority of each piece.
+        priorities: Vec<Priority>,
+    },
+    /// Sequential mode on or off: new pieces lowest index first instead of rarest first.
+    SetSequential {
+        /// Whether it is on.
+        on: bool,
+    },
+    /// Pieces to fetch before any other, in order (streaming), or `None` to clear them.
+    SetDeadline {
+        /// The pieces, cut to `shoal_engine::picker::MAX_DEADLINE_PIECES`.
+        pieces: Option<std::ops::RangeInclusive<u32>>,
+    },
     /// Which pieces are verified now.
     Verified {
         /// The answer.
@@ -389,6 +405,18 @@ impl State {
                     self.paused = None;
                     self.wake(None);
                 }
+            }
+            PickerMsg::SetPriorities { priorities } => {
+                self.policy.set_piece_priorities(&priorities);
+                self.wake(None);
+            }
+            PickerMsg::SetSequential { on } => {
+                self.policy.set_sequential(on);
+                self.wake(None);
+            }
+            PickerMsg::SetDeadline { pieces } => {
+                self.policy.set_deadline(pieces);
+                self.wake(None);
             }
             PickerMsg::Verified { reply } => reply.send(self.policy.have().clone()),
             PickerMsg::Shutdown { .. } => unreachable!("handled by the loop"),

@@ -8,7 +8,8 @@
 //! - [`bitfield`]: which pieces a peer (or we) have.
 //! - [`wire`]: the peer wire protocol of BEP 3: handshake, messages, a partial-buffer codec.
 //! - [`storage`]: the map from pieces and blocks to the file spans they cover.
-//! - [`picker`]: piece selection policy (random first, rarest first, endgame).
+//! - [`picker`]: piece selection policy (priorities, deadlines, sequential or rarest first,
+//!   endgame).
 //! - [`rate`]: transfer rates over a sliding window, and the time left at that rate.
 //! - [`pipeline`]: how many requests to keep outstanding with a peer (slow start, then rate).
 //! - [`tracker`]: tracker announce requests and replies (HTTP and UDP), as pure data.
