@@ -11,6 +11,7 @@
 //! - [`picker`]: piece selection policy (random first, rarest first, endgame).
 //! - [`pipeline`]: how many requests to keep outstanding with a peer (slow start, then rate).
 //! - [`tracker`]: tracker announce requests and replies (HTTP and UDP), as pure data.
+//! - [`magnet`]: magnet links: parse one, or write one for a torrent.
 //!
 //! # Examples
 //! ```
@@ -26,6 +27,7 @@ pub mod bitfield;
 pub mod create;
 mod ids;
 pub mod lengths;
+pub mod magnet;
 pub mod metainfo;
 pub mod picker;
 pub mod pipeline;
