@@ -12,6 +12,7 @@
 //! - [`pipeline`]: how many requests to keep outstanding with a peer (slow start, then rate).
 //! - [`tracker`]: tracker announce requests and replies (HTTP and UDP), as pure data.
 //! - [`magnet`]: magnet links: parse one, or write one for a torrent.
+//! - [`extension`]: the extension protocol handshake of BEP 10, ours and a peer's.
 //!
 //! # Examples
 //! ```
@@ -25,6 +26,7 @@
 pub mod bencode;
 pub mod bitfield;
 pub mod create;
+pub mod extension;
 mod ids;
 pub mod lengths;
 pub mod magnet;
