@@ -13,6 +13,8 @@
 //! - [`tracker`]: tracker announce requests and replies (HTTP and UDP), as pure data.
 //! - [`magnet`]: magnet links: parse one, or write one for a torrent.
 //! - [`extension`]: the extension protocol handshake of BEP 10, ours and a peer's.
+//! - [`metadata`]: BEP 9 metadata exchange: the `ut_metadata` codec, fetching the info
+//!   dictionary from several peers and checking it against the info hash, serving ours.
 //!
 //! # Examples
 //! ```
@@ -30,6 +32,7 @@ pub mod extension;
 mod ids;
 pub mod lengths;
 pub mod magnet;
+pub mod metadata;
 pub mod metainfo;
 pub mod picker;
 pub mod pipeline;
