@@ -15,6 +15,7 @@
 //! - [`extension`]: the extension protocol handshake of BEP 10, ours and a peer's.
 //! - [`metadata`]: BEP 9 metadata exchange: the `ut_metadata` codec, fetching the info
 //!   dictionary from several peers and checking it against the info hash, serving ours.
+//! - [`pex`]: BEP 11 peer exchange: the `ut_pex` codec and what to tell each peer, when.
 //!
 //! # Examples
 //! ```
@@ -34,6 +35,7 @@ pub mod lengths;
 pub mod magnet;
 pub mod metadata;
 pub mod metainfo;
+pub mod pex;
 pub mod picker;
 pub mod pipeline;
 pub mod storage;
