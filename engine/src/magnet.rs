@@ -626,6 +626,18 @@ mod tests {
         assert_eq!(Magnet::parse(&uri).unwrap(), m);
     }
 
+    #[test]
+    fn reads_the_magnet_libtorrent_writes_for_the_fixture() {
+        // `lt.make_magnet_uri` of python3-libtorrent 2.0.8 for seed-multi.torrent: lowercase
+        // escapes, same parameters as ours.
+        let lt = "magnet:?xt=urn:btih:e3bd6542d37838513795d3316fce4c33f79bd869&dn=multi\
+                  &tr=http%3a%2f%2fa.invalid%2fannounce&tr=udp%3a%2f%2fb.invalid%3a80\
+                  &tr=http%3a%2f%2fc.invalid%2fannounce";
+        let bytes = include_bytes!("../../fuzz/corpus/metainfo/seed-multi.torrent");
+        let meta = Metainfo::from_bytes(bytes).unwrap();
+        assert_eq!(Magnet::parse(lt).unwrap(), Magnet::from_metainfo(&meta));
+    }
+
     proptest! {
         #[test]
         fn never_panics(s in ".{0,200}") {
