@@ -17,7 +17,8 @@
 //! # Writing
 //! [`Magnet::from_metainfo`] and the [`fmt::Display`] impl write `xt`, `dn`, one `tr` per
 //! tracker and one `x.pe` per peer, each value percent-encoded so that only RFC 3986's
-//! unreserved characters stay as they are.
+//! unreserved characters stay as they are (and `:`, `[`, `]` in `x.pe`, which libtorrent reads
+//! without decoding).
 //!
 //! # Examples
 //! ```
@@ -46,6 +47,10 @@ const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'.')
     .remove(b'_')
     .remove(b'~');
+
+/// The bytes written as they are in an `x.pe` value: as [`QUERY_VALUE`], plus `:`, `[` and
+/// `]`. libtorrent does not percent-decode `x.pe`, so a `%3A` there would lose the peer.
+const PEER_VALUE: &AsciiSet = &QUERY_VALUE.remove(b':').remove(b'[').remove(b']');
 
 /// The longest magnet URI we read: 64 KiB. Real ones are under 2 KiB even with dozens of
 /// trackers; the bound keeps a pasted or received blob from costing more than a glance.
@@ -391,7 +396,7 @@ impl fmt::Display for Magnet {
         }
         for p in &self.peers {
             let p = p.to_string();
-            write!(f, "&x.pe={}", percent_encode(p.as_bytes(), QUERY_VALUE))?;
+            write!(f, "&x.pe={}", percent_encode(p.as_bytes(), PEER_VALUE))?;
         }
         Ok(())
     }
@@ -594,7 +599,7 @@ mod tests {
         let uri = m.to_string();
         assert!(uri.starts_with(&format!("magnet:?xt=urn:btih:{HEX}&dn=a%20b%26c%3Dd%2F")));
         assert!(uri.contains("&tr=udp%3A%2F%2Ft.example%3A80%2Fannounce&"));
-        assert!(uri.contains("&x.pe=%5B2001%3Adb8%3A%3A1%5D%3A6881"));
+        assert!(uri.ends_with("&x.pe=[2001:db8::1]:6881&x.pe=h.example:1"));
         assert_eq!(Magnet::parse(&uri).unwrap(), m);
     }
 
