@@ -33,7 +33,7 @@
 //! ```
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use percent_encoding::{percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
@@ -258,6 +258,17 @@ fn parse_peer(s: &str) -> Result<MagnetPeer, MagnetError> {
     }
     let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
     let port: u16 = port.parse().ok().filter(|&p| p != 0).ok_or_else(bad)?;
+    // A numeric address the socket-address parser refused for its port's form (`06881`).
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        if bare.len() == host.len() && ip.is_ipv6() {
+            return Err(bad()); // an IPv6 address needs its brackets
+        }
+        return Ok(MagnetPeer::Addr(SocketAddr::new(ip, port)));
+    }
     // A host name: letters, digits, `-`, `.`, `_`; anything else (a bracket, a second colon,
     // a space) means a mistyped address rather than a name worth a DNS lookup.
     let ok = !host.is_empty()
@@ -440,7 +451,7 @@ mod tests {
             "magnet:?xt=urn:btih:{HEX}&dn=Big+Buck%20Bunny%C3%A9&tr=udp%3A%2F%2Ftracker.example%3A80&\
              tr=http://t.example/announce?pass=a+b&tr.1=udp%3A%2F%2Ftracker.example%3A80&\
              tr.2=wss%3A%2F%2Fw.example&x.pe=10.0.0.1:6881&x.pe=%5B%3A%3A1%5D%3A51413&\
-             x.pe=seed.example:7000&x.pe=10.0.0.1:6881&ws=http%3A%2F%2Fweb&xl=1234&so=0-3&\
+             x.pe=seed.example:7000&x.pe=10.0.0.1:06881&x.pe=[::1]:051413&ws=http%3A%2F%2Fweb&xl=1234&so=0-3&\
              kt=a+b&&=&xt=urn:sha1:XYZ&xt=urn:btmh:1220abcd&noequals"
         );
         let m = Magnet::parse(&uri).unwrap();
@@ -547,6 +558,11 @@ mod tests {
             (
                 format!("magnet:?xt=urn:btih:{HEX}&x.pe=[::1:80"),
                 MagnetError::BadPeer("[::1:80".into()),
+                "x.pe",
+            ),
+            (
+                format!("magnet:?xt=urn:btih:{HEX}&x.pe=::1:80"),
+                MagnetError::BadPeer("::1:80".into()),
                 "x.pe",
             ),
             (
