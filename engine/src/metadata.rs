@@ -456,10 +456,13 @@ impl<P: Copy + Eq + Hash + fmt::Debug> MetadataFetch<P> {
         self.banned.contains(&peer)
     }
 
-    /// Adds a peer whose extended handshake said `metadata_size` (adding one again is
-    /// harmless). Refuses, before allocating anything, a size that is not positive, over the
+    /// Adds a peer whose extended handshake said `metadata_size` (adding one again, or after
+    /// the fetch is done, is harmless). Refuses, before allocating anything, a size that is not positive, over the
     /// bound, or different from the size already chosen; and a banned peer.
     pub fn add_peer(&mut self, peer: P, metadata_size: i64) -> Result<(), MetadataError> {
+        if self.done {
+            return Ok(());
+        }
         if self.is_banned(peer) {
             return Err(MetadataError::Banned);
         }
