@@ -14,6 +14,11 @@
 //! - [`pipeline`]: how many requests to keep outstanding with a peer (slow start, then rate).
 //! - [`tracker`]: tracker announce requests and replies (HTTP and UDP), as pure data.
 //! - [`utp`]: uTP (BEP 29) connections and the demultiplexer of a UDP socket, without I/O.
+//! - [`magnet`]: magnet links: parse one, or write one for a torrent.
+//! - [`extension`]: the extension protocol handshake of BEP 10, ours and a peer's.
+//! - [`metadata`]: BEP 9 metadata exchange: the `ut_metadata` codec, fetching the info
+//!   dictionary from several peers and checking it against the info hash, serving ours.
+//! - [`pex`]: BEP 11 peer exchange: the `ut_pex` codec and what to tell each peer, when.
 //!
 //! # Examples
 //! ```
@@ -27,9 +32,13 @@
 pub mod bencode;
 pub mod bitfield;
 pub mod create;
+pub mod extension;
 mod ids;
 pub mod lengths;
+pub mod magnet;
+pub mod metadata;
 pub mod metainfo;
+pub mod pex;
 pub mod picker;
 pub mod pipeline;
 pub mod rate;
