@@ -11,6 +11,8 @@
 //! - [`picker`]: piece selection policy (random first, rarest first, endgame).
 //! - [`pipeline`]: how many requests to keep outstanding with a peer (slow start, then rate).
 //! - [`tracker`]: tracker announce requests and replies (HTTP and UDP), as pure data.
+//! - [`dht`]: a mainline DHT node (BEP 5) as a sans-IO state machine: KRPC, routing table,
+//!   lookups, tokens, peer store.
 //!
 //! # Examples
 //! ```
@@ -24,6 +26,7 @@
 pub mod bencode;
 pub mod bitfield;
 pub mod create;
+pub mod dht;
 mod ids;
 pub mod lengths;
 pub mod metainfo;
