@@ -207,7 +207,7 @@ fn a_simulated_network_converges_and_finds_an_announced_torrent_from_every_node(
     }
     queries.sort_unstable();
     let median = queries[queries.len() / 2];
-    assert!(median <= 40, "median queries per lookup {median}");
+    assert!(median <= 25, "median queries per lookup {median}");
 
     // Nothing grew past its bound, and a saved table comes back whole.
     for node in &net.nodes {
