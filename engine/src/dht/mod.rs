@@ -36,7 +36,7 @@
 //! store ([`storage::MAX_INFO_HASHES`] × [`storage::MAX_PEERS_PER_HASH`]), what one reply may
 //! carry ([`krpc::MAX_NODES_PER_REPLY`], [`krpc::MAX_VALUES_PER_REPLY`]), the per-address rate
 //! limiter ([`MAX_RATE_LIMITED_ADDRESSES`]), the outgoing queue ([`MAX_OUTGOING`]), queries in
-//! flight ([`MAX_TRANSACTIONS`]), lookups ([`MAX_LOOKUPS`]) and events ([`MAX_EVENTS`]).
+//! flight ([`MAX_TRANSACTIONS`], [`MAX_TIMERS`]), lookups ([`MAX_LOOKUPS`]) and events ([`MAX_EVENTS`]).
 //!
 //! Only IPv4 nodes enter the routing table (BEP 32's `nodes6` is not spoken yet); queries
 //! from IPv6 addresses are still answered.
@@ -73,6 +73,11 @@ pub const SLOW_AFTER: Duration = Duration::from_secs(1);
 /// Queries we have in flight at once. Lookups need at most 3 each plus 8 announces; the rest
 /// is room for pings. Also bounds the transaction table.
 pub const MAX_TRANSACTIONS: usize = 1024;
+
+/// Timer entries kept. The timer of a query answered early lingers until its deadline, so a
+/// churn of quickly answered queries could pile them up; past this, no query is sent until
+/// old timers expire (4 per slot of [`MAX_TRANSACTIONS`] is never reached by honest traffic).
+pub const MAX_TIMERS: usize = 4 * MAX_TRANSACTIONS;
 
 /// Lookups running at once. A session announcing many torrents queues them here; each lookup
 /// holds about 64 candidates and 3 to 8 queries.
@@ -888,7 +893,9 @@ impl Dht {
 
     /// Whether a query can be sent now.
     fn room(&self) -> bool {
-        self.outgoing.len() < MAX_OUTGOING && self.transactions.len() < MAX_TRANSACTIONS
+        self.outgoing.len() < MAX_OUTGOING
+            && self.transactions.len() < MAX_TRANSACTIONS
+            && self.timeout_timers.len() < MAX_TIMERS
     }
 
     /// Sends a query, unless there is no room (then it is as if it was never asked).
@@ -951,6 +958,7 @@ impl Dht {
                 let mut queries = Vec::new();
                 while self.outgoing.len() + queries.len() < MAX_OUTGOING
                     && self.transactions.len() + queries.len() < MAX_TRANSACTIONS
+                    && self.timeout_timers.len() + queries.len() < MAX_TIMERS
                 {
                     let Some(q) = run.lookup.next_query() else {
                         break;
@@ -986,6 +994,16 @@ impl Dht {
                     self.lookups.remove(&l);
                     let nodes = self.table.len();
                     self.push_event(Event::Bootstrapped { nodes });
+                    // Then a lookup into every bucket, as Kademlia's join does: without it,
+                    // the far regions of the id space learn of us only by chance.
+                    for target in self.table.all_refresh_targets(now, &mut self.rng) {
+                        if self
+                            .start_lookup(now, target, Purpose::Refresh, &[])
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
                 }
                 Purpose::Refresh => {
                     self.lookups.remove(&l);

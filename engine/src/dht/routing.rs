@@ -454,6 +454,22 @@ impl RoutingTable {
         targets
     }
 
+    /// A random id in every bucket, all marked touched now: after joining, a lookup into each
+    /// region of the id space fills our buckets and makes us known there, as Kademlia's join
+    /// procedure does.
+    pub fn all_refresh_targets(&mut self, now: Instant, rng: &mut fastrand::Rng) -> Vec<NodeId> {
+        let last = self.buckets.len() - 1;
+        let own = self.own;
+        self.buckets
+            .iter_mut()
+            .enumerate()
+            .map(|(i, b)| {
+                b.last_changed = now;
+                random_in_bucket(&own, i, i == last, rng)
+            })
+            .collect()
+    }
+
     /// The table as bytes (bencode: our id and the compact nodes that are not bad), for the
     /// state folder. Read back with [`SavedTable::load`].
     pub fn save(&self, now: Instant) -> Vec<u8> {

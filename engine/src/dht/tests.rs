@@ -121,8 +121,20 @@ fn joined(n: usize, seed: u64) -> Net {
 
 #[test]
 fn a_simulated_network_converges_and_finds_an_announced_torrent_from_every_node() {
-    const N: usize = 120;
-    let mut net = joined(N, 42);
+    converges(200, 42);
+}
+
+/// The same on other networks: `cargo test -p shoal-engine dht::tests::many -- --ignored`.
+#[test]
+#[ignore = "slow: ten networks of 200 nodes"]
+fn many_simulated_networks_converge() {
+    for seed in 1..=10 {
+        converges(200, seed);
+    }
+}
+
+fn converges(n: usize, seed: u64) {
+    let mut net = joined(n, seed);
     // Let refreshes and queries spread knowledge a little.
     net.run_until(Duration::from_secs(30), |_| false);
     for (i, node) in net.nodes.iter().enumerate() {
@@ -155,7 +167,7 @@ fn a_simulated_network_converges_and_finds_an_announced_torrent_from_every_node(
 
     // The lookup converged: the true 8 closest nodes to the hash store the peer.
     let target = NodeId(info_hash.0);
-    let mut by_distance: Vec<usize> = (0..N).filter(|&i| i != 7).collect();
+    let mut by_distance: Vec<usize> = (0..n).filter(|&i| i != 7).collect();
     by_distance.sort_by_key(|&i| net.nodes[i].id().distance(&target));
     let storing = by_distance[..K]
         .iter()
@@ -170,7 +182,7 @@ fn a_simulated_network_converges_and_finds_an_announced_torrent_from_every_node(
     let peer = SocketAddr::new(addr(7).ip(), 7007);
     let now = net.now;
     let mut lookups = Vec::new();
-    for i in 0..N {
+    for i in 0..n {
         if i != 7 {
             lookups.push((i, net.nodes[i].get_peers(now, info_hash).unwrap()));
         }
@@ -256,8 +268,14 @@ fn nodes_that_vanish_are_dropped_and_lookups_still_finish() {
     }));
     assert!(net.events[2].iter().any(|e| matches!(e,
         Event::PeersFound { lookup, peers, .. } if *lookup == l2 && peers.contains(&SocketAddr::new(addr(1).ip(), 6000)))));
-    // Refreshes and lookups over 20 minutes push most dead nodes out of the live tables.
+    // Refreshes and lookups over 20 minutes push most dead nodes out of the live tables,
+    // and the torrent is announced again after 15.
     net.run_until(Duration::from_secs(20 * 60), |_| false);
+    let announces = net.events[1]
+        .iter()
+        .filter(|e| matches!(e, Event::AnnounceDone { info_hash: h, nodes, .. } if *h == info_hash && *nodes > 0))
+        .count();
+    assert_eq!(announces, 2, "announced, then re-announced");
     let node = &net.nodes[1];
     let now = net.now;
     let (good, _, _) = node.table.state_counts(now);
@@ -608,4 +626,71 @@ fn memory_estimate_is_plausible() {
         m.bytes_per_stored_peer >= 6 && m.bytes_per_stored_peer <= 64,
         "{m:?}"
     );
+}
+
+mod fuzzish {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A node with a lookup in flight to `boot`, and the transaction ids it used.
+    fn busy() -> (Dht, Instant, SocketAddr, Vec<Tid>) {
+        let (mut d, now) = lone();
+        let boot = stranger();
+        d.bootstrap(now, &[boot]).unwrap();
+        d.get_peers(now, InfoHash([3; 20])).unwrap();
+        let tids = replies(&mut d).into_iter().map(|(_, m)| m.tid).collect();
+        (d, now, boot, tids)
+    }
+
+    fn feed(d: &mut Dht, now: Instant, from: SocketAddr, tids: &[Tid], bytes: &[u8]) {
+        d.handle_packet(now, from, bytes);
+        if let Ok(mut m) = Message::decode(bytes) {
+            if !matches!(m.body, Body::Query { .. }) {
+                for &tid in tids {
+                    m.tid = tid;
+                    d.handle_packet(now, from, &m.to_bytes());
+                }
+            }
+        }
+        assert!(d.outgoing.len() <= MAX_OUTGOING);
+        while d.poll_transmit().is_some() {}
+        while d.poll_event().is_some() {}
+    }
+
+    const SEEDS: [&[u8]; 5] = [
+        b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:y1:qe",
+        b"d1:rd2:id20:abcdefghij01234567895:token8:aoeusnth6:valuesl6:axje.u6:idhtnmee1:t2:aa1:y1:re",
+        b"d1:rd2:id20:abcdefghij01234567895:nodes26:AAAAAAAAAAAAAAAAAAAA\x0a\x00\x00\x03\x1a\xe1e1:t2:aa1:y1:re",
+        b"d1:ad2:id20:abcdefghij012345678912:implied_porti1e9:info_hash20:mnopqrstuvwxyz1234564:porti6881e5:token8:aoeusnthe1:q13:announce_peer1:t2:aa1:y1:qe",
+        b"d1:eli201e23:A Generic Error Ocurrede1:t2:aa1:y1:ee",
+    ];
+
+    proptest! {
+        #[test]
+        fn a_node_takes_any_bytes(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+            let (mut d, now, boot, tids) = busy();
+            feed(&mut d, now, boot, &tids, &bytes);
+            d.handle_timeout(now + Duration::from_secs(3600));
+        }
+
+        #[test]
+        fn a_node_takes_mutated_messages(
+            which in 0..SEEDS.len(),
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+        ) {
+            let (mut d, now, boot, tids) = busy();
+            let mut bytes = SEEDS[which].to_vec();
+            for (at, b) in edits {
+                let i = at.index(bytes.len());
+                bytes[i] = b;
+            }
+            feed(&mut d, now, boot, &tids, &bytes);
+            if let Ok(m) = Message::decode(&bytes) {
+                if !matches!(m.body, Body::Error { .. }) {
+                    prop_assert_eq!(Message::decode(&m.to_bytes()).unwrap(), m);
+                }
+            }
+            d.handle_timeout(now + Duration::from_secs(3600));
+        }
+    }
 }
