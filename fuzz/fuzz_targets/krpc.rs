@@ -26,14 +26,7 @@ fuzz_target!(|data: &[u8]| {
     }
 
     let now = Instant::now();
-    let mut dht = Dht::new(
-        Config {
-            id: NodeId([0x11; 20]),
-            token_key: [7; 32],
-            seed: 1,
-        },
-        now,
-    );
+    let mut dht = Dht::new(Config::new(NodeId([0x11; 20]), [7; 32], 1), now);
     let boot: SocketAddr = "10.0.0.1:6881".parse().unwrap();
     let stranger: SocketAddr = "10.0.0.2:6881".parse().unwrap();
     let _ = dht.bootstrap(now, &[boot]);

@@ -127,6 +127,22 @@ pub struct Config {
     pub token_key: [u8; 32],
     /// The seed of the random numbers (refresh targets, transaction ids).
     pub seed: u64,
+    /// BEP 42: keep nodes at public addresses out of the routing table unless their id
+    /// matches their address. Off by default, as in libtorrent: many honest nodes predate
+    /// BEP 42. Nodes at exempt addresses (loopback, private) are never checked.
+    pub enforce_node_ids: bool,
+}
+
+impl Config {
+    /// A configuration with BEP 42 enforcement off.
+    pub fn new(id: NodeId, token_key: [u8; 32], seed: u64) -> Self {
+        Config {
+            id,
+            token_key,
+            seed,
+            enforce_node_ids: false,
+        }
+    }
 }
 
 /// Why an application call was refused.
@@ -243,10 +259,7 @@ pub fn memory_estimate() -> MemoryEstimate {
     MemoryEstimate {
         bytes_per_routing_entry: std::mem::size_of::<routing::Entry>(),
         bytes_per_stored_peer: std::mem::size_of::<storage::StoredPeer>(),
-        // A swiss-table slot (key + value) plus its control byte.
-        bytes_per_stored_info_hash: std::mem::size_of::<InfoHash>()
-            + std::mem::size_of::<(Vec<u8>, Option<Instant>)>()
-            + 1,
+        bytes_per_stored_info_hash: storage::bytes_per_info_hash(),
     }
 }
 
@@ -351,6 +364,8 @@ struct Announced {
 pub struct Dht {
     /// Our id.
     id: NodeId,
+    /// See [`Config::enforce_node_ids`].
+    enforce_node_ids: bool,
     /// Known nodes.
     table: RoutingTable,
     /// Announce tokens.
@@ -399,6 +414,7 @@ impl Dht {
         let next_tid = rng.u16(..);
         Dht {
             id: config.id,
+            enforce_node_ids: config.enforce_node_ids,
             table: RoutingTable::new(config.id, now),
             tokens: Tokens::new(config.token_key, now),
             store: PeerStore::new(),
@@ -736,17 +752,17 @@ impl Dht {
         if !self.allow_query(now, from) {
             return;
         }
-        if let (SocketAddr::V4(v4), false) = (from, read_only) {
-            if self.table.heard_from(now, id, v4, Contact::Queried) == Insert::Ignored
-                && self.table.get(&id).is_none()
-                && self.table.would_accept(&id, now)
-                && !self.transactions.values().any(|t| t.addr == from)
-            {
-                // It may belong in our table: it gets in by answering a ping, which proves
-                // the address is really its own.
-                self.send_query(now, from, Some(id), Query::Ping, TxKind::Ping);
+        // An unknown querier may belong in our table: it gets in by answering a ping (sent
+        // after our reply), which proves the address is really its own.
+        let verify = match (from, read_only) {
+            (SocketAddr::V4(v4), false) => {
+                self.table.heard_from(now, id, v4, Contact::Queried) == Insert::Ignored
+                    && self.table.get(&id).is_none()
+                    && self.table.would_accept(&id, now)
+                    && !self.transactions.values().any(|t| t.addr == from)
             }
-        }
+            _ => false,
+        };
         let mut r = Response::id_only(self.id);
         match query {
             Query::Ping => {}
@@ -784,6 +800,9 @@ impl Dht {
                 ip: Some(from),
             },
         );
+        if verify {
+            self.send_query(now, from, Some(id), Query::Ping, TxKind::Ping);
+        }
     }
 
     /// Removes and returns the query that `tid` from `from` answers, if any.
@@ -802,7 +821,8 @@ impl Dht {
             return;
         };
         self.stats.replies_in += 1;
-        if let SocketAddr::V4(v4) = from {
+        let id_ok = !self.enforce_node_ids || id::is_bep42_valid(from.ip(), &r.id);
+        if let (SocketAddr::V4(v4), true) = (from, id_ok) {
             if let Insert::Full { ping: Some(n) } =
                 self.table.heard_from(now, r.id, v4, Contact::Responded)
             {

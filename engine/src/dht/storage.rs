@@ -28,6 +28,12 @@ pub const MAX_VALUES_IN_REPLY: usize = 50;
 /// announcers re-announce every 15).
 pub const PEER_TTL: Duration = Duration::from_secs(30 * 60);
 
+/// Bytes one torrent's entry takes in the store besides its peers: a hash-map slot (key and
+/// value) and its control byte; the map keeps up to an eighth of its slots empty on top.
+pub fn bytes_per_info_hash() -> usize {
+    (std::mem::size_of::<(InfoHash, Swarm)>() + 1) * 8 / 7
+}
+
 /// One stored peer.
 #[derive(Debug, Clone, Copy)]
 pub struct StoredPeer {

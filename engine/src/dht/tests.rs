@@ -13,11 +13,7 @@ fn addr(i: usize) -> SocketAddr {
 }
 
 fn config(i: usize, rng: &mut fastrand::Rng) -> Config {
-    Config {
-        id: NodeId::random(rng),
-        token_key: [i as u8; 32],
-        seed: i as u64,
-    }
+    Config::new(NodeId::random(rng), [i as u8; 32], i as u64)
 }
 
 /// Many nodes and a fake clock; datagrams are delivered at once, in order.
@@ -229,14 +225,7 @@ fn converges(n: usize, seed: u64) {
     let bytes = net.nodes[3].save(net.now);
     let saved = SavedTable::load(&bytes).unwrap();
     assert_eq!(saved.id, net.nodes[3].id());
-    let mut fresh = Dht::new(
-        Config {
-            id: saved.id,
-            token_key: [0; 32],
-            seed: 1,
-        },
-        net.now,
-    );
+    let mut fresh = Dht::new(Config::new(saved.id, [0; 32], 1), net.now);
     fresh.restore(net.now, &saved);
     assert_eq!(fresh.routing_table_len(), net.nodes[3].routing_table_len());
 }
@@ -613,6 +602,41 @@ fn lookups_are_bounded_and_an_empty_table_ends_at_once() {
     assert_eq!(done, MAX_LOOKUPS - 1);
     assert!(d.lookups.len() <= 1, "only a retried bootstrap may run");
     assert!(d.stats(t).timeouts > 0);
+}
+
+#[test]
+fn bep42_enforcement_keeps_mismatched_public_ids_out() {
+    let now = Instant::now();
+    let mut rng = fastrand::Rng::with_seed(4);
+    let mut config = config(1, &mut rng);
+    config.enforce_node_ids = true;
+    let mut d = Dht::new(config, now);
+    let public: SocketAddr = "124.31.75.21:6881".parse().unwrap();
+    let private: SocketAddr = "192.168.1.5:6881".parse().unwrap();
+    let good_id = NodeId::for_address(public.ip(), &mut rng);
+    let mut bad_id = good_id;
+    bad_id.0[0] ^= 0xff;
+    // Each answers a ping we sent; only matching or exempt ids get in.
+    for (addr, id) in [(public, bad_id), (private, bad_id), (public, good_id)] {
+        d.send_query(now, addr, Some(id), Query::Ping, TxKind::Ping);
+        let (_, q) = replies(&mut d).pop().unwrap();
+        let pong = Message {
+            tid: q.tid,
+            body: Body::Response(Response::id_only(id)),
+            ip: None,
+        };
+        d.handle_packet(now, addr, &pong.to_bytes());
+    }
+    let ids: Vec<_> = d.table.entries().map(|e| (e.addr, e.id)).collect();
+    assert_eq!(ids.len(), 2);
+    assert!(ids.contains(&(
+        SocketAddrV4::new("192.168.1.5".parse().unwrap(), 6881),
+        bad_id
+    )));
+    assert!(ids.contains(&(
+        SocketAddrV4::new("124.31.75.21".parse().unwrap(), 6881),
+        good_id
+    )));
 }
 
 #[test]
