@@ -23,6 +23,39 @@
 //! [`Dht::save`] to keep the routing table in the state folder. Randomness comes from the
 //! seed and token key in [`Config`]: the actor fills them from the OS, tests fix them.
 //!
+//! # Examples
+//! Two nodes wired by hand: one joins through the other.
+//! ```
+//! use std::net::SocketAddr;
+//! use std::time::Instant;
+//! use shoal_engine::dht::{Config, Dht, Event, NodeId};
+//!
+//! let now = Instant::now();
+//! let (a_addr, b_addr): (SocketAddr, SocketAddr) =
+//!     ("127.0.0.1:6881".parse().unwrap(), "127.0.0.1:6882".parse().unwrap());
+//! let mut a = Dht::new(Config::new(NodeId([1; 20]), [1; 32], 1), now);
+//! let mut b = Dht::new(Config::new(NodeId([2; 20]), [2; 32], 2), now);
+//! b.bootstrap(now, &[a_addr]).unwrap();
+//! loop {
+//!     let mut moved = false;
+//!     while let Some((to, bytes)) = b.poll_transmit() {
+//!         assert_eq!(to, a_addr);
+//!         a.handle_packet(now, b_addr, &bytes);
+//!         moved = true;
+//!     }
+//!     while let Some((to, bytes)) = a.poll_transmit() {
+//!         assert_eq!(to, b_addr);
+//!         b.handle_packet(now, a_addr, &bytes);
+//!         moved = true;
+//!     }
+//!     if !moved {
+//!         break;
+//!     }
+//! }
+//! assert_eq!(b.poll_event(), Some(Event::Bootstrapped { nodes: 1 }));
+//! assert_eq!((a.routing_table_len(), b.routing_table_len()), (1, 1));
+//! ```
+//!
 //! # Sharing the UDP socket with uTP
 //! The DHT listens on the same UDP port as uTP (BEP 29). The actor tells them apart by the
 //! first byte of each datagram: a KRPC message is a bencoded dictionary, so it starts with
@@ -859,7 +892,7 @@ impl Dht {
                     ..
                 }) = self.lookups.get_mut(&l)
                 {
-                    *awaited -= 1;
+                    *awaited = awaited.saturating_sub(1);
                     *accepted += 1;
                 }
             }
@@ -898,7 +931,7 @@ impl Dht {
                     ..
                 }) = self.lookups.get_mut(&l)
                 {
-                    *awaited -= 1;
+                    *awaited = awaited.saturating_sub(1);
                 }
             }
         }
