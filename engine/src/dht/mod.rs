@@ -151,6 +151,11 @@ pub const MAX_ANNOUNCED: usize = 4096;
 /// How often an empty table retries its bootstrap nodes.
 pub const BOOTSTRAP_RETRY: Duration = Duration::from_secs(60);
 
+/// Distinct addresses remembered from the `ip` key of replies (BEP 42), to tell our outside
+/// address. Honest nodes agree on one (two behind a changing NAT); a few slots let it win
+/// over liars without a table strangers could grow.
+pub const MAX_ADDRESS_VOTES: usize = 8;
+
 /// How a node is set up.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -432,6 +437,9 @@ pub struct Dht {
     bootstrap_nodes: Vec<SocketAddrV4>,
     /// When we last bootstrapped.
     last_bootstrap: Option<Instant>,
+    /// Our address as repliers saw it, with how many replies said so; at most
+    /// [`MAX_ADDRESS_VOTES`].
+    address_votes: Vec<(IpAddr, u32)>,
     /// When housekeeping next runs.
     next_maintenance: Instant,
     /// Random numbers.
@@ -464,6 +472,7 @@ impl Dht {
             announced: HashMap::new(),
             bootstrap_nodes: Vec::new(),
             last_bootstrap: None,
+            address_votes: Vec::new(),
             next_maintenance: now + MAINTENANCE_EVERY,
             rng,
             stats: Stats::default(),
@@ -496,6 +505,34 @@ impl Dht {
         for n in &saved.nodes {
             self.table.heard_from(now, n.id, n.addr, Contact::Loaded);
         }
+    }
+
+    /// Our outside IP address as most replies report it (BEP 42's `ip` key), once at least
+    /// two replies agree. The actor may use it to pick a BEP 42 id ([`NodeId::for_address`])
+    /// when it listens on an unspecified address.
+    pub fn external_ip(&self) -> Option<IpAddr> {
+        self.address_votes
+            .iter()
+            .max_by_key(|(_, n)| *n)
+            .filter(|(_, n)| *n >= 2)
+            .map(|(ip, _)| *ip)
+    }
+
+    fn vote_address(&mut self, ip: IpAddr) {
+        if let Some((_, n)) = self.address_votes.iter_mut().find(|(a, _)| *a == ip) {
+            *n = n.saturating_add(1);
+            return;
+        }
+        if self.address_votes.len() >= MAX_ADDRESS_VOTES {
+            // The least voted address makes room (its votes carry over, so a newcomer must
+            // outvote it to stay).
+            let Some(min) = self.address_votes.iter_mut().min_by_key(|(_, n)| *n) else {
+                return;
+            };
+            *min = (ip, min.1);
+            return;
+        }
+        self.address_votes.push((ip, 1));
     }
 
     /// A snapshot of the counters.
@@ -732,7 +769,7 @@ impl Dht {
                     query,
                     read_only,
                 } => self.on_query(now, from, msg.tid, id, query, read_only),
-                Body::Response(r) => self.on_response(now, from, msg.tid, r),
+                Body::Response(r) => self.on_response(now, from, msg.tid, r, msg.ip),
                 Body::Error { .. } => self.on_error(now, from, msg.tid),
             },
             Err(KrpcError::BadQuery { tid, problem }) => {
@@ -848,12 +885,22 @@ impl Dht {
         self.transactions.remove(&key)
     }
 
-    fn on_response(&mut self, now: Instant, from: SocketAddr, tid: Tid, r: Response) {
+    fn on_response(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        tid: Tid,
+        r: Response,
+        ip: Option<SocketAddr>,
+    ) {
         let Some(tx) = self.take_tx(from, tid) else {
             self.stats.dropped_in += 1;
             return;
         };
         self.stats.replies_in += 1;
+        if let Some(ip) = ip {
+            self.vote_address(ip.ip());
+        }
         let id_ok = !self.enforce_node_ids || id::is_bep42_valid(from.ip(), &r.id);
         if let (SocketAddr::V4(v4), true) = (from, id_ok) {
             if let Insert::Full { ping: Some(n) } =

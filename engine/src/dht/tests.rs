@@ -640,6 +640,37 @@ fn bep42_enforcement_keeps_mismatched_public_ids_out() {
 }
 
 #[test]
+fn replies_tell_our_outside_address() {
+    let (mut d, now) = lone();
+    assert_eq!(d.external_ip(), None);
+    let outside: IpAddr = "203.0.113.7".parse().unwrap();
+    for (i, said) in [outside, "198.51.100.1".parse().unwrap(), outside]
+        .into_iter()
+        .enumerate()
+    {
+        let from = addr(100 + i);
+        d.send_query(now, from, None, Query::Ping, TxKind::Ping);
+        let (_, q) = replies(&mut d).pop().unwrap();
+        let pong = Message {
+            tid: q.tid,
+            body: Body::Response(Response::id_only(NodeId([i as u8 + 1; 20]))),
+            ip: Some(SocketAddr::new(said, 6881)),
+        };
+        d.handle_packet(now, from, &pong.to_bytes());
+        if i == 0 {
+            assert_eq!(d.external_ip(), None, "one reply is not enough");
+        }
+    }
+    assert_eq!(d.external_ip(), Some(outside));
+    // Liars from many addresses cannot grow the table of votes.
+    for i in 0..100u32 {
+        d.vote_address(IpAddr::from(Ipv4Addr::from(i)));
+    }
+    assert!(d.address_votes.len() <= MAX_ADDRESS_VOTES);
+    assert_eq!(d.external_ip(), Some(outside), "one vote each does not outvote two");
+}
+
+#[test]
 fn memory_estimate_is_plausible() {
     let m = memory_estimate();
     assert!(
