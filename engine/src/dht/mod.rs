@@ -69,7 +69,9 @@
 //! store ([`storage::MAX_INFO_HASHES`] × [`storage::MAX_PEERS_PER_HASH`]), what one reply may
 //! carry ([`krpc::MAX_NODES_PER_REPLY`], [`krpc::MAX_VALUES_PER_REPLY`]), the per-address rate
 //! limiter ([`MAX_RATE_LIMITED_ADDRESSES`]), the outgoing queue ([`MAX_OUTGOING`]), queries in
-//! flight ([`MAX_TRANSACTIONS`], [`MAX_TIMERS`]), lookups ([`MAX_LOOKUPS`]) and events ([`MAX_EVENTS`]).
+//! flight ([`MAX_TRANSACTIONS`], [`MAX_TIMERS`]), lookups ([`MAX_LOOKUPS`]), events
+//! ([`MAX_EVENTS`]), address votes ([`MAX_ADDRESS_VOTES`]); and what the application adds,
+//! torrents announced ([`MAX_ANNOUNCED`]).
 //!
 //! Only IPv4 nodes enter the routing table (BEP 32's `nodes6` is not spoken yet); queries
 //! from IPv6 addresses are still answered.
@@ -89,7 +91,8 @@ use std::time::{Duration, Instant};
 pub use id::NodeId;
 use krpc::{code, error_reply, Body, KrpcError, Message, Query, Response, Tid, Token};
 use lookup::Lookup;
-use routing::{Contact, Insert, RoutingTable, SavedTable, K};
+pub use routing::SavedTable;
+use routing::{Contact, Insert, RoutingTable, K};
 use storage::{PeerStore, MAX_VALUES_IN_REPLY};
 use token::Tokens;
 

@@ -667,7 +667,11 @@ fn replies_tell_our_outside_address() {
         d.vote_address(IpAddr::from(Ipv4Addr::from(i)));
     }
     assert!(d.address_votes.len() <= MAX_ADDRESS_VOTES);
-    assert_eq!(d.external_ip(), Some(outside), "one vote each does not outvote two");
+    assert_eq!(
+        d.external_ip(),
+        Some(outside),
+        "one vote each does not outvote two"
+    );
 }
 
 #[test]
