@@ -228,6 +228,29 @@ fn converges(n: usize, seed: u64) {
     let mut fresh = Dht::new(Config::new(saved.id, [0; 32], 1), net.now);
     fresh.restore(net.now, &saved);
     assert_eq!(fresh.routing_table_len(), net.nodes[3].routing_table_len());
+
+    // Restarted from its saved table alone (no bootstrap address), node 3 rejoins and finds
+    // the torrent.
+    net.nodes[3] = fresh;
+    net.events[3].clear();
+    let now = net.now;
+    net.nodes[3].bootstrap(now, &[]).unwrap();
+    assert!(net.run_until(Duration::from_secs(60), |net| {
+        net.has_event(
+            3,
+            |e| matches!(e, Event::Bootstrapped { nodes } if *nodes >= K),
+        )
+    }));
+    let now = net.now;
+    let l = net.nodes[3].get_peers(now, info_hash).unwrap();
+    assert!(net.run_until(Duration::from_secs(60), |net| {
+        net.has_event(
+            3,
+            |e| matches!(e, Event::LookupDone { lookup, .. } if *lookup == l),
+        )
+    }));
+    assert!(net.has_event(3, |e| matches!(e,
+        Event::PeersFound { lookup, peers, .. } if *lookup == l && peers.contains(&peer))));
 }
 
 #[test]
