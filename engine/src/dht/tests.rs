@@ -371,6 +371,22 @@ fn a_get_peers_flood_from_one_address_is_rate_limited_and_bounded() {
         .count();
     assert_eq!(answers, QUERY_RATE_PER_SEC as usize);
 
+    // Another port of the same IP shares its limit; on loopback each port has its own.
+    let other_port = SocketAddr::new(stranger().ip(), 4001);
+    d.handle_packet(later, other_port, &q);
+    assert!(replies(&mut d).is_empty());
+    for port in [5000, 5001] {
+        let local = SocketAddr::from(([127, 0, 0, 1], port));
+        for _ in 0..QUERY_BURST as usize {
+            d.handle_packet(later, local, &q);
+        }
+        let answers = replies(&mut d)
+            .iter()
+            .filter(|(_, m)| matches!(m.body, Body::Response(_)))
+            .count();
+        assert_eq!(answers, QUERY_BURST as usize, "loopback port {port}");
+    }
+
     // A flood from thousands of addresses (without draining) stays bounded everywhere.
     for i in 0..20_000u32 {
         let from = SocketAddr::from((Ipv4Addr::from(0x0b00_0000 + i), 1000));
