@@ -5,11 +5,10 @@ use super::*;
 use krpc::CompactNode;
 use std::net::Ipv4Addr;
 
+/// Node `i`'s address: all on 127.0.0.1, one port each, as in the loopback integration
+/// tests and benches.
 fn addr(i: usize) -> SocketAddr {
-    SocketAddr::V4(SocketAddrV4::new(
-        Ipv4Addr::new(10, 0, (i >> 8) as u8, (i & 0xff) as u8),
-        6881,
-    ))
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 10_000 + i as u16))
 }
 
 fn config(i: usize, rng: &mut fastrand::Rng) -> Config {
