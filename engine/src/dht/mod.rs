@@ -913,6 +913,11 @@ impl Dht {
         if let Some(ip) = ip {
             self.vote_address(ip.ip());
         }
+        if let Some(expected) = tx.node.filter(|&e| e != r.id) {
+            // Another node answers at that address now (a restart with a new id): the one we
+            // knew there is gone.
+            self.table.failed(&expected, now);
+        }
         let id_ok = !self.enforce_node_ids || id::is_bep42_valid(from.ip(), &r.id);
         if let (SocketAddr::V4(v4), true) = (from, id_ok) {
             if let Insert::Full { ping: Some(n) } =

@@ -678,6 +678,29 @@ fn bep42_enforcement_keeps_mismatched_public_ids_out() {
 }
 
 #[test]
+fn a_node_that_restarted_with_a_new_id_replaces_the_old_one() {
+    let (mut d, now) = lone();
+    let at = addr(5);
+    let (old, new) = (NodeId([0x80; 20]), NodeId([0x81; 20]));
+    for id in [old, new, new, new] {
+        d.send_query(now, at, Some(old), Query::Ping, TxKind::Ping);
+        let (_, q) = replies(&mut d).pop().unwrap();
+        let pong = Message {
+            tid: q.tid,
+            body: Body::Response(Response::id_only(id)),
+            ip: None,
+        };
+        d.handle_packet(now, at, &pong.to_bytes());
+    }
+    assert!(d.table.get(&new).is_some());
+    let old_state = d.table.get(&old).map(|e| e.state(now));
+    assert!(
+        matches!(old_state, None | Some(routing::NodeState::Bad)),
+        "{old_state:?}"
+    );
+}
+
+#[test]
 fn replies_tell_our_outside_address() {
     let (mut d, now) = lone();
     assert_eq!(d.external_ip(), None);
