@@ -612,6 +612,10 @@ impl Dht {
         if !self.announced.contains_key(&info_hash) && self.announced.len() >= MAX_ANNOUNCED {
             return Err(DhtError::TooManyAnnounced);
         }
+        // Registered first, so a lookup that ends at once (an empty table) can bring the
+        // next announce forward.
+        let next = now + REANNOUNCE_EVERY;
+        self.announced.insert(info_hash, Announced { port, next });
         let id = self.start_lookup(
             now,
             NodeId(info_hash.0),
@@ -621,13 +625,12 @@ impl Dht {
             },
             &[],
         );
-        // Registered even when the lookup must wait: maintenance retries it.
-        let next = if id.is_ok() {
-            now + REANNOUNCE_EVERY
-        } else {
-            now
-        };
-        self.announced.insert(info_hash, Announced { port, next });
+        if id.is_err() {
+            // No room for a lookup now: maintenance retries it.
+            if let Some(a) = self.announced.get_mut(&info_hash) {
+                a.next = now;
+            }
+        }
         id
     }
 
@@ -1171,6 +1174,13 @@ impl Dht {
             Some((0, accepted)) => {
                 if let Purpose::GetPeers { info_hash, .. } = run.purpose {
                     self.lookups.remove(&l);
+                    if accepted == 0 {
+                        // Nobody took it (an empty table at start-up, a network outage):
+                        // try again soon rather than in 15 minutes.
+                        if let Some(a) = self.announced.get_mut(&info_hash) {
+                            a.next = a.next.min(now + BOOTSTRAP_RETRY);
+                        }
+                    }
                     self.push_event(Event::AnnounceDone {
                         lookup: l,
                         info_hash,

@@ -609,6 +609,29 @@ fn a_reply_with_ten_thousand_nodes_and_peers_is_bounded() {
 }
 
 #[test]
+fn an_announce_nobody_took_is_retried_within_a_minute() {
+    let (mut d, now) = lone();
+    let ih = InfoHash([4; 20]);
+    let l = d.announce(now, ih, 6881).unwrap();
+    let events: Vec<_> = std::iter::from_fn(|| d.poll_event()).collect();
+    assert!(events.contains(&Event::AnnounceDone {
+        lookup: l,
+        info_hash: ih,
+        nodes: 0
+    }));
+    assert!(d.announced[&ih].next <= now + BOOTSTRAP_RETRY);
+    // Once due, maintenance starts it again.
+    d.handle_timeout(now + BOOTSTRAP_RETRY + MAINTENANCE_EVERY);
+    let again = std::iter::from_fn(|| d.poll_event())
+        .filter(|e| matches!(e, Event::AnnounceDone { info_hash, .. } if *info_hash == ih))
+        .count();
+    assert_eq!(again, 1);
+    d.stop_announcing(&ih);
+    d.handle_timeout(now + BOOTSTRAP_RETRY * 3);
+    assert!(d.poll_event().is_none());
+}
+
+#[test]
 fn lookups_are_bounded_and_an_empty_table_ends_at_once() {
     let (mut d, now) = lone();
     let l = d.get_peers(now, InfoHash([1; 20])).unwrap();
