@@ -19,6 +19,8 @@
 //! - [`metadata`]: BEP 9 metadata exchange: the `ut_metadata` codec, fetching the info
 //!   dictionary from several peers and checking it against the info hash, serving ours.
 //! - [`pex`]: BEP 11 peer exchange: the `ut_pex` codec and what to tell each peer, when.
+//! - [`dht`]: a mainline DHT node (BEP 5) as a sans-IO state machine: KRPC, routing table,
+//!   lookups, tokens, peer store.
 //!
 //! # Examples
 //! ```
@@ -32,6 +34,7 @@
 pub mod bencode;
 pub mod bitfield;
 pub mod create;
+pub mod dht;
 pub mod extension;
 mod ids;
 pub mod lengths;
