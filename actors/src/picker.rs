@@ -408,6 +408,14 @@ impl State {
             }
             PickerMsg::SetPriorities { priorities } => {
                 self.policy.set_piece_priorities(&priorities);
+                let left = (0..self.lengths.num_pieces())
+                    .filter(|&p| {
+                        !self.policy.have().get(p) && self.policy.piece_priority(p).is_wanted()
+                    })
+                    .map(|p| u64::from(self.lengths.piece_len(p)))
+                    .sum();
+                self.shared.set_left(left);
+                self.shared.set_complete(self.policy.is_complete_wanted());
                 self.wake(None);
             }
             PickerMsg::SetSequential { on } => {
@@ -515,7 +523,9 @@ impl State {
             PieceOutcome::Written => {
                 self.paused = None;
                 self.policy.piece_verified(done.piece);
-                self.shared.piece_verified(done.piece, len);
+                let wanted = self.policy.piece_priority(done.piece).is_wanted();
+                let all = self.policy.is_complete_wanted();
+                self.shared.piece_verified(done.piece, len, wanted, all);
                 // Smart ban: the blocks of an earlier failure that differ from the good ones
                 // name their senders for certain.
                 if let Some(earlier) = self.suspects.remove(&done.piece) {
