@@ -11,6 +11,7 @@
 //! - [`picker`]: piece selection policy (random first, rarest first, endgame).
 //! - [`pipeline`]: how many requests to keep outstanding with a peer (slow start, then rate).
 //! - [`tracker`]: tracker announce requests and replies (HTTP and UDP), as pure data.
+//! - [`mse`]: message stream encryption (the Diffie-Hellman and RC4 handshake), both sides.
 //!
 //! # Examples
 //! ```
@@ -27,6 +28,7 @@ pub mod create;
 mod ids;
 pub mod lengths;
 pub mod metainfo;
+pub mod mse;
 pub mod picker;
 pub mod pipeline;
 pub mod storage;
