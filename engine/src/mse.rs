@@ -1144,6 +1144,43 @@ mod tests {
         assert_eq!(wire, plain);
     }
 
+    /// Hex of bytes, for comparing with the vectors below.
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn matches_an_independent_implementation() {
+        // Vectors from a separate implementation (Python's pow, hashlib and a textbook RC4)
+        // for private keys of twenty 0x01 and twenty 0x02 bytes and info hash HASH: message 3
+        // offers 0x03 with no PadC and no IA, message 4 selects RC4 with no PadD.
+        let key = |k: u8| Secrets {
+            private_key: [k; PRIVATE_KEY_LEN],
+            pad: Vec::new(),
+            crypto_pad_len: 0,
+        };
+        let mut a = Handshake::initiator(HASH, Policy::PreferRc4, key(1), &[]).unwrap();
+        let mut b = Handshake::responder_for(Policy::RequireRc4, key(2), &[HASH]);
+        let (m1, m2, m3) = honest_until_message_3(&mut a, &mut b);
+        assert_eq!(hex(&m1[..16]), "d0e3956c8bb7401546dd5f47415fec48");
+        assert_eq!(hex(&m2[..16]), "2cbb4686366f1a543bfe0a9b60b4c3d7");
+        assert_eq!(hex(&m3[..20]), "0a6d483c3bc61484a210fa0f37d99062fd569483");
+        assert_eq!(hex(&m3[20..40]), "de38282b1ba63106e705c94f9dbc9a646150bfce");
+        assert_eq!(hex(&m3[40..]), "228d199627b46053511b1df8a2f989be");
+        assert_eq!(b.handle_input(&m3), Ok(m3.len()));
+        assert_eq!(
+            hex(&b.poll_output().unwrap()),
+            "0b31733dbe56814011ccf81d45f6"
+        );
+    }
+
+    #[test]
+    fn handshakes_and_ciphers_can_move_between_threads() {
+        fn send<T: Send>() {}
+        send::<Handshake>();
+        send::<Done>();
+    }
+
     #[test]
     fn every_policy_pair() {
         use Policy::*;
