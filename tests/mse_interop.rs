@@ -321,6 +321,21 @@ fn wait_rc4_peers(log: &Path, since: usize, rc4: usize, peers: usize) {
     );
 }
 
+/// Waits for libtorrent to log (after byte `since`) that it dropped a peer for want of a common
+/// encryption method.
+fn wait_refused(log: &Path, since: usize) {
+    wait_until(
+        LT_LIMIT,
+        "libtorrent to refuse the crypto method",
+        &[log],
+        || {
+            let text = fs::read(log).unwrap_or_default();
+            String::from_utf8_lossy(&text[since.min(text.len())..])
+                .contains("unsupported encryption mode")
+        },
+    );
+}
+
 #[test]
 fn we_dial_a_forced_rc4_libtorrent_seeder() {
     let setup = Setup::new(1);
@@ -337,12 +352,14 @@ fn we_dial_a_forced_rc4_libtorrent_seeder() {
         fetch_a_block(&setup, &mut conn);
         wait_rc4_peers(&log, since, 1, 1);
     }
-    // Plaintext only is refused by a peer that allows only RC4: it hangs up.
+    // Plaintext only is refused by a peer that allows only RC4: it hangs up, and says why.
+    let since = log_len(&log);
     let err = dial(&setup, port, Policy::PlaintextOnly, 20).err();
     assert!(
         err.is_some(),
         "a plaintext-only handshake must not complete"
     );
+    wait_refused(&log, since);
 }
 
 #[test]
@@ -361,8 +378,10 @@ fn we_dial_a_forced_plaintext_libtorrent_seeder() {
         fetch_a_block(&setup, &mut conn);
         wait_rc4_peers(&log, since, 0, 1);
     }
+    let since = log_len(&log);
     let err = dial(&setup, port, Policy::RequireRc4, 40).err();
     assert!(err.is_some(), "an RC4-only handshake must not complete");
+    wait_refused(&log, since);
 }
 
 /// A libtorrent downloader with `encryption` dials our listener; our responder under `policy`

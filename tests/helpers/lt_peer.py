@@ -21,7 +21,8 @@ Prints one JSON object a line on stdout, flushed:
     {"event": "finished", "clients_seen", ...status fields} once the download completes
       (clients_seen: every peer client name seen so far) (then exits 0,
       unless --seed, which keeps the torrent seeding until killed or the timeout);
-    {"event": "error", "message"} on a torrent error (then exits 1).
+    {"event": "error", "message"} on a torrent error (then exits 1);
+    {"event": "peer_gone", "message"} when a peer disconnects (with --encryption only).
 Exits 3 when the timeout passes first.
 """
 import argparse
@@ -116,6 +117,12 @@ def main():
         settings["out_enc_policy"] = int(policy)
         settings["in_enc_policy"] = int(policy)
         settings["allowed_enc_level"] = int(level)
+        # Why peers leave, for the encryption tests' failure messages.
+        settings["alert_mask"] = int(
+            lt.alert.category_t.error_notification
+            | lt.alert.category_t.connect_notification
+            | lt.alert.category_t.peer_notification
+        )
     ses = lt.session(settings)
     if args.upload_limit > 0:
         # Local peers are exempt from rate limits unless put in the global peer class.
@@ -145,6 +152,8 @@ def main():
             if isinstance(a, lt.torrent_error_alert):
                 emit({"event": "error", "message": a.message()})
                 sys.exit(1)
+            if isinstance(a, (lt.peer_disconnected_alert, lt.peer_error_alert)):
+                emit({"event": "peer_gone", "message": a.message()})
         st = h.status()
         if st.errc.value() != 0:
             emit({"event": "error", "message": st.errc.message()})
