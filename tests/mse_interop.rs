@@ -31,6 +31,15 @@ const LT_LIMIT: Duration = Duration::from_secs(30);
 /// How long one socket read may wait.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Held by each test for its whole run: one libtorrent at a time, so that a port picked by
+/// `free_port` for one cannot be taken by another's listener before it binds (a dial would
+/// then reach the wrong libtorrent).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A torrent of random content in a temporary folder.
 struct Setup {
     dir: tempfile::TempDir,
@@ -338,6 +347,7 @@ fn wait_refused(log: &Path, since: usize) {
 
 #[test]
 fn we_dial_a_forced_rc4_libtorrent_seeder() {
+    let _serial = serial();
     let setup = Setup::new(1);
     let log = setup.path("lt.log");
     let (_lt, port) = lt_seeder(&setup, LtEncryption::ForcedRc4, &log);
@@ -364,6 +374,7 @@ fn we_dial_a_forced_rc4_libtorrent_seeder() {
 
 #[test]
 fn we_dial_a_forced_plaintext_libtorrent_seeder() {
+    let _serial = serial();
     let setup = Setup::new(2);
     let log = setup.path("lt.log");
     let (_lt, port) = lt_seeder(&setup, LtEncryption::ForcedPlaintext, &log);
@@ -387,6 +398,7 @@ fn we_dial_a_forced_plaintext_libtorrent_seeder() {
 /// A libtorrent downloader with `encryption` dials our listener; our responder under `policy`
 /// completes the handshake and we seed the whole torrent to it through the negotiated stream.
 fn libtorrent_dials_us(encryption: LtEncryption, policy: Policy, rc4: bool, seed: u64) {
+    let _serial = serial();
     let setup = Setup::new(seed);
     let log = setup.path("lt.log");
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
