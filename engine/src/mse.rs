@@ -159,6 +159,11 @@ pub fn req2_hash(info_hash: &InfoHash) -> [u8; 20] {
 }
 
 /// Which streams a side offers or accepts after the handshake.
+///
+/// The command line's `--encryption` maps onto it: `prefer` is [`Policy::PreferRc4`] (and the
+/// dialler falls back to a plain connection when the peer hangs up on MSE), `require` is
+/// [`Policy::RequireRc4`] (and plain BitTorrent is refused both ways), `off` skips MSE
+/// altogether. [`Policy::PlaintextOnly`] is libtorrent's `allowed_enc_level` plaintext.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Policy {
     /// Only plaintext (`crypto_provide` 0x01): the handshake hides the info hash, the stream
