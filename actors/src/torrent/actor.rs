@@ -221,7 +221,8 @@ impl State {
             TorrentState::Downloading
         });
         if let Some(config) = &self.tracker_config {
-            self.tracker = Some(TrackerClient::spawn(
+            self.tracker = Some(TrackerClient::spawn_on(
+                &self.ctx.spawner,
                 config.clone(),
                 self.transfer.clone(),
                 self.tracker_peers.clone(),
