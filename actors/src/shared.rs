@@ -136,7 +136,7 @@ pub struct Shared {
     left: AtomicU64,
     /// Connected peers.
     peers: AtomicU32,
-    /// Set once every piece is verified.
+    /// Set while every wanted piece is verified (every piece, unless files are skipped).
     complete: AtomicBool,
     /// What the torrent is doing ([`TorrentState`] as a byte), written by the torrent actor.
     state: AtomicU8,
@@ -173,7 +173,7 @@ pub struct Progress {
     pub verified_pieces: u32,
     /// Pieces in the torrent.
     pub total_pieces: u32,
-    /// Bytes still missing.
+    /// Bytes still missing, of the wanted files' pieces.
     pub left: u64,
     /// Payload bytes received.
     pub downloaded: u64,
@@ -183,7 +183,7 @@ pub struct Progress {
     pub wasted: u64,
     /// Connected peers.
     pub peers: u32,
-    /// Whether every piece is verified.
+    /// Whether every wanted piece is verified: every piece, unless files are skipped.
     pub complete: bool,
     /// What the torrent is doing.
     pub state: TorrentState,
@@ -319,8 +319,10 @@ impl Shared {
         });
     }
 
-    /// Appends a verified piece to the have-log and wakes the peers.
-    pub(crate) fn piece_verified(&self, piece: u32, len: u64) {
+    /// Appends a verified piece to the have-log and wakes the peers. `wanted`: the piece
+    /// counts toward what is left (it is not of skipped files only); `done`: every wanted
+    /// piece is now verified.
+    pub(crate) fn piece_verified(&self, piece: u32, len: u64, wanted: bool, done: bool) {
         self.have
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -329,15 +331,23 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(piece);
-        self.left.fetch_sub(
-            len.min(self.left.load(Ordering::Relaxed)),
-            Ordering::Relaxed,
-        );
-        let done = self.verified.fetch_add(1, Ordering::AcqRel) + 1;
+        if wanted {
+            self.left.fetch_sub(
+                len.min(self.left.load(Ordering::Relaxed)),
+                Ordering::Relaxed,
+            );
+        }
+        self.verified.fetch_add(1, Ordering::AcqRel);
         self.have_grew.notify(usize::MAX);
         self.emit(TorrentEvent::PieceVerified(piece));
-        if done == self.num_pieces {
-            self.complete.store(true, Ordering::Release);
+        self.set_complete(done);
+    }
+
+    /// Whether every wanted piece is verified (every piece, unless files are skipped). Going
+    /// from not complete to complete emits [`TorrentEvent::Complete`] and wakes the waiters.
+    pub(crate) fn set_complete(&self, done: bool) {
+        let was = self.complete.swap(done, Ordering::AcqRel);
+        if done && !was {
             self.emit(TorrentEvent::Complete);
             self.finished.notify(usize::MAX);
         }
@@ -362,6 +372,11 @@ impl Shared {
     /// then look at [`has_piece`](Self::has_piece).
     pub fn listen_pieces(&self) -> EventListener {
         self.have_grew.listen()
+    }
+
+    /// Bytes of wanted pieces still missing (after the file selection changed).
+    pub(crate) fn set_left(&self, left: u64) {
+        self.left.store(left, Ordering::Relaxed);
     }
 
     /// Copies the have-log entries from `cursor` on into `out` and advances the cursor.

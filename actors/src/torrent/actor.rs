@@ -112,6 +112,8 @@ pub(super) struct State {
     pub(super) announced_complete: bool,
     /// Paused: no peers, no trackers.
     pub(super) paused: bool,
+    /// Which files are wanted, one flag per file.
+    pub(super) wanted: Vec<bool>,
     /// The fast-resume record and the files it stamps.
     pub(super) resume: Option<(PathBuf, Vec<PathBuf>)>,
     /// Verified pieces in the last record saved.
@@ -181,6 +183,15 @@ pub(super) async fn run(
                 st.resume_work();
                 reply.send(());
             }
+            Ev::Msg(Some(TorrentMsg::SetWanted(wanted, reply))) => {
+                reply.send(st.set_wanted(wanted).await)
+            }
+            Ev::Msg(Some(TorrentMsg::SetSequential(on))) => {
+                let _ = st.picker.send(PickerMsg::SetSequential { on }).await;
+            }
+            Ev::Msg(Some(TorrentMsg::SetDeadline(pieces))) => {
+                let _ = st.picker.send(PickerMsg::SetDeadline { pieces }).await;
+            }
             Ev::Msg(Some(TorrentMsg::AddPeers(peers))) | Ev::TrackerPeers(peers) => {
                 st.add_candidates(peers);
                 st.dial();
@@ -210,13 +221,41 @@ impl State {
             TorrentState::Downloading
         });
         if let Some(config) = &self.tracker_config {
-            self.tracker = Some(TrackerClient::spawn(
+            self.tracker = Some(TrackerClient::spawn_on(
+                &self.ctx.spawner,
                 config.clone(),
                 self.transfer.clone(),
                 self.tracker_peers.clone(),
             ));
         }
         self.dial();
+    }
+
+    /// A new file selection: newly wanted files are created (their bytes moved in from the
+    /// part file), then the picker gets the pieces' new priorities.
+    pub(super) async fn set_wanted(&mut self, wanted: Vec<bool>) -> crate::error::Result<()> {
+        if wanted.len() != self.wanted.len() {
+            return Err(crate::error::Error::Failed(format!(
+                "{} flags for {} files",
+                wanted.len(),
+                self.wanted.len()
+            )));
+        }
+        let newly: Vec<usize> = (0..wanted.len())
+            .filter(|&i| wanted[i] && self.storage.is_skipped(i))
+            .collect();
+        let storage = self.storage.clone();
+        smol::unblock(move || newly.iter().try_for_each(|&i| storage.want(i)))
+            .await
+            .map_err(|e| crate::error::Error::io("creating a file that became wanted", e))?;
+        let priorities =
+            super::start::piece_priorities(self.storage.layout(), self.meta.info.lengths, &wanted);
+        self.wanted = wanted;
+        let _ = self
+            .picker
+            .send(PickerMsg::SetPriorities { priorities })
+            .await;
+        Ok(())
     }
 
     /// Stops the trackers (announcing `stopped`) and every peer; keeps the pieces and saves
@@ -455,8 +494,13 @@ impl State {
             .downloaded
             .store(p.downloaded, Ordering::Relaxed);
         self.transfer.left.store(p.left, Ordering::Relaxed);
-        if p.complete && !self.paused && self.shared.state() == TorrentState::Downloading {
-            self.shared.set_state(TorrentState::Seeding);
+        match self.shared.state() {
+            TorrentState::Downloading if p.complete => self.shared.set_state(TorrentState::Seeding),
+            // More files became wanted.
+            TorrentState::Seeding if !p.complete => {
+                self.shared.set_state(TorrentState::Downloading)
+            }
+            _ => {}
         }
         if p.complete && !self.announced_complete {
             self.announced_complete = true;

@@ -21,6 +21,7 @@ pub use swarm::BanKey;
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -99,6 +100,12 @@ pub struct AddTorrent {
     pub resume: Option<PathBuf>,
     /// Start paused: check the files, then wait for [`Torrent::resume`].
     pub paused: bool,
+    /// Which files to download, one flag per file of the metainfo (`None`: all). A skipped
+    /// file is never created; pieces that lie only in skipped files are never requested; the
+    /// bytes of skipped files that shared pieces bring wait in `<folder>/.shoal/<info hash>.parts`.
+    pub wanted: Option<Vec<bool>>,
+    /// Sequential mode: new pieces lowest index first instead of rarest first.
+    pub sequential: bool,
 }
 
 impl fmt::Debug for AddTorrent {
@@ -126,6 +133,8 @@ impl AddTorrent {
             serve_filter: None,
             resume: None,
             paused: false,
+            wanted: None,
+            sequential: false,
         }
     }
 
@@ -185,6 +194,12 @@ pub(crate) enum TorrentMsg {
     Pause(ReplyTo<()>),
     /// Start the peers and trackers again, without a recheck.
     Resume(ReplyTo<()>),
+    /// A new file selection, one flag per file.
+    SetWanted(Vec<bool>, ReplyTo<Result<()>>),
+    /// Sequential mode on or off.
+    SetSequential(bool),
+    /// Pieces to fetch before any other, in order (streaming); `None` clears them.
+    SetDeadline(Option<RangeInclusive<u32>>),
     /// Stop everything, flush, then answer.
     Shutdown(ReplyTo<()>),
 }
@@ -197,6 +212,9 @@ impl fmt::Debug for TorrentMsg {
             Self::Peers(_) => write!(f, "Peers"),
             Self::Pause(_) => write!(f, "Pause"),
             Self::Resume(_) => write!(f, "Resume"),
+            Self::SetWanted(w, _) => write!(f, "SetWanted({} files)", w.len()),
+            Self::SetSequential(on) => write!(f, "SetSequential({on})"),
+            Self::SetDeadline(d) => write!(f, "SetDeadline({d:?})"),
             Self::Shutdown(_) => write!(f, "Shutdown"),
         }
     }
@@ -325,6 +343,34 @@ impl Torrent {
     pub async fn resume(&self) -> Result<()> {
         self.addr
             .call(TorrentMsg::Resume)
+            .await
+            .map_err(|_| Error::Stopped)
+    }
+
+    /// Chooses the files to download, one flag per file of the metainfo: pieces that lie only
+    /// in skipped files are no longer requested; a file that becomes wanted is created (with
+    /// the bytes the part file held for it) and its pieces fetched. A file already on disk stays
+    /// when skipped. Answers once the files are in place.
+    pub async fn set_wanted_files(&self, wanted: Vec<bool>) -> Result<()> {
+        self.addr
+            .call(|reply| TorrentMsg::SetWanted(wanted, reply))
+            .await
+            .map_err(|_| Error::Stopped)?
+    }
+
+    /// Sequential mode: new pieces lowest index first (for playing while downloading).
+    pub async fn set_sequential(&self, on: bool) -> Result<()> {
+        self.addr
+            .send(TorrentMsg::SetSequential(on))
+            .await
+            .map_err(|_| Error::Stopped)
+    }
+
+    /// Streaming: these pieces are fetched before any other, in order, from several peers at
+    /// once when few are left; `None` clears them. A later call replaces an earlier one.
+    pub async fn set_deadline(&self, pieces: Option<RangeInclusive<u32>>) -> Result<()> {
+        self.addr
+            .send(TorrentMsg::SetDeadline(pieces))
             .await
             .map_err(|_| Error::Stopped)
     }
