@@ -82,3 +82,64 @@ fn ranges_at_the_start_middle_and_end_come_back_byte_exact_once_their_pieces_arr
     assert!(head.body.is_empty());
     assert!(server.terminate().success());
 }
+
+/// A seek far ahead is answered long before the download gets there: the stream gives the
+/// picker a deadline on the pieces at the read position. The seeder is libtorrent held to
+/// 2 MiB/s, and the torrent is in sequential mode, so without the deadline the end of the file
+/// would come last, after about 8 seconds.
+#[test]
+fn a_seek_far_ahead_is_answered_before_the_download_reaches_it() {
+    common::require_libtorrent();
+    let tmp = common::tempdir();
+    let seed_dir = tmp.path().join("seed");
+    std::fs::create_dir_all(&seed_dir).unwrap();
+    let torrent = make_torrent(&seed_dir, "film.mp4", 16 * 1024 * 1024, 8, 64);
+    let data = std::fs::read(seed_dir.join("film.mp4")).unwrap();
+    let server = ServerProc::start(&tmp.path().join("dl"), &tmp.path().join("state"), &[]);
+    let hash = server.add(&torrent, "");
+    let r = server.req(
+        "PATCH",
+        &format!("/api/v1/torrents/{hash}"),
+        &[("Content-Type", "application/json")],
+        br#"{"sequential": true}"#,
+    );
+    assert_eq!(r.status, 200);
+    let listen = server.get_json("/api/v1/session")["listen"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let port = common::clients::free_port();
+    let mut cmd = std::process::Command::new(common::DEBIAN_PYTHON);
+    cmd.arg(common::helpers_dir().join("lt_peer.py"))
+        .arg(&torrent)
+        .arg(&seed_dir)
+        .args(["--port", &port.to_string(), "--seed", "--no-trackers"])
+        .args(["--upload-limit", &(2 * 1024 * 1024).to_string()])
+        .args(["--peer", &listen, "--timeout", "120"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let _seeder = common::ChildGuard::spawn(cmd);
+
+    let file = format!("/api/v1/torrents/{hash}/files/0");
+    let started = std::time::Instant::now();
+    let far = 15 * 1024 * 1024;
+    let end = server.req(
+        "GET",
+        &file,
+        &[("Range", &format!("bytes={far}-{}", far + 99_999))],
+        b"",
+    );
+    let took = started.elapsed();
+    assert_eq!(end.status, 206);
+    assert_eq!(end.body, &data[far..far + 100_000]);
+    let t = server.get_json(&format!("/api/v1/torrents/{hash}"));
+    let progress = t["progress"].as_f64().unwrap();
+    eprintln!("seek answered after {took:?} at {:.0}%", progress * 100.0);
+    assert!(
+        progress < 0.6,
+        "answered after {took:?}, at {:.0}% of the download: the seek waited for the download",
+        progress * 100.0
+    );
+    assert!(server.terminate().success());
+}

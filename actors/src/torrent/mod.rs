@@ -284,6 +284,11 @@ impl Torrent {
         self.shared.have()
     }
 
+    /// Whether `piece` is verified and on disk.
+    pub fn have_piece(&self, piece: u32) -> bool {
+        self.shared.has_piece(piece)
+    }
+
     /// Waits until `piece` is verified and on disk; `false` if the torrent stops first, or the
     /// piece is not one of the torrent's.
     pub async fn wait_piece(&self, piece: u32) -> bool {

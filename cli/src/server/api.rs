@@ -27,6 +27,10 @@ const PAGE: &str = include_str!("web/index.html");
 /// The most bytes read from disk and written to the client at once when streaming.
 const STREAM_CHUNK: u64 = 256 * 1024;
 
+/// How far ahead of the read position a stream asks the picker for pieces first: a few
+/// seconds of high-bitrate video, as players buffer.
+const READAHEAD: u64 = 8 * 1024 * 1024;
+
 /// How long a streaming answer waits for the next piece to arrive before it gives up (and
 /// closes the connection; a player reconnects with a `Range`).
 const STREAM_WAIT: Duration = Duration::from_secs(300);
@@ -188,15 +192,27 @@ fn state_name(s: TorrentState) -> &'static str {
 fn summary(entry: &Entry, t: &Torrent) -> Value {
     let p = t.progress();
     let size = entry.meta.total_length();
-    let have = size - p.left.min(size);
-    let progress = if size == 0 {
-        if p.complete {
-            1.0
-        } else {
-            0.0
-        }
+    // `left` counts the wanted pieces only: progress is of what was asked for.
+    let wanted_size: u64 = match &entry.record.wanted {
+        None => size,
+        Some(w) => entry
+            .meta
+            .info
+            .files
+            .iter()
+            .zip(w)
+            .filter(|(_, w)| **w)
+            .map(|(f, _)| f.length)
+            .sum(),
+    };
+    let have = wanted_size - p.left.min(wanted_size);
+    let size_done = wanted_size;
+    let progress = if p.complete {
+        1.0
+    } else if size_done == 0 {
+        0.0
     } else {
-        have as f64 / size as f64
+        have as f64 / size_done as f64
     };
     let r = &entry.record;
     json!({
@@ -205,6 +221,7 @@ fn summary(entry: &Entry, t: &Torrent) -> Value {
         "state": state_name(p.state),
         "progress": progress,
         "size": size,
+        "wanted_size": wanted_size,
         "downloaded": have,
         "uploaded": p.uploaded,
         "download_rate": p.download_rate,
@@ -493,10 +510,14 @@ async fn patch(server: &Server, entry: &Entry, t: &Torrent, req: &Request) -> Re
         None => None,
     };
     if let Some(w) = wanted {
-        server.set_wanted(t, w);
+        if let Err(e) = server.set_wanted(t, w).await {
+            return Response::error(409, e.to_string());
+        }
     }
     if let Some(s) = body.sequential {
-        server.set_sequential(t, s);
+        if let Err(e) = server.set_sequential(t, s).await {
+            return Response::error(409, e.to_string());
+        }
     }
     if body.download_limit.is_some() || body.upload_limit.is_some() {
         server.set_limits(t, body.download_limit, body.upload_limit);
@@ -707,6 +728,30 @@ impl Streamer for FileStream {
         out: &'a mut TcpStream,
     ) -> Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send + 'a>> {
         Box::pin(async move {
+            let torrent = self.torrent.clone();
+            let mut asked = false;
+            let sent = self.send(out, &mut asked).await;
+            if asked {
+                // Our deadline is over (another reader's later one would have replaced it).
+                let _ = torrent.set_deadline(None).await;
+            }
+            sent
+        })
+    }
+}
+
+impl FileStream {
+    /// The last piece of the read-ahead from `piece`: [`READAHEAD`] bytes, at least two
+    /// pieces, never past the range asked for.
+    fn readahead_end(&self, piece: u64) -> u32 {
+        let last_of_range = (self.file_start + self.start + self.len - 1) / self.piece_len;
+        let n = (READAHEAD / self.piece_len).max(2);
+        (piece + n - 1).min(last_of_range) as u32
+    }
+
+    /// Sends the range; `asked` is set once a deadline was given to the picker.
+    async fn send(&self, out: &mut TcpStream, asked: &mut bool) -> std::io::Result<()> {
+        {
             let mut file: Option<Arc<File>> = None;
             let (mut pos, end) = (self.start, self.start + self.len);
             while pos < end {
@@ -714,8 +759,18 @@ impl Streamer for FileStream {
                 let piece = abs / self.piece_len;
                 let piece_end = (piece + 1) * self.piece_len;
                 let n = (end - pos).min(piece_end - abs).min(STREAM_CHUNK);
-                // Waits for the piece (the picker's deadlines will fetch it first once they
-                // land; until then it comes in the download's own order).
+                // A piece not here yet: the picker fetches it and the read-ahead first.
+                if !self.torrent.have_piece(piece as u32) {
+                    let end = self.readahead_end(piece);
+                    if self
+                        .torrent
+                        .set_deadline(Some(piece as u32..=end))
+                        .await
+                        .is_ok()
+                    {
+                        *asked = true;
+                    }
+                }
                 let got = self
                     .torrent
                     .wait_piece(piece as u32)
@@ -748,7 +803,7 @@ impl Streamer for FileStream {
                 pos += n;
             }
             Ok(())
-        })
+        }
     }
 }
 

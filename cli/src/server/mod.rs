@@ -126,16 +126,9 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Stands in for `Torrent::set_wanted_files` until the library has it: the choice is kept
-/// in the record and reported, and every file is still fetched.
-fn apply_wanted(_torrent: &Torrent, _wanted: &[bool]) {}
-
 /// Stands in for `Torrent::set_limits` until the library has it: the limits are kept in the
 /// record and reported, not enforced yet.
 fn apply_limits(_torrent: &Torrent, _download: u64, _upload: u64) {}
-
-/// Stands in for the picker's sequential mode until it lands: kept and reported.
-fn apply_sequential(_torrent: &Torrent, _on: bool) {}
 
 impl Server {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<InfoHash, Entry>> {
@@ -229,15 +222,13 @@ impl Server {
         add.paused = record.paused;
         add.settings = self.settings.clone();
         add.peers = self.peers.clone();
+        add.wanted = record.wanted.clone();
+        add.sequential = record.sequential;
         let t = self.session.start_torrent(add).map_err(|e| match e {
             shoal_actors::error::Error::AlreadyPresent(h) => AddError::Present(h),
             e => AddError::Bad(e.to_string()),
         })?;
-        if let Some(w) = &record.wanted {
-            apply_wanted(&t, w);
-        }
         apply_limits(&t, record.download_limit, record.upload_limit);
-        apply_sequential(&t, record.sequential);
         self.lock().insert(h, Entry { meta, record });
         Ok(t)
     }
@@ -271,8 +262,12 @@ impl Server {
     }
 
     /// Sets the wanted files.
-    pub fn set_wanted(&self, t: &Torrent, wanted: Vec<bool>) {
-        apply_wanted(t, &wanted);
+    pub async fn set_wanted(
+        &self,
+        t: &Torrent,
+        wanted: Vec<bool>,
+    ) -> shoal_actors::error::Result<()> {
+        t.set_wanted_files(wanted.clone()).await?;
         self.update(&t.info_hash(), |r| {
             r.wanted = if wanted.iter().all(|w| *w) {
                 None
@@ -280,6 +275,7 @@ impl Server {
                 Some(wanted)
             }
         });
+        Ok(())
     }
 
     /// Sets a torrent's limits (each `None`: unchanged).
@@ -297,9 +293,10 @@ impl Server {
     }
 
     /// Sets sequential download.
-    pub fn set_sequential(&self, t: &Torrent, on: bool) {
-        apply_sequential(t, on);
+    pub async fn set_sequential(&self, t: &Torrent, on: bool) -> shoal_actors::error::Result<()> {
+        t.set_sequential(on).await?;
         self.update(&t.info_hash(), |r| r.sequential = on);
+        Ok(())
     }
 
     /// Removes a torrent, with its files if asked.
