@@ -252,6 +252,23 @@ fn every_route_answers_and_bad_input_changes_nothing() {
     assert_eq!(t["files"][0]["wanted"], true);
     assert_eq!(t["files"][1]["wanted"], false);
 
+    // A magnet of a torrent already added: 409 with its hash; a malformed one: 400.
+    let magnet = format!("{{\"magnet\": \"magnet:?xt=urn:btih:{hash}&dn=pack\"}}");
+    let dup = server.req("POST", "/api/v1/torrents", &[JSON], magnet.as_bytes());
+    assert_eq!(dup.status, 409, "{}", dup.text());
+    assert_eq!(dup.json()["info_hash"], hash.as_str());
+    let bad = server.req(
+        "POST",
+        "/api/v1/torrents",
+        &[JSON],
+        br#"{"magnet": "magnet:?xt=urn:btih:zz"}"#,
+    );
+    assert_eq!(bad.status, 400);
+    assert!(bad.json()["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("bad magnet link"));
+
     // Pause and resume.
     let paused = server.req("POST", &format!("{path}/pause"), &[], b"");
     assert_eq!(paused.status, 200);

@@ -445,11 +445,21 @@ async fn add(server: &Arc<Server>, req: Request) -> Response {
                     "a JSON add needs \"magnet\"; send a .torrent as application/x-bittorrent",
                 );
             };
-            if !magnet.starts_with("magnet:?") {
-                return Response::error(400, "not a magnet link: it must start with magnet:?");
-            }
+            let magnet = match shoal_engine::magnet::Magnet::parse(&magnet) {
+                Ok(m) => m,
+                Err(e) => return Response::error(400, format!("bad magnet link: {e}")),
+            };
             if let Err(e) = server.folder(body.dir.as_deref()) {
                 return Response::error(400, e);
+            }
+            if server.session.torrent(&magnet.info_hash).is_some() {
+                return Response::json(
+                    409,
+                    &json!({
+                        "error": "the torrent is already added",
+                        "info_hash": magnet.info_hash.to_string(),
+                    }),
+                );
             }
             // The path is kept for when the library resolves magnets (metadata from peers).
             let _ = (body.paused, body.files, body.sequential);
