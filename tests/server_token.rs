@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::io::{Read, Write};
 use std::process::Command;
 
 use common::server::{request, ServerProc};
@@ -43,6 +44,22 @@ fn check_token(server: &ServerProc, token: &str) {
     let wrong = server.req("GET", list, &[("Authorization", "Bearer nope")], b"");
     assert_eq!(wrong.status, 401);
     assert_eq!(server.req("GET", "/", &[], b"").status, 401, "the page too");
+    // Refused on its head: the body is never waited for.
+    let mut s = std::net::TcpStream::connect(&server.http).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        s,
+        "POST /api/v1/torrents HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-bittorrent\r\n\
+         Content-Length: 1000000\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    assert_eq!(
+        common::server::parse_reply(&raw).map(|r| r.status),
+        Some(401)
+    );
     let bearer = format!("Bearer {token}");
     assert_eq!(
         server

@@ -36,12 +36,43 @@ const READAHEAD: u64 = 8 * 1024 * 1024;
 const STREAM_WAIT: Duration = Duration::from_secs(300);
 
 impl Handler for Server {
+    fn admit(&self, head: &Request) -> Option<Response> {
+        refuse(self, head)
+    }
+
     fn handle(
         self: Arc<Self>,
         req: Request,
     ) -> Pin<Box<dyn std::future::Future<Output = Response> + Send>> {
         Box::pin(async move { route(&self, req).await })
     }
+}
+
+/// The answer to a request refused whatever it asks (checked on its head, before its body is
+/// read): no token, a foreign `Host` on loopback, another site's `Origin`.
+fn refuse(server: &Server, req: &Request) -> Option<Response> {
+    if !authorized(server, req) {
+        return Some(
+            Response::error(
+                401,
+                "this server needs its token: `Authorization: Bearer TOKEN` or `?token=TOKEN`",
+            )
+            .with("WWW-Authenticate", "Bearer"),
+        );
+    }
+    if !host_allowed(server, req) {
+        return Some(Response::error(
+            403,
+            "the Host header must name this machine (127.0.0.1, localhost or [::1])",
+        ));
+    }
+    if cross_site(req) {
+        return Some(Response::error(
+            403,
+            "requests from other sites are refused",
+        ));
+    }
+    None
 }
 
 /// Whether the request carries the server's token, when it has one.
@@ -100,21 +131,8 @@ fn cross_site(req: &Request) -> bool {
 
 async fn route(server: &Arc<Server>, req: Request) -> Response {
     log::debug!("http: {} {} {}", req.remote, req.method, req.path);
-    if !authorized(server, &req) {
-        return Response::error(
-            401,
-            "this server needs its token: `Authorization: Bearer TOKEN` or `?token=TOKEN`",
-        )
-        .with("WWW-Authenticate", "Bearer");
-    }
-    if !host_allowed(server, &req) {
-        return Response::error(
-            403,
-            "the Host header must name this machine (127.0.0.1, localhost or [::1])",
-        );
-    }
-    if cross_site(&req) {
-        return Response::error(403, "requests from other sites are refused");
+    if let Some(refused) = refuse(server, &req) {
+        return refused;
     }
     let path = req.path.clone();
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();

@@ -25,6 +25,35 @@ const MAX_HEADERS: usize = 64;
 /// The largest request body: a `.torrent` of a huge torrent is a few MiB (20 bytes per
 /// piece); anything bigger is not one of ours, and gets 413 without being read.
 pub const MAX_BODY: usize = 16 * 1024 * 1024;
+/// A body over this size is "large": only [`MAX_LARGE_BODIES`] are read at once, so that many
+/// connections together hold at most `MAX_CONNECTIONS * LARGE_BODY + MAX_LARGE_BODIES *
+/// MAX_BODY` bytes of bodies (16 MiB + 64 MiB), not `MAX_CONNECTIONS * MAX_BODY` (4 GiB).
+const LARGE_BODY: usize = 64 * 1024;
+/// Large bodies read at once; more get 503 (a client retries).
+const MAX_LARGE_BODIES: usize = 4;
+/// Large bodies being read now, by every connection.
+static LARGE_BODIES: AtomicUsize = AtomicUsize::new(0);
+
+/// A slot for a large body, given back when dropped.
+struct LargeBody;
+
+impl LargeBody {
+    fn take() -> Option<LargeBody> {
+        LARGE_BODIES
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < MAX_LARGE_BODIES).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| LargeBody)
+    }
+}
+
+impl Drop for LargeBody {
+    fn drop(&mut self) {
+        LARGE_BODIES.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// How long a client may take to send a whole request once it started one.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long an idle keep-alive connection stays open between requests.
@@ -197,6 +226,12 @@ fn reason(status: u16) -> &'static str {
 
 /// What answers requests.
 pub trait Handler: Send + Sync + 'static {
+    /// Looks at a request's head before its body is read: `Some` refuses it (a missing token,
+    /// say) without reading the body, and closes the connection.
+    fn admit(&self, _head: &Request) -> Option<Response> {
+        None
+    }
+
     /// Answers one request.
     fn handle(
         self: Arc<Self>,
@@ -265,7 +300,7 @@ async fn connection<H: Handler>(
     let _ = stream.set_nodelay(true);
     let mut buf: Vec<u8> = Vec::with_capacity(2048);
     for _ in 0..MAX_REQUESTS_PER_CONNECTION {
-        let read = read_request(&mut stream, &mut buf, remote).await?;
+        let read = read_request(&mut stream, &mut buf, remote, &*handler).await?;
         let (req, keep_alive) = match read {
             Read::Request(r, k) => (r, k),
             Read::Closed => return Ok(()),
@@ -285,10 +320,11 @@ async fn connection<H: Handler>(
 }
 
 /// Reads the next request into `buf` (which keeps bytes a pipelining client sent ahead).
-async fn read_request(
+async fn read_request<H: Handler>(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
     remote: SocketAddr,
+    handler: &H,
 ) -> io::Result<Read> {
     // Idle until the first byte, then the whole request within REQUEST_TIMEOUT.
     if buf.is_empty() {
@@ -299,13 +335,14 @@ async fn read_request(
         }
         buf.extend_from_slice(&first[..n]);
     }
-    timeout(REQUEST_TIMEOUT, read_rest(stream, buf, remote)).await
+    timeout(REQUEST_TIMEOUT, read_rest(stream, buf, remote, handler)).await
 }
 
-async fn read_rest(
+async fn read_rest<H: Handler>(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
     remote: SocketAddr,
+    handler: &H,
 ) -> io::Result<Read> {
     let mut chunk = [0u8; 8192];
     loop {
@@ -357,6 +394,35 @@ async fn read_rest(
                     )));
                 }
                 let length = length as usize;
+                let connection = get("connection").unwrap_or_default();
+                let (path, query) = match target.split_once('?') {
+                    Some((p, q)) => (p.to_string(), q.to_string()),
+                    None => (target, String::new()),
+                };
+                let mut request = Request {
+                    method,
+                    path,
+                    query,
+                    headers,
+                    body: Vec::new(),
+                    remote,
+                };
+                if let Some(refused) = handler.admit(&request) {
+                    return Ok(Read::Refuse(refused));
+                }
+                let _slot = if length > LARGE_BODY {
+                    match LargeBody::take() {
+                        Some(slot) => Some(slot),
+                        None => {
+                            return Ok(Read::Refuse(Response::error(
+                                503,
+                                "too many large requests at once: try again",
+                            )))
+                        }
+                    }
+                } else {
+                    None
+                };
                 while buf.len() < head_len + length {
                     let n = stream.read(&mut chunk).await?;
                     if n == 0 {
@@ -364,29 +430,14 @@ async fn read_rest(
                     }
                     buf.extend_from_slice(&chunk[..n]);
                 }
-                let body = buf[head_len..head_len + length].to_vec();
+                request.body = buf[head_len..head_len + length].to_vec();
                 buf.drain(..head_len + length);
-                let connection = get("connection").unwrap_or_default();
                 let keep_alive = if version == 0 {
                     connection.contains("keep-alive")
                 } else {
                     !connection.contains("close")
                 };
-                let (path, query) = match target.split_once('?') {
-                    Some((p, q)) => (p.to_string(), q.to_string()),
-                    None => (target, String::new()),
-                };
-                return Ok(Read::Request(
-                    Request {
-                        method,
-                        path,
-                        query,
-                        headers,
-                        body,
-                        remote,
-                    },
-                    keep_alive,
-                ));
+                return Ok(Read::Request(request, keep_alive));
             }
             Ok(httparse::Status::Partial) => {
                 if buf.len() >= MAX_HEAD {
