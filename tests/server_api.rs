@@ -481,3 +481,55 @@ fn ctl_adds_lists_pauses_and_removes() {
     assert_eq!(down.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&down.stderr).contains("cannot reach"));
 }
+
+#[test]
+fn a_skipped_file_is_never_fetched_and_progress_is_of_the_wanted_ones() {
+    let tmp = common::tempdir();
+    let src = tmp.path().join("src");
+    common::write_random_file(&src.join("album/one.flac"), 600_000, 11);
+    common::write_random_file(&src.join("album/two.flac"), 600_000, 12);
+    let torrent = tmp.path().join("album.torrent");
+    let out = common::shoal(&[
+        "create",
+        src.join("album").to_str().unwrap(),
+        "-o",
+        torrent.to_str().unwrap(),
+        "-l",
+        "16k",
+    ]);
+    assert!(out.status.success());
+    let (_seeder, peer) = start_seeder(&torrent, &src.join("album"), &[]);
+    let dl = tmp.path().join("dl");
+    let server = ServerProc::start(&dl, &tmp.path().join("state"), &["--peer", &peer]);
+    let bytes = std::fs::read(&torrent).unwrap();
+    let bad = server.req("POST", "/api/v1/torrents?files=1,x", &[TORRENT], &bytes);
+    assert_eq!(bad.status, 400);
+    let bad = server.req("POST", "/api/v1/torrents?files=2", &[TORRENT], &bytes);
+    assert_eq!(bad.status, 400);
+    let hash = server.add(&torrent, "?files=1");
+    let path = format!("/api/v1/torrents/{hash}");
+    server.wait_for(&hash, "progress", json!(1.0), Duration::from_secs(60));
+    let t = server.get_json(&path);
+    assert_eq!(t["files"][0]["wanted"], false);
+    assert_eq!(t["files"][1]["wanted"], true);
+    assert_eq!(t["files"][1]["downloaded"], 600_000);
+    assert_eq!(
+        std::fs::read(dl.join("album/two.flac")).unwrap(),
+        std::fs::read(src.join("album/two.flac")).unwrap()
+    );
+    assert!(
+        !dl.join("album/one.flac").exists(),
+        "a skipped file is never created"
+    );
+
+    // Wanted later: created and fetched.
+    let r = server.req("PATCH", &path, &[JSON], br#"{"files": [0, 1]}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
+    server.wait_for(&hash, "state", json!("seeding"), Duration::from_secs(60));
+    server.wait_for(&hash, "progress", json!(1.0), Duration::from_secs(10));
+    assert_eq!(
+        std::fs::read(dl.join("album/one.flac")).unwrap(),
+        std::fs::read(src.join("album/one.flac")).unwrap()
+    );
+    assert!(server.terminate().success());
+}

@@ -448,9 +448,35 @@ async fn add(server: &Arc<Server>, req: Request) -> Response {
             if req.body.is_empty() {
                 return Response::error(400, "the body is empty: send the .torrent file's bytes");
             }
+            // Beyond the issue's `dir` and `paused`: `files=0,2` (the wanted files) and
+            // `sequential`, as the JSON add has them.
+            let files: Option<Vec<usize>> = match req.param("files") {
+                None => None,
+                Some(list) => match list
+                    .split(',')
+                    .filter(|x| !x.is_empty())
+                    .map(|x| x.trim().parse::<usize>())
+                    .collect::<Result<Vec<_>, _>>()
+                {
+                    Ok(v) => Some(v),
+                    Err(_) => {
+                        return Response::error(
+                            400,
+                            format!("files={list:?}: expected file indexes like 0,2"),
+                        )
+                    }
+                },
+            };
+            let sequential = match flag(req, "sequential", false) {
+                Ok(s) => s,
+                Err(r) => return r,
+            };
             // Parsing (SHA-1 of the info dictionary) and saving (fsync) off the executor.
             let (server, body) = (server.clone(), req.body.clone());
-            smol::unblock(move || server.add(&body, folder, paused, None, false)).await
+            smol::unblock(move || {
+                server.add(&body, folder, paused, files.as_deref(), sequential)
+            })
+            .await
         }
         "application/json" => {
             let body: AddJson = match serde_json::from_slice(&req.body) {
