@@ -426,12 +426,6 @@ pub fn run(args: ServerArgs) -> CliResult {
         }
     }
 
-    say(&format!(
-        "shoal: server on http://{http_addr}/ ({count} torrent(s) restored from {}), peers on {}, downloads into {}",
-        server.state.root().display(),
-        server.session.local_addr(),
-        server.default_dir.display()
-    ));
     if let Some(t) = &server.token {
         if args.http_token.is_none() {
             say(&format!(
@@ -440,6 +434,13 @@ pub fn run(args: ServerArgs) -> CliResult {
             ));
         }
     }
+    // Last: tools wait for this line, and find everything above it said.
+    say(&format!(
+        "shoal: server on http://{http_addr}/ ({count} torrent(s) restored from {}), peers on {}, downloads into {}",
+        server.state.root().display(),
+        server.session.local_addr(),
+        server.default_dir.display()
+    ));
 
     let spawner = server.session.spawner();
     let http_task = spawner.spawn(http::serve(listener, server.clone(), spawner.clone()));
