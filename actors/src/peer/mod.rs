@@ -1,4 +1,8 @@
-//! The peer actor: one per TCP connection, after the handshake.
+//! The peer actor: one per connection, after the handshake.
+//!
+//! It runs over any byte stream ([`connect::PeerStream`]): dialling, accepting, the handshake
+//! exchange and the choice of stream (plain TCP today; uTP or an encrypted wrapper later) are
+//! [`connect`]'s job, so nothing here knows the transport.
 //!
 //! One task drives the connection with a hand-written event loop that polls, in order: control
 //! messages from the torrent (choke, unchoke, stop), notes from the picker (grants, cancels),
@@ -32,7 +36,6 @@ use shoal_engine::picker::PeerKey;
 use shoal_engine::pipeline::RequestDepth;
 use shoal_engine::wire::{decode, piece_header, Decoded, Handshake, Message, WireError};
 use shoal_engine::PeerId;
-use smol::net::TcpStream;
 
 use crate::buffers::{Block, BlockPool};
 use crate::disk::{DiskJob, ReadDone, Storage};
@@ -40,6 +43,8 @@ use crate::extension::{our_handshake, PeerExtensions};
 use crate::picker::{PeerNote, PickRequest, PickerMsg, PEER_NOTES};
 use crate::runtime::Addr;
 use crate::shared::Shared;
+
+pub(crate) mod connect;
 
 /// Capacity of a peer's control channel (from the torrent).
 pub const PEER_CONTROL: usize = 16;
@@ -325,8 +330,12 @@ struct Peer {
     last_send: Instant,
 }
 
-/// Runs a peer connection until it ends; always tells the picker the peer left.
-pub async fn run(setup: PeerSetup, stream: TcpStream, remote: Handshake) -> PeerExit {
+/// Runs a peer connection over `stream` (set up by [`connect`], our handshake sent and the
+/// remote's read) until it ends; always tells the picker the peer left.
+pub async fn run<S>(setup: PeerSetup, stream: S, remote: Handshake) -> PeerExit
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let PeerSetup {
         key,
         addr,
@@ -438,9 +447,9 @@ pub async fn run(setup: PeerSetup, stream: TcpStream, remote: Handshake) -> Peer
 }
 
 impl Peer {
-    async fn event_loop(
+    async fn event_loop<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
-        mut stream: TcpStream,
+        mut stream: S,
         control: Receiver<PeerControl>,
         notes: Receiver<PeerNote>,
         reads: Receiver<ReadDone>,
@@ -540,11 +549,12 @@ impl Peer {
     /// Sends what is queued (blocks we already counted as uploaded, a last HAVE), then closes
     /// our side and waits briefly for the peer to close its side, so that no queued byte is
     /// lost to a reset. Bounded in time.
-    async fn close_gracefully(&mut self, stream: &mut TcpStream) {
+    async fn close_gracefully<S: AsyncRead + AsyncWrite + Unpin>(&mut self, stream: &mut S) {
         use futures_lite::{AsyncReadExt, AsyncWriteExt};
         let flush = async {
             stream.write_all(&self.wbuf[self.wpos..]).await?;
-            // Closing a TCP stream shuts down its write side only.
+            // Closing a TCP stream shuts down its write side only (a wrapper passes the close
+            // on to the socket it wraps).
             stream.close().await?;
             // Read (and drop) until the peer closes, so unread input does not turn into a reset.
             let mut sink = [0u8; 4096];
@@ -1218,13 +1228,13 @@ fn gone(_: crate::runtime::Gone) -> Stop {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn poll_sources(
+fn poll_sources<S: AsyncRead + AsyncWrite + Unpin>(
     cx: &mut Context<'_>,
     control: &mut Pin<Box<Receiver<PeerControl>>>,
     notes: &mut Pin<Box<Receiver<PeerNote>>>,
     reads: &mut Pin<Box<Receiver<ReadDone>>>,
     haves: &mut Option<EventListener>,
-    stream: &mut TcpStream,
+    stream: &mut S,
     out: &[u8],
     read_into: Option<&mut [u8]>,
     tick: &mut smol::Timer,
