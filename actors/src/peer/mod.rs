@@ -14,8 +14,9 @@
 //!
 //! # Layout
 //!
-//! Each job has its own file; all but the run loop are synchronous state machines, unit-tested
-//! without a socket (time is passed in as `now`):
+//! Each job has its own file. `conn`, `remote`, `download` and `upload` are synchronous state
+//! machines, unit-tested without a socket (time is passed in as `now`); `run` is the async loop
+//! that drives them, and `connect` sets the connection up before it:
 //!
 //! | file | job |
 //! |---|---|

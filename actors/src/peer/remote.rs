@@ -297,7 +297,7 @@ mod tests {
         assert_eq!(sent(&mut out), vec![Some(5)]);
         r2.add_our_pieces(&[2, 3], true, &mut out);
         assert_eq!(sent(&mut out), vec![Some(4)], "one HAVE, for piece 3");
-        assert!(r.may_serve(0) == false, "choked");
+        assert!(!r.may_serve(0), "choked");
         r.unchoke(&mut out);
         r.unchoke(&mut out);
         assert_eq!(sent(&mut out), vec![Some(1)]);
