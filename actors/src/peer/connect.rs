@@ -18,13 +18,15 @@
 //!
 //! [`setup`] turns a connected socket into the stream everything else uses. The MSE/PE layer
 //! (message stream encryption, as libtorrent and Transmission speak it) belongs there, chosen at
-//! connect time: as the initiator it runs the Diffie-Hellman exchange right after the connect
-//! and before our handshake, and returns an RC4 stream wrapper; as the responder ([`accept`])
-//! it looks at the first bytes: the plaintext header (`\x13BitTorrent protocol`) means no
-//! encryption, anything else is the peer's public key, and the info hash is found by matching
-//! the peer's hashed secret against the session's torrents. Either way it returns a
-//! [`BoxStream`], so the handshake exchange and the peer protocol stay as they are. uTP enters
-//! the same way, with its own dial and accept in place of TCP's.
+//! connect time, driving the engine's sans-IO machine (`shoal_engine::mse::Handshake`): as the
+//! initiator it runs the Diffie-Hellman exchange right after the connect and before our
+//! handshake (which can travel as its initial payload), and returns an RC4 stream wrapper; as
+//! the responder ([`accept`]) it looks at the first bytes (`mse::looks_like_plaintext`): the
+//! plaintext header (`\x13BitTorrent protocol`) means no encryption, anything else is the
+//! peer's public key, and the info hash is found by matching the peer's hashed secret against
+//! the session's torrents. Either way it returns a [`BoxStream`] (bytes the handshake read past
+//! its end go first in the wrapper), so the handshake exchange and the peer protocol stay as
+//! they are. uTP enters the same way, with its own dial and accept in place of TCP's.
 
 use std::fmt;
 use std::io;
