@@ -9,19 +9,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_channel::{Receiver, Sender};
-use futures_lite::{future, AsyncReadExt, AsyncWriteExt, FutureExt};
+use futures_lite::{future, FutureExt};
 use shoal_engine::bitfield::Bitfield;
 use shoal_engine::metainfo::Metainfo;
 use shoal_engine::picker::PeerKey;
 use shoal_engine::rate::Rate;
-use shoal_engine::wire::{Handshake, HANDSHAKE_LEN};
-use smol::net::TcpStream;
+use shoal_engine::wire::Handshake;
 
 use super::choker::{Candidate, Choker};
 use super::swarm::Swarm;
 use super::{PeerInfo, SessionContext, TorrentMsg, TorrentSettings};
 use crate::buffers::BlockPool;
 use crate::disk::{Disk, Storage};
+use crate::peer::connect::{self, Accepted, Start};
 use crate::peer::{
     self, PeerControl, PeerExit, PeerSettings, PeerSetup, PeerStats, ServeFilter, PEER_CONTROL,
 };
@@ -29,9 +29,6 @@ use crate::picker::PickerMsg;
 use crate::runtime::{Addr, Mailbox, Outcome, Supervisor};
 use crate::shared::{Shared, TorrentEvent, TorrentState};
 use crate::tracker::{TrackerClient, TrackerConfig, TransferStats};
-
-/// How long a TCP connect plus handshake may take.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often the fast-resume record is saved while pieces keep arriving.
 const RESUME_EVERY: Duration = Duration::from_secs(30);
@@ -170,11 +167,7 @@ pub(super) async fn run(
                 shutdown_reply = Some(reply);
                 break;
             }
-            Ev::Msg(Some(TorrentMsg::Incoming {
-                stream,
-                addr,
-                remote,
-            })) => st.incoming(stream, addr, remote),
+            Ev::Msg(Some(TorrentMsg::Incoming(accepted))) => st.incoming(accepted),
             Ev::Msg(Some(TorrentMsg::Pause(reply))) => {
                 st.pause().await;
                 reply.send(());
@@ -318,7 +311,8 @@ impl State {
         }
     }
 
-    fn incoming(&mut self, stream: TcpStream, addr: SocketAddr, remote: Handshake) {
+    fn incoming(&mut self, accepted: Accepted) {
+        let (addr, remote) = (accepted.addr(), *accepted.remote());
         if self.paused
             || self.swarm.is_banned(&addr, Some(&remote.peer_id))
             || self.connections() >= self.settings.max_peers
@@ -331,17 +325,15 @@ impl State {
             log::debug!("refusing {addr}: at the session's connection limit");
             return;
         }
-        self.spawn_peer(addr, Some((stream, remote)));
+        self.spawn_peer(addr, Some(accepted));
     }
 
-    fn spawn_peer(&mut self, addr: SocketAddr, incoming: Option<(TcpStream, Handshake)>) {
+    fn spawn_peer(&mut self, addr: SocketAddr, incoming: Option<Accepted>) {
         let key = PeerKey(self.next_key);
         self.next_key += 1;
         let (control_tx, control_rx) = async_channel::bounded(PEER_CONTROL);
         let stats = Arc::new(PeerStats::default());
         let ours = Handshake::new(self.meta.info_hash, self.ctx.peer_id);
-        let info_hash = self.meta.info_hash;
-        let our_id = self.ctx.peer_id;
         let setup = PeerSetup {
             key,
             addr,
@@ -360,52 +352,11 @@ impl State {
             serve_filter: self.serve_filter.clone(),
         };
         let task = self.peers.spawn(async move {
-            let connected = async {
-                let (mut stream, remote) = match incoming {
-                    Some((mut stream, remote)) => {
-                        stream.write_all(&ours.to_bytes()).await?;
-                        (stream, remote)
-                    }
-                    None => {
-                        let mut stream = TcpStream::connect(addr).await?;
-                        stream.set_nodelay(true)?;
-                        stream.write_all(&ours.to_bytes()).await?;
-                        let mut buf = [0u8; HANDSHAKE_LEN];
-                        stream.read_exact(&mut buf).await?;
-                        let remote = Handshake::decode(&buf)
-                            .map_err(|e| {
-                                std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
-                            })?
-                            .ok_or_else(|| {
-                                std::io::Error::from(std::io::ErrorKind::UnexpectedEof)
-                            })?;
-                        if remote.info_hash != info_hash {
-                            return Err(std::io::Error::new(
-                                std::io::ErrorKind::InvalidData,
-                                "wrong info hash",
-                            ));
-                        }
-                        if remote.peer_id == our_id {
-                            return Err(std::io::Error::new(
-                                std::io::ErrorKind::InvalidData,
-                                "connected to ourselves",
-                            ));
-                        }
-                        (stream, remote)
-                    }
-                };
-                stream.flush().await?;
-                Ok((stream, remote))
-            }
-            .or(async {
-                smol::Timer::after(HANDSHAKE_TIMEOUT).await;
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "handshake timed out",
-                ))
-            })
-            .await;
-            match connected {
+            let start = match incoming {
+                Some(accepted) => Start::Accepted(accepted),
+                None => Start::Dial(addr),
+            };
+            match connect::establish(start, ours).await {
                 Ok((stream, remote)) => peer::run(setup, stream, remote).await,
                 Err(e) => PeerExit {
                     reason: format!("connect: {e}"),

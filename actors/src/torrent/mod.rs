@@ -27,13 +27,12 @@ use std::sync::Arc;
 
 use async_channel::Receiver;
 use shoal_engine::metainfo::Metainfo;
-use shoal_engine::wire::Handshake;
 use shoal_engine::{InfoHash, PeerId};
-use smol::net::TcpStream;
 
 use crate::disk::{Disk, Mode};
 use crate::error::{Error, Result};
 use crate::hasher::Hasher;
+use crate::peer::connect::Accepted;
 use crate::peer::ServeFilter;
 use crate::runtime::{Addr, ReplyTo, Spawner};
 use crate::session::ConnectionSlots;
@@ -177,15 +176,8 @@ pub(crate) struct SessionContext {
 
 /// Messages to a torrent.
 pub(crate) enum TorrentMsg {
-    /// An incoming connection whose handshake names this torrent.
-    Incoming {
-        /// The socket, our handshake not yet sent.
-        stream: TcpStream,
-        /// The remote address.
-        addr: SocketAddr,
-        /// The remote handshake.
-        remote: Handshake,
-    },
+    /// An incoming connection whose handshake names this torrent (ours not yet sent).
+    Incoming(Accepted),
     /// Peers to dial.
     AddPeers(Vec<SocketAddr>),
     /// The connected peers.
@@ -207,7 +199,7 @@ pub(crate) enum TorrentMsg {
 impl fmt::Debug for TorrentMsg {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Incoming { addr, .. } => write!(f, "Incoming({addr})"),
+            Self::Incoming(a) => write!(f, "Incoming({})", a.addr()),
             Self::AddPeers(p) => write!(f, "AddPeers({})", p.len()),
             Self::Peers(_) => write!(f, "Peers"),
             Self::Pause(_) => write!(f, "Pause"),

@@ -182,7 +182,7 @@ async fn launch(
                 TorrentMsg::SetSequential(on) => pending.sequential = Some(on),
                 TorrentMsg::SetDeadline(d) => pending.deadline = Some(d),
                 // Not started yet: an incoming peer is turned away (it will retry).
-                TorrentMsg::Incoming { .. } => {}
+                TorrentMsg::Incoming(_) => {}
             },
         }
     };
@@ -203,7 +203,7 @@ async fn launch(
                     TorrentMsg::Peers(r) => r.send(Vec::new()),
                     TorrentMsg::SetWanted(_, r) => r.send(Err(crate::error::Error::Stopped)),
                     TorrentMsg::AddPeers(_)
-                    | TorrentMsg::Incoming { .. }
+                    | TorrentMsg::Incoming(_)
                     | TorrentMsg::SetSequential(_)
                     | TorrentMsg::SetDeadline(_) => {}
                 }
