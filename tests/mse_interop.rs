@@ -462,10 +462,17 @@ fn libtorrent_dials_us(encryption: LtEncryption, policy: Policy, rc4: bool, seed
     conn.send_message(&Message::Bitfield(full.as_bytes()));
     // Let libtorrent sample the connection before any data moves: 1 MiB is over in
     // milliseconds, quicker than its sampling of its peers' encryption.
-    let seen = if rc4 { "\"rc4_seen\": 1" } else { "\"peers\": 1" };
-    wait_until(LT_LIMIT, "libtorrent to list the connection", &[&log], || {
-        fs::read_to_string(&log).is_ok_and(|t| t.contains(seen))
-    });
+    let seen = if rc4 {
+        "\"rc4_seen\": 1"
+    } else {
+        "\"peers\": 1"
+    };
+    wait_until(
+        LT_LIMIT,
+        "libtorrent to list the connection",
+        &[&log],
+        || fs::read_to_string(&log).is_ok_and(|t| t.contains(seen)),
+    );
 
     // Seed: unchoke on interest, answer every request from the content.
     conn.stream
