@@ -32,6 +32,7 @@ use shoal_engine::{InfoHash, PeerId};
 use crate::disk::{Disk, Mode};
 use crate::error::{Error, Result};
 use crate::hasher::Hasher;
+use crate::limit::Limiter;
 use crate::peer::connect::Accepted;
 use crate::peer::ServeFilter;
 use crate::runtime::{Addr, ReplyTo, Spawner};
@@ -59,6 +60,11 @@ pub struct TorrentSettings {
     pub hasher_threads: usize,
     /// Whether to announce to the torrent's trackers.
     pub use_trackers: bool,
+    /// Download rate limit of this torrent in bytes per second (0: none); the session's
+    /// applies too.
+    pub download_limit: u64,
+    /// Upload rate limit of this torrent in bytes per second (0: none).
+    pub upload_limit: u64,
 }
 
 impl Default for TorrentSettings {
@@ -71,6 +77,8 @@ impl Default for TorrentSettings {
             disk_budget: 64 * 1024 * 1024,
             hasher_threads: 0,
             use_trackers: true,
+            download_limit: 0,
+            upload_limit: 0,
         }
     }
 }
@@ -172,6 +180,10 @@ pub(crate) struct SessionContext {
     pub disk: Disk,
     /// The session's connection limit, shared by its torrents.
     pub slots: Arc<ConnectionSlots>,
+    /// The session's download rate limit, shared by every peer of every torrent.
+    pub down_limit: Arc<Limiter>,
+    /// The session's upload rate limit, likewise.
+    pub up_limit: Arc<Limiter>,
 }
 
 /// Messages to a torrent.
@@ -244,6 +256,10 @@ pub struct Torrent {
     pub(crate) root: PathBuf,
     /// The fast-resume record, if kept.
     pub(crate) resume: Option<PathBuf>,
+    /// This torrent's download rate limit, shared by its peers.
+    pub(crate) down_limit: Arc<Limiter>,
+    /// This torrent's upload rate limit, shared by its peers.
+    pub(crate) up_limit: Arc<Limiter>,
 }
 
 impl fmt::Debug for Torrent {
@@ -370,6 +386,18 @@ impl Torrent {
             .send(TorrentMsg::SetDeadline(pieces))
             .await
             .map_err(|_| Error::Stopped)
+    }
+
+    /// Sets this torrent's rate limits in bytes per second (0: none), at once for every peer.
+    /// The session's limits apply too.
+    pub fn set_limits(&self, download: u64, upload: u64) {
+        self.down_limit.set_rate(download);
+        self.up_limit.set_rate(upload);
+    }
+
+    /// This torrent's rate limits in bytes per second (download, upload; 0: none).
+    pub fn limits(&self) -> (u64, u64) {
+        (self.down_limit.rate(), self.up_limit.rate())
     }
 
     /// Where each file of the torrent is on disk.
