@@ -16,14 +16,14 @@ use std::time::{Duration, Instant};
 use async_channel::Receiver;
 use futures_lite::future;
 use sha1::{Digest, Sha1};
-use shoal::actors::session::{Session, SessionSettings};
-use shoal::actors::shared::TorrentEvent;
-use shoal::actors::torrent::{AddTorrent, Torrent, TorrentSettings};
-use shoal::engine::create::{create_torrent, CreateOptions};
-use shoal::engine::lengths::BlockInfo;
-use shoal::engine::metainfo::Metainfo;
-use shoal::engine::wire::{decode, Decoded, Handshake, Message, DEFAULT_MAX_MESSAGE_LEN};
-use shoal::engine::{InfoHash, PeerId};
+use shoal_actors::session::{Session, SessionSettings};
+use shoal_actors::shared::TorrentEvent;
+use shoal_actors::torrent::{AddTorrent, Torrent, TorrentSettings};
+use shoal_engine::create::{create_torrent, CreateOptions};
+use shoal_engine::lengths::BlockInfo;
+use shoal_engine::metainfo::Metainfo;
+use shoal_engine::wire::{decode, Decoded, Handshake, Message, DEFAULT_MAX_MESSAGE_LEN};
+use shoal_engine::{InfoHash, PeerId};
 
 // ---------------------------------------------------------------------------------------------
 // Fixtures: content, seeders and downloaders

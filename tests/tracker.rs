@@ -15,13 +15,13 @@ use std::time::{Duration, Instant};
 
 use async_channel::Receiver;
 use futures_lite::future;
-use shoal::actors::tracker::{
+use shoal_actors::tracker::{
     announce_once, scrape, AnnounceError, Timing, TrackerClient, TrackerConfig, TrackerStatus,
     TransferStats,
 };
-use shoal::actors::tracker_server::{TrackerServer, TrackerServerOptions};
-use shoal::engine::tracker::{parse_announce_response, AnnounceRequest, Event, TrackerError};
-use shoal::engine::{InfoHash, PeerId};
+use shoal_actors::tracker_server::{TrackerServer, TrackerServerOptions};
+use shoal_engine::tracker::{parse_announce_response, AnnounceRequest, Event, TrackerError};
+use shoal_engine::{InfoHash, PeerId};
 use smol::Timer;
 
 use common::ChildGuard;
@@ -688,7 +688,7 @@ fn stop_is_bounded_when_the_tracker_hangs_on_stopped() {
 }
 
 fn encode_reply(interval: u32) -> Vec<u8> {
-    shoal::engine::tracker::encode_announce_reply(interval, &[], true, 0, 1)
+    shoal_engine::tracker::encode_announce_reply(interval, &[], true, 0, 1)
 }
 
 /// Each announce asks for its connection to be closed, so that clients do not hold a

@@ -243,9 +243,7 @@ mod tests {
     #[test]
     fn a_chain_grants_the_smallest_and_gives_the_rest_back() {
         // Real time passes between the calls: the buckets refill by a few bytes meanwhile.
-        let near = |got: Result<usize, Duration>, want: usize| {
-            matches!(got, Ok(n) if n >= want && n < want + 2_000)
-        };
+        let near = |got: Result<usize, Duration>, want: usize| matches!(got, Ok(n) if n >= want && n < want + 2_000);
         let session = Arc::new(Limiter::new(1_000_000));
         let torrent = Arc::new(Limiter::new(20_000));
         let chain = [session.clone(), torrent.clone()];
