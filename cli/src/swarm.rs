@@ -25,7 +25,6 @@ use shoal_actors::session::{Session, SessionSettings};
 use shoal_actors::shared::{Progress, TorrentEvent};
 use shoal_actors::torrent::{content_path, AddTorrent, Torrent, TorrentSettings};
 use shoal_engine::metainfo::Metainfo;
-use shoal_engine::storage::Layout;
 
 use crate::display::{count, printable, say, Failure};
 use crate::info::human_size;
@@ -401,12 +400,7 @@ fn locate_content(meta: &Metainfo, given: &Path) -> Result<PathBuf, String> {
 
 /// The content's files opened read-only.
 fn open_content(meta: &Metainfo, content: &Path) -> Result<Storage, String> {
-    let layout = Layout::new(
-        meta.info
-            .files
-            .iter()
-            .map(|f| (content_path(content, &f.path), f.length)),
-    );
+    let layout = shoal_actors::torrent::layout_of(meta, Path::new(""), Some(content));
     Storage::open(Path::new(""), layout, meta.info.lengths, Mode::ReadOnly)
         .map_err(|e| format!("cannot open {}: {e}", content.display()))
 }

@@ -165,6 +165,25 @@ pub fn content_path(content: &std::path::Path, path: &[String]) -> PathBuf {
     p
 }
 
+/// Where each file of `meta` is: under `folder` (at `folder/<name>/...`), or, when `content`
+/// is given, there (the file itself for a single-file torrent, the torrent's folder for a
+/// multi-file one). The one place that maps a torrent's files to paths.
+pub fn layout_of(
+    meta: &Metainfo,
+    folder: &std::path::Path,
+    content: Option<&std::path::Path>,
+) -> shoal_engine::storage::Layout {
+    let files = meta.info.files.iter();
+    shoal_engine::storage::Layout::new(files.map(|f| {
+        let path = match content {
+            // The metainfo's paths start with the torrent name; the content replaces it.
+            Some(content) => content_path(content, &f.path),
+            None => folder.join(f.relative_path()),
+        };
+        (path, f.length)
+    }))
+}
+
 /// What the session gives every torrent.
 #[derive(Clone, Debug)]
 pub(crate) struct SessionContext {

@@ -19,7 +19,7 @@ use shoal_engine::InfoHash;
 use super::actor::{run, State};
 use super::choker::Choker;
 use super::swarm::Swarm;
-use super::{content_path, AddTorrent, SessionContext, Torrent, TorrentMsg, TORRENT_MAILBOX};
+use super::{AddTorrent, SessionContext, Torrent, TorrentMsg, TORRENT_MAILBOX};
 use crate::disk::{Mode, Storage, DISK_QUEUE};
 use crate::hasher::HASH_QUEUE;
 use crate::limit::{Limiter, Limits};
@@ -77,21 +77,8 @@ pub(crate) fn start(add: AddTorrent, ctx: SessionContext) -> Torrent {
 }
 
 /// Where each file of the torrent is.
-pub(crate) fn layout(add: &AddTorrent) -> Layout {
-    let files = &add.metainfo.info.files;
-    match &add.content {
-        // The metainfo's paths start with the torrent name; the content replaces it.
-        Some(content) => Layout::new(
-            files
-                .iter()
-                .map(|f| (content_path(content, &f.path), f.length)),
-        ),
-        None => Layout::new(
-            files
-                .iter()
-                .map(|f| (add.folder.join(f.relative_path()), f.length)),
-        ),
-    }
+fn layout(add: &AddTorrent) -> Layout {
+    super::layout_of(&add.metainfo, &add.folder, add.content.as_deref())
 }
 
 /// What the torrent was told while it checked its files.
