@@ -147,6 +147,11 @@ pub struct PeerStats {
     pub peer_is_seed: AtomicBool,
     /// Whether the handshake is done (the connection is up).
     pub connected: AtomicBool,
+    /// Whether the peer ever sent a bitfield, have, interest or request (the admission policy
+    /// evicts silent connections first, see `torrent::admission`).
+    pub spoke: AtomicBool,
+    /// Whether we are interested in the peer's pieces.
+    pub we_interested: AtomicBool,
 }
 
 /// Decides, for the `stop after one copy` seeding mode, whether a request may be served.
@@ -676,6 +681,7 @@ impl Peer {
         let want = self.remote_has.has_any_not_in(&self.our_have);
         if want != self.am_interested {
             self.am_interested = want;
+            self.stats.we_interested.store(want, Ordering::Relaxed);
             self.send(if want {
                 Message::Interested
             } else {
@@ -930,6 +936,18 @@ impl Peer {
 
     async fn handle(&mut self, msg: Message<'_>) -> Result<(), Stop> {
         let n = self.lengths.num_pieces();
+        if matches!(
+            msg,
+            Message::Bitfield(_)
+                | Message::Have(_)
+                | Message::HaveAll
+                | Message::HaveNone
+                | Message::Interested
+                | Message::NotInterested
+                | Message::Request(_)
+        ) {
+            self.stats.spoke.store(true, Ordering::Relaxed);
+        }
         match msg {
             Message::KeepAlive => {}
             Message::Choke => {

@@ -42,7 +42,8 @@ use crate::torrent::{self, AddTorrent, SessionContext, Torrent, TorrentMsg};
 /// How long an incoming connection may take to send its handshake.
 const INCOMING_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Most incoming connections waiting for their handshake at once; more are closed at once.
+/// The default of [`SessionSettings::max_half_open`]: a waiting handshake costs a task and a
+/// socket, and 256 covers a burst of honest arrivals while bounding a flood.
 const MAX_PENDING_HANDSHAKES: usize = 256;
 
 /// Settings of a session.
@@ -61,6 +62,9 @@ pub struct SessionSettings {
     /// The most peer connections of all torrents together (each also has its own
     /// `max_peers`): keep it under the process's file descriptor limit.
     pub max_connections: usize,
+    /// Most incoming connections waiting for their handshake at once (half-open); more are
+    /// closed at once. Outgoing ones are bounded by each torrent's `max_dialing`.
+    pub max_half_open: usize,
 }
 
 impl Default for SessionSettings {
@@ -72,6 +76,7 @@ impl Default for SessionSettings {
             hasher_threads: 0,
             disk_threads: 2,
             max_connections: 500,
+            max_half_open: MAX_PENDING_HANDSHAKES,
         }
     }
 }
@@ -174,7 +179,12 @@ impl Session {
         let listener = TcpListener::try_from(listener)?;
         let peer_id = settings.peer_id.unwrap_or_else(PeerId::generate);
         let torrents: Registry = Arc::default();
-        let accept = spawner.spawn(accept_loop(listener, torrents.clone(), spawner.clone()));
+        let accept = spawner.spawn(accept_loop(
+            listener,
+            torrents.clone(),
+            spawner.clone(),
+            settings.max_half_open.max(1),
+        ));
         Ok(Self {
             runtime,
             spawner,
@@ -299,7 +309,12 @@ impl Session {
     }
 }
 
-async fn accept_loop(listener: TcpListener, torrents: Registry, spawner: Spawner) {
+async fn accept_loop(
+    listener: TcpListener,
+    torrents: Registry,
+    spawner: Spawner,
+    max_half_open: usize,
+) {
     let pending = Arc::new(AtomicUsize::new(0));
     loop {
         let (stream, addr) = match listener.accept().await {
@@ -311,7 +326,7 @@ async fn accept_loop(listener: TcpListener, torrents: Registry, spawner: Spawner
                 continue;
             }
         };
-        if pending.load(Ordering::Relaxed) >= MAX_PENDING_HANDSHAKES {
+        if pending.load(Ordering::Relaxed) >= max_half_open {
             log::debug!("too many pending handshakes; closing {addr}");
             continue;
         }
@@ -451,6 +466,23 @@ impl ConnectionSlots {
                 (u < self.limit).then_some(u + 1)
             })
             .is_ok()
+    }
+
+    /// Takes a slot even past the limit: for a newcomer admitted by evicting a connection that
+    /// still holds its slot until it has closed (bounded by the torrent's evictions in
+    /// progress, see `torrent::admission`).
+    pub(crate) fn take_anyway(&self) {
+        self.used.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Connections open or being opened.
+    pub(crate) fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// The most connections at once.
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
     }
 
     /// Gives `n` slots back.

@@ -5,6 +5,7 @@
 //! - `start`: opening the files, the check (or the fast-resume record) and
 //!   the start of the picker, the tracker client and the actor;
 //! - `swarm`: the addresses we may dial, their backoff, and bans;
+//! - `admission`: who makes room when connections are scarce (pure policy);
 //! - `choker`: which peers we upload to (pure policy);
 //! - `actor`: the run loop, peer spawning and exits, the tick, resume records and shutdown.
 //!
@@ -12,6 +13,7 @@
 //! handle.
 
 mod actor;
+mod admission;
 mod choker;
 mod start;
 mod swarm;
@@ -48,7 +50,10 @@ pub struct TorrentSettings {
     pub queue_depth: usize,
     /// Most peer connections at once.
     pub max_peers: usize,
-    /// Most outgoing connection attempts at once.
+    /// Most connections from one host (one IP address; on loopback, where every local client
+    /// shares 127.0.0.1, each address and port counts as its own host, as for bans).
+    pub max_peers_per_ip: usize,
+    /// Most outgoing connection attempts at once (the outgoing half-open limit).
     pub max_dialing: usize,
     /// Regular unchoke slots (one optimistic slot comes on top).
     pub upload_slots: usize,
@@ -66,6 +71,7 @@ impl Default for TorrentSettings {
         Self {
             queue_depth: 5,
             max_peers: 200,
+            max_peers_per_ip: 8,
             max_dialing: 32,
             upload_slots: 4,
             disk_budget: 64 * 1024 * 1024,

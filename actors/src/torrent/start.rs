@@ -1,7 +1,7 @@
 //! Starting a torrent: its files are opened and checked (or the fast-resume record trusted) off
 //! the executor, then its picker, tracker client and actor start.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -281,6 +281,7 @@ async fn launch(
         by_addr: HashMap::new(),
         next_key: 0,
         by_task: HashMap::new(),
+        evicting: HashSet::new(),
         swarm: Swarm::new(ctx.listen_port),
         choker: Choker::new(add.settings.upload_slots, Instant::now()),
         down_rate: Rate::default(),
