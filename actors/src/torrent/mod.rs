@@ -64,6 +64,10 @@ pub struct TorrentSettings {
     pub hasher_threads: usize,
     /// Whether to announce to the torrent's trackers.
     pub use_trackers: bool,
+    /// The user's own re-announce period, overriding the tracker's `interval` (and its
+    /// `min interval`: the user asked for it); `None` honours the tracker. Each announce's
+    /// peers are dialled, so a short period makes a seeder find new downloaders soon.
+    pub announce_interval: Option<std::time::Duration>,
 }
 
 impl Default for TorrentSettings {
@@ -77,6 +81,7 @@ impl Default for TorrentSettings {
             disk_budget: 64 * 1024 * 1024,
             hasher_threads: 0,
             use_trackers: true,
+            announce_interval: None,
         }
     }
 }

@@ -253,7 +253,10 @@ async fn launch(
         peer_id: ctx.peer_id,
         port: ctx.listen_port,
         numwant: 50,
-        timing: Default::default(),
+        timing: crate::tracker::Timing {
+            announce_interval: add.settings.announce_interval,
+            ..Default::default()
+        },
     });
 
     let mut state = State {
