@@ -132,6 +132,9 @@ pub enum PeerControl {
     Unchoke,
     /// Close the connection.
     Stop,
+    /// Close the connection at once, without waiting for the peer to close its side (an
+    /// eviction to make room: the peer said nothing worth a polite close).
+    Evict,
 }
 
 /// Counters the torrent reads for choking and display; written only by the peer.
@@ -494,6 +497,9 @@ impl Peer {
                 Wake::Control(None) | Wake::Control(Some(PeerControl::Stop)) => {
                     self.close_gracefully(&mut stream).await;
                     return Stop::Local("torrent closed the connection".into());
+                }
+                Wake::Control(Some(PeerControl::Evict)) => {
+                    return Stop::Local("evicted to make room for a newcomer".into());
                 }
                 Wake::Control(Some(c)) => {
                     self.control(c);

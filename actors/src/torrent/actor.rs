@@ -353,7 +353,7 @@ impl State {
     fn evict(&mut self, key: PeerKey, why: &str) {
         if let Some(e) = self.entries.get(&key) {
             log::debug!("closing {} {why}", e.addr);
-            let _ = e.control.try_send(PeerControl::Stop);
+            let _ = e.control.try_send(PeerControl::Evict);
             self.evicting.insert(key);
         }
     }
