@@ -1,11 +1,12 @@
 //! Figures for the wire decoder and the piece picker, each next to a reference measured in the
 //! same run. Run with `cargo bench --bench wire_picker`.
 
+use std::collections::VecDeque;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use shoal::engine::bitfield::Bitfield;
-use shoal::engine::lengths::{Lengths, BLOCK_LEN};
+use shoal::engine::lengths::{BlockInfo, Lengths, BLOCK_LEN};
 use shoal::engine::picker::{PeerKey, Picker, Received};
 use shoal::engine::wire::{decode, Decoded, Message, DEFAULT_MAX_MESSAGE_LEN};
 
@@ -167,7 +168,8 @@ fn bench_picker(min: Duration) {
     );
 
     // Pipelined: every peer keeps up to 64 requests outstanding; in its turn it delivers its
-    // 16 oldest and asks for 16 more, so hundreds of pieces are in progress at once.
+    // 16 oldest (a peer answers in order) and asks for 16 more, so hundreds of pieces are in
+    // progress at once. Each peer's queue is kept here, as the peer actor keeps its own.
     let mut have = Bitfield::new(PIECES);
     for p in 0..8 {
         have.set(p * 1000);
@@ -179,10 +181,12 @@ fn bench_picker(min: Duration) {
     let (mut pick_time, mut calls, mut blocks) = (Duration::ZERO, 0u64, 0u64);
     let mut k = 0usize;
     let mut done = Vec::with_capacity(BATCH);
+    let mut queues: Vec<VecDeque<BlockInfo>> = vec![VecDeque::new(); PEERS];
     while !pk.in_endgame() && !pk.is_complete() {
         let peer = PeerKey(k as u64);
+        let queue = &mut queues[k];
         done.clear();
-        done.extend(pk.requests_of(peer).iter().take(BATCH).copied());
+        done.extend(queue.drain(..BATCH.min(queue.len())));
         for &b in &done {
             if let Received::New {
                 piece_complete: true,
@@ -192,11 +196,12 @@ fn bench_picker(min: Duration) {
                 pk.piece_verified(b.piece);
             }
         }
-        let room = 64 - pk.requests_of(peer).len();
+        let room = 64 - queue.len();
         out.clear();
         let t = Instant::now();
         pk.pick(peer, &bfs[k], room.min(BATCH), &mut out);
         pick_time += t.elapsed();
+        queue.extend(&out);
         calls += 1;
         blocks += out.len() as u64;
         k = (k + 1) % PEERS;

@@ -36,6 +36,7 @@ pub use shoal_actors::error::{Error, Result};
 pub use shoal_actors::session::SessionSettings;
 pub use shoal_actors::shared::{Progress, TorrentEvent, TorrentState, EVENT_QUEUE};
 pub use shoal_actors::torrent::{AddTorrent, PeerInfo, Torrent, TorrentSettings};
+pub use shoal_engine::bitfield::Bitfield;
 pub use shoal_engine::create::{create_torrent, CreateError, CreateOptions};
 pub use shoal_engine::metainfo::{Metainfo, MetainfoError};
 pub use shoal_engine::{InfoHash, PeerId};

@@ -176,3 +176,116 @@ fn pause_resume_and_remove() {
         seeder.shutdown().await;
     });
 }
+
+/// Three files whose pieces cross their boundaries: `a` (1.5 pieces), `b` (3 pieces), `c`.
+fn three_files(root: &Path) -> (PathBuf, Arc<Metainfo>, Vec<u8>) {
+    let dir = root.join("three");
+    let piece = 256 * 1024u64;
+    let sizes = vec![piece + piece / 2, 3 * piece, 2 * piece + 12_345];
+    for (i, (name, len)) in ["a.bin", "b.bin", "c.bin"].iter().zip(&sizes).enumerate() {
+        common::write_random_file(&dir.join(name), *len as usize, 40 + i as u64);
+    }
+    let opts = CreateOptions {
+        piece_length: Some(piece as u32),
+        ..CreateOptions::default()
+    };
+    let bytes = create_torrent(&dir, &opts).expect("create");
+    let meta = Arc::new(Metainfo::from_bytes(&bytes).expect("parse"));
+    (dir, meta, bytes)
+}
+
+#[test]
+fn only_the_selected_files_are_fetched_and_a_file_wanted_later_is_completed() {
+    let dir = common::tempdir();
+    let (data, meta, _) = three_files(dir.path());
+    let rt = Runtime::new(2);
+    let seeder = session(&rt);
+    let leecher = session(&rt);
+    bounded(&rt, "seed", seeder.add_torrent(seed(&meta, &data))).expect("seed");
+    let out = dir.path().join("out");
+    let mut add = AddTorrent::download(meta.clone(), &out);
+    add.wanted = Some(vec![false, true, false]);
+    add.peers = vec![seeder.local_addr()];
+    let t = bounded(&rt, "add", leecher.add_torrent(add)).expect("add");
+    bounded(&rt, "the selected file", t.wait_complete()).expect("complete");
+    let b = std::fs::read(out.join("three/b.bin")).expect("b.bin");
+    assert!(
+        b == std::fs::read(data.join("b.bin")).unwrap(),
+        "b.bin is byte-exact"
+    );
+    for skipped in ["a.bin", "c.bin"] {
+        assert!(
+            !out.join("three").join(skipped).exists(),
+            "{skipped} must not exist"
+        );
+    }
+    let p = t.progress();
+    assert_eq!(p.left, 0);
+    // b's pieces: it starts half-way into piece 1 and ends half-way into piece 4.
+    assert_eq!(
+        p.verified_pieces, 4,
+        "only the pieces that touch b.bin: {p:?}"
+    );
+    eventually("seeding state", Duration::from_secs(5), || {
+        t.state() == TorrentState::Seeding
+    });
+
+    // Wanted after all: created from the part file's bytes plus the missing pieces.
+    bounded(&rt, "want all", t.set_wanted_files(vec![true; 3])).expect("set wanted");
+    eventually("all pieces", Duration::from_secs(60), || {
+        t.progress().verified_pieces == p.total_pieces
+    });
+    bounded(&rt, "complete", t.wait_complete()).expect("complete");
+    for f in ["a.bin", "b.bin", "c.bin"] {
+        let want = std::fs::read(data.join(f)).unwrap();
+        let got = std::fs::read(out.join("three").join(f)).expect(f);
+        assert!(want == got, "{f} differs after it became wanted");
+    }
+    bounded(&rt, "wrong count", t.set_wanted_files(vec![true]))
+        .expect_err("one flag for three files");
+    bounded(&rt, "shutdown", async {
+        leecher.shutdown().await;
+        seeder.shutdown().await;
+    });
+}
+
+#[test]
+fn a_libtorrent_peer_gets_the_pieces_a_partial_download_holds() {
+    use common::clients::{free_port, wait_until, Libtorrent};
+    common::require_libtorrent();
+    let dir = common::tempdir();
+    let (data, meta, bytes) = three_files(dir.path());
+    let torrent_file = dir.path().join("three.torrent");
+    std::fs::write(&torrent_file, bytes).expect("write torrent");
+    let rt = Runtime::new(2);
+    let seeder = session(&rt);
+    let partial = session(&rt);
+    bounded(&rt, "seed", seeder.add_torrent(seed(&meta, &data))).expect("seed");
+    let out = dir.path().join("partial");
+    let mut add = AddTorrent::download(meta.clone(), &out);
+    add.wanted = Some(vec![false, true, false]);
+    add.peers = vec![seeder.local_addr()];
+    let t = bounded(&rt, "add", partial.add_torrent(add)).expect("add");
+    bounded(&rt, "partial", t.wait_complete()).expect("complete");
+    // The full seeder leaves: the partial download is the only source.
+    bounded(&rt, "seeder leaves", seeder.shutdown());
+    let have = t.progress().verified_pieces;
+    let lt_dir = dir.path().join("lt");
+    let log = dir.path().join("lt.log");
+    let peer = [partial.local_addr().to_string()];
+    let mut lt = Libtorrent {
+        peers: &peer,
+        trackers: false,
+        ..Libtorrent::default()
+    }
+    .spawn(&torrent_file, &lt_dir, free_port(), &log);
+    let want = format!("\"pieces\": {have},");
+    wait_until(
+        Duration::from_secs(60),
+        "libtorrent holds our pieces",
+        &[&log],
+        || std::fs::read_to_string(&log).is_ok_and(|l| l.contains(&want)),
+    );
+    let _ = lt.child().kill();
+    bounded(&rt, "shutdown", partial.shutdown());
+}

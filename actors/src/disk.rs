@@ -10,9 +10,10 @@ use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
+use std::sync::OnceLock;
 
 use async_channel::Sender;
 use sha1::{Digest, Sha1};
@@ -45,8 +46,19 @@ pub struct Storage {
     layout: Layout,
     /// The torrent's piece and block arithmetic.
     lengths: Lengths,
-    /// One open handle per file of `layout` (`None` for a file missing in read-only mode).
-    files: Vec<Option<File>>,
+    /// One open handle per file of `layout`; unset for a file missing in read-only mode, and
+    /// for a skipped file not created (see `skipped`) until it is wanted.
+    files: Vec<OnceLock<File>>,
+    /// Per file, whether it is skipped and not on disk: its bytes (those of the pieces it shares
+    /// with wanted files) go to the part file, at their offset in the torrent, so the file
+    /// itself is never created. Cleared, under the file's write lock, when it becomes wanted.
+    skipped: Vec<AtomicBool>,
+    /// The folder the layout's paths are under.
+    root: PathBuf,
+    /// Where skipped files' bytes go (a sparse file, created at the first such write).
+    part_path: Option<PathBuf>,
+    /// The part file, once opened.
+    part: OnceLock<File>,
     /// One lock per file, held while writing to it: the kernel serialises buffered writes to
     /// one file anyway, and a second disk thread spins on the inode lock meanwhile (5% of the
     /// downloader's CPU in one profile); waiting here parks it instead.
@@ -74,50 +86,48 @@ impl Storage {
     /// Opens (and in [`Mode::ReadWrite`], creates) every file of `layout` under `root`.
     /// Zero-length files are created too. Existing data is kept.
     pub fn open(root: &Path, layout: Layout, lengths: Lengths, mode: Mode) -> io::Result<Self> {
+        let wanted = vec![true; layout.files().len()];
+        Self::open_selected(root, layout, lengths, mode, &wanted, None)
+    }
+
+    /// Like [`open`](Self::open), but a file whose `wanted` entry is `false` and that is not
+    /// on disk yet is not created: the bytes of it that pieces shared with wanted files bring
+    /// are kept in the part file at `part` (libtorrent keeps such bytes the same way).
+    pub fn open_selected(
+        root: &Path,
+        layout: Layout,
+        lengths: Lengths,
+        mode: Mode,
+        wanted: &[bool],
+        part: Option<PathBuf>,
+    ) -> io::Result<Self> {
         let mut files = Vec::with_capacity(layout.files().len());
         let mut existing = Vec::with_capacity(layout.files().len());
-        for info in layout.files() {
-            let mut held = info.length;
+        let mut skipped = Vec::with_capacity(layout.files().len());
+        for (i, info) in layout.files().iter().enumerate() {
             let path = root.join(&info.path);
-            let file = match mode {
-                Mode::ReadWrite => {
-                    if let Some(parent) = path.parent() {
-                        std::fs::create_dir_all(parent)
-                            .map_err(|e| annotate(e, "create folder", parent))?;
-                    }
-                    let file = OpenOptions::new()
-                        .read(true)
-                        .write(true)
-                        .create(true)
-                        .truncate(false)
-                        .open(&path)
-                        .map_err(|e| annotate(e, "open", &path))?;
-                    let len = file
-                        .metadata()
-                        .map_err(|e| annotate(e, "stat", &path))?
-                        .len();
-                    if len < info.length {
-                        held = len;
-                    }
-                    if len != info.length {
-                        // Shorter: sparse, space is only taken as pieces land. Longer (stale
-                        // bytes from an older file of the same name): cut back, so a finished
-                        // download is exactly the torrent's bytes.
-                        file.set_len(info.length)
-                            .map_err(|e| annotate(e, "size", &path))?;
-                    }
-                    Some(file)
-                }
-                Mode::ReadOnly => match File::open(&path) {
-                    Ok(f) => Some(f),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-                    Err(e) => return Err(annotate(e, "open", &path)),
-                },
+            let skip = mode == Mode::ReadWrite
+                && !wanted.get(i).copied().unwrap_or(true)
+                && part.is_some()
+                && !path.exists();
+            let (file, held) = if skip {
+                (None, 0)
+            } else {
+                open_file(&path, info.length, mode)?
             };
-            files.push(file);
+            let cell = OnceLock::new();
+            if let Some(f) = file {
+                let _ = cell.set(f);
+            }
+            files.push(cell);
             existing.push(held);
+            skipped.push(AtomicBool::new(skip));
         }
         Ok(Self {
+            skipped,
+            root: root.to_path_buf(),
+            part_path: part,
+            part: OnceLock::new(),
             layout,
             lengths,
             mode,
@@ -147,11 +157,10 @@ impl Storage {
             .files()
             .iter()
             .zip(&self.files)
-            .filter_map(|(info, file)| {
-                let found = file
-                    .as_ref()
-                    .and_then(|f| f.metadata().ok())
-                    .map(|m| m.len());
+            .enumerate()
+            .filter(|(i, _)| !self.is_skipped(*i))
+            .filter_map(|(_, (info, file))| {
+                let found = file.get().and_then(|f| f.metadata().ok()).map(|m| m.len());
                 (found != Some(info.length)).then(|| WrongLength {
                     path: info.path.clone(),
                     expected: info.length,
@@ -170,7 +179,7 @@ impl Storage {
             return Ok(trimmed);
         }
         for (info, file) in self.layout.files().iter().zip(&self.files) {
-            let Some(file) = file else { continue };
+            let Some(file) = file.get() else { continue };
             let len = file
                 .metadata()
                 .map_err(|e| annotate(e, "stat", &info.path))?
@@ -187,9 +196,9 @@ impl Storage {
     /// Reads `buf.len()` bytes at torrent offset `offset`, across files.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         for span in self.layout.spans(offset, buf.len()) {
-            let file = self.file(span.file)?;
+            let (file, at) = self.target(span.file, span.file_offset, false)?;
             let dst = &mut buf[span.buf_offset..span.buf_offset + span.len];
-            file.read_exact_at(dst, span.file_offset)?;
+            file.read_exact_at(dst, at)?;
         }
         Ok(())
     }
@@ -197,12 +206,9 @@ impl Storage {
     /// Writes `data` at torrent offset `offset`, across files.
     pub fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         for span in self.layout.spans(offset, data.len()) {
-            let file = self.file(span.file)?;
             let _writing = self.write_lock(span.file);
-            file.write_all_at(
-                &data[span.buf_offset..span.buf_offset + span.len],
-                span.file_offset,
-            )?;
+            let (file, at) = self.target(span.file, span.file_offset, true)?;
+            file.write_all_at(&data[span.buf_offset..span.buf_offset + span.len], at)?;
         }
         Ok(())
     }
@@ -226,9 +232,9 @@ impl Storage {
             let offset = self.lengths.piece_offset(block.piece) + u64::from(block.begin);
             let buf = &mut buf[..block.len as usize];
             for span in self.layout.spans(offset, buf.len()) {
-                let file = self.file(span.file)?;
+                let (file, at) = self.target(span.file, span.file_offset, false)?;
                 let dst = &mut buf[span.buf_offset..span.buf_offset + span.len];
-                if !self.read_nowait(file, &mut [io::IoSliceMut::new(dst)], span.file_offset)? {
+                if !self.read_nowait(file, &mut [io::IoSliceMut::new(dst)], at)? {
                     return Ok(false);
                 }
             }
@@ -261,7 +267,8 @@ impl Storage {
             let (Some(span), None) = (spans.next(), spans.next()) else {
                 return Ok(false);
             };
-            self.read_nowait(self.file(span.file)?, bufs, span.file_offset)
+            let (file, at) = self.target(span.file, span.file_offset, false)?;
+            self.read_nowait(file, bufs, at)
         }
         #[cfg(not(target_os = "linux"))]
         {
@@ -308,9 +315,9 @@ impl Storage {
             let len = blocks.iter().map(|b| b.len()).sum();
             let mut spans = self.layout.spans(offset, len);
             if let (Some(span), None) = (spans.next(), spans.next()) {
-                let file = self.file(span.file)?;
                 let _writing = self.write_lock(span.file);
-                return write_all_vectored_at(file, blocks, span.file_offset);
+                let (file, at) = self.target(span.file, span.file_offset, true)?;
+                return write_all_vectored_at(file, blocks, at);
             }
         }
         for b in blocks {
@@ -322,7 +329,12 @@ impl Storage {
 
     /// Flushes every file to stable storage.
     pub fn sync(&self) -> io::Result<()> {
-        for f in self.files.iter().flatten() {
+        for f in self
+            .files
+            .iter()
+            .filter_map(OnceLock::get)
+            .chain(self.part.get())
+        {
             f.sync_data()?;
         }
         Ok(())
@@ -343,16 +355,84 @@ impl Storage {
             .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    fn file(&self, index: usize) -> io::Result<&File> {
-        self.files
+    /// Where the bytes at `file_offset` of file `index` are: the file itself, or for a skipped
+    /// file the part file at their offset in the torrent (opened, and with `create` created,
+    /// on first use).
+    fn target(&self, index: usize, file_offset: u64, create: bool) -> io::Result<(&File, u64)> {
+        let info = &self.layout.files()[index];
+        if self.skipped[index].load(Ordering::Acquire) {
+            return Ok((self.part_file(create)?, info.offset + file_offset));
+        }
+        let file = self.files[index].get().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{} is missing", info.path.display()),
+            )
+        })?;
+        Ok((file, file_offset))
+    }
+
+    /// The part file, opened on first use; created only when `create`.
+    fn part_file(&self, create: bool) -> io::Result<&File> {
+        if let Some(f) = self.part.get() {
+            return Ok(f);
+        }
+        let path = self.part_path.as_ref().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, "a skipped file has no part file")
+        })?;
+        if create {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| annotate(e, "create folder", parent))?;
+            }
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| annotate(e, "open", path))?;
+        // Two threads may race here: one handle wins, the other is closed.
+        let _ = self.part.set(file);
+        Ok(self.part.get().expect("just set"))
+    }
+
+    /// Whether file `index` is skipped and not on disk (its bytes in the part file).
+    pub fn is_skipped(&self, index: usize) -> bool {
+        self.skipped
             .get(index)
-            .and_then(Option::as_ref)
-            .ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!("{} is missing", self.layout.files()[index].path.display()),
-                )
-            })
+            .is_some_and(|s| s.load(Ordering::Acquire))
+    }
+
+    /// A skipped file becomes wanted: it is created at its full length, the bytes the part file
+    /// holds for it are copied in, and from then on reads and writes go to it. Writes to the
+    /// file wait meanwhile (its write lock), so none is lost to the move.
+    pub fn want(&self, index: usize) -> io::Result<()> {
+        if !self.is_skipped(index) || self.mode != Mode::ReadWrite {
+            return Ok(());
+        }
+        let _writing = self.write_lock(index);
+        let info = &self.layout.files()[index];
+        let (file, _) = open_file(&self.root.join(&info.path), info.length, self.mode)?;
+        let file = file.expect("read-write opens create");
+        if let Ok(part) = self.part_file(false) {
+            let mut buf = vec![0u8; 1 << 20];
+            let mut done = 0u64;
+            while done < info.length {
+                let n = (info.length - done).min(buf.len() as u64) as usize;
+                let got = part.read_at(&mut buf[..n], info.offset + done)?;
+                if got == 0 {
+                    break; // the rest of the part file is past its end: holes
+                }
+                file.write_all_at(&buf[..got], done)
+                    .map_err(|e| annotate(e, "write", &info.path))?;
+                done += got as u64;
+            }
+        }
+        let _ = self.files[index].set(file);
+        self.skipped[index].store(false, Ordering::Release);
+        Ok(())
     }
 
     /// The SHA-1 of `len` bytes at torrent offset `offset`, read in chunks through `buf`;
@@ -459,6 +539,42 @@ fn write_all_vectored_at(file: &File, blocks: &[Block], mut at: u64) -> io::Resu
         }
     }
     Ok(())
+}
+
+/// Opens one file of a torrent: in [`Mode::ReadWrite`] created (with its folders) and set to
+/// exactly `length` (sparse when shorter, cut back when longer: stale bytes from an older file of
+/// the same name never survive), in [`Mode::ReadOnly`] as it is (`None` when missing). Returns
+/// the handle and how many of its bytes were there before (the rest is a hole we made).
+fn open_file(path: &Path, length: u64, mode: Mode) -> io::Result<(Option<File>, u64)> {
+    match mode {
+        Mode::ReadWrite => {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| annotate(e, "create folder", parent))?;
+            }
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .map_err(|e| annotate(e, "open", path))?;
+            let len = file
+                .metadata()
+                .map_err(|e| annotate(e, "stat", path))?
+                .len();
+            if len != length {
+                file.set_len(length)
+                    .map_err(|e| annotate(e, "size", path))?;
+            }
+            Ok((Some(file), len.min(length)))
+        }
+        Mode::ReadOnly => match File::open(path) {
+            Ok(f) => Ok((Some(f), length)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok((None, length)),
+            Err(e) => Err(annotate(e, "open", path)),
+        },
+    }
 }
 
 fn annotate(e: io::Error, what: &str, path: &Path) -> io::Error {
@@ -784,5 +900,51 @@ mod tests {
         let s = Storage::open(Path::new(""), layout, lengths, Mode::ReadWrite).unwrap();
         assert!(s.recheck(&hashes, 2, &|_| {}).all());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_skipped_file_is_never_created_and_its_bytes_wait_in_the_part_file() {
+        let dir = scratch("skipped");
+        let files = [("a", 10_000u64), ("b", 20_000), ("c", 10_000)];
+        let layout = Layout::new(files.iter().map(|(n, l)| (dir.join(n), *l)));
+        let lengths = Lengths::new(40_000, 16 * 1024).unwrap();
+        let part = dir.join(".shoal/x.parts");
+        let wanted = [true, false, true];
+        let s = Storage::open_selected(
+            Path::new(""),
+            layout,
+            lengths,
+            Mode::ReadWrite,
+            &wanted,
+            Some(part.clone()),
+        )
+        .unwrap();
+        assert!(s.is_skipped(1) && !s.is_skipped(0));
+        assert!(!dir.join("b").exists(), "a skipped file is not created");
+        assert!(!part.exists(), "the part file waits for its first byte");
+        // Piece 0 covers a and the start of b; piece 1 the rest of b and the start of c.
+        let data: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+        s.write_at(0, &data[..32_768]).unwrap();
+        assert!(!dir.join("b").exists());
+        assert!(part.exists());
+        let mut back = vec![0u8; 32_768];
+        s.read_at(0, &mut back).unwrap();
+        assert_eq!(back, data[..32_768]);
+        assert_eq!(std::fs::read(dir.join("a")).unwrap(), data[..10_000]);
+        assert_eq!(
+            s.wrong_lengths(),
+            Vec::new(),
+            "a skipped file is not a wrong length"
+        );
+        // Wanted after all: created, with the bytes the part file held for it.
+        s.want(1).unwrap();
+        assert!(!s.is_skipped(1));
+        assert_eq!(std::fs::read(dir.join("b")).unwrap(), data[10_000..30_000]);
+        // Writes now land in the file itself.
+        s.write_at(10_000, &[7u8; 100]).unwrap();
+        assert_eq!(std::fs::read(dir.join("b")).unwrap()[..100], [7u8; 100]);
+        s.write_at(32_768, &data[32_768..]).unwrap();
+        assert_eq!(std::fs::read(dir.join("c")).unwrap(), data[30_000..]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -20,7 +20,7 @@ use async_channel::{Receiver, Sender};
 use futures_lite::future;
 use shoal_engine::bitfield::Bitfield;
 use shoal_engine::lengths::{BlockInfo, Lengths};
-use shoal_engine::picker::{PeerKey, Picker, Received};
+use shoal_engine::picker::{PeerKey, Picker, Priority, Received};
 
 use crate::buffers::Block;
 use crate::disk::{PieceDone, PieceOutcome, Storage};
@@ -129,6 +129,22 @@ pub enum PickerMsg {
     },
     /// A second has passed: starved peers ask again once a pause has run out.
     Tick,
+    /// New piece priorities (from file selection): one per piece, from piece 0; pieces past
+    /// the vector keep theirs. A skipped piece is never requested.
+    SetPriorities {
+        /// The priority of each piece.
+        priorities: Vec<Priority>,
+    },
+    /// Sequential mode on or off: new pieces lowest index first instead of rarest first.
+    SetSequential {
+        /// Whether it is on.
+        on: bool,
+    },
+    /// Pieces to fetch before any other, in order (streaming), or `None` to clear them.
+    SetDeadline {
+        /// The pieces, cut to `shoal_engine::picker::MAX_DEADLINE_PIECES`.
+        pieces: Option<std::ops::RangeInclusive<u32>>,
+    },
     /// Which pieces are verified now.
     Verified {
         /// The answer.
@@ -390,6 +406,26 @@ impl State {
                     self.wake(None);
                 }
             }
+            PickerMsg::SetPriorities { priorities } => {
+                self.policy.set_piece_priorities(&priorities);
+                let left = (0..self.lengths.num_pieces())
+                    .filter(|&p| {
+                        !self.policy.have().get(p) && self.policy.piece_priority(p).is_wanted()
+                    })
+                    .map(|p| u64::from(self.lengths.piece_len(p)))
+                    .sum();
+                self.shared.set_left(left);
+                self.shared.set_complete(self.policy.is_complete_wanted());
+                self.wake(None);
+            }
+            PickerMsg::SetSequential { on } => {
+                self.policy.set_sequential(on);
+                self.wake(None);
+            }
+            PickerMsg::SetDeadline { pieces } => {
+                self.policy.set_deadline(pieces);
+                self.wake(None);
+            }
             PickerMsg::Verified { reply } => reply.send(self.policy.have().clone()),
             PickerMsg::Shutdown { .. } => unreachable!("handled by the loop"),
         }
@@ -487,7 +523,9 @@ impl State {
             PieceOutcome::Written => {
                 self.paused = None;
                 self.policy.piece_verified(done.piece);
-                self.shared.piece_verified(done.piece, len);
+                let wanted = self.policy.piece_priority(done.piece).is_wanted();
+                let all = self.policy.is_complete_wanted();
+                self.shared.piece_verified(done.piece, len, wanted, all);
                 // Smart ban: the blocks of an earlier failure that differ from the good ones
                 // name their senders for certain.
                 if let Some(earlier) = self.suspects.remove(&done.piece) {

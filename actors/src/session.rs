@@ -27,8 +27,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_lite::{AsyncReadExt, FutureExt};
-use shoal_engine::wire::{Handshake, HANDSHAKE_LEN};
 use shoal_engine::{InfoHash, PeerId};
 use smol::net::{TcpListener, TcpStream};
 
@@ -36,11 +34,9 @@ use crate::buffers::BlockPool;
 use crate::disk::Disk;
 use crate::error::{Error, Result};
 use crate::hasher::Hasher;
+use crate::peer::connect;
 use crate::runtime::{Runtime, Spawner, Task, TrySendError};
 use crate::torrent::{self, AddTorrent, SessionContext, Torrent, TorrentMsg};
-
-/// How long an incoming connection may take to send its handshake.
-const INCOMING_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The default of [`SessionSettings::max_half_open`]: a waiting handshake costs a task and a
 /// socket, and 256 covers a burst of honest arrivals while bounding a flood.
@@ -392,34 +388,15 @@ fn delete(
 }
 
 /// Reads an incoming handshake and hands the connection to its torrent.
-async fn route_incoming(mut stream: TcpStream, addr: SocketAddr, torrents: &Registry) {
-    let _ = stream.set_nodelay(true);
-    let read = async {
-        let mut buf = [0u8; HANDSHAKE_LEN];
-        // Read the protocol header first so garbage is refused before waiting for 68 bytes.
-        stream.read_exact(&mut buf[..20]).await?;
-        Handshake::decode(&buf[..20])
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
-        stream.read_exact(&mut buf[20..]).await?;
-        Handshake::decode(&buf)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?
-            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))
-    }
-    .or(async {
-        smol::Timer::after(INCOMING_HANDSHAKE_TIMEOUT).await;
-        Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "no handshake",
-        ))
-    })
-    .await;
-    let remote = match read {
-        Ok(h) => h,
+async fn route_incoming(stream: TcpStream, addr: SocketAddr, torrents: &Registry) {
+    let accepted = match connect::accept(stream, addr).await {
+        Ok(a) => a,
         Err(e) => {
             log::debug!("incoming {addr}: {e}");
             return;
         }
     };
+    let remote = accepted.remote();
     let torrent = torrents
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -429,11 +406,7 @@ async fn route_incoming(mut stream: TcpStream, addr: SocketAddr, torrents: &Regi
         log::debug!("incoming {addr}: unknown info hash {}", remote.info_hash);
         return;
     };
-    match torrent.addr().try_send(TorrentMsg::Incoming {
-        stream,
-        addr,
-        remote,
-    }) {
+    match torrent.addr().try_send(TorrentMsg::Incoming(accepted)) {
         Ok(()) => {}
         Err(TrySendError::Full(_)) => log::debug!("incoming {addr}: torrent is busy"),
         Err(TrySendError::Closed(_)) => {}

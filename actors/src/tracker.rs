@@ -261,17 +261,38 @@ pub struct TrackerClient {
 }
 
 impl TrackerClient {
-    /// Starts the actor on smol's global executor; it announces `started` at once.
+    /// Starts the actor on smol's global executor; it announces `started` at once. A session's
+    /// torrents use [`spawn_on`](Self::spawn_on), so that their work runs on the session's
+    /// threads.
     pub fn spawn(
         config: TrackerConfig,
         stats: Arc<TransferStats>,
         peers: Sender<Vec<SocketAddr>>,
     ) -> TrackerClient {
+        Self::start(config, stats, peers, |fut| smol::spawn(fut))
+    }
+
+    /// Starts the actor on `spawner`'s executor; it announces `started` at once.
+    pub fn spawn_on(
+        spawner: &crate::runtime::Spawner,
+        config: TrackerConfig,
+        stats: Arc<TransferStats>,
+        peers: Sender<Vec<SocketAddr>>,
+    ) -> TrackerClient {
+        Self::start(config, stats, peers, |fut| spawner.spawn(fut))
+    }
+
+    fn start(
+        config: TrackerConfig,
+        stats: Arc<TransferStats>,
+        peers: Sender<Vec<SocketAddr>>,
+        spawn: impl FnOnce(futures_lite::future::Boxed<()>) -> smol::Task<()>,
+    ) -> TrackerClient {
         let (commands, mailbox) = async_channel::bounded(COMMAND_CAPACITY);
         let stop_timeout = config.timing.stop_timeout;
         let actor = Actor::new(config, stats, peers);
         let status = Arc::clone(&actor.status);
-        let task = smol::spawn(actor.run(mailbox));
+        let task = spawn(Box::pin(actor.run(mailbox)));
         TrackerClient {
             task,
             commands,

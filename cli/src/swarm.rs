@@ -135,7 +135,7 @@ pub fn load_torrent(path: &Path) -> Result<Arc<Metainfo>, String> {
     Ok(Arc::new(meta))
 }
 
-fn start_session(listen: Option<SocketAddr>) -> Result<Session, String> {
+pub(crate) fn start_session(listen: Option<SocketAddr>) -> Result<Session, String> {
     let settings = |listen| SessionSettings {
         listen,
         ..SessionSettings::default()
@@ -150,7 +150,7 @@ fn start_session(listen: Option<SocketAddr>) -> Result<Session, String> {
     }
 }
 
-fn torrent_settings(o: &SwarmOptions) -> TorrentSettings {
+pub(crate) fn torrent_settings(o: &SwarmOptions) -> TorrentSettings {
     TorrentSettings {
         queue_depth: o.queue_depth,
         max_peers: o.max_peers,
@@ -163,7 +163,7 @@ fn torrent_settings(o: &SwarmOptions) -> TorrentSettings {
 /// The addresses of the `--peer` arguments, host names resolved. A name with IPv4 addresses
 /// gives those only (shoal listens on IPv4 by default, so `localhost` means 127.0.0.1 and not
 /// also a `::1` that would only be refused); a name with none gives its IPv6 addresses.
-fn resolve_peers(given: &[String]) -> Result<Vec<(String, SocketAddr)>, String> {
+pub(crate) fn resolve_peers(given: &[String]) -> Result<Vec<(String, SocketAddr)>, String> {
     let mut out = Vec::new();
     for g in given {
         let all: Vec<SocketAddr> = g
@@ -181,7 +181,10 @@ fn resolve_peers(given: &[String]) -> Result<Vec<(String, SocketAddr)>, String> 
 }
 
 /// Drops (and says so) the `--peer` addresses that are this process itself.
-fn without_ourselves(peers: Vec<(String, SocketAddr)>, us: SocketAddr) -> Vec<SocketAddr> {
+pub(crate) fn without_ourselves(
+    peers: Vec<(String, SocketAddr)>,
+    us: SocketAddr,
+) -> Vec<SocketAddr> {
     peers
         .into_iter()
         .filter(|(given, a)| {
@@ -199,12 +202,12 @@ fn without_ourselves(peers: Vec<(String, SocketAddr)>, us: SocketAddr) -> Vec<So
 }
 
 /// SIGINT and SIGTERM, caught from now on.
-fn catch_signals() -> Result<Signals, String> {
+pub(crate) fn catch_signals() -> Result<Signals, String> {
     Signals::new([Signal::Int, Signal::Term]).map_err(|e| format!("cannot catch signals: {e}"))
 }
 
 /// Waits for the next SIGINT or SIGTERM and returns its number.
-async fn next_signal(signals: &mut Signals) -> i32 {
+pub(crate) async fn next_signal(signals: &mut Signals) -> i32 {
     loop {
         match signals.next().await {
             Some(Ok(s)) => return s as i32,

@@ -8,10 +8,20 @@
 //! - [`bitfield`]: which pieces a peer (or we) have.
 //! - [`wire`]: the peer wire protocol of BEP 3: handshake, messages, a partial-buffer codec.
 //! - [`storage`]: the map from pieces and blocks to the file spans they cover.
-//! - [`picker`]: piece selection policy (random first, rarest first, endgame).
+//! - [`picker`]: piece selection policy (priorities, deadlines, sequential or rarest first,
+//!   endgame).
 //! - [`rate`]: transfer rates over a sliding window, and the time left at that rate.
 //! - [`pipeline`]: how many requests to keep outstanding with a peer (slow start, then rate).
 //! - [`tracker`]: tracker announce requests and replies (HTTP and UDP), as pure data.
+//! - [`utp`]: uTP (BEP 29) connections and the demultiplexer of a UDP socket, without I/O.
+//! - [`magnet`]: magnet links: parse one, or write one for a torrent.
+//! - [`extension`]: the extension protocol handshake of BEP 10, ours and a peer's.
+//! - [`metadata`]: BEP 9 metadata exchange: the `ut_metadata` codec, fetching the info
+//!   dictionary from several peers and checking it against the info hash, serving ours.
+//! - [`pex`]: BEP 11 peer exchange: the `ut_pex` codec and what to tell each peer, when.
+//! - [`dht`]: a mainline DHT node (BEP 5) as a sans-IO state machine: KRPC, routing table,
+//!   lookups, tokens, peer store.
+//! - [`mse`]: message stream encryption (the Diffie-Hellman and RC4 handshake), both sides.
 //!
 //! # Examples
 //! ```
@@ -25,14 +35,21 @@
 pub mod bencode;
 pub mod bitfield;
 pub mod create;
+pub mod dht;
+pub mod extension;
 mod ids;
 pub mod lengths;
+pub mod magnet;
+pub mod metadata;
 pub mod metainfo;
+pub mod mse;
+pub mod pex;
 pub mod picker;
 pub mod pipeline;
 pub mod rate;
 pub mod storage;
 pub mod tracker;
+pub mod utp;
 pub mod wire;
 
 pub use ids::{InfoHash, PeerId};

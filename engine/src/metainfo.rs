@@ -544,6 +544,34 @@ impl Metainfo {
         })
     }
 
+    /// Builds the metainfo of an info dictionary received on its own (BEP 9 metadata exchange),
+    /// kept verbatim so the info hash is the SHA-1 of `raw_info`, with trackers in `tiers`
+    /// (`announce` is the first URL; `announce-list` is written when there is more than one).
+    /// [`Metainfo::to_bytes`] then gives a `.torrent` file to keep.
+    pub fn from_info_bytes(raw_info: &[u8], tiers: Vec<Vec<String>>) -> Result<Metainfo> {
+        if raw_info.len() > MAX_METAINFO_LEN {
+            return Err(MetainfoError::TooLarge(raw_info.len()));
+        }
+        let info_dict = match bencode::decode(raw_info)? {
+            Value::Dict(dict) => dict,
+            _ => return Err(wrong("info", "a dictionary")),
+        };
+        let info = parse_info(info_dict)?;
+        let tiers: Vec<Vec<String>> = tiers.into_iter().filter(|t| !t.is_empty()).collect();
+        let announce = tiers.first().and_then(|t| t.first()).cloned();
+        let url_count: usize = tiers.iter().map(Vec::len).sum();
+        Ok(Metainfo {
+            info,
+            info_hash: InfoHash(Sha1::digest(raw_info).into()),
+            announce,
+            announce_list: if url_count > 1 { tiers } else { Vec::new() },
+            creation_date: None,
+            comment: None,
+            created_by: None,
+            raw_info: raw_info.to_vec(),
+        })
+    }
+
     /// Builds the metainfo of `info` with trackers in `tiers` (one or more URLs per tier):
     /// `announce` is the first URL, and `announce-list` is written when there is more than one.
     pub fn new(

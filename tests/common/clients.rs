@@ -528,6 +528,34 @@ pub struct Libtorrent<'a> {
     pub trackers: bool,
     /// Upload limit in bytes per second, applied to loopback peers too (0: none).
     pub upload_limit: u64,
+    /// Message stream encryption (off by default).
+    pub encryption: LtEncryption,
+}
+
+/// libtorrent's message stream encryption settings (`--encryption` of lt_peer.py).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LtEncryption {
+    /// Plain BitTorrent only.
+    #[default]
+    Off,
+    /// MSE forced both ways, RC4 only (`pe_forced`, `allowed_enc_level` RC4).
+    ForcedRc4,
+    /// MSE forced both ways, then plaintext (`allowed_enc_level` plaintext).
+    ForcedPlaintext,
+    /// MSE and plain both accepted, either level.
+    Enabled,
+}
+
+impl LtEncryption {
+    /// The `--encryption` argument.
+    fn arg(self) -> &'static str {
+        match self {
+            LtEncryption::Off => "off",
+            LtEncryption::ForcedRc4 => "forced-rc4",
+            LtEncryption::ForcedPlaintext => "forced-plaintext",
+            LtEncryption::Enabled => "enabled",
+        }
+    }
 }
 
 impl Libtorrent<'_> {
@@ -551,6 +579,7 @@ impl Libtorrent<'_> {
         if self.upload_limit > 0 {
             cmd.args(["--upload-limit", &self.upload_limit.to_string()]);
         }
+        cmd.args(["--encryption", self.encryption.arg()]);
         logged(cmd, log)
     }
 }

@@ -9,13 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_channel::{Receiver, Sender};
-use futures_lite::{future, AsyncReadExt, AsyncWriteExt, FutureExt};
+use futures_lite::{future, FutureExt};
 use shoal_engine::bitfield::Bitfield;
 use shoal_engine::metainfo::Metainfo;
 use shoal_engine::picker::PeerKey;
 use shoal_engine::rate::Rate;
-use shoal_engine::wire::{Handshake, HANDSHAKE_LEN};
-use smol::net::TcpStream;
+use shoal_engine::wire::Handshake;
 
 use super::admission::{self, Conn, MAX_EVICTING};
 use super::choker::{Candidate, Choker};
@@ -24,6 +23,7 @@ use super::swarm::Swarm;
 use super::{PeerInfo, SessionContext, TorrentMsg, TorrentSettings};
 use crate::buffers::BlockPool;
 use crate::disk::{Disk, Storage};
+use crate::peer::connect::{self, Accepted, Start};
 use crate::peer::{
     self, PeerControl, PeerExit, PeerSettings, PeerSetup, PeerStats, ServeFilter, PEER_CONTROL,
 };
@@ -31,9 +31,6 @@ use crate::picker::PickerMsg;
 use crate::runtime::{Addr, Mailbox, Outcome, Supervisor};
 use crate::shared::{Shared, TorrentEvent, TorrentState};
 use crate::tracker::{TrackerClient, TrackerConfig, TransferStats};
-
-/// How long a TCP connect plus handshake may take.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often the fast-resume record is saved while pieces keep arriving.
 const RESUME_EVERY: Duration = Duration::from_secs(30);
@@ -122,6 +119,8 @@ pub(super) struct State {
     pub(super) announced_complete: bool,
     /// Paused: no peers, no trackers.
     pub(super) paused: bool,
+    /// Which files are wanted, one flag per file.
+    pub(super) wanted: Vec<bool>,
     /// The fast-resume record and the files it stamps.
     pub(super) resume: Option<(PathBuf, Vec<PathBuf>)>,
     /// Verified pieces in the last record saved.
@@ -178,11 +177,7 @@ pub(super) async fn run(
                 shutdown_reply = Some(reply);
                 break;
             }
-            Ev::Msg(Some(TorrentMsg::Incoming {
-                stream,
-                addr,
-                remote,
-            })) => st.incoming(stream, addr, remote),
+            Ev::Msg(Some(TorrentMsg::Incoming(accepted))) => st.incoming(accepted),
             Ev::Msg(Some(TorrentMsg::Pause(reply))) => {
                 st.pause().await;
                 reply.send(());
@@ -190,6 +185,15 @@ pub(super) async fn run(
             Ev::Msg(Some(TorrentMsg::Resume(reply))) => {
                 st.resume_work();
                 reply.send(());
+            }
+            Ev::Msg(Some(TorrentMsg::SetWanted(wanted, reply))) => {
+                reply.send(st.set_wanted(wanted).await)
+            }
+            Ev::Msg(Some(TorrentMsg::SetSequential(on))) => {
+                let _ = st.picker.send(PickerMsg::SetSequential { on }).await;
+            }
+            Ev::Msg(Some(TorrentMsg::SetDeadline(pieces))) => {
+                let _ = st.picker.send(PickerMsg::SetDeadline { pieces }).await;
             }
             Ev::Msg(Some(TorrentMsg::AddPeers(peers))) | Ev::TrackerPeers(peers) => {
                 st.add_candidates(peers);
@@ -220,13 +224,41 @@ impl State {
             TorrentState::Downloading
         });
         if let Some(config) = &self.tracker_config {
-            self.tracker = Some(TrackerClient::spawn(
+            self.tracker = Some(TrackerClient::spawn_on(
+                &self.ctx.spawner,
                 config.clone(),
                 self.transfer.clone(),
                 self.tracker_peers.clone(),
             ));
         }
         self.dial();
+    }
+
+    /// A new file selection: newly wanted files are created (their bytes moved in from the
+    /// part file), then the picker gets the pieces' new priorities.
+    pub(super) async fn set_wanted(&mut self, wanted: Vec<bool>) -> crate::error::Result<()> {
+        if wanted.len() != self.wanted.len() {
+            return Err(crate::error::Error::Failed(format!(
+                "{} flags for {} files",
+                wanted.len(),
+                self.wanted.len()
+            )));
+        }
+        let newly: Vec<usize> = (0..wanted.len())
+            .filter(|&i| wanted[i] && self.storage.is_skipped(i))
+            .collect();
+        let storage = self.storage.clone();
+        smol::unblock(move || newly.iter().try_for_each(|&i| storage.want(i)))
+            .await
+            .map_err(|e| crate::error::Error::io("creating a file that became wanted", e))?;
+        let priorities =
+            super::start::piece_priorities(self.storage.layout(), self.meta.info.lengths, &wanted);
+        self.wanted = wanted;
+        let _ = self
+            .picker
+            .send(PickerMsg::SetPriorities { priorities })
+            .await;
+        Ok(())
     }
 
     /// Stops the trackers (announcing `stopped`) and every peer; keeps the pieces and saves
@@ -289,7 +321,8 @@ impl State {
         }
     }
 
-    fn incoming(&mut self, stream: TcpStream, addr: SocketAddr, remote: Handshake) {
+    fn incoming(&mut self, accepted: Accepted) {
+        let (addr, remote) = (accepted.addr(), *accepted.remote());
         if self.paused
             || self.swarm.is_banned(&addr, Some(&remote.peer_id))
             || remote.peer_id == self.ctx.peer_id
@@ -304,7 +337,7 @@ impl State {
         if !self.admit(addr) {
             return;
         }
-        self.spawn_peer(addr, Some((stream, remote)));
+        self.spawn_peer(addr, Some(accepted));
     }
 
     /// Takes a connection slot for a newcomer from `addr`, evicting the least useful
@@ -381,14 +414,12 @@ impl State {
         }
     }
 
-    fn spawn_peer(&mut self, addr: SocketAddr, incoming: Option<(TcpStream, Handshake)>) {
+    fn spawn_peer(&mut self, addr: SocketAddr, incoming: Option<Accepted>) {
         let key = PeerKey(self.next_key);
         self.next_key += 1;
         let (control_tx, control_rx) = async_channel::bounded(PEER_CONTROL);
         let stats = Arc::new(PeerStats::default());
         let ours = Handshake::new(self.meta.info_hash, self.ctx.peer_id);
-        let info_hash = self.meta.info_hash;
-        let our_id = self.ctx.peer_id;
         let setup = PeerSetup {
             key,
             addr,
@@ -407,52 +438,11 @@ impl State {
             serve_filter: self.serve_filter.clone(),
         };
         let task = self.peers.spawn(async move {
-            let connected = async {
-                let (mut stream, remote) = match incoming {
-                    Some((mut stream, remote)) => {
-                        stream.write_all(&ours.to_bytes()).await?;
-                        (stream, remote)
-                    }
-                    None => {
-                        let mut stream = TcpStream::connect(addr).await?;
-                        stream.set_nodelay(true)?;
-                        stream.write_all(&ours.to_bytes()).await?;
-                        let mut buf = [0u8; HANDSHAKE_LEN];
-                        stream.read_exact(&mut buf).await?;
-                        let remote = Handshake::decode(&buf)
-                            .map_err(|e| {
-                                std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
-                            })?
-                            .ok_or_else(|| {
-                                std::io::Error::from(std::io::ErrorKind::UnexpectedEof)
-                            })?;
-                        if remote.info_hash != info_hash {
-                            return Err(std::io::Error::new(
-                                std::io::ErrorKind::InvalidData,
-                                "wrong info hash",
-                            ));
-                        }
-                        if remote.peer_id == our_id {
-                            return Err(std::io::Error::new(
-                                std::io::ErrorKind::InvalidData,
-                                "connected to ourselves",
-                            ));
-                        }
-                        (stream, remote)
-                    }
-                };
-                stream.flush().await?;
-                Ok((stream, remote))
-            }
-            .or(async {
-                smol::Timer::after(HANDSHAKE_TIMEOUT).await;
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "handshake timed out",
-                ))
-            })
-            .await;
-            match connected {
+            let start = match incoming {
+                Some(accepted) => Start::Accepted(accepted),
+                None => Start::Dial(addr),
+            };
+            match connect::establish(start, ours).await {
                 Ok((stream, remote)) => peer::run(setup, stream, remote).await,
                 Err(e) => PeerExit {
                     reason: format!("connect: {e}"),
@@ -556,8 +546,13 @@ impl State {
             .downloaded
             .store(p.downloaded, Ordering::Relaxed);
         self.transfer.left.store(p.left, Ordering::Relaxed);
-        if p.complete && !self.paused && self.shared.state() == TorrentState::Downloading {
-            self.shared.set_state(TorrentState::Seeding);
+        match self.shared.state() {
+            TorrentState::Downloading if p.complete => self.shared.set_state(TorrentState::Seeding),
+            // More files became wanted.
+            TorrentState::Seeding if !p.complete => {
+                self.shared.set_state(TorrentState::Downloading)
+            }
+            _ => {}
         }
         if p.complete && !self.announced_complete {
             self.announced_complete = true;

@@ -23,18 +23,18 @@ pub use swarm::BanKey;
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_channel::Receiver;
 use shoal_engine::metainfo::Metainfo;
-use shoal_engine::wire::Handshake;
 use shoal_engine::{InfoHash, PeerId};
-use smol::net::TcpStream;
 
 use crate::disk::{Disk, Mode};
 use crate::error::{Error, Result};
 use crate::hasher::Hasher;
+use crate::peer::connect::Accepted;
 use crate::peer::ServeFilter;
 use crate::runtime::{Addr, ReplyTo, Spawner};
 use crate::session::ConnectionSlots;
@@ -110,6 +110,12 @@ pub struct AddTorrent {
     pub resume: Option<PathBuf>,
     /// Start paused: check the files, then wait for [`Torrent::resume`].
     pub paused: bool,
+    /// Which files to download, one flag per file of the metainfo (`None`: all). A skipped
+    /// file is never created; pieces that lie only in skipped files are never requested; the
+    /// bytes of skipped files that shared pieces bring wait in `<folder>/.shoal/<info hash>.parts`.
+    pub wanted: Option<Vec<bool>>,
+    /// Sequential mode: new pieces lowest index first instead of rarest first.
+    pub sequential: bool,
 }
 
 impl fmt::Debug for AddTorrent {
@@ -137,6 +143,8 @@ impl AddTorrent {
             serve_filter: None,
             resume: None,
             paused: false,
+            wanted: None,
+            sequential: false,
         }
     }
 
@@ -179,15 +187,8 @@ pub(crate) struct SessionContext {
 
 /// Messages to a torrent.
 pub(crate) enum TorrentMsg {
-    /// An incoming connection whose handshake names this torrent.
-    Incoming {
-        /// The socket, our handshake not yet sent.
-        stream: TcpStream,
-        /// The remote address.
-        addr: SocketAddr,
-        /// The remote handshake.
-        remote: Handshake,
-    },
+    /// An incoming connection whose handshake names this torrent (ours not yet sent).
+    Incoming(Accepted),
     /// Peers to dial.
     AddPeers(Vec<SocketAddr>),
     /// The connected peers.
@@ -196,6 +197,12 @@ pub(crate) enum TorrentMsg {
     Pause(ReplyTo<()>),
     /// Start the peers and trackers again, without a recheck.
     Resume(ReplyTo<()>),
+    /// A new file selection, one flag per file.
+    SetWanted(Vec<bool>, ReplyTo<Result<()>>),
+    /// Sequential mode on or off.
+    SetSequential(bool),
+    /// Pieces to fetch before any other, in order (streaming); `None` clears them.
+    SetDeadline(Option<RangeInclusive<u32>>),
     /// Stop everything, flush, then answer.
     Shutdown(ReplyTo<()>),
 }
@@ -203,11 +210,14 @@ pub(crate) enum TorrentMsg {
 impl fmt::Debug for TorrentMsg {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Incoming { addr, .. } => write!(f, "Incoming({addr})"),
+            Self::Incoming(a) => write!(f, "Incoming({})", a.addr()),
             Self::AddPeers(p) => write!(f, "AddPeers({})", p.len()),
             Self::Peers(_) => write!(f, "Peers"),
             Self::Pause(_) => write!(f, "Pause"),
             Self::Resume(_) => write!(f, "Resume"),
+            Self::SetWanted(w, _) => write!(f, "SetWanted({} files)", w.len()),
+            Self::SetSequential(on) => write!(f, "SetSequential({on})"),
+            Self::SetDeadline(d) => write!(f, "SetDeadline({d:?})"),
             Self::Shutdown(_) => write!(f, "Shutdown"),
         }
     }
@@ -272,6 +282,31 @@ impl Torrent {
         self.shared.progress()
     }
 
+    /// The pieces verified and on disk (a copy).
+    pub fn have(&self) -> shoal_engine::bitfield::Bitfield {
+        self.shared.have()
+    }
+
+    /// Whether `piece` is verified and on disk.
+    pub fn have_piece(&self, piece: u32) -> bool {
+        self.shared.has_piece(piece)
+    }
+
+    /// Waits until `piece` is verified and on disk; `false` if the torrent stops first, or the
+    /// piece is not one of the torrent's.
+    pub async fn wait_piece(&self, piece: u32) -> bool {
+        loop {
+            let listener = self.shared.listen_pieces();
+            if self.shared.has_piece(piece) {
+                return true;
+            }
+            if self.shared.is_stopped() || piece >= self.shared.progress().total_pieces {
+                return false;
+            }
+            listener.await;
+        }
+    }
+
     /// Subscribes to its events.
     pub fn subscribe(&self) -> Receiver<TorrentEvent> {
         self.shared.subscribe()
@@ -316,6 +351,34 @@ impl Torrent {
     pub async fn resume(&self) -> Result<()> {
         self.addr
             .call(TorrentMsg::Resume)
+            .await
+            .map_err(|_| Error::Stopped)
+    }
+
+    /// Chooses the files to download, one flag per file of the metainfo: pieces that lie only
+    /// in skipped files are no longer requested; a file that becomes wanted is created (with
+    /// the bytes the part file held for it) and its pieces fetched. A file already on disk stays
+    /// when skipped. Answers once the files are in place.
+    pub async fn set_wanted_files(&self, wanted: Vec<bool>) -> Result<()> {
+        self.addr
+            .call(|reply| TorrentMsg::SetWanted(wanted, reply))
+            .await
+            .map_err(|_| Error::Stopped)?
+    }
+
+    /// Sequential mode: new pieces lowest index first (for playing while downloading).
+    pub async fn set_sequential(&self, on: bool) -> Result<()> {
+        self.addr
+            .send(TorrentMsg::SetSequential(on))
+            .await
+            .map_err(|_| Error::Stopped)
+    }
+
+    /// Streaming: these pieces are fetched before any other, in order, from several peers at
+    /// once when few are left; `None` clears them. A later call replaces an earlier one.
+    pub async fn set_deadline(&self, pieces: Option<RangeInclusive<u32>>) -> Result<()> {
+        self.addr
+            .send(TorrentMsg::SetDeadline(pieces))
             .await
             .map_err(|_| Error::Stopped)
     }
