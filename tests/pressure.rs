@@ -120,13 +120,13 @@ fn silent_connections_do_not_lock_out_an_honest_downloader() {
     std::fs::create_dir_all(&out).unwrap();
     let started = Instant::now();
     let mut lt = Libtorrent {
-        peers: &[listen.clone()],
+        peers: std::slice::from_ref(&listen),
         ..Libtorrent::default()
     }
     .spawn(&torrent, &out, free_port(), &lt_log);
     let status = lt.wait_timeout(Duration::from_secs(120));
     let took = started.elapsed();
-    let (rss, fds) = rss_and_fds(seeder_pid(&seeder));
+    let (rss, fds) = rss_and_fds(seeder.id());
     eprintln!(
         "pressure: honest libtorrent downloader done in {:.1} s (bound {:.0} s); seeder RSS \
          {} MiB, {fds} descriptors",
@@ -150,8 +150,4 @@ fn silent_connections_do_not_lock_out_an_honest_downloader() {
         "seeder RSS {rss} KiB under the attack (bound {RSS_BOUND_KIB} KiB)"
     );
     drop(silent);
-}
-
-fn seeder_pid(c: &ChildGuard) -> u32 {
-    c.id()
 }
