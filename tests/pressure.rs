@@ -1,6 +1,7 @@
 //! Connections under pressure: 500 raw connections that send a valid handshake for the torrent
 //! and then nothing must not lock an honest peer out of a seeding `shoal` (issue 16). The honest
 //! peer is a real libtorrent downloader (python3-libtorrent) that arrives 3 s after the attack.
+//! And no useful connection is dropped to make room: silent ones are.
 //!
 //! Run with `cargo test --release --test pressure -- --nocapture`; it prints the honest peer's
 //! time and the seeder's memory and descriptors under the attack.
@@ -150,4 +151,114 @@ fn silent_connections_do_not_lock_out_an_honest_downloader() {
         "seeder RSS {rss} KiB under the attack (bound {RSS_BOUND_KIB} KiB)"
     );
     drop(silent);
+}
+
+/// Whether the peer closed `c` (EOF or reset), reading and dropping whatever it sent first.
+fn closed_by_peer(mut c: &TcpStream) -> bool {
+    use std::io::Read;
+    c.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut buf = [0u8; 16384];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+/// No useful connection is dropped to make room: a seeder full of interested peers refuses a
+/// flood of silent newcomers rather than evict any of them; once one of them leaves, a
+/// newcomer takes its place; and a silent connection is the one evicted for a useful newcomer.
+#[test]
+fn interested_peers_are_never_evicted_for_silent_ones() {
+    const LIMIT: usize = 10;
+    let dir = tempdir();
+    let content = make_content(
+        &dir.path().join("src"),
+        "useful.bin",
+        Shape::Single,
+        1024 * 1024 + 7,
+        17,
+    );
+    let torrent = dir.path().join("useful.torrent");
+    let hash = create_torrent(&content, &torrent, "16384", None);
+    let shoal_log = dir.path().join("shoal.log");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let _seeder = spawn_shoal(
+        &[
+            "seed",
+            s(&torrent),
+            s(&content),
+            "--listen",
+            &listen,
+            "--no-trackers",
+            "--max-peers",
+            &LIMIT.to_string(),
+        ],
+        &shoal_log,
+    );
+    wait_listening(port, Duration::from_secs(30), "shoal", &[&shoal_log]);
+    wait_until(
+        Duration::from_secs(30),
+        "shoal to seed",
+        &[&shoal_log],
+        || std::fs::read_to_string(&shoal_log).is_ok_and(|t| t.contains("seeding")),
+    );
+    // INTERESTED: length 1, id 2.
+    let interested = [0u8, 0, 0, 1, 2];
+    let mut honest: Vec<TcpStream> = (0..LIMIT)
+        .map(|n| {
+            let mut c = TcpStream::connect(&listen).expect("connect");
+            c.write_all(&handshake(&hash, 10_000 + n)).unwrap();
+            c.write_all(&interested).unwrap();
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let silent: Vec<TcpStream> = (0..200)
+        .map(|n| {
+            let mut c = TcpStream::connect(&listen).expect("connect");
+            c.write_all(&handshake(&hash, n)).unwrap();
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let honest_closed = honest.iter().filter(|c| closed_by_peer(c)).count();
+    let silent_closed = silent.iter().filter(|c| closed_by_peer(c)).count();
+    assert_eq!(
+        honest_closed,
+        0,
+        "interested peers were dropped\n{}",
+        tails(&[&shoal_log])
+    );
+    assert_eq!(
+        silent_closed, 200,
+        "silent newcomers at a full torrent are refused"
+    );
+
+    // One interested peer leaves: a silent newcomer takes its place, and is itself the one
+    // evicted when a useful newcomer comes next.
+    drop(honest.pop());
+    std::thread::sleep(Duration::from_millis(500));
+    let mut quiet = TcpStream::connect(&listen).expect("connect");
+    quiet.write_all(&handshake(&hash, 500)).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!closed_by_peer(&quiet), "a free slot is taken");
+    let mut useful = TcpStream::connect(&listen).expect("connect");
+    useful.write_all(&handshake(&hash, 501)).unwrap();
+    useful.write_all(&interested).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(closed_by_peer(&quiet), "the silent peer made room");
+    assert!(!closed_by_peer(&useful), "the useful newcomer stays");
+    let honest_closed = honest.iter().filter(|c| closed_by_peer(c)).count();
+    assert_eq!(honest_closed, 0, "interested peers were dropped");
 }
