@@ -262,3 +262,69 @@ fn interested_peers_are_never_evicted_for_silent_ones() {
     let honest_closed = honest.iter().filter(|c| closed_by_peer(c)).count();
     assert_eq!(honest_closed, 0, "interested peers were dropped");
 }
+
+/// A connection silent for 30 s after its handshake is dropped when connections are scarce
+/// (nine tenths of the limit used), and kept when they are not.
+#[test]
+fn silence_past_30_s_is_dropped_only_when_connections_are_scarce() {
+    let dir = tempdir();
+    let content = make_content(
+        &dir.path().join("src"),
+        "quiet.bin",
+        Shape::Single,
+        300_000,
+        18,
+    );
+    let torrent = dir.path().join("quiet.torrent");
+    let hash = create_torrent(&content, &torrent, "16384", None);
+    // Two seeders with 9 silent connections each: 9 of 10 is scarce, 9 of 20 is not.
+    let mut seeders = Vec::new();
+    let mut conns = Vec::new();
+    for (i, max_peers) in ["10", "20"].iter().enumerate() {
+        let log = dir.path().join(format!("shoal-{max_peers}.log"));
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        seeders.push(spawn_shoal(
+            &[
+                "seed",
+                s(&torrent),
+                s(&content),
+                "--listen",
+                &listen,
+                "--no-trackers",
+                "--max-peers",
+                max_peers,
+            ],
+            &log,
+        ));
+        wait_listening(port, Duration::from_secs(30), "shoal", &[&log]);
+        wait_until(Duration::from_secs(30), "shoal to seed", &[&log], || {
+            std::fs::read_to_string(&log).is_ok_and(|t| t.contains("seeding"))
+        });
+        let silent: Vec<TcpStream> = (0..9)
+            .map(|n| {
+                let mut c = TcpStream::connect(&listen).expect("connect");
+                c.write_all(&handshake(&hash, 100 * i + n)).unwrap();
+                c
+            })
+            .collect();
+        conns.push(silent);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    for silent in &conns {
+        assert_eq!(
+            silent.iter().filter(|c| closed_by_peer(c)).count(),
+            0,
+            "silent connections are kept before the grace"
+        );
+    }
+    // The grace is 30 s from the handshake; the check runs every second.
+    std::thread::sleep(Duration::from_secs(31));
+    let scarce = conns[0].iter().filter(|c| closed_by_peer(c)).count();
+    let plenty = conns[1].iter().filter(|c| closed_by_peer(c)).count();
+    assert_eq!(
+        scarce, 9,
+        "silent past 30 s at 9 of 10 connections: dropped"
+    );
+    assert_eq!(plenty, 0, "silent past 30 s at 9 of 20 connections: kept");
+}
