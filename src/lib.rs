@@ -90,6 +90,17 @@ impl Session {
         self.add(AddTorrent::download(meta, folder))
     }
 
+    /// Sets the session's rate limits in bytes per second (0: none), shared by every peer of
+    /// every torrent, at once. Each torrent may have its own too ([`Torrent::set_limits`]).
+    pub fn set_limits(&self, download: u64, upload: u64) {
+        self.inner.set_limits(download, upload)
+    }
+
+    /// The session's rate limits in bytes per second (download, upload; 0: none).
+    pub fn limits(&self) -> (u64, u64) {
+        self.inner.limits()
+    }
+
     /// The torrent with this info hash.
     pub fn torrent(&self, info_hash: &InfoHash) -> Option<Torrent> {
         self.inner.torrent(info_hash)

@@ -289,3 +289,50 @@ fn a_libtorrent_peer_gets_the_pieces_a_partial_download_holds() {
     let _ = lt.child().kill();
     bounded(&rt, "shutdown", partial.shutdown());
 }
+
+/// Bytes downloaded by `t` over `secs` seconds, after a second to settle.
+fn measure(t: &Torrent, secs: u64) -> f64 {
+    std::thread::sleep(Duration::from_secs(1));
+    let start = (Instant::now(), t.progress().downloaded);
+    std::thread::sleep(Duration::from_secs(secs));
+    let end = (Instant::now(), t.progress().downloaded);
+    (end.1 - start.1) as f64 / (end.0 - start.0).as_secs_f64()
+}
+
+#[test]
+fn rate_limits_hold_within_a_tenth_over_ten_seconds_and_change_live() {
+    let dir = common::tempdir();
+    let (data, meta) = content(dir.path(), "slow", 64 * 1024 * 1024);
+    let rt = Runtime::new(2);
+    let seeder = session(&rt);
+    let leecher = session(&rt);
+    bounded(&rt, "seed", seeder.add_torrent(seed(&meta, &data))).expect("seed");
+    // The seeding session's upload limit.
+    seeder.set_limits(0, 1_000_000);
+    let mut add = AddTorrent::download(meta.clone(), dir.path().join("out"));
+    add.peers = vec![seeder.local_addr()];
+    let t = bounded(&rt, "add", leecher.add_torrent(add)).expect("add");
+    let rate = measure(&t, 10);
+    eprintln!("measured {rate:.0} B/s");
+    assert!(
+        (900_000.0..=1_100_000.0).contains(&rate),
+        "session upload limit 1,000,000 B/s: measured {rate:.0}"
+    );
+    // The downloading torrent's own limit, lower, set while it runs.
+    t.set_limits(400_000, 0);
+    assert_eq!(t.limits(), (400_000, 0));
+    let rate = measure(&t, 10);
+    eprintln!("measured {rate:.0} B/s");
+    assert!(
+        (360_000.0..=440_000.0).contains(&rate),
+        "torrent download limit 400,000 B/s: measured {rate:.0}"
+    );
+    // Lifted: it goes much faster.
+    t.set_limits(0, 0);
+    seeder.set_limits(0, 0);
+    bounded(&rt, "complete", t.wait_complete()).expect("complete");
+    bounded(&rt, "shutdown", async {
+        leecher.shutdown().await;
+        seeder.shutdown().await;
+    });
+}

@@ -390,20 +390,6 @@ fn every_route_answers_and_bad_input_changes_nothing() {
     );
 }
 
-/// Sends `POST path` with its own `Host` header; the status.
-fn request_with_host(addr: &str, host: &str, path: &str) -> u16 {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    parse_reply(&raw).unwrap().status
-}
-
 /// Runs `shoal ctl --server URL ARGS...`.
 fn ctl(url: &str, args: &[&str]) -> std::process::Output {
     let mut cmd = Command::new(shoal_bin());

@@ -7,6 +7,7 @@ pub mod disk;
 pub mod error;
 pub mod extension;
 pub mod hasher;
+pub mod limit;
 pub mod one_copy;
 pub mod peer;
 pub mod picker;

@@ -34,6 +34,7 @@ use crate::buffers::BlockPool;
 use crate::disk::Disk;
 use crate::error::{Error, Result};
 use crate::hasher::Hasher;
+use crate::limit::Limiter;
 use crate::peer::connect;
 use crate::runtime::{Runtime, Spawner, Task, TrySendError};
 use crate::torrent::{self, AddTorrent, SessionContext, Torrent, TorrentMsg};
@@ -61,6 +62,10 @@ pub struct SessionSettings {
     /// Most incoming connections waiting for their handshake at once (half-open); more are
     /// closed at once. Outgoing ones are bounded by each torrent's `max_dialing`.
     pub max_half_open: usize,
+    /// Download rate limit of the whole session in bytes per second (0: none).
+    pub download_limit: u64,
+    /// Upload rate limit of the whole session in bytes per second (0: none).
+    pub upload_limit: u64,
 }
 
 impl Default for SessionSettings {
@@ -73,6 +78,8 @@ impl Default for SessionSettings {
             disk_threads: 2,
             max_connections: 500,
             max_half_open: MAX_PENDING_HANDSHAKES,
+            download_limit: 0,
+            upload_limit: 0,
         }
     }
 }
@@ -100,6 +107,10 @@ pub struct Session {
     owns_pools: bool,
     /// The connection limit its torrents share.
     slots: Arc<ConnectionSlots>,
+    /// The download rate limit every peer shares.
+    down_limit: Arc<Limiter>,
+    /// The upload rate limit every peer shares.
+    up_limit: Arc<Limiter>,
 }
 
 /// The threads that hash pieces and touch files, which every torrent of a session (or of
@@ -191,6 +202,8 @@ impl Session {
             pools,
             owns_pools,
             slots: Arc::new(ConnectionSlots::new(settings.max_connections.max(1))),
+            down_limit: Arc::new(Limiter::new(settings.download_limit)),
+            up_limit: Arc::new(Limiter::new(settings.upload_limit)),
         })
     }
 
@@ -234,6 +247,8 @@ impl Session {
             hasher: self.pools.hasher.clone(),
             disk: self.pools.disk.clone(),
             slots: self.slots.clone(),
+            down_limit: self.down_limit.clone(),
+            up_limit: self.up_limit.clone(),
         };
         // Checked and inserted under one lock: two adds of the same torrent cannot both start.
         let mut torrents = self.lock();
@@ -255,6 +270,18 @@ impl Session {
             return Err(e);
         }
         Ok(torrent)
+    }
+
+    /// Sets the session's rate limits in bytes per second (0: none), at once for every peer of
+    /// every torrent.
+    pub fn set_limits(&self, download: u64, upload: u64) {
+        self.down_limit.set_rate(download);
+        self.up_limit.set_rate(upload);
+    }
+
+    /// The session's rate limits in bytes per second (download, upload; 0: none).
+    pub fn limits(&self) -> (u64, u64) {
+        (self.down_limit.rate(), self.up_limit.rate())
     }
 
     /// The torrent with this info hash.

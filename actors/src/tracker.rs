@@ -269,7 +269,7 @@ impl TrackerClient {
         stats: Arc<TransferStats>,
         peers: Sender<Vec<SocketAddr>>,
     ) -> TrackerClient {
-        Self::start(config, stats, peers, |fut| smol::spawn(fut))
+        Self::start(config, stats, peers, smol::spawn)
     }
 
     /// Starts the actor on `spawner`'s executor; it announces `started` at once.

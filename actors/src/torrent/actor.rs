@@ -23,6 +23,7 @@ use super::swarm::Swarm;
 use super::{PeerInfo, SessionContext, TorrentMsg, TorrentSettings};
 use crate::buffers::BlockPool;
 use crate::disk::{Disk, Storage};
+use crate::limit::{Limits, Throttled};
 use crate::peer::connect::{self, Accepted, Start};
 use crate::peer::{
     self, PeerControl, PeerExit, PeerSettings, PeerSetup, PeerStats, ServeFilter, PEER_CONTROL,
@@ -121,6 +122,8 @@ pub(super) struct State {
     pub(super) paused: bool,
     /// Which files are wanted, one flag per file.
     pub(super) wanted: Vec<bool>,
+    /// The rate limiters every peer's stream passes through: the session's, then ours.
+    pub(super) limits: Limits,
     /// The fast-resume record and the files it stamps.
     pub(super) resume: Option<(PathBuf, Vec<PathBuf>)>,
     /// Verified pieces in the last record saved.
@@ -437,13 +440,16 @@ impl State {
             settings: self.peer_settings.clone(),
             serve_filter: self.serve_filter.clone(),
         };
+        let limits = self.limits.clone();
         let task = self.peers.spawn(async move {
             let start = match incoming {
                 Some(accepted) => Start::Accepted(accepted),
                 None => Start::Dial(addr),
             };
             match connect::establish(start, ours).await {
-                Ok((stream, remote)) => peer::run(setup, stream, remote).await,
+                Ok((stream, remote)) => {
+                    peer::run(setup, Throttled::new(stream, limits), remote).await
+                }
                 Err(e) => PeerExit {
                     reason: format!("connect: {e}"),
                     ban: false,

@@ -34,6 +34,7 @@ use shoal_engine::{InfoHash, PeerId};
 use crate::disk::{Disk, Mode};
 use crate::error::{Error, Result};
 use crate::hasher::Hasher;
+use crate::limit::Limiter;
 use crate::peer::connect::Accepted;
 use crate::peer::ServeFilter;
 use crate::runtime::{Addr, ReplyTo, Spawner};
@@ -68,6 +69,11 @@ pub struct TorrentSettings {
     /// `min interval`: the user asked for it); `None` honours the tracker. Each announce's
     /// peers are dialled, so a short period makes a seeder find new downloaders soon.
     pub announce_interval: Option<std::time::Duration>,
+    /// Download rate limit of this torrent in bytes per second (0: none); the session's
+    /// applies too.
+    pub download_limit: u64,
+    /// Upload rate limit of this torrent in bytes per second (0: none).
+    pub upload_limit: u64,
 }
 
 impl Default for TorrentSettings {
@@ -82,6 +88,8 @@ impl Default for TorrentSettings {
             hasher_threads: 0,
             use_trackers: true,
             announce_interval: None,
+            download_limit: 0,
+            upload_limit: 0,
         }
     }
 }
@@ -183,6 +191,10 @@ pub(crate) struct SessionContext {
     pub disk: Disk,
     /// The session's connection limit, shared by its torrents.
     pub slots: Arc<ConnectionSlots>,
+    /// The session's download rate limit, shared by every peer of every torrent.
+    pub down_limit: Arc<Limiter>,
+    /// The session's upload rate limit, likewise.
+    pub up_limit: Arc<Limiter>,
 }
 
 /// Messages to a torrent.
@@ -255,6 +267,10 @@ pub struct Torrent {
     pub(crate) root: PathBuf,
     /// The fast-resume record, if kept.
     pub(crate) resume: Option<PathBuf>,
+    /// This torrent's download rate limit, shared by its peers.
+    pub(crate) down_limit: Arc<Limiter>,
+    /// This torrent's upload rate limit, shared by its peers.
+    pub(crate) up_limit: Arc<Limiter>,
 }
 
 impl fmt::Debug for Torrent {
@@ -381,6 +397,18 @@ impl Torrent {
             .send(TorrentMsg::SetDeadline(pieces))
             .await
             .map_err(|_| Error::Stopped)
+    }
+
+    /// Sets this torrent's rate limits in bytes per second (0: none), at once for every peer.
+    /// The session's limits apply too.
+    pub fn set_limits(&self, download: u64, upload: u64) {
+        self.down_limit.set_rate(download);
+        self.up_limit.set_rate(upload);
+    }
+
+    /// This torrent's rate limits in bytes per second (download, upload; 0: none).
+    pub fn limits(&self) -> (u64, u64) {
+        (self.down_limit.rate(), self.up_limit.rate())
     }
 
     /// Where each file of the torrent is on disk.

@@ -22,6 +22,7 @@ use super::swarm::Swarm;
 use super::{content_path, AddTorrent, SessionContext, Torrent, TorrentMsg, TORRENT_MAILBOX};
 use crate::disk::{Mode, Storage, DISK_QUEUE};
 use crate::hasher::HASH_QUEUE;
+use crate::limit::{Limiter, Limits};
 use crate::peer::PeerSettings;
 use crate::picker::{self, PickerMsg, PickerSetup, PICKER_MAILBOX};
 use crate::runtime::{mailbox, Mailbox, ReplyTo, Supervisor};
@@ -47,8 +48,21 @@ pub(crate) fn start(add: AddTorrent, ctx: SessionContext) -> Torrent {
         .content
         .clone()
         .unwrap_or_else(|| add.folder.join(&meta.info.name));
+    let down_limit = Arc::new(Limiter::new(add.settings.download_limit));
+    let up_limit = Arc::new(Limiter::new(add.settings.upload_limit));
+    let limits = Limits {
+        down: vec![ctx.down_limit.clone(), down_limit.clone()],
+        up: vec![ctx.up_limit.clone(), up_limit.clone()],
+    };
     ctx.spawner
-        .spawn(launch(add, ctx.clone(), layout, shared.clone(), inbox))
+        .spawn(launch(
+            add,
+            ctx.clone(),
+            layout,
+            shared.clone(),
+            inbox,
+            limits,
+        ))
         .detach();
     Torrent {
         addr,
@@ -57,6 +71,8 @@ pub(crate) fn start(add: AddTorrent, ctx: SessionContext) -> Torrent {
         files,
         root,
         resume: resume_path,
+        down_limit,
+        up_limit,
     }
 }
 
@@ -102,6 +118,7 @@ async fn launch(
     layout: Layout,
     shared: Arc<Shared>,
     mut inbox: Mailbox<TorrentMsg>,
+    limits: Limits,
 ) {
     let meta = add.metainfo.clone();
     let lengths = meta.info.lengths;
@@ -339,6 +356,7 @@ async fn launch(
         up_rate: Rate::default(),
         announced_complete: shared.is_complete(),
         wanted,
+        limits,
         paused: true,
         resume,
         saved_pieces: u32::MAX,

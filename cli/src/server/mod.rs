@@ -126,9 +126,10 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Stands in for `Torrent::set_limits` until the library has it: the limits are kept in the
-/// record and reported, not enforced yet.
-fn apply_limits(_torrent: &Torrent, _download: u64, _upload: u64) {}
+/// Applies a torrent's limits (bytes per second, 0: none) to its peers, at once.
+fn apply_limits(torrent: &Torrent, download: u64, upload: u64) {
+    torrent.set_limits(download, upload);
+}
 
 impl Server {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<InfoHash, Entry>> {
@@ -323,6 +324,8 @@ impl Server {
             }
             *l
         };
+        self.session
+            .set_limits(rec.download_limit, rec.upload_limit);
         if let Err(e) = self.state.save_session(&rec) {
             log::warn!("{e}");
         }
@@ -389,6 +392,8 @@ pub fn run(args: ServerArgs) -> CliResult {
     let listener = smol::net::TcpListener::try_from(listener)
         .map_err(|e| format!("cannot listen for HTTP: {e}"))?;
     let limits = state.session();
+    // The saved session limits hold from the start.
+    session.set_limits(limits.download_limit, limits.upload_limit);
     let server = Arc::new(Server {
         session,
         state,
