@@ -41,12 +41,6 @@ pub use shoal_engine::create::{create_torrent, CreateError, CreateOptions};
 pub use shoal_engine::metainfo::{Metainfo, MetainfoError};
 pub use shoal_engine::{InfoHash, PeerId};
 
-// The layers below, for shoal's own tests, benches and tools; not part of the API.
-#[doc(hidden)]
-pub use shoal_actors as actors;
-#[doc(hidden)]
-pub use shoal_engine as engine;
-
 /// A running BitTorrent session: one listening socket, one set of executor, hashing and disk
 /// threads, and any number of torrents.
 #[derive(Debug)]

@@ -10,13 +10,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_lite::FutureExt;
-use shoal::actors::error::Error;
-use shoal::actors::runtime::Runtime;
-use shoal::actors::session::{Session, SessionSettings};
-use shoal::actors::shared::TorrentState;
-use shoal::actors::torrent::{AddTorrent, Torrent};
-use shoal::engine::create::{create_torrent, CreateOptions};
-use shoal::engine::metainfo::Metainfo;
+use shoal_actors::error::Error;
+use shoal_actors::runtime::Runtime;
+use shoal_actors::session::{Session, SessionSettings};
+use shoal_actors::shared::TorrentState;
+use shoal_actors::torrent::{AddTorrent, Torrent};
+use shoal_engine::create::{create_torrent, CreateOptions};
+use shoal_engine::metainfo::Metainfo;
 
 fn session(rt: &Runtime) -> Session {
     let _ = env_logger::builder().is_test(true).try_init();

@@ -14,13 +14,13 @@ use std::time::{Duration, Instant};
 use common::clients::{
     free_port, libtorrent_finished, tails, wait_listening, wait_until, Libtorrent, LtEncryption,
 };
-use shoal::engine::bitfield::Bitfield;
-use shoal::engine::create::{create_torrent, CreateOptions};
-use shoal::engine::lengths::BlockInfo;
-use shoal::engine::metainfo::Metainfo;
-use shoal::engine::mse::{looks_like_plaintext, Cipher, Done, Handshake, Policy, Secrets};
-use shoal::engine::wire::{self, Decoded, Message, DEFAULT_MAX_MESSAGE_LEN};
-use shoal::engine::{InfoHash, PeerId};
+use shoal_engine::bitfield::Bitfield;
+use shoal_engine::create::{create_torrent, CreateOptions};
+use shoal_engine::lengths::BlockInfo;
+use shoal_engine::metainfo::Metainfo;
+use shoal_engine::mse::{looks_like_plaintext, Cipher, Done, Handshake, Policy, Secrets};
+use shoal_engine::wire::{self, Decoded, Message, DEFAULT_MAX_MESSAGE_LEN};
+use shoal_engine::{InfoHash, PeerId};
 
 /// Bytes of content: small, so the whole download through our responder takes a moment.
 const CONTENT_LEN: usize = 1024 * 1024 + 12_345;

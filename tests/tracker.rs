@@ -15,13 +15,13 @@ use std::time::{Duration, Instant};
 
 use async_channel::Receiver;
 use futures_lite::future;
-use shoal::actors::tracker::{
+use shoal_actors::tracker::{
     announce_once, scrape, AnnounceError, Timing, TrackerClient, TrackerConfig, TrackerStatus,
     TransferStats,
 };
-use shoal::actors::tracker_server::{TrackerServer, TrackerServerOptions};
-use shoal::engine::tracker::{parse_announce_response, AnnounceRequest, Event, TrackerError};
-use shoal::engine::{InfoHash, PeerId};
+use shoal_actors::tracker_server::{TrackerServer, TrackerServerOptions};
+use shoal_engine::tracker::{parse_announce_response, AnnounceRequest, Event, TrackerError};
+use shoal_engine::{InfoHash, PeerId};
 use smol::Timer;
 
 use common::ChildGuard;
@@ -208,10 +208,10 @@ fn two_clients_learn_each_other_and_stopped_removes() {
 /// itself): only the seeder's dial can reach it.
 #[test]
 fn a_seeder_dials_the_downloaders_it_learns_from_each_announce() {
-    use shoal::actors::session::{Session, SessionSettings};
-    use shoal::actors::torrent::AddTorrent;
-    use shoal::engine::create::{create_torrent, CreateOptions};
-    use shoal::engine::metainfo::Metainfo;
+    use shoal_actors::session::{Session, SessionSettings};
+    use shoal_actors::torrent::AddTorrent;
+    use shoal_engine::create::{create_torrent, CreateOptions};
+    use shoal_engine::metainfo::Metainfo;
 
     let tracker = server(3600);
     let dir = common::tempdir();
@@ -787,7 +787,7 @@ fn stop_is_bounded_when_the_tracker_hangs_on_stopped() {
 }
 
 fn encode_reply(interval: u32) -> Vec<u8> {
-    shoal::engine::tracker::encode_announce_reply(interval, &[], true, 0, 1)
+    shoal_engine::tracker::encode_announce_reply(interval, &[], true, 0, 1)
 }
 
 /// Each announce asks for its connection to be closed, so that clients do not hold a

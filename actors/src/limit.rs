@@ -242,17 +242,19 @@ mod tests {
 
     #[test]
     fn a_chain_grants_the_smallest_and_gives_the_rest_back() {
+        // Real time passes between the calls: the buckets refill by a few bytes meanwhile.
+        let near = |got: Result<usize, Duration>, want: usize| matches!(got, Ok(n) if n >= want && n < want + 2_000);
         let session = Arc::new(Limiter::new(1_000_000));
         let torrent = Arc::new(Limiter::new(20_000));
         let chain = [session.clone(), torrent.clone()];
         // The torrent's bucket holds one burst of 16 KiB (its floor).
-        assert_eq!(take_all(&chain, 50_000), Ok(16_384));
+        assert!(near(take_all(&chain, 50_000), 16_384));
         // The session's bucket lost only what was granted.
-        assert_eq!(session.take(1_000_000), Ok(100_000 - 16_384));
+        assert!(near(session.take(1_000_000), 100_000 - 16_384));
         // The torrent's is empty: a wait, and the session loses nothing.
         session.give_back(50_000);
-        assert!(take_all(&chain, 1).is_err());
-        assert_eq!(session.take(1_000_000), Ok(50_000));
+        assert!(take_all(&chain, 1_000).is_err());
+        assert!(near(session.take(1_000_000), 50_000));
     }
 
     #[test]
