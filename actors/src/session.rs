@@ -39,7 +39,8 @@ use crate::peer::connect;
 use crate::runtime::{Runtime, Spawner, Task, TrySendError};
 use crate::torrent::{self, AddTorrent, SessionContext, Torrent, TorrentMsg};
 
-/// Most incoming connections waiting for their handshake at once; more are closed at once.
+/// The default of [`SessionSettings::max_half_open`]: a waiting handshake costs a task and a
+/// socket, and 256 covers a burst of honest arrivals while bounding a flood.
 const MAX_PENDING_HANDSHAKES: usize = 256;
 
 /// Settings of a session.
@@ -58,6 +59,9 @@ pub struct SessionSettings {
     /// The most peer connections of all torrents together (each also has its own
     /// `max_peers`): keep it under the process's file descriptor limit.
     pub max_connections: usize,
+    /// Most incoming connections waiting for their handshake at once (half-open); more are
+    /// closed at once. Outgoing ones are bounded by each torrent's `max_dialing`.
+    pub max_half_open: usize,
     /// Download rate limit of the whole session in bytes per second (0: none).
     pub download_limit: u64,
     /// Upload rate limit of the whole session in bytes per second (0: none).
@@ -73,6 +77,7 @@ impl Default for SessionSettings {
             hasher_threads: 0,
             disk_threads: 2,
             max_connections: 500,
+            max_half_open: MAX_PENDING_HANDSHAKES,
             download_limit: 0,
             upload_limit: 0,
         }
@@ -181,7 +186,12 @@ impl Session {
         let listener = TcpListener::try_from(listener)?;
         let peer_id = settings.peer_id.unwrap_or_else(PeerId::generate);
         let torrents: Registry = Arc::default();
-        let accept = spawner.spawn(accept_loop(listener, torrents.clone(), spawner.clone()));
+        let accept = spawner.spawn(accept_loop(
+            listener,
+            torrents.clone(),
+            spawner.clone(),
+            settings.max_half_open.max(1),
+        ));
         Ok(Self {
             runtime,
             spawner,
@@ -322,7 +332,12 @@ impl Session {
     }
 }
 
-async fn accept_loop(listener: TcpListener, torrents: Registry, spawner: Spawner) {
+async fn accept_loop(
+    listener: TcpListener,
+    torrents: Registry,
+    spawner: Spawner,
+    max_half_open: usize,
+) {
     let pending = Arc::new(AtomicUsize::new(0));
     loop {
         let (stream, addr) = match listener.accept().await {
@@ -334,7 +349,7 @@ async fn accept_loop(listener: TcpListener, torrents: Registry, spawner: Spawner
                 continue;
             }
         };
-        if pending.load(Ordering::Relaxed) >= MAX_PENDING_HANDSHAKES {
+        if pending.load(Ordering::Relaxed) >= max_half_open {
             log::debug!("too many pending handshakes; closing {addr}");
             continue;
         }
@@ -451,6 +466,23 @@ impl ConnectionSlots {
                 (u < self.limit).then_some(u + 1)
             })
             .is_ok()
+    }
+
+    /// Takes a slot even past the limit: for a newcomer admitted by evicting a connection that
+    /// still holds its slot until it has closed (bounded by the torrent's evictions in
+    /// progress, see `torrent::admission`).
+    pub(crate) fn take_anyway(&self) {
+        self.used.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Connections open or being opened.
+    pub(crate) fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// The most connections at once.
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
     }
 
     /// Gives `n` slots back.

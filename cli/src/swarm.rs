@@ -49,6 +49,11 @@ pub struct SwarmOptions {
     /// Do not announce to the torrent's trackers.
     #[arg(long)]
     pub no_trackers: bool,
+    /// Announce again every SECS seconds, whatever interval the tracker asks for (by default
+    /// the tracker's interval, never under its min interval); each announce's new peers are
+    /// dialled.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub announce_interval: Option<u64>,
 }
 
 /// A count that must be at least one (zero would be refused, not silently raised).
@@ -149,6 +154,7 @@ pub(crate) fn torrent_settings(o: &SwarmOptions) -> TorrentSettings {
         queue_depth: o.queue_depth,
         max_peers: o.max_peers,
         use_trackers: !o.no_trackers,
+        announce_interval: o.announce_interval.map(std::time::Duration::from_secs),
         ..TorrentSettings::default()
     }
 }

@@ -682,3 +682,70 @@ pub fn format_table(rows: &[[String; 5]]) -> String {
     }
     out
 }
+
+// ---------------------------------------------------------------------------------------------
+// rtorrent
+
+/// rtorrent 0.9.8 (Debian's `rtorrent`, libtorrent 0.13 by rakshasa) run headless
+/// (`system.daemon.set`) with its own config, session folder and log under `work`, listening on
+/// 127.0.0.1:`port` with DHT, PEX and UDP trackers off. It downloads `torrent` into `dir`, or
+/// checks the data there and seeds it; a completed download touches `work/done`.
+pub struct RTorrent {
+    child: ChildGuard,
+    /// Its log file (rtorrent's own log plus its stdout and stderr).
+    pub log: PathBuf,
+    /// Touched by rtorrent when the download completes.
+    done: PathBuf,
+}
+
+impl RTorrent {
+    /// Starts it on `torrent` with the data folder `dir`.
+    pub fn spawn(torrent: &Path, dir: &Path, work: &Path, port: u16) -> Self {
+        require_program("rtorrent");
+        let session = work.join("session");
+        fs::create_dir_all(&session).expect("create rtorrent session folder");
+        fs::create_dir_all(dir).expect("create rtorrent data folder");
+        let log = work.join("rtorrent.log");
+        let done = work.join("done");
+        let rc = work.join("rtorrent.rc");
+        let config = format!(
+            "session.path.set = {session}\n\
+             directory.default.set = {dir}\n\
+             network.bind_address.set = 127.0.0.1\n\
+             network.port_range.set = {port}-{port}\n\
+             network.port_random.set = no\n\
+             dht.mode.set = disable\n\
+             protocol.pex.set = no\n\
+             trackers.use_udp.set = no\n\
+             system.daemon.set = true\n\
+             log.open_file = \"main\", {log}\n\
+             log.add_output = \"info\", \"main\"\n\
+             method.set_key = event.download.finished, shoal_done, \
+             \"execute.nothrow = touch, {done}\"\n\
+             load.start_verbose = {torrent}\n",
+            session = session.display(),
+            dir = dir.display(),
+            log = log.display(),
+            done = done.display(),
+            torrent = torrent.display(),
+        );
+        fs::write(&rc, config).expect("write rtorrent.rc");
+        let mut cmd = Command::new("rtorrent");
+        cmd.env("HOME", work)
+            .arg("-n")
+            .arg("-o")
+            .arg(format!("import={}", rc.display()));
+        let child = logged(cmd, &work.join("rtorrent.out"));
+        RTorrent { child, log, done }
+    }
+
+    /// Whether its download completed.
+    pub fn finished(&self) -> bool {
+        self.done.exists()
+    }
+
+    /// Stops it (SIGTERM, then SIGKILL after `limit`).
+    pub fn stop(mut self, limit: Duration) {
+        terminate(&mut self.child, limit);
+    }
+}

@@ -90,6 +90,9 @@ pub(crate) enum PeerControl {
     Unchoke,
     /// Close the connection.
     Stop,
+    /// Close the connection at once, without waiting for the peer to close its side (an
+    /// eviction to make room: the peer said nothing worth a polite close).
+    Evict,
 }
 
 /// Counters the torrent reads for choking and display; written only by the peer.
@@ -105,6 +108,11 @@ pub(crate) struct PeerStats {
     pub(crate) peer_is_seed: AtomicBool,
     /// Whether the handshake is done (the connection is up).
     pub(crate) connected: AtomicBool,
+    /// Whether the peer ever sent a bitfield, have, interest or request (the admission policy
+    /// evicts silent connections first, see `torrent::admission`).
+    pub(crate) spoke: AtomicBool,
+    /// Whether we are interested in the peer's pieces.
+    pub(crate) we_interested: AtomicBool,
 }
 
 /// Decides, for the `stop after one copy` seeding mode, whether a request may be served.

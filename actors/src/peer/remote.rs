@@ -94,6 +94,11 @@ impl Remote {
         }
     }
 
+    /// Whether we are interested in the peer's pieces.
+    pub(super) fn am_interested(&self) -> bool {
+        self.am_interested
+    }
+
     /// Tells the peer when our interest changed: we are interested while it has a piece we
     /// lack.
     pub(super) fn update_interest(&mut self, out: &mut WriteBuf) {

@@ -281,6 +281,9 @@ impl Peer {
                     self.close_gracefully(&mut stream).await;
                     return Stop::Local("torrent closed the connection".into());
                 }
+                Wake::Control(Some(PeerControl::Evict)) => {
+                    return Stop::Local("evicted to make room for a newcomer".into());
+                }
                 Wake::Control(Some(c)) => {
                     self.control(c);
                     Ok(())
@@ -346,6 +349,10 @@ impl Peer {
     /// Work that follows any event: keep the request pipeline and the uploads moving.
     async fn after_event(&mut self) -> Result<(), Stop> {
         self.remote.update_interest(&mut self.out);
+        let interested = self.remote.am_interested();
+        self.stats
+            .we_interested
+            .store(interested, Ordering::Relaxed);
         self.maybe_pick().await?;
         self.serve();
         Ok(())
@@ -360,7 +367,7 @@ impl Peer {
                 }
             }
             PeerControl::Unchoke => self.remote.unchoke(&mut self.out),
-            PeerControl::Stop => {}
+            PeerControl::Stop | PeerControl::Evict => {}
         }
     }
 
@@ -497,6 +504,18 @@ impl Peer {
     }
 
     async fn handle(&mut self, msg: Message<'_>) -> Result<(), Stop> {
+        if matches!(
+            msg,
+            Message::Bitfield(_)
+                | Message::Have(_)
+                | Message::HaveAll
+                | Message::HaveNone
+                | Message::Interested
+                | Message::NotInterested
+                | Message::Request(_)
+        ) {
+            self.stats.spoke.store(true, Ordering::Relaxed);
+        }
         match msg {
             Message::KeepAlive => {}
             Message::Choke => {

@@ -16,7 +16,9 @@ use shoal_engine::picker::PeerKey;
 use shoal_engine::rate::Rate;
 use shoal_engine::wire::Handshake;
 
+use super::admission::{self, Conn, MAX_EVICTING};
 use super::choker::{Candidate, Choker};
+use super::swarm::BanKey;
 use super::swarm::Swarm;
 use super::{PeerInfo, SessionContext, TorrentMsg, TorrentSettings};
 use crate::buffers::BlockPool;
@@ -52,6 +54,12 @@ pub(super) struct Entry {
     down_rate: Rate,
     /// Its upload rate, sampled every second.
     up_rate: Rate,
+    /// When it was admitted (dialled or accepted).
+    since: Instant,
+    /// When a piece last went either way (seen at the one-second tick), if ever.
+    last_piece: Option<Instant>,
+    /// Payload bytes both ways at the last tick, to see pieces moving.
+    seen_bytes: u64,
 }
 
 /// The torrent actor's state. Built by [`super::start`]; fields are set there.
@@ -98,6 +106,8 @@ pub(super) struct State {
     pub(super) next_key: u64,
     /// Peer keys by supervisor task key.
     pub(super) by_task: HashMap<usize, PeerKey>,
+    /// Peers told to close to make room (see [`admission`]), until they exit.
+    pub(super) evicting: HashSet<PeerKey>,
     /// The addresses we may dial, and bans.
     pub(super) swarm: Swarm,
     /// Who we upload to.
@@ -318,17 +328,93 @@ impl State {
         let (addr, remote) = (accepted.addr(), *accepted.remote());
         if self.paused
             || self.swarm.is_banned(&addr, Some(&remote.peer_id))
-            || self.connections() >= self.settings.max_peers
             || remote.peer_id == self.ctx.peer_id
         {
-            log::debug!("refusing {addr}: banned, ourselves, or at the torrent's peer limit");
+            log::debug!("refusing {addr}: banned, ourselves, or paused");
             return;
         }
-        if !self.ctx.slots.try_take() {
-            log::debug!("refusing {addr}: at the session's connection limit");
+        if self.connections_from(addr) >= self.settings.max_peers_per_ip {
+            log::debug!("refusing {addr}: at the limit of connections from one address");
+            return;
+        }
+        if !self.admit(addr) {
             return;
         }
         self.spawn_peer(addr, Some(accepted));
+    }
+
+    /// Takes a connection slot for a newcomer from `addr`, evicting the least useful
+    /// connection when the torrent or the session is full (see [`admission`]); false (the
+    /// newcomer is refused) when every connection is useful.
+    fn admit(&mut self, addr: SocketAddr) -> bool {
+        let open = self.connections() - self.evicting.len();
+        if open < self.settings.max_peers && self.ctx.slots.try_take() {
+            return true;
+        }
+        if self.evicting.len() >= MAX_EVICTING {
+            log::debug!("refusing {addr}: at the connection limit, evictions in progress");
+            return false;
+        }
+        let now = Instant::now();
+        let conns = self.conns();
+        let Some(victim) = admission::victim(&conns, now) else {
+            log::debug!("refusing {addr}: at the connection limit and every peer is useful");
+            return false;
+        };
+        self.evict(victim, "to make room");
+        // The victim holds its slot until it has closed; the newcomer takes one on top, within
+        // `MAX_EVICTING`.
+        self.ctx.slots.take_anyway();
+        true
+    }
+
+    /// What the admission policy needs to know of each connection.
+    fn conns(&self) -> Vec<Conn> {
+        self.entries
+            .iter()
+            .filter(|(k, _)| !self.evicting.contains(k))
+            .map(|(&key, e)| Conn {
+                key,
+                connected: e.stats.connected.load(Ordering::Relaxed),
+                since: e.since,
+                spoke: e.stats.spoke.load(Ordering::Relaxed),
+                interested: e.stats.peer_interested.load(Ordering::Relaxed),
+                interesting: e.stats.we_interested.load(Ordering::Relaxed),
+                last_piece: e.last_piece,
+            })
+            .collect()
+    }
+
+    /// Tells a peer to close to make room; it is forgotten when it exits.
+    fn evict(&mut self, key: PeerKey, why: &str) {
+        if let Some(e) = self.entries.get(&key) {
+            log::debug!("closing {} {why}", e.addr);
+            let _ = e.control.try_send(PeerControl::Evict);
+            self.evicting.insert(key);
+        }
+    }
+
+    /// Connections (open or being opened) with the same host as `addr` (see [`BanKey`]: on
+    /// loopback every port is its own host).
+    fn connections_from(&self, addr: SocketAddr) -> usize {
+        let host = BanKey::of(addr);
+        self.by_addr
+            .keys()
+            .filter(|a| BanKey::of(**a) == host)
+            .count()
+    }
+
+    /// When connections are scarce, closes those silent since [`admission::SILENT_GRACE`].
+    fn drop_silent_when_scarce(&mut self) {
+        let open = self.connections() - self.evicting.len();
+        let scarce = admission::scarce(open, self.settings.max_peers)
+            || admission::scarce(self.ctx.slots.used(), self.ctx.slots.limit());
+        if !scarce {
+            return;
+        }
+        for key in admission::silent_too_long(&self.conns(), Instant::now()) {
+            self.evict(key, "after a silence past the grace");
+        }
     }
 
     fn spawn_peer(&mut self, addr: SocketAddr, incoming: Option<Accepted>) {
@@ -384,6 +470,9 @@ impl State {
                 last_up: 0,
                 down_rate: Rate::default(),
                 up_rate: Rate::default(),
+                since: Instant::now(),
+                last_piece: None,
+                seen_bytes: 0,
             },
         );
     }
@@ -396,7 +485,10 @@ impl State {
             return;
         };
         self.ctx.slots.give_back(1);
-        self.by_addr.remove(&entry.addr);
+        self.evicting.remove(&key);
+        if self.by_addr.get(&entry.addr) == Some(&key) {
+            self.by_addr.remove(&entry.addr);
+        }
         self.choker.peer_gone(key);
         let (reason, ban, peer_id) = match exit.outcome {
             Outcome::Finished(e) => (e.reason, e.ban, e.peer_id),
@@ -441,11 +533,20 @@ impl State {
         self.up_rate.sample(p.uploaded);
         self.shared
             .set_rates(self.down_rate.per_second(), self.up_rate.per_second());
+        let now = Instant::now();
         for e in self.entries.values_mut() {
-            e.down_rate
-                .sample(e.stats.downloaded.load(Ordering::Relaxed));
-            e.up_rate.sample(e.stats.uploaded.load(Ordering::Relaxed));
+            let (down, up) = (
+                e.stats.downloaded.load(Ordering::Relaxed),
+                e.stats.uploaded.load(Ordering::Relaxed),
+            );
+            e.down_rate.sample(down);
+            e.up_rate.sample(up);
+            if down + up != e.seen_bytes {
+                e.seen_bytes = down + up;
+                e.last_piece = Some(now);
+            }
         }
+        self.drop_silent_when_scarce();
         self.transfer.uploaded.store(p.uploaded, Ordering::Relaxed);
         self.transfer
             .downloaded
@@ -614,6 +715,7 @@ impl State {
         // Their exits were not handled one by one: give back every slot at once.
         self.ctx.slots.give_back(self.entries.len());
         self.entries.clear();
+        self.evicting.clear();
         let have = self
             .picker
             .call(|reply| PickerMsg::Shutdown { reply })

@@ -5,6 +5,7 @@
 //! - `start`: opening the files, the check (or the fast-resume record) and
 //!   the start of the picker, the tracker client and the actor;
 //! - `swarm`: the addresses we may dial, their backoff, and bans;
+//! - `admission`: who makes room when connections are scarce (pure policy);
 //! - `choker`: which peers we upload to (pure policy);
 //! - `actor`: the run loop, peer spawning and exits, the tick, resume records and shutdown.
 //!
@@ -12,6 +13,7 @@
 //! handle.
 
 mod actor;
+mod admission;
 mod choker;
 mod start;
 mod swarm;
@@ -49,7 +51,10 @@ pub struct TorrentSettings {
     pub queue_depth: usize,
     /// Most peer connections at once.
     pub max_peers: usize,
-    /// Most outgoing connection attempts at once.
+    /// Most connections from one host (one IP address; on loopback, where every local client
+    /// shares 127.0.0.1, each address and port counts as its own host, as for bans).
+    pub max_peers_per_ip: usize,
+    /// Most outgoing connection attempts at once (the outgoing half-open limit).
     pub max_dialing: usize,
     /// Regular unchoke slots (one optimistic slot comes on top).
     pub upload_slots: usize,
@@ -60,6 +65,10 @@ pub struct TorrentSettings {
     pub hasher_threads: usize,
     /// Whether to announce to the torrent's trackers.
     pub use_trackers: bool,
+    /// The user's own re-announce period, overriding the tracker's `interval` (and its
+    /// `min interval`: the user asked for it); `None` honours the tracker. Each announce's
+    /// peers are dialled, so a short period makes a seeder find new downloaders soon.
+    pub announce_interval: Option<std::time::Duration>,
     /// Download rate limit of this torrent in bytes per second (0: none); the session's
     /// applies too.
     pub download_limit: u64,
@@ -72,11 +81,13 @@ impl Default for TorrentSettings {
         Self {
             queue_depth: 5,
             max_peers: 200,
+            max_peers_per_ip: 8,
             max_dialing: 32,
             upload_slots: 4,
             disk_budget: 64 * 1024 * 1024,
             hasher_threads: 0,
             use_trackers: true,
+            announce_interval: None,
             download_limit: 0,
             upload_limit: 0,
         }

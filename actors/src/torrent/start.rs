@@ -1,7 +1,7 @@
 //! Starting a torrent: its files are opened and checked (or the fast-resume record trusted) off
 //! the executor, then its picker, tracker client and actor start.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -305,7 +305,10 @@ async fn launch(
         peer_id: ctx.peer_id,
         port: ctx.listen_port,
         numwant: 50,
-        timing: Default::default(),
+        timing: crate::tracker::Timing {
+            announce_interval: add.settings.announce_interval,
+            ..Default::default()
+        },
     });
 
     let mut state = State {
@@ -333,6 +336,7 @@ async fn launch(
         by_addr: HashMap::new(),
         next_key: 0,
         by_task: HashMap::new(),
+        evicting: HashSet::new(),
         swarm: Swarm::new(ctx.listen_port),
         choker: Choker::new(add.settings.upload_slots, Instant::now()),
         down_rate: Rate::default(),
