@@ -176,6 +176,17 @@ impl<M> Mailbox<M> {
     }
 }
 
+/// An actor that has ended drops its mailbox: the channel closes, so later sends fail at once,
+/// and requests still queued are dropped with their reply ports, so every caller waiting on
+/// one learns that the actor is gone ([`Gone`]) instead of waiting for ever. (A closed channel
+/// alone would keep queued messages as long as any [`Addr`] lives.)
+impl<M> Drop for Mailbox<M> {
+    fn drop(&mut self) {
+        self.rx.close();
+        while self.rx.try_recv().is_ok() {}
+    }
+}
+
 /// Creates a mailbox holding at most `capacity` messages, and its first handle.
 pub fn mailbox<M>(capacity: usize) -> (Addr<M>, Mailbox<M>) {
     let (tx, rx) = async_channel::bounded(capacity.max(1));
@@ -465,6 +476,18 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn a_request_queued_when_the_actor_ends_is_gone_not_lost() {
+        let (addr, inbox) = mailbox::<ReplyTo<u32>>(4);
+        // Queued while the actor is still there, never read: the actor ends with it queued.
+        let (reply, answer) = reply_port();
+        smol::block_on(addr.send(reply)).unwrap();
+        drop(inbox);
+        assert_eq!(smol::block_on(answer.recv()), Err(Gone));
+        // And a request after the end fails at once, though a handle is alive.
+        assert_eq!(smol::block_on(addr.call(|r| r)), Err(Gone));
+    }
 
     #[test]
     fn call_is_answered_and_gone_when_dropped() {

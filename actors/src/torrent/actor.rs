@@ -33,6 +33,14 @@ use crate::runtime::{Addr, Mailbox, Outcome, Supervisor};
 use crate::shared::{Shared, TorrentEvent, TorrentState};
 use crate::tracker::{TrackerClient, TrackerConfig, TransferStats};
 
+/// How often the torrent looks at its peers, dials, rechokes and samples rates.
+const TICK: Duration = Duration::from_secs(1);
+
+/// How often an idle torrent (no peer, nothing left to fetch or paused) wakes: redials of
+/// addresses that failed wait at most this long, new peers from trackers or the user are
+/// dialled at once.
+const IDLE_TICK: Duration = Duration::from_secs(30);
+
 /// How often the fast-resume record is saved while pieces keep arriving.
 const RESUME_EVERY: Duration = Duration::from_secs(30);
 
@@ -137,7 +145,11 @@ pub(super) async fn run(
     mut inbox: Mailbox<TorrentMsg>,
     tracker_peers: Receiver<Vec<SocketAddr>>,
 ) {
-    let mut tick = smol::Timer::interval(Duration::from_secs(1));
+    // Once a second while anything moves; an idle torrent (no peers, nothing to fetch) sleeps
+    // longer, so a server with many idle torrents stays quiet. Any event brings the next tick
+    // back within a second.
+    let mut tick_at = Instant::now() + TICK;
+    let mut tick = smol::Timer::at(tick_at);
     let mut shutdown_reply = None;
     loop {
         enum Ev {
@@ -162,7 +174,7 @@ pub(super) async fn run(
                     },
                     future::or(
                         async {
-                            futures_lite::StreamExt::next(&mut tick).await;
+                            (&mut tick).await;
                             Ev::Tick
                         },
                         async {
@@ -204,8 +216,17 @@ pub(super) async fn run(
             }
             Ev::Msg(Some(TorrentMsg::Peers(reply))) => reply.send(st.peer_infos()),
             Ev::Exit(exit) => st.peer_exited(exit).await,
-            Ev::Tick => st.tick().await,
+            Ev::Tick => {
+                st.tick().await;
+                tick_at = Instant::now() + if st.is_idle() { IDLE_TICK } else { TICK };
+                tick.set_at(tick_at);
+                continue;
+            }
             Ev::Interest => st.fill_slots(),
+        }
+        if tick_at > Instant::now() + TICK && !st.is_idle() {
+            tick_at = Instant::now() + TICK;
+            tick.set_at(tick_at);
         }
     }
     st.shutdown().await;
@@ -525,10 +546,23 @@ impl State {
         self.dial();
     }
 
+    /// Whether nothing moves: no peer connected or connecting, and nothing to fetch (complete,
+    /// or paused).
+    fn is_idle(&self) -> bool {
+        self.entries.is_empty() && (self.paused || self.shared.is_complete())
+    }
+
     async fn tick(&mut self) {
-        // A lost tick is harmless: another comes in a second.
-        let _ = self.picker.try_send(PickerMsg::Tick);
+        if !self.entries.is_empty() {
+            // A lost tick is harmless: another comes in a second.
+            let _ = self.picker.try_send(PickerMsg::Tick);
+        }
         let p = self.shared.progress();
+        if self.entries.is_empty() {
+            // Nothing moves, and ticks may come far apart: start the windows again.
+            self.down_rate = Rate::default();
+            self.up_rate = Rate::default();
+        }
         self.down_rate.sample(p.downloaded);
         self.up_rate.sample(p.uploaded);
         self.shared
