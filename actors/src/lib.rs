@@ -3,10 +3,13 @@
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 
 pub mod buffers;
+pub mod dht;
+pub mod discovery;
 pub mod disk;
 pub mod error;
 pub mod extension;
 pub mod hasher;
+pub mod lsd;
 pub mod one_copy;
 pub mod peer;
 pub mod picker;
@@ -17,4 +20,5 @@ pub mod shared;
 pub mod torrent;
 pub mod tracker;
 pub mod tracker_server;
+pub mod udp;
 pub mod workers;

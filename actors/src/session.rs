@@ -33,6 +33,7 @@ use shoal_engine::{InfoHash, PeerId};
 use smol::net::{TcpListener, TcpStream};
 
 use crate::buffers::BlockPool;
+use crate::discovery::{Discovery, DiscoverySettings};
 use crate::disk::Disk;
 use crate::error::{Error, Result};
 use crate::hasher::Hasher;
@@ -61,6 +62,19 @@ pub struct SessionSettings {
     /// The most peer connections of all torrents together (each also has its own
     /// `max_peers`): keep it under the process's file descriptor limit.
     pub max_connections: usize,
+    /// Run a DHT node (BEP 5) on UDP at the listen port, and find peers of public torrents
+    /// through it.
+    pub dht: bool,
+    /// `HOST:PORT` (or `IP:PORT`) nodes to join the DHT through; empty: the well-known public
+    /// routers, except on loopback, where only these are ever contacted.
+    pub dht_bootstrap: Vec<String>,
+    /// Local service discovery (BEP 14) on the listen address's network (never on loopback).
+    pub lsd: bool,
+    /// Peer exchange (BEP 11); carried for the peer-level wiring.
+    pub pex: bool,
+    /// Where the session keeps its state between runs (the DHT routing table); `None`: none
+    /// is kept.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for SessionSettings {
@@ -72,6 +86,11 @@ impl Default for SessionSettings {
             hasher_threads: 0,
             disk_threads: 2,
             max_connections: 500,
+            dht: true,
+            dht_bootstrap: Vec::new(),
+            lsd: true,
+            pex: true,
+            state_dir: None,
         }
     }
 }
@@ -99,6 +118,8 @@ pub struct Session {
     owns_pools: bool,
     /// The connection limit its torrents share.
     slots: Arc<ConnectionSlots>,
+    /// The DHT node, LSD and their UDP socket.
+    discovery: Discovery,
 }
 
 /// The threads that hash pieces and touch files, which every torrent of a session (or of
@@ -175,6 +196,16 @@ impl Session {
         let peer_id = settings.peer_id.unwrap_or_else(PeerId::generate);
         let torrents: Registry = Arc::default();
         let accept = spawner.spawn(accept_loop(listener, torrents.clone(), spawner.clone()));
+        let discovery = Discovery::start(
+            &DiscoverySettings {
+                dht: settings.dht,
+                dht_bootstrap: settings.dht_bootstrap.clone(),
+                lsd: settings.lsd,
+                state_dir: settings.state_dir.clone(),
+            },
+            local_addr,
+            &spawner,
+        );
         Ok(Self {
             runtime,
             spawner,
@@ -185,6 +216,7 @@ impl Session {
             pools,
             owns_pools,
             slots: Arc::new(ConnectionSlots::new(settings.max_connections.max(1))),
+            discovery,
         })
     }
 
@@ -221,6 +253,7 @@ impl Session {
     /// [`Progress::checked_pieces`]: crate::shared::Progress::checked_pieces
     pub fn start_torrent(&self, add: AddTorrent) -> Result<Torrent> {
         let info_hash = add.metainfo.info_hash;
+        let private = add.metainfo.info.private;
         let ctx = SessionContext {
             peer_id: self.peer_id,
             listen_port: self.local_addr.port(),
@@ -236,6 +269,7 @@ impl Session {
         }
         let torrent = torrent::start(add, ctx);
         torrents.insert(info_hash, torrent.clone());
+        self.discovery.add_torrent(&torrent, private);
         Ok(torrent)
     }
 
@@ -246,6 +280,7 @@ impl Session {
         let torrent = self.start_torrent(add)?;
         if let Err(e) = torrent.wait_checked().await {
             self.lock().remove(&info_hash);
+            self.discovery.remove_torrent(info_hash);
             return Err(e);
         }
         Ok(torrent)
@@ -268,6 +303,7 @@ impl Session {
         let Some(t) = torrent else {
             return Err(Error::UnknownTorrent(*info_hash));
         };
+        self.discovery.remove_torrent(*info_hash);
         t.shutdown().await;
         if delete_files {
             let files = t.files.clone();
@@ -284,6 +320,7 @@ impl Session {
         if let Some(task) = accept {
             task.cancel().await;
         }
+        self.discovery.shutdown().await;
         let torrents: Vec<Torrent> = self.lock().drain().map(|(_, t)| t).collect();
         for t in torrents {
             t.shutdown().await;
@@ -292,6 +329,17 @@ impl Session {
             // Last: every torrent has flushed its files.
             self.pools.shutdown().await;
         }
+    }
+
+    /// The DHT node's counters: nodes in its routing table, peers stored for others, queries
+    /// (`None` when the DHT is off).
+    pub async fn dht_stats(&self) -> Option<crate::dht::DhtStats> {
+        self.discovery.dht_stats().await
+    }
+
+    /// The address of the session's UDP socket (the DHT's), when it is open.
+    pub fn udp_addr(&self) -> Option<SocketAddr> {
+        self.discovery.udp_addr()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<InfoHash, Torrent>> {
