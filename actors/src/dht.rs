@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use async_channel::{Receiver, Sender};
 use futures_lite::future;
-use shoal_engine::dht::{id, Config, Dht, Event, NodeId, SavedTable};
+use shoal_engine::dht::{id, Config, Dht, Event, LookupId, NodeId, SavedTable};
 use shoal_engine::InfoHash;
 
 pub use shoal_engine::dht::Stats as DhtStats;
@@ -62,6 +62,10 @@ pub const PUBLIC_ROUTERS: [&str; 4] = [
 /// How often a downloading torrent looks for peers again (the announce every 15 minutes also
 /// looks). libtorrent looks every 5 to 15 minutes.
 pub const LOOKUP_EVERY: Duration = Duration::from_secs(5 * 60);
+
+/// How soon a downloading torrent with no peer looks again; the wait doubles after each
+/// lookup that leaves it without peers, up to [`LOOKUP_EVERY`].
+pub const FIRST_RETRY: Duration = Duration::from_secs(5);
 
 /// How often the routing table is written to the state file.
 pub const SAVE_EVERY: Duration = Duration::from_secs(10 * 60);
@@ -96,6 +100,8 @@ enum DhtMsg {
     Bootstrap(Vec<SocketAddr>),
     /// The counters.
     Stats(ReplyTo<DhtStats>),
+    /// A `get_peers` lookup on behalf of the application.
+    Lookup(InfoHash, ReplyTo<Option<LookupResult>>),
     /// Save the table and stop.
     Shutdown(ReplyTo<()>),
 }
@@ -107,9 +113,19 @@ impl fmt::Debug for DhtMsg {
             Self::RemoveTorrent(h) => write!(f, "RemoveTorrent({h})"),
             Self::Bootstrap(n) => write!(f, "Bootstrap({})", n.len()),
             Self::Stats(_) => write!(f, "Stats"),
+            Self::Lookup(h, _) => write!(f, "Lookup({h})"),
             Self::Shutdown(_) => write!(f, "Shutdown"),
         }
     }
+}
+
+/// What a lookup found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LookupResult {
+    /// The peers found, at most `shoal_engine::dht::lookup::MAX_PEERS_PER_LOOKUP`.
+    pub peers: Vec<SocketAddr>,
+    /// Queries the lookup sent.
+    pub queries: usize,
 }
 
 /// The running node: a handle to the actor.
@@ -178,6 +194,17 @@ impl DhtNode {
     /// The node's counters (`None` once it has stopped).
     pub async fn stats(&self) -> Option<DhtStats> {
         self.addr.call(DhtMsg::Stats).await.ok()
+    }
+
+    /// Runs one `get_peers` lookup and waits for its end (`None`: the node has stopped, or
+    /// runs too many lookups now). The torrents' own lookups need no call: this is for the
+    /// API, tests and benches.
+    pub async fn lookup(&self, info_hash: InfoHash) -> Option<LookupResult> {
+        self.addr
+            .call(|r| DhtMsg::Lookup(info_hash, r))
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Saves the routing table and stops the node.
@@ -301,6 +328,8 @@ struct Entry {
     torrent: Torrent,
     /// When it next looks for peers (while downloading).
     next_lookup: Instant,
+    /// The wait after a lookup that leaves it without peers.
+    backoff: Duration,
 }
 
 /// What woke the actor.
@@ -359,12 +388,34 @@ async fn run(
     );
 
     let mut torrents: HashMap<InfoHash, Entry> = HashMap::new();
+    // Lookups asked through `DhtNode::lookup`: the reply and the peers so far; at most
+    // `shoal_engine::dht::MAX_LOOKUPS`, since the engine refuses more.
+    let mut asked: HashMap<LookupId, (ReplyTo<Option<LookupResult>>, Vec<SocketAddr>)> =
+        HashMap::new();
     let mut next_save = now + SAVE_EVERY;
     let mut packets_open = true;
     loop {
         flush(&mut dht, &outgoing);
         let now = Instant::now();
         while let Some(event) = dht.poll_event() {
+            match &event {
+                Event::PeersFound { lookup, peers, .. } => {
+                    if let Some((_, found)) = asked.get_mut(lookup) {
+                        found.extend(peers.iter().copied());
+                    }
+                }
+                Event::LookupDone {
+                    lookup, queries, ..
+                } => {
+                    if let Some((reply, peers)) = asked.remove(lookup) {
+                        reply.send(Some(LookupResult {
+                            peers,
+                            queries: *queries,
+                        }));
+                    }
+                }
+                _ => {}
+            }
             on_event(event, &torrents, config.listen);
         }
         let mut deadline = dht.poll_timeout().unwrap_or(now + Duration::from_secs(5));
@@ -411,7 +462,8 @@ async fn run(
                         info_hash,
                         Entry {
                             torrent: t,
-                            next_lookup: now + LOOKUP_EVERY,
+                            next_lookup: now + FIRST_RETRY,
+                            backoff: FIRST_RETRY,
                         },
                     );
                 }
@@ -423,6 +475,15 @@ async fn run(
                     let _ = dht.bootstrap(now, &addrs);
                 }
                 DhtMsg::Stats(reply) => reply.send(dht.stats(now)),
+                DhtMsg::Lookup(h, reply) => match dht.get_peers(now, h) {
+                    Ok(id) => {
+                        asked.insert(id, (reply, Vec::new()));
+                    }
+                    Err(e) => {
+                        log::debug!("dht: lookup of {h} refused: {e}");
+                        reply.send(None);
+                    }
+                },
                 DhtMsg::Shutdown(reply) => {
                     save_table(&config.state_file, dht.save(now)).await;
                     reply.send(());
@@ -448,11 +509,21 @@ async fn run(
                     if e.next_lookup > now {
                         continue;
                     }
-                    e.next_lookup = now + LOOKUP_EVERY;
-                    if e.torrent.state() == TorrentState::Downloading {
-                        if let Err(err) = dht.get_peers(now, *h) {
-                            log::debug!("dht: lookup of {h} deferred: {err}");
-                        }
+                    let progress = e.torrent.progress();
+                    if progress.state != TorrentState::Downloading {
+                        // Checking, seeding or paused: no lookup; look at it again soon.
+                        e.next_lookup = now + FIRST_RETRY;
+                        continue;
+                    }
+                    if let Err(err) = dht.get_peers(now, *h) {
+                        log::debug!("dht: lookup of {h} deferred: {err}");
+                    }
+                    if progress.peers == 0 {
+                        e.next_lookup = now + e.backoff;
+                        e.backoff = (e.backoff * 2).min(LOOKUP_EVERY);
+                    } else {
+                        e.next_lookup = now + LOOKUP_EVERY;
+                        e.backoff = FIRST_RETRY;
                     }
                 }
             }

@@ -106,6 +106,14 @@ impl Discovery {
         }
     }
 
+    /// One DHT lookup (see [`DhtNode::lookup`]).
+    pub async fn dht_lookup(&self, info_hash: InfoHash) -> Option<crate::dht::LookupResult> {
+        match &self.dht {
+            Some(d) => d.lookup(info_hash).await,
+            None => None,
+        }
+    }
+
     /// The UDP socket's address, when it is open.
     pub fn udp_addr(&self) -> Option<SocketAddr> {
         self.udp

@@ -337,6 +337,12 @@ impl Session {
         self.discovery.dht_stats().await
     }
 
+    /// Runs one DHT `get_peers` lookup and waits for its end (`None`: the DHT is off or
+    /// busy). Torrents look up their own peers; this is for the API, tests and benches.
+    pub async fn dht_lookup(&self, info_hash: InfoHash) -> Option<crate::dht::LookupResult> {
+        self.discovery.dht_lookup(info_hash).await
+    }
+
     /// The address of the session's UDP socket (the DHT's), when it is open.
     pub fn udp_addr(&self) -> Option<SocketAddr> {
         self.discovery.udp_addr()
