@@ -330,6 +330,11 @@ struct Entry {
     next_lookup: Instant,
     /// The wait after a lookup that leaves it without peers.
     backoff: Duration,
+    /// When to announce again because the last announce reached no node (an empty table at
+    /// start, say); `None` while the engine's own re-announce suffices.
+    reannounce: Option<Instant>,
+    /// The wait after an announce that reached no node.
+    announce_backoff: Duration,
 }
 
 /// What woke the actor.
@@ -416,12 +421,39 @@ async fn run(
                 }
                 _ => {}
             }
+            match &event {
+                Event::AnnounceDone {
+                    info_hash, nodes, ..
+                } => {
+                    if let Some(e) = torrents.get_mut(info_hash) {
+                        if *nodes == 0 {
+                            e.reannounce = Some(now + e.announce_backoff);
+                            e.announce_backoff = (e.announce_backoff * 2).min(LOOKUP_EVERY);
+                        } else {
+                            e.reannounce = None;
+                            e.announce_backoff = FIRST_RETRY;
+                        }
+                    }
+                }
+                Event::Bootstrapped { nodes } if *nodes > 0 => {
+                    // The table has nodes now: announces that reached nobody go again.
+                    for e in torrents.values_mut() {
+                        if e.reannounce.is_some() {
+                            e.reannounce = Some(now);
+                        }
+                    }
+                }
+                _ => {}
+            }
             on_event(event, &torrents, config.listen);
         }
         let mut deadline = dht.poll_timeout().unwrap_or(now + Duration::from_secs(5));
         deadline = deadline.min(next_save);
         for e in torrents.values() {
             deadline = deadline.min(e.next_lookup);
+            if let Some(r) = e.reannounce {
+                deadline = deadline.min(r);
+            }
         }
         let wake = {
             let msg = async { Wake::Msg(inbox.recv().await) };
@@ -464,6 +496,8 @@ async fn run(
                             torrent: t,
                             next_lookup: now + FIRST_RETRY,
                             backoff: FIRST_RETRY,
+                            reannounce: None,
+                            announce_backoff: FIRST_RETRY,
                         },
                     );
                 }
@@ -506,6 +540,12 @@ async fn run(
                     true
                 });
                 for (h, e) in torrents.iter_mut() {
+                    if e.reannounce.is_some_and(|r| r <= now) {
+                        e.reannounce = None;
+                        if let Err(err) = dht.announce(now, *h, config.port) {
+                            log::debug!("dht: announce of {h} deferred: {err}");
+                        }
+                    }
                     if e.next_lookup > now {
                         continue;
                     }

@@ -14,7 +14,8 @@ hash once its routing table has a node, and again every 2 s.
 
 Prints one JSON object a line on stdout, flushed:
     {"event": "status", "dht_nodes", and with a torrent "state", "progress", "peers",
-     "sources": the peer_info.source bits of each connected peer} every half second;
+     "sources": the peer_info.source bits of each connected peer, "sources_seen": those of
+     every peer seen so far} every half second;
     {"event": "lookup", "info_hash", "peers": ["ip:port", ...], "seconds"} per get_peers reply;
     {"event": "finished", ...} once a download completes (then exits 0 unless --seed);
     {"event": "error", "message"} on a torrent error (then exits 1).
@@ -48,7 +49,10 @@ def main():
         "listen_interfaces": f"127.0.0.1:{args.port}",
         "outgoing_interfaces": "127.0.0.1",
         "enable_dht": True,
-        "dht_bootstrap_nodes": ",".join(args.bootstrap),
+        # No routers: libtorrent never puts a router's address in its routing table, so two
+        # nodes bootstrapping from each other would never list each other. The --bootstrap
+        # nodes are added as plain nodes below instead.
+        "dht_bootstrap_nodes": "",
         # On loopback every node is 127.0.0.1 (REAL-CLIENTS.md).
         "dht_restrict_routing_ips": False,
         "dht_restrict_search_ips": False,
@@ -64,7 +68,16 @@ def main():
         "allow_multiple_connections_per_ip": True,
         "out_enc_policy": int(lt.enc_policy.disabled),
         "in_enc_policy": int(lt.enc_policy.disabled),
-        "alert_mask": int(lt.alert.category_t.all_categories),
+        # Not all categories: the peer and torrent logs would flood the alert queue and drop
+        # the DHT alerts this script reads.
+        "alert_mask": int(
+            lt.alert.category_t.error_notification
+            | lt.alert.category_t.status_notification
+            | lt.alert.category_t.dht_notification
+            | lt.alert.category_t.dht_operation_notification
+            | lt.alert.category_t.stats_notification
+        ),
+        "alert_queue_size": 10000,
     }
     ses = lt.session(settings)
     h = None
@@ -83,6 +96,13 @@ def main():
     last_status = 0.0
     last_lookup = 0.0
     last_announce = 0.0
+    last_add = 0.0
+    last_stats = 0.0
+    # peer_info.source bits of every peer seen (a transfer can be over between two samples).
+    seen_sources = set()
+    # Nodes in the routing table, from the latest dht_stats_alert (session.status() is
+    # deprecated in 2.0 and its count stays 0).
+    nodes = 0
     asked = {}
     finished = False
     while time.time() < deadline:
@@ -91,6 +111,8 @@ def main():
             if isinstance(a, lt.torrent_error_alert):
                 emit({"event": "error", "message": a.message()})
                 sys.exit(1)
+            if isinstance(a, lt.dht_stats_alert):
+                nodes = sum(b["num_nodes"] for b in a.routing_table)
             if isinstance(a, lt.dht_get_peers_reply_alert):
                 ih = str(a.info_hash)
                 emit({
@@ -99,7 +121,15 @@ def main():
                     "peers": [f"{ip}:{port}" for ip, port in a.peers()],
                     "seconds": now - asked.get(ih, started),
                 })
-        nodes = ses.status().dht_nodes
+        if now - last_stats >= 0.5:
+            ses.post_dht_stats()
+            last_stats = now
+        # Add the bootstrap nodes as nodes until the table has one (one not up yet is retried).
+        if nodes == 0 and now - last_add >= 1.0:
+            for b in args.bootstrap:
+                host, _, port = b.rpartition(":")
+                ses.add_dht_node((host, int(port)))
+            last_add = now
         if args.lookup and nodes > 0 and now - last_lookup >= 2.0:
             for hx in args.lookup:
                 asked[hx] = now
@@ -118,11 +148,14 @@ def main():
             if not checking and nodes > 0 and now - last_announce >= 5.0:
                 h.force_dht_announce()
                 last_announce = now
+            sources = [p.source for p in h.get_peer_info()]
+            seen_sources.update(sources)
             status.update(
                 state=str(st.state),
                 progress=st.progress,
                 peers=st.num_peers,
-                sources=[p.source for p in h.get_peer_info()],
+                sources=sources,
+                sources_seen=sorted(seen_sources),
             )
             if not finished and not checking and (st.is_finished or st.is_seeding):
                 finished = True
