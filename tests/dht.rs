@@ -222,15 +222,15 @@ fn a_torrent_announced_by_one_of_50_shoal_nodes_is_found_from_every_node() {
         );
     }
     let mut sessions = vec![first];
-    for _ in 1..SHOAL_NODES {
-        sessions.push(
-            Session::with_pools(
-                settings(vec![first_udp.clone(), lt0.clone()]),
-                rt.handle(),
-                pools.clone(),
-            )
-            .unwrap(),
-        );
+    for i in 1..SHOAL_NODES {
+        // Most join through the first shoal node and a libtorrent node; every fifth through
+        // a libtorrent node alone.
+        let boot = if i % 5 == 0 {
+            vec![lt0.clone()]
+        } else {
+            vec![first_udp.clone(), lt0.clone()]
+        };
+        sessions.push(Session::with_pools(settings(boot), rt.handle(), pools.clone()).unwrap());
     }
 
     // Wait until every routing table holds a few nodes.
@@ -588,4 +588,45 @@ fn replies_carrying_thousands_of_nodes_are_bounded() {
     let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
     assert!(answers_ping(&probe, node), "the node stopped answering");
     rt.block_on(session.shutdown());
+}
+
+#[test]
+fn the_routing_table_is_saved_and_reloaded() {
+    let rt = Runtime::new(1);
+    let dir = tempdir();
+    let state = dir.path().join("state");
+    let (other, other_udp) = lone_node(&rt, vec![]);
+    let with_state = |bootstrap: Vec<String>| {
+        Session::with_spawner(
+            SessionSettings {
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                dht_bootstrap: bootstrap,
+                lsd: false,
+                state_dir: Some(state.clone()),
+                ..SessionSettings::default()
+            },
+            rt.handle(),
+        )
+        .unwrap()
+    };
+    let first = with_state(vec![other_udp.to_string()]);
+    wait_until(Duration::from_secs(10), "bootstrapped", &[], || {
+        rt.block_on(first.dht_stats()).is_some_and(|s| s.nodes >= 1)
+    });
+    rt.block_on(first.shutdown());
+    let saved = state.join("dht.dat");
+    assert!(saved.exists(), "no routing table saved");
+    // No bootstrap node this time: the table comes from the file.
+    let second = with_state(vec![]);
+    wait_until(Duration::from_secs(5), "table reloaded", &[], || {
+        rt.block_on(second.dht_stats())
+            .is_some_and(|s| s.nodes >= 1)
+    });
+    // A corrupt file is ignored, never fatal.
+    rt.block_on(second.shutdown());
+    std::fs::write(&saved, b"d2:id3:abce").unwrap();
+    let third = with_state(vec![]);
+    assert!(rt.block_on(third.dht_stats()).is_some());
+    rt.block_on(third.shutdown());
+    rt.block_on(other.shutdown());
 }

@@ -201,3 +201,43 @@ fn deliver(consumers: &Consumers, stats: &UdpStats, from: SocketAddr, bytes: &[u
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::Runtime;
+    use std::time::Duration;
+
+    #[test]
+    fn datagrams_are_sorted_by_their_first_byte() {
+        let rt = Runtime::new(1);
+        let (krpc, packets) = async_channel::bounded(KRPC_QUEUE);
+        let consumers = Consumers { krpc: Some(krpc) };
+        let mut udp = Udp::bind("127.0.0.1:0".parse().unwrap(), consumers, &rt.handle()).unwrap();
+        let to = udp.local_addr();
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let me = peer.local_addr().unwrap();
+        let ping = b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:y1:qe";
+        let syn = [0x41u8; 20];
+        peer.send_to(&syn, to).unwrap();
+        peer.send_to(b"\x13BitTorrent protocol", to).unwrap();
+        peer.send_to(ping, to).unwrap();
+        let got = rt.block_on(async {
+            futures_lite::future::or(async { packets.recv().await.ok() }, async {
+                smol::Timer::after(Duration::from_secs(5)).await;
+                None
+            })
+            .await
+        });
+        assert_eq!(got, Some((me, ping.to_vec())));
+        assert_eq!(udp.stats().utp_in.load(Ordering::Relaxed), 1);
+        assert_eq!(udp.stats().dropped_in.load(Ordering::Relaxed), 2);
+        // And what is queued goes out.
+        udp.outgoing().try_send((me, b"d1:y1:re".to_vec())).unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 64];
+        let (n, from) = peer.recv_from(&mut buf).unwrap();
+        assert_eq!((&buf[..n], from), (&b"d1:y1:re"[..], to));
+        rt.block_on(udp.shutdown());
+    }
+}

@@ -60,6 +60,11 @@ def main():
         "dht_prefer_verified_node_ids": False,
         "dht_enforce_node_id": False,
         "dht_announce_interval": 10,
+        # libtorrent blocks an IP sending over 5 packets a second (dht_block_ratelimit) for
+        # 5 minutes; on loopback every node is 127.0.0.1, so dozens of nodes would be one
+        # blocked flooder; and its DHT sends at most 8,000 bytes a second unless raised.
+        "dht_block_ratelimit": 1000000,
+        "dht_upload_rate_limit": 10000000,
         "enable_lsd": False,
         "enable_upnp": False,
         "enable_natpmp": False,
