@@ -5,10 +5,10 @@ use std::collections::VecDeque;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use shoal::engine::bitfield::Bitfield;
-use shoal::engine::lengths::{BlockInfo, Lengths, BLOCK_LEN};
-use shoal::engine::picker::{PeerKey, Picker, Received};
-use shoal::engine::wire::{decode, Decoded, Message, DEFAULT_MAX_MESSAGE_LEN};
+use shoal_engine::bitfield::Bitfield;
+use shoal_engine::lengths::{BlockInfo, Lengths, BLOCK_LEN};
+use shoal_engine::picker::{PeerKey, Picker, Received};
+use shoal_engine::wire::{decode, Decoded, Message, DEFAULT_MAX_MESSAGE_LEN};
 
 /// Runs `f` until at least `min` has passed; returns the time and the number of runs.
 fn time_for(min: Duration, mut f: impl FnMut()) -> (Duration, u64) {

@@ -36,15 +36,10 @@ pub use shoal_actors::error::{Error, Result};
 pub use shoal_actors::session::SessionSettings;
 pub use shoal_actors::shared::{Progress, TorrentEvent, TorrentState, EVENT_QUEUE};
 pub use shoal_actors::torrent::{AddTorrent, PeerInfo, Torrent, TorrentSettings};
+pub use shoal_engine::bitfield::Bitfield;
 pub use shoal_engine::create::{create_torrent, CreateError, CreateOptions};
 pub use shoal_engine::metainfo::{Metainfo, MetainfoError};
 pub use shoal_engine::{InfoHash, PeerId};
-
-// The layers below, for shoal's own tests, benches and tools; not part of the API.
-#[doc(hidden)]
-pub use shoal_actors as actors;
-#[doc(hidden)]
-pub use shoal_engine as engine;
 
 /// A running BitTorrent session: one listening socket, one set of executor, hashing and disk
 /// threads, and any number of torrents.
@@ -87,6 +82,17 @@ impl Session {
     pub fn add_bytes(&self, bytes: &[u8], folder: impl Into<PathBuf>) -> Result<Torrent> {
         let meta = Arc::new(Metainfo::from_bytes(bytes)?);
         self.add(AddTorrent::download(meta, folder))
+    }
+
+    /// Sets the session's rate limits in bytes per second (0: none), shared by every peer of
+    /// every torrent, at once. Each torrent may have its own too ([`Torrent::set_limits`]).
+    pub fn set_limits(&self, download: u64, upload: u64) {
+        self.inner.set_limits(download, upload)
+    }
+
+    /// The session's rate limits in bytes per second (download, upload; 0: none).
+    pub fn limits(&self) -> (u64, u64) {
+        self.inner.limits()
     }
 
     /// The torrent with this info hash.

@@ -10,13 +10,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_lite::FutureExt;
-use shoal::actors::error::Error;
-use shoal::actors::runtime::Runtime;
-use shoal::actors::session::{Session, SessionSettings};
-use shoal::actors::shared::TorrentState;
-use shoal::actors::torrent::{AddTorrent, Torrent};
-use shoal::engine::create::{create_torrent, CreateOptions};
-use shoal::engine::metainfo::Metainfo;
+use shoal_actors::error::Error;
+use shoal_actors::runtime::Runtime;
+use shoal_actors::session::{Session, SessionSettings};
+use shoal_actors::shared::TorrentState;
+use shoal_actors::torrent::{AddTorrent, Torrent};
+use shoal_engine::create::{create_torrent, CreateOptions};
+use shoal_engine::metainfo::Metainfo;
 
 fn session(rt: &Runtime) -> Session {
     let _ = env_logger::builder().is_test(true).try_init();
@@ -171,6 +171,166 @@ fn pause_resume_and_remove() {
     assert!(!out.join("c").exists(), "the torrent's folder is deleted");
     assert!(out.join("mine.txt").exists(), "nothing else is touched");
 
+    bounded(&rt, "shutdown", async {
+        leecher.shutdown().await;
+        seeder.shutdown().await;
+    });
+}
+
+/// Three files whose pieces cross their boundaries: `a` (1.5 pieces), `b` (3 pieces), `c`.
+fn three_files(root: &Path) -> (PathBuf, Arc<Metainfo>, Vec<u8>) {
+    let dir = root.join("three");
+    let piece = 256 * 1024u64;
+    let sizes = vec![piece + piece / 2, 3 * piece, 2 * piece + 12_345];
+    for (i, (name, len)) in ["a.bin", "b.bin", "c.bin"].iter().zip(&sizes).enumerate() {
+        common::write_random_file(&dir.join(name), *len as usize, 40 + i as u64);
+    }
+    let opts = CreateOptions {
+        piece_length: Some(piece as u32),
+        ..CreateOptions::default()
+    };
+    let bytes = create_torrent(&dir, &opts).expect("create");
+    let meta = Arc::new(Metainfo::from_bytes(&bytes).expect("parse"));
+    (dir, meta, bytes)
+}
+
+#[test]
+fn only_the_selected_files_are_fetched_and_a_file_wanted_later_is_completed() {
+    let dir = common::tempdir();
+    let (data, meta, _) = three_files(dir.path());
+    let rt = Runtime::new(2);
+    let seeder = session(&rt);
+    let leecher = session(&rt);
+    bounded(&rt, "seed", seeder.add_torrent(seed(&meta, &data))).expect("seed");
+    let out = dir.path().join("out");
+    let mut add = AddTorrent::download(meta.clone(), &out);
+    add.wanted = Some(vec![false, true, false]);
+    add.peers = vec![seeder.local_addr()];
+    let t = bounded(&rt, "add", leecher.add_torrent(add)).expect("add");
+    bounded(&rt, "the selected file", t.wait_complete()).expect("complete");
+    let b = std::fs::read(out.join("three/b.bin")).expect("b.bin");
+    assert!(
+        b == std::fs::read(data.join("b.bin")).unwrap(),
+        "b.bin is byte-exact"
+    );
+    for skipped in ["a.bin", "c.bin"] {
+        assert!(
+            !out.join("three").join(skipped).exists(),
+            "{skipped} must not exist"
+        );
+    }
+    let p = t.progress();
+    assert_eq!(p.left, 0);
+    // b's pieces: it starts half-way into piece 1 and ends half-way into piece 4.
+    assert_eq!(
+        p.verified_pieces, 4,
+        "only the pieces that touch b.bin: {p:?}"
+    );
+    eventually("seeding state", Duration::from_secs(5), || {
+        t.state() == TorrentState::Seeding
+    });
+
+    // Wanted after all: created from the part file's bytes plus the missing pieces.
+    bounded(&rt, "want all", t.set_wanted_files(vec![true; 3])).expect("set wanted");
+    eventually("all pieces", Duration::from_secs(60), || {
+        t.progress().verified_pieces == p.total_pieces
+    });
+    bounded(&rt, "complete", t.wait_complete()).expect("complete");
+    for f in ["a.bin", "b.bin", "c.bin"] {
+        let want = std::fs::read(data.join(f)).unwrap();
+        let got = std::fs::read(out.join("three").join(f)).expect(f);
+        assert!(want == got, "{f} differs after it became wanted");
+    }
+    bounded(&rt, "wrong count", t.set_wanted_files(vec![true]))
+        .expect_err("one flag for three files");
+    bounded(&rt, "shutdown", async {
+        leecher.shutdown().await;
+        seeder.shutdown().await;
+    });
+}
+
+#[test]
+fn a_libtorrent_peer_gets_the_pieces_a_partial_download_holds() {
+    use common::clients::{free_port, wait_until, Libtorrent};
+    common::require_libtorrent();
+    let dir = common::tempdir();
+    let (data, meta, bytes) = three_files(dir.path());
+    let torrent_file = dir.path().join("three.torrent");
+    std::fs::write(&torrent_file, bytes).expect("write torrent");
+    let rt = Runtime::new(2);
+    let seeder = session(&rt);
+    let partial = session(&rt);
+    bounded(&rt, "seed", seeder.add_torrent(seed(&meta, &data))).expect("seed");
+    let out = dir.path().join("partial");
+    let mut add = AddTorrent::download(meta.clone(), &out);
+    add.wanted = Some(vec![false, true, false]);
+    add.peers = vec![seeder.local_addr()];
+    let t = bounded(&rt, "add", partial.add_torrent(add)).expect("add");
+    bounded(&rt, "partial", t.wait_complete()).expect("complete");
+    // The full seeder leaves: the partial download is the only source.
+    bounded(&rt, "seeder leaves", seeder.shutdown());
+    let have = t.progress().verified_pieces;
+    let lt_dir = dir.path().join("lt");
+    let log = dir.path().join("lt.log");
+    let peer = [partial.local_addr().to_string()];
+    let mut lt = Libtorrent {
+        peers: &peer,
+        trackers: false,
+        ..Libtorrent::default()
+    }
+    .spawn(&torrent_file, &lt_dir, free_port(), &log);
+    let want = format!("\"pieces\": {have},");
+    wait_until(
+        Duration::from_secs(60),
+        "libtorrent holds our pieces",
+        &[&log],
+        || std::fs::read_to_string(&log).is_ok_and(|l| l.contains(&want)),
+    );
+    let _ = lt.child().kill();
+    bounded(&rt, "shutdown", partial.shutdown());
+}
+
+/// Bytes downloaded by `t` over `secs` seconds, after a second to settle.
+fn measure(t: &Torrent, secs: u64) -> f64 {
+    std::thread::sleep(Duration::from_secs(1));
+    let start = (Instant::now(), t.progress().downloaded);
+    std::thread::sleep(Duration::from_secs(secs));
+    let end = (Instant::now(), t.progress().downloaded);
+    (end.1 - start.1) as f64 / (end.0 - start.0).as_secs_f64()
+}
+
+#[test]
+fn rate_limits_hold_within_a_tenth_over_ten_seconds_and_change_live() {
+    let dir = common::tempdir();
+    let (data, meta) = content(dir.path(), "slow", 64 * 1024 * 1024);
+    let rt = Runtime::new(2);
+    let seeder = session(&rt);
+    let leecher = session(&rt);
+    bounded(&rt, "seed", seeder.add_torrent(seed(&meta, &data))).expect("seed");
+    // The seeding session's upload limit.
+    seeder.set_limits(0, 1_000_000);
+    let mut add = AddTorrent::download(meta.clone(), dir.path().join("out"));
+    add.peers = vec![seeder.local_addr()];
+    let t = bounded(&rt, "add", leecher.add_torrent(add)).expect("add");
+    let rate = measure(&t, 10);
+    eprintln!("measured {rate:.0} B/s");
+    assert!(
+        (900_000.0..=1_100_000.0).contains(&rate),
+        "session upload limit 1,000,000 B/s: measured {rate:.0}"
+    );
+    // The downloading torrent's own limit, lower, set while it runs.
+    t.set_limits(400_000, 0);
+    assert_eq!(t.limits(), (400_000, 0));
+    let rate = measure(&t, 10);
+    eprintln!("measured {rate:.0} B/s");
+    assert!(
+        (360_000.0..=440_000.0).contains(&rate),
+        "torrent download limit 400,000 B/s: measured {rate:.0}"
+    );
+    // Lifted: it goes much faster.
+    t.set_limits(0, 0);
+    seeder.set_limits(0, 0);
+    bounded(&rt, "complete", t.wait_complete()).expect("complete");
     bounded(&rt, "shutdown", async {
         leecher.shutdown().await;
         seeder.shutdown().await;

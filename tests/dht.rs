@@ -19,13 +19,13 @@ use std::time::{Duration, Instant};
 
 use common::clients::*;
 use common::*;
-use shoal::actors::runtime::Runtime;
-use shoal::actors::session::{Pools, Session, SessionSettings};
-use shoal::actors::torrent::AddTorrent;
-use shoal::engine::dht::krpc::{Body, CompactNode, Message, Query, Response, Tid, Token};
-use shoal::engine::dht::NodeId;
-use shoal::engine::metainfo::Metainfo;
-use shoal::engine::InfoHash;
+use shoal_actors::runtime::Runtime;
+use shoal_actors::session::{Pools, Session, SessionSettings};
+use shoal_actors::torrent::AddTorrent;
+use shoal_engine::dht::krpc::{Body, CompactNode, Message, Query, Response, Tid, Token};
+use shoal_engine::dht::NodeId;
+use shoal_engine::metainfo::Metainfo;
+use shoal_engine::InfoHash;
 
 const MIB: u64 = 1024 * 1024;
 
@@ -582,7 +582,7 @@ fn replies_carrying_thousands_of_nodes_are_bounded() {
     // answer, and one reply is cut at MAX_NODES_PER_REPLY (16) contacts.
     assert!(stats.nodes <= 8 * 160, "{stats:?}");
     assert!(
-        stats.in_flight <= shoal::engine::dht::MAX_TRANSACTIONS,
+        stats.in_flight <= shoal_engine::dht::MAX_TRANSACTIONS,
         "{stats:?}"
     );
     let probe = UdpSocket::bind("127.0.0.1:0").unwrap();

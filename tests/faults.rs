@@ -12,17 +12,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_lite::FutureExt;
-use shoal::actors::peer::ServeFilter;
-use shoal::actors::runtime::Runtime;
-use shoal::actors::session::{Session, SessionSettings};
-use shoal::actors::shared::TorrentEvent;
-use shoal::actors::torrent::{AddTorrent, Torrent, TorrentSettings};
-use shoal::engine::create::{create_torrent, CreateOptions};
-use shoal::engine::lengths::BlockInfo;
-use shoal::engine::metainfo::Metainfo;
-use shoal::engine::picker::PeerKey;
-use shoal::engine::wire::Handshake;
-use shoal::engine::PeerId;
+use shoal_actors::peer::ServeFilter;
+use shoal_actors::runtime::Runtime;
+use shoal_actors::session::{Session, SessionSettings};
+use shoal_actors::shared::TorrentEvent;
+use shoal_actors::torrent::{AddTorrent, Torrent, TorrentSettings};
+use shoal_engine::create::{create_torrent, CreateOptions};
+use shoal_engine::lengths::BlockInfo;
+use shoal_engine::metainfo::Metainfo;
+use shoal_engine::picker::PeerKey;
+use shoal_engine::wire::Handshake;
+use shoal_engine::PeerId;
 
 fn session_on(rt: &Runtime, listen: SocketAddr) -> Session {
     Session::with_spawner(

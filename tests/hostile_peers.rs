@@ -16,14 +16,14 @@ use std::time::{Duration, Instant};
 use async_channel::Receiver;
 use futures_lite::future;
 use sha1::{Digest, Sha1};
-use shoal::actors::session::{Session, SessionSettings};
-use shoal::actors::shared::TorrentEvent;
-use shoal::actors::torrent::{AddTorrent, Torrent, TorrentSettings};
-use shoal::engine::create::{create_torrent, CreateOptions};
-use shoal::engine::lengths::BlockInfo;
-use shoal::engine::metainfo::Metainfo;
-use shoal::engine::wire::{decode, Decoded, Handshake, Message, DEFAULT_MAX_MESSAGE_LEN};
-use shoal::engine::{InfoHash, PeerId};
+use shoal_actors::session::{Session, SessionSettings};
+use shoal_actors::shared::TorrentEvent;
+use shoal_actors::torrent::{AddTorrent, Torrent, TorrentSettings};
+use shoal_engine::create::{create_torrent, CreateOptions};
+use shoal_engine::lengths::BlockInfo;
+use shoal_engine::metainfo::Metainfo;
+use shoal_engine::wire::{decode, Decoded, Handshake, Message, DEFAULT_MAX_MESSAGE_LEN};
+use shoal_engine::{InfoHash, PeerId};
 
 // ---------------------------------------------------------------------------------------------
 // Fixtures: content, seeders and downloaders
@@ -1062,4 +1062,99 @@ fn corrupt_first_blocks_mixed_with_honest_ones_ban_only_the_liar() {
     // The liar sends a wrong first block of each piece and rejects the rest, which the honest
     // seeder then sends: every failed piece has both as contributors.
     corrupt_data_case(64 * 1024, 12, false, true);
+}
+
+/// A liar that listens at one address and, on each connection, sends one wrong piece and
+/// hangs up. Counts its connections.
+fn one_lie_per_connection(
+    listener: TcpListener,
+    info_hash: InfoHash,
+    connections: Arc<AtomicUsize>,
+) -> JoinHandle<()> {
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let s = match listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+                Err(_) => return,
+            };
+            s.set_nonblocking(false).unwrap();
+            connections.fetch_add(1, Ordering::Relaxed);
+            let mut raw = Raw::from_stream(s);
+            if raw.read_handshake(Duration::from_secs(10)).is_err()
+                || raw
+                    .write(&handshake_bytes(info_hash, PeerId::generate(), true))
+                    .is_err()
+            {
+                continue;
+            }
+            let _ = raw.send(Message::HaveAll);
+            let mut lied_about = None;
+            let mut sent = 0;
+            let until = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < until {
+                match raw.next(Duration::from_millis(200)) {
+                    Ok(Got::Interested) => {
+                        let _ = raw.send(Message::Unchoke);
+                    }
+                    // Every block of the first piece asked for, wrong; nothing else.
+                    Ok(Got::Request(b)) if *lied_about.get_or_insert(b.piece) == b.piece => {
+                        let junk = vec![0x5a; b.len as usize];
+                        let _ = raw.send(Message::Piece {
+                            piece: b.piece,
+                            begin: b.begin,
+                            data: &junk,
+                        });
+                        sent += 1;
+                        if sent == 4 {
+                            // The whole piece (64 KiB) is out: hang up.
+                            std::thread::sleep(Duration::from_millis(200));
+                            break;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::TimedOut => {}
+                    Err(_) => break,
+                }
+            }
+        }
+    })
+}
+
+#[test]
+fn a_liar_that_reconnects_from_the_same_address_is_banned() {
+    let c = content(64 * 64 * 1024, 64 * 1024, 77);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let liar = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let _lies = one_lie_per_connection(listener, c.meta.info_hash, connections.clone());
+    let d = Downloader::start(&c, vec![liar]);
+    let rx = d.torrent.subscribe();
+    // One failed piece per connection, one strike each: the second connection's lie bans the
+    // host, although no single connection ever lied twice.
+    let banned = wait_event(&rx, Duration::from_secs(30), |e| {
+        *e == TorrentEvent::PeerBanned(liar)
+    });
+    let n = connections.load(Ordering::Relaxed);
+    assert!(
+        banned.is_some(),
+        "the liar was not banned after {n} connections"
+    );
+    assert!(
+        n >= 2,
+        "banned after {n} connection: one lie each cannot do that"
+    );
+    // Banned: never dialled again.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        connections.load(Ordering::Relaxed),
+        n,
+        "a banned host was dialled again"
+    );
+    assert_eq!(d.torrent.progress().verified_pieces, 0, "no lie was kept");
 }

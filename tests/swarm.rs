@@ -10,17 +10,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_lite::FutureExt;
-use shoal::actors::one_copy::OneCopy;
-use shoal::actors::peer::ServeFilter;
-use shoal::actors::runtime::Runtime;
-use shoal::actors::session::{Session, SessionSettings};
-use shoal::actors::shared::TorrentEvent;
-use shoal::actors::torrent::{AddTorrent, Torrent};
-use shoal::actors::tracker_server::{TrackerServer, TrackerServerOptions};
-use shoal::engine::create::{create_torrent, CreateOptions};
-use shoal::engine::lengths::BlockInfo;
-use shoal::engine::metainfo::Metainfo;
-use shoal::engine::picker::PeerKey;
+use shoal_actors::one_copy::OneCopy;
+use shoal_actors::peer::ServeFilter;
+use shoal_actors::runtime::Runtime;
+use shoal_actors::session::{Session, SessionSettings};
+use shoal_actors::shared::TorrentEvent;
+use shoal_actors::torrent::{AddTorrent, Torrent};
+use shoal_actors::tracker_server::{TrackerServer, TrackerServerOptions};
+use shoal_engine::create::{create_torrent, CreateOptions};
+use shoal_engine::lengths::BlockInfo;
+use shoal_engine::metainfo::Metainfo;
+use shoal_engine::picker::PeerKey;
 
 fn loopback() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
@@ -303,10 +303,10 @@ fn a_restarted_download_keeps_its_verified_pieces() {
 /// A peer that has every piece, unchokes at once and answers every request with wrong bytes.
 /// Counts the connections it accepts.
 fn spawn_corrupt_peer(meta: Arc<Metainfo>, connections: Arc<AtomicUsize>) -> SocketAddr {
-    use shoal::engine::wire::{
+    use shoal_engine::wire::{
         decode, Decoded, Handshake, Message, DEFAULT_MAX_MESSAGE_LEN, HANDSHAKE_LEN,
     };
-    use shoal::engine::PeerId;
+    use shoal_engine::PeerId;
     use std::io::{Read, Write};
 
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind corrupt peer");
@@ -329,7 +329,7 @@ fn spawn_corrupt_peer(meta: Arc<Metainfo>, connections: Arc<AtomicUsize>) -> Soc
                 };
                 let mut out = ours.to_bytes().to_vec();
                 let n = meta.info.lengths.num_pieces();
-                let mut bf = shoal::engine::bitfield::Bitfield::full(n);
+                let mut bf = shoal_engine::bitfield::Bitfield::full(n);
                 bf.set(0);
                 Message::Bitfield(bf.as_bytes()).encode(&mut out);
                 Message::Unchoke.encode(&mut out);

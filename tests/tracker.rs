@@ -15,13 +15,13 @@ use std::time::{Duration, Instant};
 
 use async_channel::Receiver;
 use futures_lite::future;
-use shoal::actors::tracker::{
+use shoal_actors::tracker::{
     announce_once, scrape, AnnounceError, Timing, TrackerClient, TrackerConfig, TrackerStatus,
     TransferStats,
 };
-use shoal::actors::tracker_server::{TrackerServer, TrackerServerOptions};
-use shoal::engine::tracker::{parse_announce_response, AnnounceRequest, Event, TrackerError};
-use shoal::engine::{InfoHash, PeerId};
+use shoal_actors::tracker_server::{TrackerServer, TrackerServerOptions};
+use shoal_engine::tracker::{parse_announce_response, AnnounceRequest, Event, TrackerError};
+use shoal_engine::{InfoHash, PeerId};
 use smol::Timer;
 
 use common::ChildGuard;
@@ -47,6 +47,7 @@ fn fast_timing() -> Timing {
         udp_retransmit_base: Duration::from_millis(200),
         udp_max_retransmits: 2,
         stop_timeout: Duration::from_secs(1),
+        announce_interval: None,
     }
 }
 
@@ -198,6 +199,104 @@ fn two_clients_learn_each_other_and_stopped_removes() {
         let counts = scrape(&url, &[h], &fast_timing()).await.unwrap();
         assert_eq!(counts.get(&h), None, "an empty swarm is forgotten");
     });
+}
+
+/// A seeder with its own short re-announce period (`announce_interval`, the CLI's
+/// `--announce-interval`) learns a downloader that announced after it, from its next announce,
+/// and dials it, although the tracker asks for one announce an hour. The downloader is a raw
+/// listener that never dials anyone (as rtorrent on loopback, which may take 127.0.0.1 for
+/// itself): only the seeder's dial can reach it.
+#[test]
+fn a_seeder_dials_the_downloaders_it_learns_from_each_announce() {
+    use shoal_actors::session::{Session, SessionSettings};
+    use shoal_actors::torrent::AddTorrent;
+    use shoal_engine::create::{create_torrent, CreateOptions};
+    use shoal_engine::metainfo::Metainfo;
+
+    let tracker = server(3600);
+    let dir = common::tempdir();
+    let data = dir.path().join("data.bin");
+    common::write_random_file(&data, 300_000, 16);
+    let bytes = create_torrent(
+        &data,
+        &CreateOptions {
+            piece_length: Some(16384),
+            trackers: vec![vec![tracker.announce_url()]],
+            ..Default::default()
+        },
+    )
+    .expect("create torrent");
+    let meta = Arc::new(Metainfo::from_bytes(&bytes).expect("metainfo"));
+    let info_hash = meta.info_hash;
+    let session = Session::new(SessionSettings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        threads: 1,
+        ..SessionSettings::default()
+    })
+    .expect("session");
+    let mut add = AddTorrent::seed(meta, dir.path());
+    add.settings.announce_interval = Some(Duration::from_secs(1));
+    session
+        .block_on(session.add_torrent(add))
+        .expect("seeder starts");
+    // The seeder's first announce: the tracker counts one seeder.
+    let url = tracker.announce_url();
+    let seen = Instant::now();
+    loop {
+        let counts = run_bounded(10, scrape(&url, &[info_hash], &fast_timing()));
+        if counts.is_ok_and(|c| c.get(&info_hash).is_some_and(|s| s.complete == 1)) {
+            break;
+        }
+        assert!(
+            seen.elapsed() < Duration::from_secs(10),
+            "the seeder never announced"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Now a downloader announces; it listens and never dials.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let resp = run_bounded(
+        10,
+        announce_once(
+            &url,
+            &request(info_hash, port, 1000, Some(Event::Started)),
+            &fast_timing(),
+        ),
+    )
+    .expect("downloader announces");
+    assert_eq!(
+        resp.interval, 3600,
+        "the tracker asks for one announce an hour"
+    );
+    listener.set_nonblocking(true).unwrap();
+    let waited = Instant::now();
+    let mut stream = loop {
+        match listener.accept() {
+            Ok((s, _)) => break s,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(
+                    waited.elapsed() < Duration::from_secs(5),
+                    "the seeder did not dial the downloader it could learn from its next announce"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    };
+    stream.set_nonblocking(false).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut hs = [0u8; 68];
+    stream.read_exact(&mut hs).expect("the seeder's handshake");
+    assert_eq!(&hs[28..48], &info_hash.0, "the handshake names the torrent");
+    eprintln!(
+        "tracker: the seeder dialled the new downloader {:.1} s after it announced",
+        waited.elapsed().as_secs_f64()
+    );
+    drop(stream);
+    session.block_on(session.shutdown());
 }
 
 #[test]
@@ -688,7 +787,7 @@ fn stop_is_bounded_when_the_tracker_hangs_on_stopped() {
 }
 
 fn encode_reply(interval: u32) -> Vec<u8> {
-    shoal::engine::tracker::encode_announce_reply(interval, &[], true, 0, 1)
+    shoal_engine::tracker::encode_announce_reply(interval, &[], true, 0, 1)
 }
 
 /// Each announce asks for its connection to be closed, so that clients do not hold a

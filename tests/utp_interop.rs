@@ -12,10 +12,10 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use shoal::engine::lengths::BlockInfo;
-use shoal::engine::utp::{Config, ConnectionHandle, UtpSocket};
-use shoal::engine::wire::{decode, Decoded, Handshake, Message, HANDSHAKE_LEN};
-use shoal::engine::{InfoHash, PeerId};
+use shoal_engine::lengths::BlockInfo;
+use shoal_engine::utp::{Config, ConnectionHandle, UtpSocket};
+use shoal_engine::wire::{decode, Decoded, Handshake, Message, HANDSHAKE_LEN};
+use shoal_engine::{InfoHash, PeerId};
 
 use common::clients::free_port;
 use common::{require_libtorrent, tempdir, write_random_file, ChildGuard, DEBIAN_PYTHON};

@@ -9,6 +9,7 @@ pub mod disk;
 pub mod error;
 pub mod extension;
 pub mod hasher;
+pub mod limit;
 pub mod lsd;
 pub mod one_copy;
 pub mod peer;

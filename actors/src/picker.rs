@@ -27,6 +27,7 @@ use crate::disk::{PieceDone, PieceOutcome, Storage};
 use crate::hasher::{HashJob, Hasher};
 use crate::runtime::{Mailbox, ReplyTo};
 use crate::shared::{Shared, TorrentEvent};
+use crate::torrent::BanKey;
 
 /// Capacity of the picker's mailbox. Peers wait when it is full (backpressure on the sockets).
 pub const PICKER_MAILBOX: usize = 256;
@@ -39,6 +40,13 @@ pub const PEER_NOTES: usize = 64;
 /// After a write fails (disk full, permission denied), how long to start no new piece before
 /// trying again.
 pub const PAUSE_AFTER_WRITE_FAILURE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Places always left free in a peer's note channel by cancels, for the one grant and the one
+/// wake-up that may be queued besides, and for a ban, which therefore is never lost.
+const NOTES_RESERVED: usize = 4;
+
+/// Hosts whose strikes are remembered (a few bytes each).
+const MAX_STRUCK: usize = 4096;
 
 /// How many departed peers' addresses are remembered for events.
 const DEPARTED_REMEMBERED: usize = 256;
@@ -201,8 +209,6 @@ struct PeerSlot {
     has: Bitfield,
     /// Where notes for it go.
     notes: Sender<PeerNote>,
-    /// Failed pieces it contributed to.
-    strikes: u32,
     /// Whether its last grant was empty: it waits for a wake-up.
     starved: bool,
 }
@@ -226,6 +232,9 @@ struct State {
     /// Pieces that failed with several senders: who sent each block and its SHA-1, to compare
     /// with the blocks of the attempt that verifies (so the liar, and only the liar, is struck).
     suspects: HashMap<u32, Vec<(PeerKey, [u8; 20])>>,
+    /// Strikes by host (IP, or address and port on loopback: `BanKey`), kept across
+    /// reconnections, so a liar that comes back is banned; at most [`MAX_STRUCK`] hosts.
+    strikes: HashMap<BanKey, u32>,
     /// Peers that left recently, with their addresses, to name them in events about pieces
     /// they sent that were still being hashed.
     departed: std::collections::VecDeque<(PeerKey, SocketAddr)>,
@@ -269,6 +278,7 @@ pub async fn run(setup: PickerSetup, mut inbox: Mailbox<PickerMsg>) {
         senders: HashMap::new(),
         suspects: HashMap::new(),
         departed: std::collections::VecDeque::new(),
+        strikes: HashMap::new(),
         in_flight: 0,
         in_flight_pieces: 0,
         budget: disk_budget.max(u64::from(lengths.piece_length())),
@@ -328,6 +338,10 @@ impl State {
     fn handle(&mut self, msg: PickerMsg, jobs: &mut Vec<HashJob>) {
         match msg {
             PickerMsg::Join { peer, addr, notes } => {
+                let struck_out = self
+                    .strikes
+                    .get(&BanKey::of(addr))
+                    .is_some_and(|&n| n >= BAN_STRIKES);
                 let has = Bitfield::new(self.lengths.num_pieces());
                 self.peers.insert(
                     peer,
@@ -335,10 +349,13 @@ impl State {
                         addr,
                         has,
                         notes,
-                        strikes: 0,
                         starved: false,
                     },
                 );
+                if struck_out {
+                    // A host banned while away, back under a new connection.
+                    self.ban(peer);
+                }
             }
             PickerMsg::Bitfield { peer, bitfield } => {
                 if let Some(slot) = self.peers.get_mut(&peer) {
@@ -408,6 +425,14 @@ impl State {
             }
             PickerMsg::SetPriorities { priorities } => {
                 self.policy.set_piece_priorities(&priorities);
+                let left = (0..self.lengths.num_pieces())
+                    .filter(|&p| {
+                        !self.policy.have().get(p) && self.policy.piece_priority(p).is_wanted()
+                    })
+                    .map(|p| u64::from(self.lengths.piece_len(p)))
+                    .sum();
+                self.shared.set_left(left);
+                self.shared.set_complete(self.policy.is_complete_wanted());
                 self.wake(None);
             }
             PickerMsg::SetSequential { on } => {
@@ -464,7 +489,7 @@ impl State {
                     if let Some(slot) = self.peers.get(&other) {
                         // Cancels never take the last slots: the grant (one at a time) and a
                         // wake-up must always fit, or the peer would never ask again.
-                        if slot.notes.len() + 2 < PEER_NOTES {
+                        if slot.notes.len() + NOTES_RESERVED < PEER_NOTES {
                             let _ = slot.notes.try_send(PeerNote::Cancel(block));
                         }
                     }
@@ -515,7 +540,9 @@ impl State {
             PieceOutcome::Written => {
                 self.paused = None;
                 self.policy.piece_verified(done.piece);
-                self.shared.piece_verified(done.piece, len);
+                let wanted = self.policy.piece_priority(done.piece).is_wanted();
+                let all = self.policy.is_complete_wanted();
+                self.shared.piece_verified(done.piece, len, wanted, all);
                 // Smart ban: the blocks of an earlier failure that differ from the good ones
                 // name their senders for certain.
                 if let Some(earlier) = self.suspects.remove(&done.piece) {
@@ -590,17 +617,47 @@ impl State {
         })
     }
 
-    /// One more failure that `peer` surely caused; banned at [`BAN_STRIKES`].
+    /// One more failure that `peer` surely caused, counted against its host (connected or
+    /// recently gone); banned at [`BAN_STRIKES`]. A host struck out while away is banned when it
+    /// joins again.
     fn strike(&mut self, peer: PeerKey) {
-        if let Some(slot) = self.peers.get_mut(&peer) {
-            slot.strikes += 1;
-            if slot.strikes >= BAN_STRIKES {
-                log::warn!(
-                    "banning {}: sent corrupt data for {} pieces",
-                    slot.addr,
-                    slot.strikes
-                );
-                let _ = slot.notes.try_send(PeerNote::Ban);
+        let Some(addr) = self.addr_of(peer) else {
+            return;
+        };
+        let key = BanKey::of(addr);
+        if !self.strikes.contains_key(&key) && self.strikes.len() >= MAX_STRUCK {
+            // A flood of liars from many hosts: forget a host with the fewest strikes.
+            let fewest = self
+                .strikes
+                .iter()
+                .min_by_key(|(_, n)| **n)
+                .map(|(k, _)| *k);
+            if let Some(k) = fewest {
+                self.strikes.remove(&k);
+            }
+        }
+        let n = self.strikes.entry(key).or_insert(0);
+        *n += 1;
+        if *n >= BAN_STRIKES {
+            log::warn!("banning {addr}: sent corrupt data for {n} pieces");
+            let struck: Vec<PeerKey> = self
+                .peers
+                .iter()
+                .filter(|(_, slot)| BanKey::of(slot.addr) == key)
+                .map(|(k, _)| *k)
+                .collect();
+            for k in struck {
+                self.ban(k);
+            }
+        }
+    }
+
+    /// Tells a peer it is banned. Never lost: other notes leave [`NOTES_RESERVED`] places free
+    /// in its channel.
+    fn ban(&mut self, peer: PeerKey) {
+        if let Some(slot) = self.peers.get(&peer) {
+            if slot.notes.try_send(PeerNote::Ban).is_err() {
+                log::error!("peer {}: its note channel refused a ban", slot.addr);
             }
         }
     }

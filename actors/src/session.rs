@@ -27,8 +27,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_lite::{AsyncReadExt, FutureExt};
-use shoal_engine::wire::{Handshake, HANDSHAKE_LEN};
 use shoal_engine::{InfoHash, PeerId};
 use smol::net::{TcpListener, TcpStream};
 
@@ -37,13 +35,13 @@ use crate::discovery::{Discovery, DiscoverySettings};
 use crate::disk::Disk;
 use crate::error::{Error, Result};
 use crate::hasher::Hasher;
+use crate::limit::Limiter;
+use crate::peer::connect;
 use crate::runtime::{Runtime, Spawner, Task, TrySendError};
 use crate::torrent::{self, AddTorrent, SessionContext, Torrent, TorrentMsg};
 
-/// How long an incoming connection may take to send its handshake.
-const INCOMING_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Most incoming connections waiting for their handshake at once; more are closed at once.
+/// The default of [`SessionSettings::max_half_open`]: a waiting handshake costs a task and a
+/// socket, and 256 covers a burst of honest arrivals while bounding a flood.
 const MAX_PENDING_HANDSHAKES: usize = 256;
 
 /// Settings of a session.
@@ -75,6 +73,13 @@ pub struct SessionSettings {
     /// Where the session keeps its state between runs (the DHT routing table); `None`: none
     /// is kept.
     pub state_dir: Option<std::path::PathBuf>,
+    /// Most incoming connections waiting for their handshake at once (half-open); more are
+    /// closed at once. Outgoing ones are bounded by each torrent's `max_dialing`.
+    pub max_half_open: usize,
+    /// Download rate limit of the whole session in bytes per second (0: none).
+    pub download_limit: u64,
+    /// Upload rate limit of the whole session in bytes per second (0: none).
+    pub upload_limit: u64,
 }
 
 impl Default for SessionSettings {
@@ -91,6 +96,9 @@ impl Default for SessionSettings {
             lsd: true,
             pex: true,
             state_dir: None,
+            max_half_open: MAX_PENDING_HANDSHAKES,
+            download_limit: 0,
+            upload_limit: 0,
         }
     }
 }
@@ -120,6 +128,10 @@ pub struct Session {
     slots: Arc<ConnectionSlots>,
     /// The DHT node, LSD and their UDP socket.
     discovery: Discovery,
+    /// The download rate limit every peer shares.
+    down_limit: Arc<Limiter>,
+    /// The upload rate limit every peer shares.
+    up_limit: Arc<Limiter>,
 }
 
 /// The threads that hash pieces and touch files, which every torrent of a session (or of
@@ -195,7 +207,6 @@ impl Session {
         let listener = TcpListener::try_from(listener)?;
         let peer_id = settings.peer_id.unwrap_or_else(PeerId::generate);
         let torrents: Registry = Arc::default();
-        let accept = spawner.spawn(accept_loop(listener, torrents.clone(), spawner.clone()));
         let discovery = Discovery::start(
             &DiscoverySettings {
                 dht: settings.dht,
@@ -206,6 +217,12 @@ impl Session {
             local_addr,
             &spawner,
         );
+        let accept = spawner.spawn(accept_loop(
+            listener,
+            torrents.clone(),
+            spawner.clone(),
+            settings.max_half_open.max(1),
+        ));
         Ok(Self {
             runtime,
             spawner,
@@ -217,6 +234,8 @@ impl Session {
             owns_pools,
             slots: Arc::new(ConnectionSlots::new(settings.max_connections.max(1))),
             discovery,
+            down_limit: Arc::new(Limiter::new(settings.download_limit)),
+            up_limit: Arc::new(Limiter::new(settings.upload_limit)),
         })
     }
 
@@ -261,6 +280,8 @@ impl Session {
             hasher: self.pools.hasher.clone(),
             disk: self.pools.disk.clone(),
             slots: self.slots.clone(),
+            down_limit: self.down_limit.clone(),
+            up_limit: self.up_limit.clone(),
         };
         // Checked and inserted under one lock: two adds of the same torrent cannot both start.
         let mut torrents = self.lock();
@@ -284,6 +305,18 @@ impl Session {
             return Err(e);
         }
         Ok(torrent)
+    }
+
+    /// Sets the session's rate limits in bytes per second (0: none), at once for every peer of
+    /// every torrent.
+    pub fn set_limits(&self, download: u64, upload: u64) {
+        self.down_limit.set_rate(download);
+        self.up_limit.set_rate(upload);
+    }
+
+    /// The session's rate limits in bytes per second (download, upload; 0: none).
+    pub fn limits(&self) -> (u64, u64) {
+        (self.down_limit.rate(), self.up_limit.rate())
     }
 
     /// The torrent with this info hash.
@@ -353,7 +386,12 @@ impl Session {
     }
 }
 
-async fn accept_loop(listener: TcpListener, torrents: Registry, spawner: Spawner) {
+async fn accept_loop(
+    listener: TcpListener,
+    torrents: Registry,
+    spawner: Spawner,
+    max_half_open: usize,
+) {
     let pending = Arc::new(AtomicUsize::new(0));
     loop {
         let (stream, addr) = match listener.accept().await {
@@ -365,7 +403,7 @@ async fn accept_loop(listener: TcpListener, torrents: Registry, spawner: Spawner
                 continue;
             }
         };
-        if pending.load(Ordering::Relaxed) >= MAX_PENDING_HANDSHAKES {
+        if pending.load(Ordering::Relaxed) >= max_half_open {
             log::debug!("too many pending handshakes; closing {addr}");
             continue;
         }
@@ -431,34 +469,15 @@ fn delete(
 }
 
 /// Reads an incoming handshake and hands the connection to its torrent.
-async fn route_incoming(mut stream: TcpStream, addr: SocketAddr, torrents: &Registry) {
-    let _ = stream.set_nodelay(true);
-    let read = async {
-        let mut buf = [0u8; HANDSHAKE_LEN];
-        // Read the protocol header first so garbage is refused before waiting for 68 bytes.
-        stream.read_exact(&mut buf[..20]).await?;
-        Handshake::decode(&buf[..20])
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
-        stream.read_exact(&mut buf[20..]).await?;
-        Handshake::decode(&buf)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?
-            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))
-    }
-    .or(async {
-        smol::Timer::after(INCOMING_HANDSHAKE_TIMEOUT).await;
-        Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "no handshake",
-        ))
-    })
-    .await;
-    let remote = match read {
-        Ok(h) => h,
+async fn route_incoming(stream: TcpStream, addr: SocketAddr, torrents: &Registry) {
+    let accepted = match connect::accept(stream, addr).await {
+        Ok(a) => a,
         Err(e) => {
             log::debug!("incoming {addr}: {e}");
             return;
         }
     };
+    let remote = accepted.remote();
     let torrent = torrents
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -468,11 +487,7 @@ async fn route_incoming(mut stream: TcpStream, addr: SocketAddr, torrents: &Regi
         log::debug!("incoming {addr}: unknown info hash {}", remote.info_hash);
         return;
     };
-    match torrent.addr().try_send(TorrentMsg::Incoming {
-        stream,
-        addr,
-        remote,
-    }) {
+    match torrent.addr().try_send(TorrentMsg::Incoming(accepted)) {
         Ok(()) => {}
         Err(TrySendError::Full(_)) => log::debug!("incoming {addr}: torrent is busy"),
         Err(TrySendError::Closed(_)) => {}
@@ -505,6 +520,23 @@ impl ConnectionSlots {
                 (u < self.limit).then_some(u + 1)
             })
             .is_ok()
+    }
+
+    /// Takes a slot even past the limit: for a newcomer admitted by evicting a connection that
+    /// still holds its slot until it has closed (bounded by the torrent's evictions in
+    /// progress, see `torrent::admission`).
+    pub(crate) fn take_anyway(&self) {
+        self.used.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Connections open or being opened.
+    pub(crate) fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// The most connections at once.
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
     }
 
     /// Gives `n` slots back.

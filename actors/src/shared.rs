@@ -12,6 +12,7 @@ use std::sync::Mutex;
 
 use async_channel::Sender;
 use event_listener::{Event, EventListener};
+use shoal_engine::bitfield::Bitfield;
 
 /// Something that happened to a torrent, for subscribers (progress displays, tests, embedders).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -116,6 +117,10 @@ pub struct Shared {
     have_log: Mutex<Vec<u32>>,
     /// Notified when `have_log` grows.
     have_grew: Event,
+    /// Every piece verified and on disk, those found at start included (the have-log holds
+    /// only the ones verified since), for displays and for streaming readers that wait for a
+    /// piece. Written once per piece, so a lock of its own costs nothing on the hot path.
+    have: Mutex<Bitfield>,
     /// Notified when a peer becomes interested, so the torrent can unchoke it into a free slot
     /// at once instead of on its next one-second tick.
     interest: Event,
@@ -131,7 +136,7 @@ pub struct Shared {
     left: AtomicU64,
     /// Connected peers.
     peers: AtomicU32,
-    /// Set once every piece is verified.
+    /// Set while every wanted piece is verified (every piece, unless files are skipped).
     complete: AtomicBool,
     /// What the torrent is doing ([`TorrentState`] as a byte), written by the torrent actor.
     state: AtomicU8,
@@ -168,7 +173,7 @@ pub struct Progress {
     pub verified_pieces: u32,
     /// Pieces in the torrent.
     pub total_pieces: u32,
-    /// Bytes still missing.
+    /// Bytes still missing, of the wanted files' pieces.
     pub left: u64,
     /// Payload bytes received.
     pub downloaded: u64,
@@ -178,7 +183,7 @@ pub struct Progress {
     pub wasted: u64,
     /// Connected peers.
     pub peers: u32,
-    /// Whether every piece is verified.
+    /// Whether every wanted piece is verified: every piece, unless files are skipped.
     pub complete: bool,
     /// What the torrent is doing.
     pub state: TorrentState,
@@ -209,6 +214,7 @@ impl Shared {
             num_pieces,
             have_log: Mutex::new(Vec::new()),
             have_grew: Event::new(),
+            have: Mutex::new(Bitfield::new(num_pieces)),
             interest: Event::new(),
             verified: AtomicU32::new(verified),
             downloaded: AtomicU64::new(0),
@@ -313,24 +319,64 @@ impl Shared {
         });
     }
 
-    /// Appends a verified piece to the have-log and wakes the peers.
-    pub(crate) fn piece_verified(&self, piece: u32, len: u64) {
+    /// Appends a verified piece to the have-log and wakes the peers. `wanted`: the piece
+    /// counts toward what is left (it is not of skipped files only); `done`: every wanted
+    /// piece is now verified.
+    pub(crate) fn piece_verified(&self, piece: u32, len: u64, wanted: bool, done: bool) {
+        self.have
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set(piece);
         self.have_log
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(piece);
-        self.left.fetch_sub(
-            len.min(self.left.load(Ordering::Relaxed)),
-            Ordering::Relaxed,
-        );
-        let done = self.verified.fetch_add(1, Ordering::AcqRel) + 1;
+        if wanted {
+            self.left.fetch_sub(
+                len.min(self.left.load(Ordering::Relaxed)),
+                Ordering::Relaxed,
+            );
+        }
+        self.verified.fetch_add(1, Ordering::AcqRel);
         self.have_grew.notify(usize::MAX);
         self.emit(TorrentEvent::PieceVerified(piece));
-        if done == self.num_pieces {
-            self.complete.store(true, Ordering::Release);
+        self.set_complete(done);
+    }
+
+    /// Whether every wanted piece is verified (every piece, unless files are skipped). Going
+    /// from not complete to complete emits [`TorrentEvent::Complete`] and wakes the waiters.
+    pub(crate) fn set_complete(&self, done: bool) {
+        let was = self.complete.swap(done, Ordering::AcqRel);
+        if done && !was {
             self.emit(TorrentEvent::Complete);
             self.finished.notify(usize::MAX);
         }
+    }
+
+    /// A copy of the pieces verified and on disk.
+    pub fn have(&self) -> Bitfield {
+        self.have.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Whether `piece` is verified and on disk.
+    pub fn has_piece(&self, piece: u32) -> bool {
+        piece < self.num_pieces
+            && self
+                .have
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(piece)
+    }
+
+    /// A listener notified whenever a piece is verified (and when the check ends). Register it,
+    /// then look at [`has_piece`](Self::has_piece).
+    pub fn listen_pieces(&self) -> EventListener {
+        self.have_grew.listen()
+    }
+
+    /// Bytes of wanted pieces still missing (after the file selection changed).
+    pub(crate) fn set_left(&self, left: u64) {
+        self.left.store(left, Ordering::Relaxed);
     }
 
     /// Copies the have-log entries from `cursor` on into `out` and advances the cursor.
@@ -407,6 +453,19 @@ impl Shared {
         self.checked.store(pieces, Ordering::Relaxed);
     }
 
+    /// The pieces found good by the check (or the fast-resume record), before
+    /// [`checked`](Self::checked).
+    pub(crate) fn set_initial_have(&self, have: &Bitfield) {
+        let mut ours = self.have.lock().unwrap_or_else(|e| e.into_inner());
+        if have.len() == ours.len() {
+            for p in have.iter_ones() {
+                ours.set(p);
+            }
+        }
+        drop(ours);
+        self.have_grew.notify(usize::MAX);
+    }
+
     /// The check is over: `verified` pieces are good and `left` bytes are missing.
     pub(crate) fn checked(&self, verified: u32, left: u64) {
         self.verified.store(verified, Ordering::Release);
@@ -421,5 +480,7 @@ impl Shared {
     pub(crate) fn set_stopped(&self) {
         self.stopped.store(true, Ordering::Release);
         self.finished.notify(usize::MAX);
+        // Readers waiting for a piece look again, and see the torrent stopped.
+        self.have_grew.notify(usize::MAX);
     }
 }

@@ -9,7 +9,9 @@
 //!   `completed` once after [`TrackerClient::completed`]; [`TrackerClient::stop`] sends
 //!   `stopped` to every tracker that saw `started`, within [`Timing::stop_timeout`].
 //! - After a successful round the next comes after the tracker's interval (at least its
-//!   `min interval` and [`Timing::min_announce_interval`]). After a failed round the next
+//!   `min interval` and [`Timing::min_announce_interval`]), or after the user's own
+//!   [`Timing::announce_interval`] when set, whatever the tracker asks (as aria2's
+//!   `--bt-tracker-interval` and rqbit's `-i`). After a failed round the next
 //!   comes after an exponential, jittered backoff from [`Timing::retry_base`] up to
 //!   [`Timing::retry_max`]. Every failure is logged with `log` and kept for
 //!   [`TrackerClient::status`].
@@ -95,6 +97,10 @@ impl TransferStats {
 pub struct Timing {
     /// The least time between regular announces, whatever interval a tracker asks for.
     pub min_announce_interval: Duration,
+    /// The user's own re-announce period: when set, it replaces the tracker's `interval` and
+    /// `min interval` and [`min_announce_interval`](Self::min_announce_interval) (the user
+    /// asked for it); `None` honours the tracker.
+    pub announce_interval: Option<Duration>,
     /// The first wait after a failed round; it doubles with each further failure.
     pub retry_base: Duration,
     /// The longest wait after failed rounds.
@@ -113,6 +119,7 @@ impl Default for Timing {
     fn default() -> Self {
         Self {
             min_announce_interval: Duration::from_secs(30),
+            announce_interval: None,
             retry_base: Duration::from_secs(15),
             retry_max: Duration::from_secs(30 * 60),
             request_timeout: Duration::from_secs(15),
@@ -254,17 +261,38 @@ pub struct TrackerClient {
 }
 
 impl TrackerClient {
-    /// Starts the actor on smol's global executor; it announces `started` at once.
+    /// Starts the actor on smol's global executor; it announces `started` at once. A session's
+    /// torrents use [`spawn_on`](Self::spawn_on), so that their work runs on the session's
+    /// threads.
     pub fn spawn(
         config: TrackerConfig,
         stats: Arc<TransferStats>,
         peers: Sender<Vec<SocketAddr>>,
     ) -> TrackerClient {
+        Self::start(config, stats, peers, smol::spawn)
+    }
+
+    /// Starts the actor on `spawner`'s executor; it announces `started` at once.
+    pub fn spawn_on(
+        spawner: &crate::runtime::Spawner,
+        config: TrackerConfig,
+        stats: Arc<TransferStats>,
+        peers: Sender<Vec<SocketAddr>>,
+    ) -> TrackerClient {
+        Self::start(config, stats, peers, |fut| spawner.spawn(fut))
+    }
+
+    fn start(
+        config: TrackerConfig,
+        stats: Arc<TransferStats>,
+        peers: Sender<Vec<SocketAddr>>,
+        spawn: impl FnOnce(futures_lite::future::Boxed<()>) -> smol::Task<()>,
+    ) -> TrackerClient {
         let (commands, mailbox) = async_channel::bounded(COMMAND_CAPACITY);
         let stop_timeout = config.timing.stop_timeout;
         let actor = Actor::new(config, stats, peers);
         let status = Arc::clone(&actor.status);
-        let task = smol::spawn(actor.run(mailbox));
+        let task = spawn(Box::pin(actor.run(mailbox)));
         TrackerClient {
             task,
             commands,
@@ -587,9 +615,7 @@ impl Actor {
                         let winner = self.tiers[t].remove(i);
                         self.tiers[t].insert(0, winner);
                         self.failures = 0;
-                        let interval = resp.interval.max(resp.min_interval.unwrap_or(0));
-                        let wait = Duration::from_secs(u64::from(interval))
-                            .max(self.timing.min_announce_interval);
+                        let wait = next_announce(&self.timing, &resp);
                         if !resp.peers.is_empty() && self.peers.send(resp.peers).await.is_err() {
                             return RoundEnd::PeersClosed;
                         }
@@ -667,6 +693,17 @@ impl Actor {
 
 /// The wait after `failures` failed rounds in a row: doubling from the base, capped, with
 /// +/- 25 % of jitter so that many clients do not retry in step.
+/// The wait before the next regular announce after `resp`: the user's period when set,
+/// otherwise the tracker's interval, never under its `min interval` nor
+/// [`Timing::min_announce_interval`].
+fn next_announce(timing: &Timing, resp: &AnnounceResponse) -> Duration {
+    if let Some(user) = timing.announce_interval {
+        return user;
+    }
+    let interval = resp.interval.max(resp.min_interval.unwrap_or(0));
+    Duration::from_secs(u64::from(interval)).max(timing.min_announce_interval)
+}
+
 fn backoff(timing: &Timing, failures: u32) -> Duration {
     let doublings = failures.saturating_sub(1).min(30);
     let wait = timing
@@ -848,6 +885,50 @@ mod tests {
         assert!(proto_of("udp://t.invalid:0").is_err());
         assert!(proto_of("https://t.invalid/announce").is_err());
         assert!(proto_of("wss://t.invalid/announce").is_err());
+    }
+
+    #[test]
+    fn the_user_interval_overrides_the_tracker_and_the_default_honours_it() {
+        let resp = |interval, min_interval| AnnounceResponse {
+            interval,
+            min_interval,
+            peers: Vec::new(),
+            complete: None,
+            incomplete: None,
+            warning: None,
+            tracker_id: None,
+        };
+        let default = Timing::default();
+        // The tracker's interval, never under its own min interval nor our floor.
+        assert_eq!(
+            next_announce(&default, &resp(1800, None)),
+            Duration::from_secs(1800)
+        );
+        assert_eq!(
+            next_announce(&default, &resp(60, Some(120))),
+            Duration::from_secs(120)
+        );
+        assert_eq!(
+            next_announce(&default, &resp(5, None)),
+            default.min_announce_interval
+        );
+        // The user's period wins both ways, even under the tracker's min interval.
+        let user = Timing {
+            announce_interval: Some(Duration::from_secs(2)),
+            ..Timing::default()
+        };
+        assert_eq!(
+            next_announce(&user, &resp(1800, Some(900))),
+            Duration::from_secs(2)
+        );
+        let slow = Timing {
+            announce_interval: Some(Duration::from_secs(7200)),
+            ..Timing::default()
+        };
+        assert_eq!(
+            next_announce(&slow, &resp(60, None)),
+            Duration::from_secs(7200)
+        );
     }
 
     #[test]

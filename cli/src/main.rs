@@ -2,8 +2,10 @@
 #![forbid(unsafe_code)]
 
 mod create;
+mod ctl;
 mod display;
 mod info;
+mod server;
 mod swarm;
 mod tracker;
 
@@ -34,6 +36,10 @@ enum Command {
     Verify(swarm::VerifyArgs),
     /// Run a small HTTP tracker.
     Tracker(tracker::Args),
+    /// Run many torrents in one long-lived session, steered over HTTP (API and web page).
+    Server(server::ServerArgs),
+    /// Talk to a running `shoal server`: add, list, pause, resume, remove, files, limits.
+    Ctl(ctl::Args),
     /// Run a complete local swarm on loopback: tracker, one seeder, several downloaders.
     Demo(swarm::DemoArgs),
 }
@@ -52,6 +58,8 @@ fn main() -> ExitCode {
         Command::Verify(args) => swarm::verify(args),
         Command::Tracker(args) => tracker::run(args),
         Command::Demo(args) => swarm::demo(args),
+        Command::Server(args) => server::run(args),
+        Command::Ctl(args) => ctl::run(args),
     };
     match result {
         Ok(()) | Err(display::Failure::ClosedPipe) => ExitCode::SUCCESS,

@@ -25,7 +25,6 @@ use shoal_actors::session::{Session, SessionSettings};
 use shoal_actors::shared::{Progress, TorrentEvent};
 use shoal_actors::torrent::{content_path, AddTorrent, Torrent, TorrentSettings};
 use shoal_engine::metainfo::Metainfo;
-use shoal_engine::storage::Layout;
 
 use crate::display::{count, printable, say, Failure};
 use crate::info::human_size;
@@ -63,6 +62,11 @@ pub struct SwarmOptions {
     /// Do not use local service discovery (BEP 14) on the local network.
     #[arg(long)]
     pub no_lsd: bool,
+    /// Announce again every SECS seconds, whatever interval the tracker asks for (by default
+    /// the tracker's interval, never under its min interval); each announce's new peers are
+    /// dialled.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub announce_interval: Option<u64>,
 }
 
 /// A count that must be at least one (zero would be refused, not silently raised).
@@ -143,7 +147,10 @@ pub fn load_torrent(path: &Path) -> Result<Arc<Metainfo>, String> {
     Ok(Arc::new(meta))
 }
 
-fn start_session(o: &SwarmOptions, state_dir: Option<PathBuf>) -> Result<Session, String> {
+pub(crate) fn start_session(
+    o: &SwarmOptions,
+    state_dir: Option<PathBuf>,
+) -> Result<Session, String> {
     let settings = |listen| SessionSettings {
         listen,
         dht: !o.no_dht,
@@ -163,11 +170,12 @@ fn start_session(o: &SwarmOptions, state_dir: Option<PathBuf>) -> Result<Session
     }
 }
 
-fn torrent_settings(o: &SwarmOptions) -> TorrentSettings {
+pub(crate) fn torrent_settings(o: &SwarmOptions) -> TorrentSettings {
     TorrentSettings {
         queue_depth: o.queue_depth,
         max_peers: o.max_peers,
         use_trackers: !o.no_trackers,
+        announce_interval: o.announce_interval.map(std::time::Duration::from_secs),
         ..TorrentSettings::default()
     }
 }
@@ -175,7 +183,7 @@ fn torrent_settings(o: &SwarmOptions) -> TorrentSettings {
 /// The addresses of the `--peer` arguments, host names resolved. A name with IPv4 addresses
 /// gives those only (shoal listens on IPv4 by default, so `localhost` means 127.0.0.1 and not
 /// also a `::1` that would only be refused); a name with none gives its IPv6 addresses.
-fn resolve_peers(given: &[String]) -> Result<Vec<(String, SocketAddr)>, String> {
+pub(crate) fn resolve_peers(given: &[String]) -> Result<Vec<(String, SocketAddr)>, String> {
     let mut out = Vec::new();
     for g in given {
         let all: Vec<SocketAddr> = g
@@ -193,7 +201,10 @@ fn resolve_peers(given: &[String]) -> Result<Vec<(String, SocketAddr)>, String> 
 }
 
 /// Drops (and says so) the `--peer` addresses that are this process itself.
-fn without_ourselves(peers: Vec<(String, SocketAddr)>, us: SocketAddr) -> Vec<SocketAddr> {
+pub(crate) fn without_ourselves(
+    peers: Vec<(String, SocketAddr)>,
+    us: SocketAddr,
+) -> Vec<SocketAddr> {
     peers
         .into_iter()
         .filter(|(given, a)| {
@@ -211,12 +222,12 @@ fn without_ourselves(peers: Vec<(String, SocketAddr)>, us: SocketAddr) -> Vec<So
 }
 
 /// SIGINT and SIGTERM, caught from now on.
-fn catch_signals() -> Result<Signals, String> {
+pub(crate) fn catch_signals() -> Result<Signals, String> {
     Signals::new([Signal::Int, Signal::Term]).map_err(|e| format!("cannot catch signals: {e}"))
 }
 
 /// Waits for the next SIGINT or SIGTERM and returns its number.
-async fn next_signal(signals: &mut Signals) -> i32 {
+pub(crate) async fn next_signal(signals: &mut Signals) -> i32 {
     loop {
         match signals.next().await {
             Some(Ok(s)) => return s as i32,
@@ -422,12 +433,7 @@ fn locate_content(meta: &Metainfo, given: &Path) -> Result<PathBuf, String> {
 
 /// The content's files opened read-only.
 fn open_content(meta: &Metainfo, content: &Path) -> Result<Storage, String> {
-    let layout = Layout::new(
-        meta.info
-            .files
-            .iter()
-            .map(|f| (content_path(content, &f.path), f.length)),
-    );
+    let layout = shoal_actors::torrent::layout_of(meta, Path::new(""), Some(content));
     Storage::open(Path::new(""), layout, meta.info.lengths, Mode::ReadOnly)
         .map_err(|e| format!("cannot open {}: {e}", content.display()))
 }

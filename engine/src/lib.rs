@@ -21,6 +21,7 @@
 //! - [`pex`]: BEP 11 peer exchange: the `ut_pex` codec and what to tell each peer, when.
 //! - [`dht`]: a mainline DHT node (BEP 5) as a sans-IO state machine: KRPC, routing table,
 //!   lookups, tokens, peer store.
+//! - [`mse`]: message stream encryption (the Diffie-Hellman and RC4 handshake), both sides.
 //!
 //! # Examples
 //! ```
@@ -41,6 +42,7 @@ pub mod lengths;
 pub mod magnet;
 pub mod metadata;
 pub mod metainfo;
+pub mod mse;
 pub mod pex;
 pub mod picker;
 pub mod pipeline;

@@ -528,6 +528,34 @@ pub struct Libtorrent<'a> {
     pub trackers: bool,
     /// Upload limit in bytes per second, applied to loopback peers too (0: none).
     pub upload_limit: u64,
+    /// Message stream encryption (off by default).
+    pub encryption: LtEncryption,
+}
+
+/// libtorrent's message stream encryption settings (`--encryption` of lt_peer.py).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LtEncryption {
+    /// Plain BitTorrent only.
+    #[default]
+    Off,
+    /// MSE forced both ways, RC4 only (`pe_forced`, `allowed_enc_level` RC4).
+    ForcedRc4,
+    /// MSE forced both ways, then plaintext (`allowed_enc_level` plaintext).
+    ForcedPlaintext,
+    /// MSE and plain both accepted, either level.
+    Enabled,
+}
+
+impl LtEncryption {
+    /// The `--encryption` argument.
+    fn arg(self) -> &'static str {
+        match self {
+            LtEncryption::Off => "off",
+            LtEncryption::ForcedRc4 => "forced-rc4",
+            LtEncryption::ForcedPlaintext => "forced-plaintext",
+            LtEncryption::Enabled => "enabled",
+        }
+    }
 }
 
 impl Libtorrent<'_> {
@@ -551,6 +579,7 @@ impl Libtorrent<'_> {
         if self.upload_limit > 0 {
             cmd.args(["--upload-limit", &self.upload_limit.to_string()]);
         }
+        cmd.args(["--encryption", self.encryption.arg()]);
         logged(cmd, log)
     }
 }
@@ -652,6 +681,73 @@ pub fn format_table(rows: &[[String; 5]]) -> String {
         out.push_str(&line([&r[0], &r[1], &r[2], &r[3], &r[4]]));
     }
     out
+}
+
+// ---------------------------------------------------------------------------------------------
+// rtorrent
+
+/// rtorrent 0.9.8 (Debian's `rtorrent`, libtorrent 0.13 by rakshasa) run headless
+/// (`system.daemon.set`) with its own config, session folder and log under `work`, listening on
+/// 127.0.0.1:`port` with DHT, PEX and UDP trackers off. It downloads `torrent` into `dir`, or
+/// checks the data there and seeds it; a completed download touches `work/done`.
+pub struct RTorrent {
+    child: ChildGuard,
+    /// Its log file (rtorrent's own log plus its stdout and stderr).
+    pub log: PathBuf,
+    /// Touched by rtorrent when the download completes.
+    done: PathBuf,
+}
+
+impl RTorrent {
+    /// Starts it on `torrent` with the data folder `dir`.
+    pub fn spawn(torrent: &Path, dir: &Path, work: &Path, port: u16) -> Self {
+        require_program("rtorrent");
+        let session = work.join("session");
+        fs::create_dir_all(&session).expect("create rtorrent session folder");
+        fs::create_dir_all(dir).expect("create rtorrent data folder");
+        let log = work.join("rtorrent.log");
+        let done = work.join("done");
+        let rc = work.join("rtorrent.rc");
+        let config = format!(
+            "session.path.set = {session}\n\
+             directory.default.set = {dir}\n\
+             network.bind_address.set = 127.0.0.1\n\
+             network.port_range.set = {port}-{port}\n\
+             network.port_random.set = no\n\
+             dht.mode.set = disable\n\
+             protocol.pex.set = no\n\
+             trackers.use_udp.set = no\n\
+             system.daemon.set = true\n\
+             log.open_file = \"main\", {log}\n\
+             log.add_output = \"info\", \"main\"\n\
+             method.set_key = event.download.finished, shoal_done, \
+             \"execute.nothrow = touch, {done}\"\n\
+             load.start_verbose = {torrent}\n",
+            session = session.display(),
+            dir = dir.display(),
+            log = log.display(),
+            done = done.display(),
+            torrent = torrent.display(),
+        );
+        fs::write(&rc, config).expect("write rtorrent.rc");
+        let mut cmd = Command::new("rtorrent");
+        cmd.env("HOME", work)
+            .arg("-n")
+            .arg("-o")
+            .arg(format!("import={}", rc.display()));
+        let child = logged(cmd, &work.join("rtorrent.out"));
+        RTorrent { child, log, done }
+    }
+
+    /// Whether its download completed.
+    pub fn finished(&self) -> bool {
+        self.done.exists()
+    }
+
+    /// Stops it (SIGTERM, then SIGKILL after `limit`).
+    pub fn stop(mut self, limit: Duration) {
+        terminate(&mut self.child, limit);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod clients;
+pub mod server;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -12,7 +13,13 @@ use std::time::{Duration, Instant};
 /// The `shoal` binary of this build. `cargo test --workspace` builds it; when a single test
 /// file runs, the binary may be missing or older than the sources, and it is built here (once
 /// per test process).
+///
+/// `SHOAL_TEST_BIN=/path/to/shoal` runs another build instead (to measure main's binary
+/// against a test written later, say).
 pub fn shoal_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("SHOAL_TEST_BIN") {
+        return PathBuf::from(bin);
+    }
     static BUILT: std::sync::Once = std::sync::Once::new();
     // The test executable lives in target/<profile>/deps/; the binary in target/<profile>/.
     let exe = std::env::current_exe().expect("current exe");

@@ -3,20 +3,26 @@
 
     lt_peer.py TORRENT SAVE_PATH --port PORT [--peer HOST:PORT]... [--seed]
                [--no-trackers] [--timeout SECONDS] [--upload-limit BYTES_PER_SECOND]
+               [--encryption off|forced-rc4|forced-plaintext|enabled]
 
 Adds TORRENT with its data in SAVE_PATH (SAVE_PATH/<name>), listening on 127.0.0.1:PORT only,
 with DHT, local discovery, UPnP, NAT-PMP, uTP and encryption off, so that it speaks plain
-BitTorrent over TCP on loopback. Every peer given with --peer is dialled (and dialled again
+BitTorrent over TCP on loopback. --encryption turns message stream encryption on: forced-rc4
+(in and out policies forced, RC4 only), forced-plaintext (forced, the obfuscated handshake
+then plaintext), or enabled (both ways allowed, both levels). Every peer given with --peer is dialled (and dialled again
 while no peer is connected, in case it was not listening yet). The torrent's trackers are used
 unless --no-trackers.
 
 Prints one JSON object a line on stdout, flushed:
     {"event": "status", "state", "progress", "pieces", "num_pieces", "peers", "down", "up",
-     "clients": names of the connected peers' clients} every half second;
+     "clients": names of the connected peers' clients,
+     "rc4": how many connected peers use RC4, "rc4_seen": the most at once so far}
+      every half second;
     {"event": "finished", "clients_seen", ...status fields} once the download completes
       (clients_seen: every peer client name seen so far) (then exits 0,
       unless --seed, which keeps the torrent seeding until killed or the timeout);
-    {"event": "error", "message"} on a torrent error (then exits 1).
+    {"event": "error", "message"} on a torrent error (then exits 1);
+    {"event": "peer_gone", "message"} when a peer disconnects (with --encryption only).
 Exits 3 when the timeout passes first.
 """
 import argparse
@@ -53,6 +59,11 @@ def peer_clients(h):
     return out
 
 
+def rc4_peers(h):
+    """How many connected peers libtorrent reports as RC4-encrypted."""
+    return sum(1 for p in h.get_peer_info() if p.flags & lt.peer_info.rc4_encrypted)
+
+
 def parse_peer(s):
     host, _, port = s.rpartition(":")
     return (host, int(port))
@@ -68,6 +79,11 @@ def main():
     ap.add_argument("--no-trackers", action="store_true")
     ap.add_argument("--timeout", type=float, default=120.0)
     ap.add_argument("--upload-limit", type=int, default=0, help="bytes per second, 0: none")
+    ap.add_argument(
+        "--encryption",
+        choices=["off", "forced-rc4", "forced-plaintext", "enabled"],
+        default="off",
+    )
     args = ap.parse_args()
 
     settings = {
@@ -91,6 +107,22 @@ def main():
     }
     if args.upload_limit > 0:
         settings["upload_rate_limit"] = args.upload_limit
+    if args.encryption != "off":
+        policy = lt.enc_policy.enabled if args.encryption == "enabled" else lt.enc_policy.forced
+        level = {
+            "forced-rc4": lt.enc_level.rc4,
+            "forced-plaintext": lt.enc_level.plaintext,
+            "enabled": lt.enc_level.both,
+        }[args.encryption]
+        settings["out_enc_policy"] = int(policy)
+        settings["in_enc_policy"] = int(policy)
+        settings["allowed_enc_level"] = int(level)
+        # Why peers leave, for the encryption tests' failure messages.
+        settings["alert_mask"] = int(
+            lt.alert.category_t.error_notification
+            | lt.alert.category_t.connect_notification
+            | lt.alert.category_t.peer_notification
+        )
     ses = lt.session(settings)
     if args.upload_limit > 0:
         # Local peers are exempt from rate limits unless put in the global peer class.
@@ -114,11 +146,14 @@ def main():
     finished = False
     # Client names of every peer seen, sampled often: a transfer can be over in a second.
     seen = set()
+    rc4_seen = 0
     while time.time() < deadline:
         for a in ses.pop_alerts():
             if isinstance(a, lt.torrent_error_alert):
                 emit({"event": "error", "message": a.message()})
                 sys.exit(1)
+            if isinstance(a, (lt.peer_disconnected_alert, lt.peer_error_alert)):
+                emit({"event": "peer_gone", "message": a.message()})
         st = h.status()
         if st.errc.value() != 0:
             emit({"event": "error", "message": st.errc.message()})
@@ -134,13 +169,30 @@ def main():
             last_dial = now
         clients = peer_clients(h)
         seen.update(c for c in clients if c)
+        rc4 = rc4_peers(h)
+        rc4_seen = max(rc4_seen, rc4)
         if not finished and not checking and (st.is_finished or st.is_seeding):
             finished = True
-            emit(dict(event="finished", clients_seen=sorted(seen), **status_fields(st, ti)))
+            emit(
+                dict(
+                    event="finished",
+                    clients_seen=sorted(seen),
+                    rc4_seen=rc4_seen,
+                    **status_fields(st, ti),
+                )
+            )
             if not args.seed:
                 return
         if now - last_status >= 0.5:
-            emit(dict(event="status", clients=clients, **status_fields(st, ti)))
+            emit(
+                dict(
+                    event="status",
+                    clients=clients,
+                    rc4=rc4,
+                    rc4_seen=rc4_seen,
+                    **status_fields(st, ti),
+                )
+            )
             last_status = now
         time.sleep(0.05)
     emit({"event": "timeout"})

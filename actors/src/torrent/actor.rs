@@ -9,19 +9,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_channel::{Receiver, Sender};
-use futures_lite::{future, AsyncReadExt, AsyncWriteExt, FutureExt};
+use futures_lite::{future, FutureExt};
 use shoal_engine::bitfield::Bitfield;
 use shoal_engine::metainfo::Metainfo;
 use shoal_engine::picker::PeerKey;
 use shoal_engine::rate::Rate;
-use shoal_engine::wire::{Handshake, HANDSHAKE_LEN};
-use smol::net::TcpStream;
+use shoal_engine::wire::Handshake;
 
+use super::admission::{self, Conn, MAX_EVICTING};
 use super::choker::{Candidate, Choker};
+use super::swarm::BanKey;
 use super::swarm::Swarm;
 use super::{PeerInfo, SessionContext, TorrentMsg, TorrentSettings};
 use crate::buffers::BlockPool;
 use crate::disk::{Disk, Storage};
+use crate::limit::{Limits, Throttled};
+use crate::peer::connect::{self, Accepted, Start};
 use crate::peer::{
     self, PeerControl, PeerExit, PeerSettings, PeerSetup, PeerStats, ServeFilter, PEER_CONTROL,
 };
@@ -29,9 +32,6 @@ use crate::picker::PickerMsg;
 use crate::runtime::{Addr, Mailbox, Outcome, Supervisor};
 use crate::shared::{Shared, TorrentEvent, TorrentState};
 use crate::tracker::{TrackerClient, TrackerConfig, TransferStats};
-
-/// How long a TCP connect plus handshake may take.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often the fast-resume record is saved while pieces keep arriving.
 const RESUME_EVERY: Duration = Duration::from_secs(30);
@@ -54,6 +54,12 @@ pub(super) struct Entry {
     down_rate: Rate,
     /// Its upload rate, sampled every second.
     up_rate: Rate,
+    /// When it was admitted (dialled or accepted).
+    since: Instant,
+    /// When a piece last went either way (seen at the one-second tick), if ever.
+    last_piece: Option<Instant>,
+    /// Payload bytes both ways at the last tick, to see pieces moving.
+    seen_bytes: u64,
 }
 
 /// The torrent actor's state. Built by [`super::start`]; fields are set there.
@@ -100,6 +106,8 @@ pub(super) struct State {
     pub(super) next_key: u64,
     /// Peer keys by supervisor task key.
     pub(super) by_task: HashMap<usize, PeerKey>,
+    /// Peers told to close to make room (see [`admission`]), until they exit.
+    pub(super) evicting: HashSet<PeerKey>,
     /// The addresses we may dial, and bans.
     pub(super) swarm: Swarm,
     /// Who we upload to.
@@ -112,6 +120,10 @@ pub(super) struct State {
     pub(super) announced_complete: bool,
     /// Paused: no peers, no trackers.
     pub(super) paused: bool,
+    /// Which files are wanted, one flag per file.
+    pub(super) wanted: Vec<bool>,
+    /// The rate limiters every peer's stream passes through: the session's, then ours.
+    pub(super) limits: Limits,
     /// The fast-resume record and the files it stamps.
     pub(super) resume: Option<(PathBuf, Vec<PathBuf>)>,
     /// Verified pieces in the last record saved.
@@ -168,11 +180,7 @@ pub(super) async fn run(
                 shutdown_reply = Some(reply);
                 break;
             }
-            Ev::Msg(Some(TorrentMsg::Incoming {
-                stream,
-                addr,
-                remote,
-            })) => st.incoming(stream, addr, remote),
+            Ev::Msg(Some(TorrentMsg::Incoming(accepted))) => st.incoming(accepted),
             Ev::Msg(Some(TorrentMsg::Pause(reply))) => {
                 st.pause().await;
                 reply.send(());
@@ -180,6 +188,15 @@ pub(super) async fn run(
             Ev::Msg(Some(TorrentMsg::Resume(reply))) => {
                 st.resume_work();
                 reply.send(());
+            }
+            Ev::Msg(Some(TorrentMsg::SetWanted(wanted, reply))) => {
+                reply.send(st.set_wanted(wanted).await)
+            }
+            Ev::Msg(Some(TorrentMsg::SetSequential(on))) => {
+                let _ = st.picker.send(PickerMsg::SetSequential { on }).await;
+            }
+            Ev::Msg(Some(TorrentMsg::SetDeadline(pieces))) => {
+                let _ = st.picker.send(PickerMsg::SetDeadline { pieces }).await;
             }
             Ev::Msg(Some(TorrentMsg::AddPeers(peers))) | Ev::TrackerPeers(peers) => {
                 st.add_candidates(peers);
@@ -210,13 +227,41 @@ impl State {
             TorrentState::Downloading
         });
         if let Some(config) = &self.tracker_config {
-            self.tracker = Some(TrackerClient::spawn(
+            self.tracker = Some(TrackerClient::spawn_on(
+                &self.ctx.spawner,
                 config.clone(),
                 self.transfer.clone(),
                 self.tracker_peers.clone(),
             ));
         }
         self.dial();
+    }
+
+    /// A new file selection: newly wanted files are created (their bytes moved in from the
+    /// part file), then the picker gets the pieces' new priorities.
+    pub(super) async fn set_wanted(&mut self, wanted: Vec<bool>) -> crate::error::Result<()> {
+        if wanted.len() != self.wanted.len() {
+            return Err(crate::error::Error::Failed(format!(
+                "{} flags for {} files",
+                wanted.len(),
+                self.wanted.len()
+            )));
+        }
+        let newly: Vec<usize> = (0..wanted.len())
+            .filter(|&i| wanted[i] && self.storage.is_skipped(i))
+            .collect();
+        let storage = self.storage.clone();
+        smol::unblock(move || newly.iter().try_for_each(|&i| storage.want(i)))
+            .await
+            .map_err(|e| crate::error::Error::io("creating a file that became wanted", e))?;
+        let priorities =
+            super::start::piece_priorities(self.storage.layout(), self.meta.info.lengths, &wanted);
+        self.wanted = wanted;
+        let _ = self
+            .picker
+            .send(PickerMsg::SetPriorities { priorities })
+            .await;
+        Ok(())
     }
 
     /// Stops the trackers (announcing `stopped`) and every peer; keeps the pieces and saves
@@ -279,30 +324,105 @@ impl State {
         }
     }
 
-    fn incoming(&mut self, stream: TcpStream, addr: SocketAddr, remote: Handshake) {
+    fn incoming(&mut self, accepted: Accepted) {
+        let (addr, remote) = (accepted.addr(), *accepted.remote());
         if self.paused
             || self.swarm.is_banned(&addr, Some(&remote.peer_id))
-            || self.connections() >= self.settings.max_peers
             || remote.peer_id == self.ctx.peer_id
         {
-            log::debug!("refusing {addr}: banned, ourselves, or at the torrent's peer limit");
+            log::debug!("refusing {addr}: banned, ourselves, or paused");
             return;
         }
-        if !self.ctx.slots.try_take() {
-            log::debug!("refusing {addr}: at the session's connection limit");
+        if self.connections_from(addr) >= self.settings.max_peers_per_ip {
+            log::debug!("refusing {addr}: at the limit of connections from one address");
             return;
         }
-        self.spawn_peer(addr, Some((stream, remote)));
+        if !self.admit(addr) {
+            return;
+        }
+        self.spawn_peer(addr, Some(accepted));
     }
 
-    fn spawn_peer(&mut self, addr: SocketAddr, incoming: Option<(TcpStream, Handshake)>) {
+    /// Takes a connection slot for a newcomer from `addr`, evicting the least useful
+    /// connection when the torrent or the session is full (see [`admission`]); false (the
+    /// newcomer is refused) when every connection is useful.
+    fn admit(&mut self, addr: SocketAddr) -> bool {
+        let open = self.connections() - self.evicting.len();
+        if open < self.settings.max_peers && self.ctx.slots.try_take() {
+            return true;
+        }
+        if self.evicting.len() >= MAX_EVICTING {
+            log::debug!("refusing {addr}: at the connection limit, evictions in progress");
+            return false;
+        }
+        let now = Instant::now();
+        let conns = self.conns();
+        let Some(victim) = admission::victim(&conns, now) else {
+            log::debug!("refusing {addr}: at the connection limit and every peer is useful");
+            return false;
+        };
+        self.evict(victim, "to make room");
+        // The victim holds its slot until it has closed; the newcomer takes one on top, within
+        // `MAX_EVICTING`.
+        self.ctx.slots.take_anyway();
+        true
+    }
+
+    /// What the admission policy needs to know of each connection.
+    fn conns(&self) -> Vec<Conn> {
+        self.entries
+            .iter()
+            .filter(|(k, _)| !self.evicting.contains(k))
+            .map(|(&key, e)| Conn {
+                key,
+                connected: e.stats.connected.load(Ordering::Relaxed),
+                since: e.since,
+                spoke: e.stats.spoke.load(Ordering::Relaxed),
+                interested: e.stats.peer_interested.load(Ordering::Relaxed),
+                interesting: e.stats.we_interested.load(Ordering::Relaxed),
+                last_piece: e.last_piece,
+            })
+            .collect()
+    }
+
+    /// Tells a peer to close to make room; it is forgotten when it exits.
+    fn evict(&mut self, key: PeerKey, why: &str) {
+        if let Some(e) = self.entries.get(&key) {
+            log::debug!("closing {} {why}", e.addr);
+            let _ = e.control.try_send(PeerControl::Evict);
+            self.evicting.insert(key);
+        }
+    }
+
+    /// Connections (open or being opened) with the same host as `addr` (see [`BanKey`]: on
+    /// loopback every port is its own host).
+    fn connections_from(&self, addr: SocketAddr) -> usize {
+        let host = BanKey::of(addr);
+        self.by_addr
+            .keys()
+            .filter(|a| BanKey::of(**a) == host)
+            .count()
+    }
+
+    /// When connections are scarce, closes those silent since [`admission::SILENT_GRACE`].
+    fn drop_silent_when_scarce(&mut self) {
+        let open = self.connections() - self.evicting.len();
+        let scarce = admission::scarce(open, self.settings.max_peers)
+            || admission::scarce(self.ctx.slots.used(), self.ctx.slots.limit());
+        if !scarce {
+            return;
+        }
+        for key in admission::silent_too_long(&self.conns(), Instant::now()) {
+            self.evict(key, "after a silence past the grace");
+        }
+    }
+
+    fn spawn_peer(&mut self, addr: SocketAddr, incoming: Option<Accepted>) {
         let key = PeerKey(self.next_key);
         self.next_key += 1;
         let (control_tx, control_rx) = async_channel::bounded(PEER_CONTROL);
         let stats = Arc::new(PeerStats::default());
         let ours = Handshake::new(self.meta.info_hash, self.ctx.peer_id);
-        let info_hash = self.meta.info_hash;
-        let our_id = self.ctx.peer_id;
         let setup = PeerSetup {
             key,
             addr,
@@ -320,54 +440,16 @@ impl State {
             settings: self.peer_settings.clone(),
             serve_filter: self.serve_filter.clone(),
         };
+        let limits = self.limits.clone();
         let task = self.peers.spawn(async move {
-            let connected = async {
-                let (mut stream, remote) = match incoming {
-                    Some((mut stream, remote)) => {
-                        stream.write_all(&ours.to_bytes()).await?;
-                        (stream, remote)
-                    }
-                    None => {
-                        let mut stream = TcpStream::connect(addr).await?;
-                        stream.set_nodelay(true)?;
-                        stream.write_all(&ours.to_bytes()).await?;
-                        let mut buf = [0u8; HANDSHAKE_LEN];
-                        stream.read_exact(&mut buf).await?;
-                        let remote = Handshake::decode(&buf)
-                            .map_err(|e| {
-                                std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
-                            })?
-                            .ok_or_else(|| {
-                                std::io::Error::from(std::io::ErrorKind::UnexpectedEof)
-                            })?;
-                        if remote.info_hash != info_hash {
-                            return Err(std::io::Error::new(
-                                std::io::ErrorKind::InvalidData,
-                                "wrong info hash",
-                            ));
-                        }
-                        if remote.peer_id == our_id {
-                            return Err(std::io::Error::new(
-                                std::io::ErrorKind::InvalidData,
-                                "connected to ourselves",
-                            ));
-                        }
-                        (stream, remote)
-                    }
-                };
-                stream.flush().await?;
-                Ok((stream, remote))
-            }
-            .or(async {
-                smol::Timer::after(HANDSHAKE_TIMEOUT).await;
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "handshake timed out",
-                ))
-            })
-            .await;
-            match connected {
-                Ok((stream, remote)) => peer::run(setup, stream, remote).await,
+            let start = match incoming {
+                Some(accepted) => Start::Accepted(accepted),
+                None => Start::Dial(addr),
+            };
+            match connect::establish(start, ours).await {
+                Ok((stream, remote)) => {
+                    peer::run(setup, Throttled::new(stream, limits), remote).await
+                }
                 Err(e) => PeerExit {
                     reason: format!("connect: {e}"),
                     ban: false,
@@ -388,6 +470,9 @@ impl State {
                 last_up: 0,
                 down_rate: Rate::default(),
                 up_rate: Rate::default(),
+                since: Instant::now(),
+                last_piece: None,
+                seen_bytes: 0,
             },
         );
     }
@@ -400,7 +485,10 @@ impl State {
             return;
         };
         self.ctx.slots.give_back(1);
-        self.by_addr.remove(&entry.addr);
+        self.evicting.remove(&key);
+        if self.by_addr.get(&entry.addr) == Some(&key) {
+            self.by_addr.remove(&entry.addr);
+        }
         self.choker.peer_gone(key);
         let (reason, ban, peer_id) = match exit.outcome {
             Outcome::Finished(e) => (e.reason, e.ban, e.peer_id),
@@ -445,18 +533,32 @@ impl State {
         self.up_rate.sample(p.uploaded);
         self.shared
             .set_rates(self.down_rate.per_second(), self.up_rate.per_second());
+        let now = Instant::now();
         for e in self.entries.values_mut() {
-            e.down_rate
-                .sample(e.stats.downloaded.load(Ordering::Relaxed));
-            e.up_rate.sample(e.stats.uploaded.load(Ordering::Relaxed));
+            let (down, up) = (
+                e.stats.downloaded.load(Ordering::Relaxed),
+                e.stats.uploaded.load(Ordering::Relaxed),
+            );
+            e.down_rate.sample(down);
+            e.up_rate.sample(up);
+            if down + up != e.seen_bytes {
+                e.seen_bytes = down + up;
+                e.last_piece = Some(now);
+            }
         }
+        self.drop_silent_when_scarce();
         self.transfer.uploaded.store(p.uploaded, Ordering::Relaxed);
         self.transfer
             .downloaded
             .store(p.downloaded, Ordering::Relaxed);
         self.transfer.left.store(p.left, Ordering::Relaxed);
-        if p.complete && !self.paused && self.shared.state() == TorrentState::Downloading {
-            self.shared.set_state(TorrentState::Seeding);
+        match self.shared.state() {
+            TorrentState::Downloading if p.complete => self.shared.set_state(TorrentState::Seeding),
+            // More files became wanted.
+            TorrentState::Seeding if !p.complete => {
+                self.shared.set_state(TorrentState::Downloading)
+            }
+            _ => {}
         }
         if p.complete && !self.announced_complete {
             self.announced_complete = true;
@@ -613,6 +715,7 @@ impl State {
         // Their exits were not handled one by one: give back every slot at once.
         self.ctx.slots.give_back(self.entries.len());
         self.entries.clear();
+        self.evicting.clear();
         let have = self
             .picker
             .call(|reply| PickerMsg::Shutdown { reply })

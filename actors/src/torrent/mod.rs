@@ -5,6 +5,7 @@
 //! - `start`: opening the files, the check (or the fast-resume record) and
 //!   the start of the picker, the tracker client and the actor;
 //! - `swarm`: the addresses we may dial, their backoff, and bans;
+//! - `admission`: who makes room when connections are scarce (pure policy);
 //! - `choker`: which peers we upload to (pure policy);
 //! - `actor`: the run loop, peer spawning and exits, the tick, resume records and shutdown.
 //!
@@ -12,6 +13,7 @@
 //! handle.
 
 mod actor;
+mod admission;
 mod choker;
 mod start;
 mod swarm;
@@ -21,18 +23,19 @@ pub use swarm::BanKey;
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_channel::Receiver;
 use shoal_engine::metainfo::Metainfo;
-use shoal_engine::wire::Handshake;
 use shoal_engine::{InfoHash, PeerId};
-use smol::net::TcpStream;
 
 use crate::disk::{Disk, Mode};
 use crate::error::{Error, Result};
 use crate::hasher::Hasher;
+use crate::limit::Limiter;
+use crate::peer::connect::Accepted;
 use crate::peer::ServeFilter;
 use crate::runtime::{Addr, ReplyTo, Spawner};
 use crate::session::ConnectionSlots;
@@ -48,7 +51,10 @@ pub struct TorrentSettings {
     pub queue_depth: usize,
     /// Most peer connections at once.
     pub max_peers: usize,
-    /// Most outgoing connection attempts at once.
+    /// Most connections from one host (one IP address; on loopback, where every local client
+    /// shares 127.0.0.1, each address and port counts as its own host, as for bans).
+    pub max_peers_per_ip: usize,
+    /// Most outgoing connection attempts at once (the outgoing half-open limit).
     pub max_dialing: usize,
     /// Regular unchoke slots (one optimistic slot comes on top).
     pub upload_slots: usize,
@@ -59,6 +65,15 @@ pub struct TorrentSettings {
     pub hasher_threads: usize,
     /// Whether to announce to the torrent's trackers.
     pub use_trackers: bool,
+    /// The user's own re-announce period, overriding the tracker's `interval` (and its
+    /// `min interval`: the user asked for it); `None` honours the tracker. Each announce's
+    /// peers are dialled, so a short period makes a seeder find new downloaders soon.
+    pub announce_interval: Option<std::time::Duration>,
+    /// Download rate limit of this torrent in bytes per second (0: none); the session's
+    /// applies too.
+    pub download_limit: u64,
+    /// Upload rate limit of this torrent in bytes per second (0: none).
+    pub upload_limit: u64,
 }
 
 impl Default for TorrentSettings {
@@ -66,11 +81,15 @@ impl Default for TorrentSettings {
         Self {
             queue_depth: 5,
             max_peers: 200,
+            max_peers_per_ip: 8,
             max_dialing: 32,
             upload_slots: 4,
             disk_budget: 64 * 1024 * 1024,
             hasher_threads: 0,
             use_trackers: true,
+            announce_interval: None,
+            download_limit: 0,
+            upload_limit: 0,
         }
     }
 }
@@ -99,6 +118,12 @@ pub struct AddTorrent {
     pub resume: Option<PathBuf>,
     /// Start paused: check the files, then wait for [`Torrent::resume`].
     pub paused: bool,
+    /// Which files to download, one flag per file of the metainfo (`None`: all). A skipped
+    /// file is never created; pieces that lie only in skipped files are never requested; the
+    /// bytes of skipped files that shared pieces bring wait in `<folder>/.shoal/<info hash>.parts`.
+    pub wanted: Option<Vec<bool>>,
+    /// Sequential mode: new pieces lowest index first instead of rarest first.
+    pub sequential: bool,
 }
 
 impl fmt::Debug for AddTorrent {
@@ -126,6 +151,8 @@ impl AddTorrent {
             serve_filter: None,
             resume: None,
             paused: false,
+            wanted: None,
+            sequential: false,
         }
     }
 
@@ -149,6 +176,25 @@ pub fn content_path(content: &std::path::Path, path: &[String]) -> PathBuf {
     p
 }
 
+/// Where each file of `meta` is: under `folder` (at `folder/<name>/...`), or, when `content`
+/// is given, there (the file itself for a single-file torrent, the torrent's folder for a
+/// multi-file one). The one place that maps a torrent's files to paths.
+pub fn layout_of(
+    meta: &Metainfo,
+    folder: &std::path::Path,
+    content: Option<&std::path::Path>,
+) -> shoal_engine::storage::Layout {
+    let files = meta.info.files.iter();
+    shoal_engine::storage::Layout::new(files.map(|f| {
+        let path = match content {
+            // The metainfo's paths start with the torrent name; the content replaces it.
+            Some(content) => content_path(content, &f.path),
+            None => folder.join(f.relative_path()),
+        };
+        (path, f.length)
+    }))
+}
+
 /// What the session gives every torrent.
 #[derive(Clone, Debug)]
 pub(crate) struct SessionContext {
@@ -164,19 +210,16 @@ pub(crate) struct SessionContext {
     pub disk: Disk,
     /// The session's connection limit, shared by its torrents.
     pub slots: Arc<ConnectionSlots>,
+    /// The session's download rate limit, shared by every peer of every torrent.
+    pub down_limit: Arc<Limiter>,
+    /// The session's upload rate limit, likewise.
+    pub up_limit: Arc<Limiter>,
 }
 
 /// Messages to a torrent.
 pub(crate) enum TorrentMsg {
-    /// An incoming connection whose handshake names this torrent.
-    Incoming {
-        /// The socket, our handshake not yet sent.
-        stream: TcpStream,
-        /// The remote address.
-        addr: SocketAddr,
-        /// The remote handshake.
-        remote: Handshake,
-    },
+    /// An incoming connection whose handshake names this torrent (ours not yet sent).
+    Incoming(Accepted),
     /// Peers to dial.
     AddPeers(Vec<SocketAddr>),
     /// The connected peers.
@@ -185,6 +228,12 @@ pub(crate) enum TorrentMsg {
     Pause(ReplyTo<()>),
     /// Start the peers and trackers again, without a recheck.
     Resume(ReplyTo<()>),
+    /// A new file selection, one flag per file.
+    SetWanted(Vec<bool>, ReplyTo<Result<()>>),
+    /// Sequential mode on or off.
+    SetSequential(bool),
+    /// Pieces to fetch before any other, in order (streaming); `None` clears them.
+    SetDeadline(Option<RangeInclusive<u32>>),
     /// Stop everything, flush, then answer.
     Shutdown(ReplyTo<()>),
 }
@@ -192,11 +241,14 @@ pub(crate) enum TorrentMsg {
 impl fmt::Debug for TorrentMsg {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Incoming { addr, .. } => write!(f, "Incoming({addr})"),
+            Self::Incoming(a) => write!(f, "Incoming({})", a.addr()),
             Self::AddPeers(p) => write!(f, "AddPeers({})", p.len()),
             Self::Peers(_) => write!(f, "Peers"),
             Self::Pause(_) => write!(f, "Pause"),
             Self::Resume(_) => write!(f, "Resume"),
+            Self::SetWanted(w, _) => write!(f, "SetWanted({} files)", w.len()),
+            Self::SetSequential(on) => write!(f, "SetSequential({on})"),
+            Self::SetDeadline(d) => write!(f, "SetDeadline({d:?})"),
             Self::Shutdown(_) => write!(f, "Shutdown"),
         }
     }
@@ -234,6 +286,10 @@ pub struct Torrent {
     pub(crate) root: PathBuf,
     /// The fast-resume record, if kept.
     pub(crate) resume: Option<PathBuf>,
+    /// This torrent's download rate limit, shared by its peers.
+    pub(crate) down_limit: Arc<Limiter>,
+    /// This torrent's upload rate limit, shared by its peers.
+    pub(crate) up_limit: Arc<Limiter>,
 }
 
 impl fmt::Debug for Torrent {
@@ -259,6 +315,31 @@ impl Torrent {
     /// A snapshot of its progress.
     pub fn progress(&self) -> Progress {
         self.shared.progress()
+    }
+
+    /// The pieces verified and on disk (a copy).
+    pub fn have(&self) -> shoal_engine::bitfield::Bitfield {
+        self.shared.have()
+    }
+
+    /// Whether `piece` is verified and on disk.
+    pub fn have_piece(&self, piece: u32) -> bool {
+        self.shared.has_piece(piece)
+    }
+
+    /// Waits until `piece` is verified and on disk; `false` if the torrent stops first, or the
+    /// piece is not one of the torrent's.
+    pub async fn wait_piece(&self, piece: u32) -> bool {
+        loop {
+            let listener = self.shared.listen_pieces();
+            if self.shared.has_piece(piece) {
+                return true;
+            }
+            if self.shared.is_stopped() || piece >= self.shared.progress().total_pieces {
+                return false;
+            }
+            listener.await;
+        }
     }
 
     /// Subscribes to its events.
@@ -307,6 +388,46 @@ impl Torrent {
             .call(TorrentMsg::Resume)
             .await
             .map_err(|_| Error::Stopped)
+    }
+
+    /// Chooses the files to download, one flag per file of the metainfo: pieces that lie only
+    /// in skipped files are no longer requested; a file that becomes wanted is created (with
+    /// the bytes the part file held for it) and its pieces fetched. A file already on disk stays
+    /// when skipped. Answers once the files are in place.
+    pub async fn set_wanted_files(&self, wanted: Vec<bool>) -> Result<()> {
+        self.addr
+            .call(|reply| TorrentMsg::SetWanted(wanted, reply))
+            .await
+            .map_err(|_| Error::Stopped)?
+    }
+
+    /// Sequential mode: new pieces lowest index first (for playing while downloading).
+    pub async fn set_sequential(&self, on: bool) -> Result<()> {
+        self.addr
+            .send(TorrentMsg::SetSequential(on))
+            .await
+            .map_err(|_| Error::Stopped)
+    }
+
+    /// Streaming: these pieces are fetched before any other, in order, from several peers at
+    /// once when few are left; `None` clears them. A later call replaces an earlier one.
+    pub async fn set_deadline(&self, pieces: Option<RangeInclusive<u32>>) -> Result<()> {
+        self.addr
+            .send(TorrentMsg::SetDeadline(pieces))
+            .await
+            .map_err(|_| Error::Stopped)
+    }
+
+    /// Sets this torrent's rate limits in bytes per second (0: none), at once for every peer.
+    /// The session's limits apply too.
+    pub fn set_limits(&self, download: u64, upload: u64) {
+        self.down_limit.set_rate(download);
+        self.up_limit.set_rate(upload);
+    }
+
+    /// This torrent's rate limits in bytes per second (download, upload; 0: none).
+    pub fn limits(&self) -> (u64, u64) {
+        (self.down_limit.rate(), self.up_limit.rate())
     }
 
     /// Where each file of the torrent is on disk.

@@ -1,7 +1,7 @@
 //! Starting a torrent: its files are opened and checked (or the fast-resume record trusted) off
 //! the executor, then its picker, tracker client and actor start.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -10,17 +10,21 @@ use std::time::Instant;
 
 use futures_lite::future;
 use shoal_engine::bitfield::Bitfield;
+use shoal_engine::lengths::Lengths;
+use shoal_engine::picker::Priority;
 use shoal_engine::rate::Rate;
 use shoal_engine::storage::Layout;
+use shoal_engine::InfoHash;
 
 use super::actor::{run, State};
 use super::choker::Choker;
 use super::swarm::Swarm;
-use super::{content_path, AddTorrent, SessionContext, Torrent, TorrentMsg, TORRENT_MAILBOX};
+use super::{AddTorrent, SessionContext, Torrent, TorrentMsg, TORRENT_MAILBOX};
 use crate::disk::{Mode, Storage, DISK_QUEUE};
 use crate::hasher::HASH_QUEUE;
+use crate::limit::{Limiter, Limits};
 use crate::peer::PeerSettings;
-use crate::picker::{self, PickerSetup, PICKER_MAILBOX};
+use crate::picker::{self, PickerMsg, PickerSetup, PICKER_MAILBOX};
 use crate::runtime::{mailbox, Mailbox, ReplyTo, Supervisor};
 use crate::shared::{Shared, TorrentState};
 use crate::tracker::{TrackerConfig, TransferStats};
@@ -44,8 +48,21 @@ pub(crate) fn start(add: AddTorrent, ctx: SessionContext) -> Torrent {
         .content
         .clone()
         .unwrap_or_else(|| add.folder.join(&meta.info.name));
+    let down_limit = Arc::new(Limiter::new(add.settings.download_limit));
+    let up_limit = Arc::new(Limiter::new(add.settings.upload_limit));
+    let limits = Limits {
+        down: vec![ctx.down_limit.clone(), down_limit.clone()],
+        up: vec![ctx.up_limit.clone(), up_limit.clone()],
+    };
     ctx.spawner
-        .spawn(launch(add, ctx.clone(), layout, shared.clone(), inbox))
+        .spawn(launch(
+            add,
+            ctx.clone(),
+            layout,
+            shared.clone(),
+            inbox,
+            limits,
+        ))
         .detach();
     Torrent {
         addr,
@@ -54,25 +71,14 @@ pub(crate) fn start(add: AddTorrent, ctx: SessionContext) -> Torrent {
         files,
         root,
         resume: resume_path,
+        down_limit,
+        up_limit,
     }
 }
 
 /// Where each file of the torrent is.
-pub(crate) fn layout(add: &AddTorrent) -> Layout {
-    let files = &add.metainfo.info.files;
-    match &add.content {
-        // The metainfo's paths start with the torrent name; the content replaces it.
-        Some(content) => Layout::new(
-            files
-                .iter()
-                .map(|f| (content_path(content, &f.path), f.length)),
-        ),
-        None => Layout::new(
-            files
-                .iter()
-                .map(|f| (add.folder.join(f.relative_path()), f.length)),
-        ),
-    }
+fn layout(add: &AddTorrent) -> Layout {
+    super::layout_of(&add.metainfo, &add.folder, add.content.as_deref())
 }
 
 /// What the torrent was told while it checked its files.
@@ -84,6 +90,12 @@ struct Pending {
     paused: bool,
     /// A shutdown to answer: the torrent never starts.
     shutdown: Option<ReplyTo<()>>,
+    /// A file selection to apply once started, and its caller.
+    wanted: Option<(Vec<bool>, ReplyTo<crate::error::Result<()>>)>,
+    /// Sequential mode, when set meanwhile.
+    sequential: Option<bool>,
+    /// Streaming pieces, when set meanwhile.
+    deadline: Option<Option<std::ops::RangeInclusive<u32>>>,
 }
 
 /// The torrent's task: the check, answering the mailbox meanwhile, then the run loop.
@@ -93,6 +105,7 @@ async fn launch(
     layout: Layout,
     shared: Arc<Shared>,
     mut inbox: Mailbox<TorrentMsg>,
+    limits: Limits,
 ) {
     let meta = add.metainfo.clone();
     let lengths = meta.info.lengths;
@@ -111,8 +124,17 @@ async fn launch(
     let record = resume.clone();
     let info_hash = meta.info_hash;
     let progress = shared.clone();
+    let wanted = add
+        .wanted
+        .clone()
+        .filter(|w| w.len() == meta.info.files.len())
+        .unwrap_or_else(|| vec![true; meta.info.files.len()]);
+    let priorities = piece_priorities(&layout, lengths, &wanted);
+    let part = (mode == Mode::ReadWrite).then(|| part_path(&add, &meta.info_hash));
+    let storage_wanted = wanted.clone();
     let mut check = smol::unblock(move || -> std::io::Result<(Storage, Bitfield, bool)> {
-        let storage = Storage::open(&folder, layout, lengths, mode)?;
+        let wanted = storage_wanted;
+        let storage = Storage::open_selected(&folder, layout, lengths, mode, &wanted, part)?;
         let resumed = record.and_then(|(r, files)| {
             crate::resume::load(&r, &info_hash, lengths.num_pieces(), &files)
         });
@@ -128,6 +150,9 @@ async fn launch(
         peers: add.peers.clone(),
         paused: add.paused,
         shutdown: None,
+        wanted: None,
+        sequential: None,
+        deadline: None,
     };
     let checked = loop {
         let ev = future::or(async { Ok((&mut check).await) }, async {
@@ -152,8 +177,16 @@ async fn launch(
                     reply.send(());
                 }
                 TorrentMsg::Peers(reply) => reply.send(Vec::new()),
+                TorrentMsg::SetWanted(w, reply) => {
+                    // A later selection replaces an earlier one, whose caller is done.
+                    if let Some((_, earlier)) = pending.wanted.replace((w, reply)) {
+                        earlier.send(Ok(()));
+                    }
+                }
+                TorrentMsg::SetSequential(on) => pending.sequential = Some(on),
+                TorrentMsg::SetDeadline(d) => pending.deadline = Some(d),
                 // Not started yet: an incoming peer is turned away (it will retry).
-                TorrentMsg::Incoming { .. } => {}
+                TorrentMsg::Incoming(_) => {}
             },
         }
     };
@@ -172,7 +205,11 @@ async fn launch(
                         r.send(())
                     }
                     TorrentMsg::Peers(r) => r.send(Vec::new()),
-                    TorrentMsg::AddPeers(_) | TorrentMsg::Incoming { .. } => {}
+                    TorrentMsg::SetWanted(_, r) => r.send(Err(crate::error::Error::Stopped)),
+                    TorrentMsg::AddPeers(_)
+                    | TorrentMsg::Incoming(_)
+                    | TorrentMsg::SetSequential(_)
+                    | TorrentMsg::SetDeadline(_) => {}
                 }
             }
             return;
@@ -181,6 +218,9 @@ async fn launch(
             // Shut down (or every handle dropped) while checking: the check thread finishes
             // on its own and closes the files.
             shared.set_stopped();
+            if let Some((_, reply)) = pending.wanted {
+                reply.send(Err(crate::error::Error::Stopped));
+            }
             if let Some(reply) = pending.shutdown {
                 reply.send(());
             }
@@ -191,6 +231,7 @@ async fn launch(
         .filter(|&p| !have.get(p))
         .map(|p| u64::from(lengths.piece_len(p)))
         .sum();
+    shared.set_initial_have(&have);
     shared.checked(have.count_ones(), left);
     log::debug!(
         "{}: {} of {} pieces good ({})",
@@ -239,6 +280,17 @@ async fn launch(
         picker_inbox,
     ));
 
+    if priorities.iter().any(|p| !p.is_wanted()) {
+        // First in the picker's mailbox: before any peer asks for a piece.
+        let _ = picker_addr
+            .send(PickerMsg::SetPriorities { priorities })
+            .await;
+    }
+    if add.sequential {
+        let _ = picker_addr
+            .send(PickerMsg::SetSequential { on: true })
+            .await;
+    }
     let (tracker_peers_tx, tracker_peers_rx) = async_channel::bounded(TRACKER_PEERS);
     let transfer = Arc::new(TransferStats::default());
     transfer.left.store(left, Ordering::Relaxed);
@@ -253,7 +305,10 @@ async fn launch(
         peer_id: ctx.peer_id,
         port: ctx.listen_port,
         numwant: 50,
-        timing: Default::default(),
+        timing: crate::tracker::Timing {
+            announce_interval: add.settings.announce_interval,
+            ..Default::default()
+        },
     });
 
     let mut state = State {
@@ -281,21 +336,99 @@ async fn launch(
         by_addr: HashMap::new(),
         next_key: 0,
         by_task: HashMap::new(),
+        evicting: HashSet::new(),
         swarm: Swarm::new(ctx.listen_port),
         choker: Choker::new(add.settings.upload_slots, Instant::now()),
         down_rate: Rate::default(),
         up_rate: Rate::default(),
         announced_complete: shared.is_complete(),
+        wanted,
+        limits,
         paused: true,
         resume,
         saved_pieces: u32::MAX,
         last_save: Instant::now(),
     };
     state.swarm.add(pending.peers, Instant::now());
+    if let Some((w, reply)) = pending.wanted {
+        reply.send(state.set_wanted(w).await);
+    }
     if pending.paused {
         shared.set_state(TorrentState::Paused);
     } else {
         state.resume_work();
     }
     run(state, inbox, tracker_peers_rx).await;
+}
+
+/// Where the bytes of skipped files wait: `<folder>/.shoal/<info hash>.parts`, beside the
+/// lock and resume files (hidden from the user's view of the folder).
+fn part_path(add: &AddTorrent, info_hash: &InfoHash) -> PathBuf {
+    let folder = match &add.content {
+        Some(content) => content.parent().map(PathBuf::from).unwrap_or_default(),
+        None => add.folder.clone(),
+    };
+    folder.join(".shoal").join(format!("{info_hash}.parts"))
+}
+
+/// One priority per piece from one flag per file: a piece is wanted when any byte of it lies
+/// in a wanted file, skipped when it lies only in skipped files.
+pub(super) fn piece_priorities(
+    layout: &Layout,
+    lengths: Lengths,
+    wanted: &[bool],
+) -> Vec<Priority> {
+    let mut out = vec![Priority::Skip; lengths.num_pieces() as usize];
+    let plen = u64::from(lengths.piece_length()).max(1);
+    for (f, _) in layout
+        .files()
+        .iter()
+        .zip(wanted)
+        .filter(|(f, &w)| w && f.length > 0)
+    {
+        let first = (f.offset / plen) as usize;
+        let last = ((f.offset + f.length - 1) / plen) as usize;
+        for p in out.iter_mut().take(last + 1).skip(first) {
+            *p = Priority::Normal;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_piece_is_skipped_only_when_it_lies_in_skipped_files_alone() {
+        // Pieces of 100 bytes; files of 150, 0, 100 and 250 bytes.
+        let layout = Layout::new(
+            [("a", 150u64), ("empty", 0), ("b", 100), ("c", 250)]
+                .map(|(n, l)| (PathBuf::from(n), l)),
+        );
+        let lengths = Lengths::new(500, 100).unwrap();
+        let p = |w: [bool; 4]| -> Vec<bool> {
+            piece_priorities(&layout, lengths, &w)
+                .iter()
+                .map(|p| p.is_wanted())
+                .collect()
+        };
+        assert_eq!(p([true; 4]), [true; 5]);
+        assert_eq!(p([false; 4]), [false; 5]);
+        // b (150..250) shares pieces 1 and 2 with a and c.
+        assert_eq!(
+            p([false, false, true, false]),
+            [false, true, true, false, false]
+        );
+        // The empty file wants nothing.
+        assert_eq!(p([false, true, false, false]), [false; 5]);
+        assert_eq!(
+            p([true, false, false, false]),
+            [true, true, false, false, false]
+        );
+        assert_eq!(
+            p([false, false, false, true]),
+            [false, false, true, true, true]
+        );
+    }
 }
