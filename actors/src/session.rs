@@ -31,6 +31,7 @@ use shoal_engine::{InfoHash, PeerId};
 use smol::net::{TcpListener, TcpStream};
 
 use crate::buffers::BlockPool;
+use crate::discovery::{Discovery, DiscoverySettings};
 use crate::disk::Disk;
 use crate::error::{Error, Result};
 use crate::hasher::Hasher;
@@ -59,6 +60,19 @@ pub struct SessionSettings {
     /// The most peer connections of all torrents together (each also has its own
     /// `max_peers`): keep it under the process's file descriptor limit.
     pub max_connections: usize,
+    /// Run a DHT node (BEP 5) on UDP at the listen port, and find peers of public torrents
+    /// through it.
+    pub dht: bool,
+    /// `HOST:PORT` (or `IP:PORT`) nodes to join the DHT through; empty: the well-known public
+    /// routers, except on loopback, where only these are ever contacted.
+    pub dht_bootstrap: Vec<String>,
+    /// Local service discovery (BEP 14) on the listen address's network (never on loopback).
+    pub lsd: bool,
+    /// Peer exchange (BEP 11); carried for the peer-level wiring.
+    pub pex: bool,
+    /// Where the session keeps its state between runs (the DHT routing table); `None`: none
+    /// is kept.
+    pub state_dir: Option<std::path::PathBuf>,
     /// Most incoming connections waiting for their handshake at once (half-open); more are
     /// closed at once. Outgoing ones are bounded by each torrent's `max_dialing`.
     pub max_half_open: usize,
@@ -77,6 +91,11 @@ impl Default for SessionSettings {
             hasher_threads: 0,
             disk_threads: 2,
             max_connections: 500,
+            dht: true,
+            dht_bootstrap: Vec::new(),
+            lsd: true,
+            pex: true,
+            state_dir: None,
             max_half_open: MAX_PENDING_HANDSHAKES,
             download_limit: 0,
             upload_limit: 0,
@@ -107,6 +126,8 @@ pub struct Session {
     owns_pools: bool,
     /// The connection limit its torrents share.
     slots: Arc<ConnectionSlots>,
+    /// The DHT node, LSD and their UDP socket.
+    discovery: Discovery,
     /// The download rate limit every peer shares.
     down_limit: Arc<Limiter>,
     /// The upload rate limit every peer shares.
@@ -186,6 +207,16 @@ impl Session {
         let listener = TcpListener::try_from(listener)?;
         let peer_id = settings.peer_id.unwrap_or_else(PeerId::generate);
         let torrents: Registry = Arc::default();
+        let discovery = Discovery::start(
+            &DiscoverySettings {
+                dht: settings.dht,
+                dht_bootstrap: settings.dht_bootstrap.clone(),
+                lsd: settings.lsd,
+                state_dir: settings.state_dir.clone(),
+            },
+            local_addr,
+            &spawner,
+        );
         let accept = spawner.spawn(accept_loop(
             listener,
             torrents.clone(),
@@ -202,6 +233,7 @@ impl Session {
             pools,
             owns_pools,
             slots: Arc::new(ConnectionSlots::new(settings.max_connections.max(1))),
+            discovery,
             down_limit: Arc::new(Limiter::new(settings.download_limit)),
             up_limit: Arc::new(Limiter::new(settings.upload_limit)),
         })
@@ -240,6 +272,7 @@ impl Session {
     /// [`Progress::checked_pieces`]: crate::shared::Progress::checked_pieces
     pub fn start_torrent(&self, add: AddTorrent) -> Result<Torrent> {
         let info_hash = add.metainfo.info_hash;
+        let private = add.metainfo.info.private;
         let ctx = SessionContext {
             peer_id: self.peer_id,
             listen_port: self.local_addr.port(),
@@ -257,6 +290,7 @@ impl Session {
         }
         let torrent = torrent::start(add, ctx);
         torrents.insert(info_hash, torrent.clone());
+        self.discovery.add_torrent(&torrent, private);
         Ok(torrent)
     }
 
@@ -267,6 +301,7 @@ impl Session {
         let torrent = self.start_torrent(add)?;
         if let Err(e) = torrent.wait_checked().await {
             self.lock().remove(&info_hash);
+            self.discovery.remove_torrent(info_hash);
             return Err(e);
         }
         Ok(torrent)
@@ -301,6 +336,7 @@ impl Session {
         let Some(t) = torrent else {
             return Err(Error::UnknownTorrent(*info_hash));
         };
+        self.discovery.remove_torrent(*info_hash);
         t.shutdown().await;
         if delete_files {
             let files = t.files.clone();
@@ -317,6 +353,7 @@ impl Session {
         if let Some(task) = accept {
             task.cancel().await;
         }
+        self.discovery.shutdown().await;
         let torrents: Vec<Torrent> = self.lock().drain().map(|(_, t)| t).collect();
         for t in torrents {
             t.shutdown().await;
@@ -325,6 +362,23 @@ impl Session {
             // Last: every torrent has flushed its files.
             self.pools.shutdown().await;
         }
+    }
+
+    /// The DHT node's counters: nodes in its routing table, peers stored for others, queries
+    /// (`None` when the DHT is off).
+    pub async fn dht_stats(&self) -> Option<crate::dht::DhtStats> {
+        self.discovery.dht_stats().await
+    }
+
+    /// Runs one DHT `get_peers` lookup and waits for its end (`None`: the DHT is off or
+    /// busy). Torrents look up their own peers; this is for the API, tests and benches.
+    pub async fn dht_lookup(&self, info_hash: InfoHash) -> Option<crate::dht::LookupResult> {
+        self.discovery.dht_lookup(info_hash).await
+    }
+
+    /// The address of the session's UDP socket (the DHT's), when it is open.
+    pub fn udp_addr(&self) -> Option<SocketAddr> {
+        self.discovery.udp_addr()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<InfoHash, Torrent>> {

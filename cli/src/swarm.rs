@@ -49,6 +49,19 @@ pub struct SwarmOptions {
     /// Do not announce to the torrent's trackers.
     #[arg(long)]
     pub no_trackers: bool,
+    /// A DHT node to join through (repeatable), instead of the well-known public routers.
+    /// A shoal listening on loopback contacts only these, and resolves no host name.
+    #[arg(long = "dht-bootstrap", value_name = "HOST:PORT")]
+    pub dht_bootstrap: Vec<String>,
+    /// Do not use the DHT (BEP 5) to find peers.
+    #[arg(long)]
+    pub no_dht: bool,
+    /// Do not exchange peers with peers (BEP 11).
+    #[arg(long)]
+    pub no_pex: bool,
+    /// Do not use local service discovery (BEP 14) on the local network.
+    #[arg(long)]
+    pub no_lsd: bool,
     /// Announce again every SECS seconds, whatever interval the tracker asks for (by default
     /// the tracker's interval, never under its min interval); each announce's new peers are
     /// dialled.
@@ -134,12 +147,20 @@ pub fn load_torrent(path: &Path) -> Result<Arc<Metainfo>, String> {
     Ok(Arc::new(meta))
 }
 
-pub(crate) fn start_session(listen: Option<SocketAddr>) -> Result<Session, String> {
+pub(crate) fn start_session(
+    o: &SwarmOptions,
+    state_dir: Option<PathBuf>,
+) -> Result<Session, String> {
     let settings = |listen| SessionSettings {
         listen,
+        dht: !o.no_dht,
+        dht_bootstrap: o.dht_bootstrap.clone(),
+        lsd: !o.no_lsd,
+        pex: !o.no_pex,
+        state_dir: state_dir.clone(),
         ..SessionSettings::default()
     };
-    match listen {
+    match o.listen {
         Some(addr) => {
             Session::new(settings(addr)).map_err(|e| format!("cannot listen on {addr}: {e}"))
         }
@@ -226,8 +247,14 @@ fn say_how_peers_come(meta: &Metainfo, o: &SwarmOptions, peers: &[SocketAddr], u
     } else {
         "the torrent lists none"
     };
+    let found_by = match (o.no_dht || meta.info.private, o.no_lsd || meta.info.private) {
+        (false, false) => "the DHT, local discovery and ",
+        (false, true) => "the DHT and ",
+        (true, false) => "local discovery and ",
+        (true, true) => "",
+    };
     say(&format!(
-        "shoal: no trackers ({why}) and no --peer: waiting for peers to connect to {us}"
+        "shoal: no trackers ({why}) and no --peer: waiting for peers found by {found_by}peers connecting to {us}"
     ));
 }
 
@@ -271,7 +298,7 @@ pub fn download(args: DownloadArgs) -> CliResult {
         .map_err(|e| format!("cannot create {}: {e}", state.display()))?;
     let _lock = lock_folder(&state, &meta, &args.output)?;
     let mut signals = catch_signals()?;
-    let session = start_session(args.swarm.listen)?;
+    let session = start_session(&args.swarm, Some(state.clone()))?;
     let peers = without_ourselves(peers, session.local_addr());
     let mut add = AddTorrent::download(meta.clone(), &args.output);
     add.resume = Some(state.join(format!("{}.resume", meta.info_hash)));
@@ -431,7 +458,7 @@ pub fn seed(args: SeedArgs) -> CliResult {
     let peers = resolve_peers(&args.swarm.peers)?;
     let wrong = open_content(&meta, &content)?.wrong_lengths();
     let mut signals = catch_signals()?;
-    let session = start_session(args.swarm.listen)?;
+    let session = start_session(&args.swarm, None)?;
     let peers = without_ourselves(peers, session.local_addr());
     let mut add = AddTorrent::seed(meta.clone(), PathBuf::new());
     add.content = Some(content.clone());

@@ -749,3 +749,25 @@ impl RTorrent {
         terminate(&mut self.child, limit);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// libtorrent DHT nodes
+
+/// tests/helpers/lt_dht.py with `args` (a libtorrent DHT node on 127.0.0.1, see the script),
+/// logging to `log`.
+pub fn spawn_lt_dht(args: &[String], log: &Path) -> ChildGuard {
+    require_libtorrent();
+    let mut cmd = Command::new(DEBIAN_PYTHON);
+    cmd.arg(helpers_dir().join("lt_dht.py")).args(args);
+    logged(cmd, log)
+}
+
+/// The JSON lines of a helper's log that have `"event": event`.
+pub fn json_events(log: &Path, event: &str) -> Vec<serde_json::Value> {
+    fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == event)
+        .collect()
+}
