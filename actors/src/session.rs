@@ -34,7 +34,8 @@ use crate::buffers::BlockPool;
 use crate::disk::Disk;
 use crate::error::{Error, Result};
 use crate::hasher::Hasher;
-use crate::peer::connect;
+use crate::peer::connect::{self, Responder};
+pub use crate::peer::encrypt::Encryption;
 use crate::runtime::{Runtime, Spawner, Task, TrySendError};
 use crate::torrent::{self, AddTorrent, SessionContext, Torrent, TorrentMsg};
 
@@ -57,6 +58,8 @@ pub struct SessionSettings {
     /// The most peer connections of all torrents together (each also has its own
     /// `max_peers`): keep it under the process's file descriptor limit.
     pub max_connections: usize,
+    /// Message stream encryption (MSE/PE) of peer connections, both ways.
+    pub encryption: Encryption,
 }
 
 impl Default for SessionSettings {
@@ -68,6 +71,7 @@ impl Default for SessionSettings {
             hasher_threads: 0,
             disk_threads: 2,
             max_connections: 500,
+            encryption: Encryption::default(),
         }
     }
 }
@@ -95,6 +99,8 @@ pub struct Session {
     owns_pools: bool,
     /// The connection limit its torrents share.
     slots: Arc<ConnectionSlots>,
+    /// The encryption policy its torrents dial with.
+    encryption: Encryption,
 }
 
 /// The threads that hash pieces and touch files, which every torrent of a session (or of
@@ -170,7 +176,17 @@ impl Session {
         let listener = TcpListener::try_from(listener)?;
         let peer_id = settings.peer_id.unwrap_or_else(PeerId::generate);
         let torrents: Registry = Arc::default();
-        let accept = spawner.spawn(accept_loop(listener, torrents.clone(), spawner.clone()));
+        let responder = Responder {
+            encryption: settings.encryption,
+            lookup: skey_lookup(torrents.clone()),
+            slots: Arc::default(),
+        };
+        let accept = spawner.spawn(accept_loop(
+            listener,
+            torrents.clone(),
+            responder,
+            spawner.clone(),
+        ));
         Ok(Self {
             runtime,
             spawner,
@@ -181,6 +197,7 @@ impl Session {
             pools,
             owns_pools,
             slots: Arc::new(ConnectionSlots::new(settings.max_connections.max(1))),
+            encryption: settings.encryption,
         })
     }
 
@@ -224,6 +241,7 @@ impl Session {
             hasher: self.pools.hasher.clone(),
             disk: self.pools.disk.clone(),
             slots: self.slots.clone(),
+            encryption: self.encryption,
         };
         // Checked and inserted under one lock: two adds of the same torrent cannot both start.
         let mut torrents = self.lock();
@@ -295,7 +313,27 @@ impl Session {
     }
 }
 
-async fn accept_loop(listener: TcpListener, torrents: Registry, spawner: Spawner) {
+/// The MSE responder's lookup: the torrent of the registry whose `HASH('req2', info_hash)` the
+/// peer sent. Computed over the registry (one SHA-1 per torrent) rather than kept in a second
+/// map that adds and removes would have to keep in step; the number of MSE handshakes in
+/// progress is bounded, and so is this work.
+fn skey_lookup(torrents: Registry) -> crate::peer::encrypt::SkeyLookup {
+    Arc::new(move |req2: &[u8; 20]| {
+        torrents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .find(|h| shoal_engine::mse::req2_hash(h) == *req2)
+            .copied()
+    })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    torrents: Registry,
+    responder: Responder,
+    spawner: Spawner,
+) {
     let pending = Arc::new(AtomicUsize::new(0));
     loop {
         let (stream, addr) = match listener.accept().await {
@@ -314,9 +352,10 @@ async fn accept_loop(listener: TcpListener, torrents: Registry, spawner: Spawner
         pending.fetch_add(1, Ordering::Relaxed);
         let torrents = torrents.clone();
         let pending = pending.clone();
+        let responder = responder.clone();
         spawner
             .spawn(async move {
-                route_incoming(stream, addr, &torrents).await;
+                route_incoming(stream, addr, &torrents, &responder).await;
                 pending.fetch_sub(1, Ordering::Relaxed);
             })
             .detach();
@@ -373,8 +412,13 @@ fn delete(
 }
 
 /// Reads an incoming handshake and hands the connection to its torrent.
-async fn route_incoming(stream: TcpStream, addr: SocketAddr, torrents: &Registry) {
-    let accepted = match connect::accept(stream, addr).await {
+async fn route_incoming(
+    stream: TcpStream,
+    addr: SocketAddr,
+    torrents: &Registry,
+    responder: &Responder,
+) {
+    let accepted = match connect::accept(stream, addr, responder).await {
         Ok(a) => a,
         Err(e) => {
             log::debug!("incoming {addr}: {e}");

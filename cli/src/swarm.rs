@@ -21,7 +21,7 @@ use futures_lite::{FutureExt, StreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
 use shoal_actors::disk::{Mode, Storage};
 use shoal_actors::one_copy::OneCopy;
-use shoal_actors::session::{Session, SessionSettings};
+use shoal_actors::session::{Encryption, Session, SessionSettings};
 use shoal_actors::shared::{Progress, TorrentEvent};
 use shoal_actors::torrent::{content_path, AddTorrent, Torrent, TorrentSettings};
 use shoal_engine::metainfo::Metainfo;
@@ -50,6 +50,10 @@ pub struct SwarmOptions {
     /// Do not announce to the torrent's trackers.
     #[arg(long)]
     pub no_trackers: bool,
+    /// Message stream encryption (MSE/PE): prefer (dial encrypted, fall back to plaintext,
+    /// accept both), require (encrypted only, both ways) or off (plaintext only).
+    #[arg(long, default_value = "prefer", value_name = "POLICY")]
+    pub encryption: Encryption,
 }
 
 /// A count that must be at least one (zero would be refused, not silently raised).
@@ -130,9 +134,11 @@ pub fn load_torrent(path: &Path) -> Result<Arc<Metainfo>, String> {
     Ok(Arc::new(meta))
 }
 
-pub(crate) fn start_session(listen: Option<SocketAddr>) -> Result<Session, String> {
+pub(crate) fn start_session(o: &SwarmOptions) -> Result<Session, String> {
+    let listen = o.listen;
     let settings = |listen| SessionSettings {
         listen,
+        encryption: o.encryption,
         ..SessionSettings::default()
     };
     match listen {
@@ -266,7 +272,7 @@ pub fn download(args: DownloadArgs) -> CliResult {
         .map_err(|e| format!("cannot create {}: {e}", state.display()))?;
     let _lock = lock_folder(&state, &meta, &args.output)?;
     let mut signals = catch_signals()?;
-    let session = start_session(args.swarm.listen)?;
+    let session = start_session(&args.swarm)?;
     let peers = without_ourselves(peers, session.local_addr());
     let mut add = AddTorrent::download(meta.clone(), &args.output);
     add.resume = Some(state.join(format!("{}.resume", meta.info_hash)));
@@ -431,7 +437,7 @@ pub fn seed(args: SeedArgs) -> CliResult {
     let peers = resolve_peers(&args.swarm.peers)?;
     let wrong = open_content(&meta, &content)?.wrong_lengths();
     let mut signals = catch_signals()?;
-    let session = start_session(args.swarm.listen)?;
+    let session = start_session(&args.swarm)?;
     let peers = without_ourselves(peers, session.local_addr());
     let mut add = AddTorrent::seed(meta.clone(), PathBuf::new());
     add.content = Some(content.clone());

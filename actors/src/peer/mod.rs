@@ -52,6 +52,7 @@ use crate::shared::Shared;
 mod conn;
 pub(crate) mod connect;
 mod download;
+pub(crate) mod encrypt;
 mod remote;
 mod run;
 mod upload;
@@ -105,6 +106,8 @@ pub(crate) struct PeerStats {
     pub(crate) peer_is_seed: AtomicBool,
     /// Whether the handshake is done (the connection is up).
     pub(crate) connected: AtomicBool,
+    /// Whether the connection is RC4-encrypted (MSE/PE).
+    pub(crate) encrypted: AtomicBool,
 }
 
 /// Decides, for the `stop after one copy` seeding mode, whether a request may be served.

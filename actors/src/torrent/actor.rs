@@ -351,13 +351,17 @@ impl State {
             settings: self.peer_settings.clone(),
             serve_filter: self.serve_filter.clone(),
         };
+        let encryption = self.ctx.encryption;
         let task = self.peers.spawn(async move {
             let start = match incoming {
                 Some(accepted) => Start::Accepted(accepted),
                 None => Start::Dial(addr),
             };
-            match connect::establish(start, ours).await {
-                Ok((stream, remote)) => peer::run(setup, stream, remote).await,
+            match connect::establish(start, ours, encryption).await {
+                Ok(e) => {
+                    setup.stats.encrypted.store(e.encrypted, Ordering::Relaxed);
+                    peer::run(setup, e.stream, e.remote).await
+                }
                 Err(e) => PeerExit {
                     reason: format!("connect: {e}"),
                     ban: false,
@@ -580,6 +584,7 @@ impl State {
                 is_seed: e.stats.peer_is_seed.load(Ordering::Relaxed),
                 download_rate: e.down_rate.per_second(),
                 upload_rate: e.up_rate.per_second(),
+                encrypted: e.stats.encrypted.load(Ordering::Relaxed),
             })
             .collect()
     }

@@ -172,6 +172,8 @@ pub(crate) struct SessionContext {
     pub disk: Disk,
     /// The session's connection limit, shared by its torrents.
     pub slots: Arc<ConnectionSlots>,
+    /// The session's encryption policy, for dialling.
+    pub encryption: crate::session::Encryption,
 }
 
 /// Messages to a torrent.
@@ -227,6 +229,8 @@ pub struct PeerInfo {
     pub download_rate: u64,
     /// Payload bytes per second sent to it, over the last few seconds.
     pub upload_rate: u64,
+    /// Whether the connection is RC4-encrypted (MSE/PE).
+    pub encrypted: bool,
 }
 
 /// A handle to a running torrent.

@@ -350,7 +350,7 @@ async fn detail(server: &Server, entry: &Entry, t: &Torrent) -> Value {
                 "addr": p.addr.to_string(),
                 "client": Value::Null,
                 "transport": "tcp",
-                "encrypted": false,
+                "encrypted": p.encrypted,
                 "download_rate": p.download_rate,
                 "upload_rate": p.upload_rate,
                 "progress": if p.is_seed { json!(1.0) } else { Value::Null },

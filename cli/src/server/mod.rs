@@ -379,7 +379,7 @@ pub fn run(args: ServerArgs) -> CliResult {
     };
     let peers = swarm::resolve_peers(&args.swarm.peers)?;
     let mut signals = swarm::catch_signals()?;
-    let session = swarm::start_session(args.swarm.listen)?;
+    let session = swarm::start_session(&args.swarm)?;
     let peers = swarm::without_ourselves(peers, session.local_addr());
     let listener = std::net::TcpListener::bind(args.http)
         .map_err(|e| format!("cannot listen for HTTP on {}: {e}", args.http))?;
