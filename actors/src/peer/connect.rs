@@ -44,6 +44,17 @@ use super::encrypt::{self, Encryption, HandshakeSlots, SkeyLookup};
 /// connection whose handshake we already read (incoming).
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long the MSE handshake of a dial may take (after the TCP connect), so that under
+/// `prefer` a peer that neither speaks MSE nor hangs up on it leaves time, within
+/// [`HANDSHAKE_TIMEOUT`], for the plaintext redial.
+const MSE_DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Bytes at the start of a connection that, equal to the start of the plaintext header
+/// (`\x13Bit`), make it a plain handshake (to be checked whole) rather than an MSE opening: an
+/// honest 768-bit public key starts so once in 2^32, and a broken plain handshake is refused at
+/// once instead of waiting for an MSE key that never comes.
+const PLAINTEXT_SIGN: usize = 4;
+
 /// How long an incoming connection may take to send its handshake.
 pub(crate) const INCOMING_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -149,7 +160,7 @@ pub(crate) async fn accept(
         let mut stream = stream;
         let mut first = [0u8; HEADER_LEN];
         stream.read_exact(&mut first).await?;
-        if mse::looks_like_plaintext(&first) == Some(true) {
+        if mse::looks_like_plaintext(&first[..PLAINTEXT_SIGN]).is_none() {
             if responder.encryption == Encryption::Require {
                 return Err(invalid("plaintext peer refused (encryption required)"));
             }
@@ -211,7 +222,9 @@ pub(crate) async fn establish(
                 if let Some(policy) = encryption.policy() {
                     let stream = dial(addr).await?;
                     let payload = ours.to_bytes();
-                    match encrypt::initiate(stream, ours.info_hash, policy, &payload).await {
+                    let mse = encrypt::initiate(stream, ours.info_hash, policy, &payload)
+                        .or(timeout(MSE_DIAL_TIMEOUT, "mse handshake timed out"));
+                    match mse.await {
                         Ok(mut stream) => {
                             let remote = exchange(&mut stream, &ours, None, true).await?;
                             let encrypted = stream.encrypted();
