@@ -17,4 +17,5 @@ pub mod shared;
 pub mod torrent;
 pub mod tracker;
 pub mod tracker_server;
+pub mod utp;
 pub mod workers;
