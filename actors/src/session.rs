@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shoal_engine::{InfoHash, PeerId};
-use smol::net::{TcpListener, TcpStream};
+use smol::net::TcpListener;
 
 use crate::buffers::BlockPool;
 use crate::disk::Disk;
@@ -38,6 +38,7 @@ use crate::peer::connect::{self, Responder};
 pub use crate::peer::encrypt::Encryption;
 use crate::runtime::{Runtime, Spawner, Task, TrySendError};
 use crate::torrent::{self, AddTorrent, SessionContext, Torrent, TorrentMsg};
+use crate::utp::{Transport, UtpEndpoint};
 
 /// Most incoming connections waiting for their handshake at once; more are closed at once.
 const MAX_PENDING_HANDSHAKES: usize = 256;
@@ -60,6 +61,9 @@ pub struct SessionSettings {
     pub max_connections: usize,
     /// Message stream encryption (MSE/PE) of peer connections, both ways.
     pub encryption: Encryption,
+    /// Speak uTP too: a UDP socket on the listening port accepts uTP peers, and every dial
+    /// tries uTP and TCP at once (the first to connect wins).
+    pub utp: bool,
 }
 
 impl Default for SessionSettings {
@@ -72,6 +76,7 @@ impl Default for SessionSettings {
             disk_threads: 2,
             max_connections: 500,
             encryption: Encryption::default(),
+            utp: true,
         }
     }
 }
@@ -101,6 +106,10 @@ pub struct Session {
     slots: Arc<ConnectionSlots>,
     /// The encryption policy its torrents dial with.
     encryption: Encryption,
+    /// The uTP socket, when the session speaks uTP.
+    utp: Option<UtpEndpoint>,
+    /// The uTP socket's driver and accept loop.
+    utp_tasks: Mutex<Vec<Task<()>>>,
 }
 
 /// The threads that hash pieces and touch files, which every torrent of a session (or of
@@ -181,10 +190,34 @@ impl Session {
             lookup: skey_lookup(torrents.clone()),
             slots: Arc::default(),
         };
+        let pending = Arc::new(AtomicUsize::new(0));
+        let mut utp_tasks = Vec::new();
+        let utp = if settings.utp {
+            match UtpEndpoint::bind(local_addr) {
+                Ok(utp) => {
+                    utp_tasks.push(spawner.spawn(utp.clone().run()));
+                    utp_tasks.push(spawner.spawn(utp_accept_loop(
+                        utp.clone(),
+                        torrents.clone(),
+                        responder.clone(),
+                        pending.clone(),
+                        spawner.clone(),
+                    )));
+                    Some(utp)
+                }
+                Err(e) => {
+                    log::warn!("no utp: cannot bind udp {local_addr}: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let accept = spawner.spawn(accept_loop(
             listener,
             torrents.clone(),
             responder,
+            pending,
             spawner.clone(),
         ));
         Ok(Self {
@@ -198,6 +231,8 @@ impl Session {
             owns_pools,
             slots: Arc::new(ConnectionSlots::new(settings.max_connections.max(1))),
             encryption: settings.encryption,
+            utp,
+            utp_tasks: Mutex::new(utp_tasks),
         })
     }
 
@@ -242,6 +277,7 @@ impl Session {
             disk: self.pools.disk.clone(),
             slots: self.slots.clone(),
             encryption: self.encryption,
+            utp: self.utp.clone(),
         };
         // Checked and inserted under one lock: two adds of the same torrent cannot both start.
         let mut torrents = self.lock();
@@ -298,9 +334,15 @@ impl Session {
         if let Some(task) = accept {
             task.cancel().await;
         }
+        let utp_tasks =
+            std::mem::take(&mut *self.utp_tasks.lock().unwrap_or_else(|e| e.into_inner()));
         let torrents: Vec<Torrent> = self.lock().drain().map(|(_, t)| t).collect();
         for t in torrents {
             t.shutdown().await;
+        }
+        // After the torrents: their peers' uTP connections have closed.
+        for task in utp_tasks {
+            task.cancel().await;
         }
         if self.owns_pools {
             // Last: every torrent has flushed its files.
@@ -328,13 +370,40 @@ fn skey_lookup(torrents: Registry) -> crate::peer::encrypt::SkeyLookup {
     })
 }
 
+/// Accepts uTP connections and routes each like a TCP one (the same bound on pending
+/// handshakes).
+async fn utp_accept_loop(
+    utp: UtpEndpoint,
+    torrents: Registry,
+    responder: Responder,
+    pending: Arc<AtomicUsize>,
+    spawner: Spawner,
+) {
+    while let Ok((stream, addr)) = utp.accept().await {
+        if pending.load(Ordering::Relaxed) >= MAX_PENDING_HANDSHAKES {
+            log::debug!("too many pending handshakes; closing utp {addr}");
+            continue;
+        }
+        pending.fetch_add(1, Ordering::Relaxed);
+        let torrents = torrents.clone();
+        let pending = pending.clone();
+        let responder = responder.clone();
+        spawner
+            .spawn(async move {
+                route_incoming(stream, addr, Transport::Utp, &torrents, &responder).await;
+                pending.fetch_sub(1, Ordering::Relaxed);
+            })
+            .detach();
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     torrents: Registry,
     responder: Responder,
+    pending: Arc<AtomicUsize>,
     spawner: Spawner,
 ) {
-    let pending = Arc::new(AtomicUsize::new(0));
     loop {
         let (stream, addr) = match listener.accept().await {
             Ok(c) => c,
@@ -355,7 +424,8 @@ async fn accept_loop(
         let responder = responder.clone();
         spawner
             .spawn(async move {
-                route_incoming(stream, addr, &torrents, &responder).await;
+                let _ = stream.set_nodelay(true);
+                route_incoming(stream, addr, Transport::Tcp, &torrents, &responder).await;
                 pending.fetch_sub(1, Ordering::Relaxed);
             })
             .detach();
@@ -412,13 +482,14 @@ fn delete(
 }
 
 /// Reads an incoming handshake and hands the connection to its torrent.
-async fn route_incoming(
-    stream: TcpStream,
+async fn route_incoming<S: connect::PeerStream>(
+    stream: S,
     addr: SocketAddr,
+    transport: Transport,
     torrents: &Registry,
     responder: &Responder,
 ) {
-    let accepted = match connect::accept(stream, addr, responder).await {
+    let accepted = match connect::accept(stream, addr, transport, responder).await {
         Ok(a) => a,
         Err(e) => {
             log::debug!("incoming {addr}: {e}");

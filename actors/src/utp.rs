@@ -29,6 +29,26 @@ use futures_lite::{AsyncRead, AsyncWrite, FutureExt};
 use shoal_engine::utp::{Config, ConnectionHandle, Routed, UtpSocket};
 use smol::Async;
 
+/// The transport a peer connection runs over.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// TCP.
+    #[default]
+    Tcp,
+    /// uTP (BEP 29) over UDP.
+    Utp,
+}
+
+impl Transport {
+    /// `tcp` or `utp`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Utp => "utp",
+        }
+    }
+}
+
 /// Most uTP connections of one socket (connecting, open and closing), so a SYN flood costs at
 /// most this many table entries (each with buffers of up to 1 MiB a side, allocated as data
 /// arrives): above a session's default connection limit (500), which TCP shares.

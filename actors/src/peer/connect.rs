@@ -28,9 +28,11 @@
 //! the same way, with its own dial and accept in place of TCP's.
 
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, FutureExt};
@@ -39,6 +41,7 @@ use shoal_engine::wire::{Handshake, HANDSHAKE_LEN};
 use smol::net::TcpStream;
 
 use super::encrypt::{self, Encryption, HandshakeSlots, SkeyLookup};
+use crate::utp::{Transport, UtpEndpoint};
 
 /// How long a TCP connect plus handshake may take (outgoing), or answering an accepted
 /// connection whose handshake we already read (incoming).
@@ -82,6 +85,8 @@ pub(crate) struct Accepted {
     remote: Handshake,
     /// Whether the stream is RC4-encrypted.
     encrypted: bool,
+    /// TCP or uTP.
+    transport: Transport,
 }
 
 impl fmt::Debug for Accepted {
@@ -123,6 +128,8 @@ pub(crate) struct Established {
     pub(crate) remote: Handshake,
     /// Whether the stream is RC4-encrypted (MSE/PE).
     pub(crate) encrypted: bool,
+    /// TCP or uTP.
+    pub(crate) transport: Transport,
 }
 
 /// What the session's accept loop needs to answer incoming connections: its encryption policy,
@@ -150,12 +157,12 @@ impl fmt::Debug for Responder {
 /// a plain one, or an MSE handshake and then the BitTorrent handshake inside it, as the policy
 /// allows. Beyond [`MAX_MSE_HANDSHAKES`](super::encrypt::MAX_MSE_HANDSHAKES) MSE handshakes in
 /// progress, an MSE opening is closed at once.
-pub(crate) async fn accept(
-    stream: TcpStream,
+pub(crate) async fn accept<S: PeerStream>(
+    stream: S,
     addr: SocketAddr,
+    transport: Transport,
     responder: &Responder,
 ) -> io::Result<Accepted> {
-    let _ = stream.set_nodelay(true);
     async {
         let mut stream = stream;
         let mut first = [0u8; HEADER_LEN];
@@ -166,10 +173,11 @@ pub(crate) async fn accept(
             }
             let remote = read_handshake(&mut (&first[..]).chain(&mut stream)).await?;
             return Ok(Accepted {
-                stream: setup(stream),
+                stream: Box::new(stream),
                 addr,
                 remote,
                 encrypted: false,
+                transport,
             });
         }
         let Some(policy) = responder.encryption.policy() else {
@@ -190,6 +198,7 @@ pub(crate) async fn accept(
             addr,
             remote,
             encrypted,
+            transport,
         })
     }
     .or(timeout(INCOMING_HANDSHAKE_TIMEOUT, "no handshake"))
@@ -206,6 +215,7 @@ pub(crate) async fn establish(
     start: Start,
     ours: Handshake,
     encryption: Encryption,
+    utp: Option<&UtpEndpoint>,
 ) -> io::Result<Established> {
     async {
         match start {
@@ -216,11 +226,12 @@ pub(crate) async fn establish(
                     stream,
                     remote,
                     encrypted: a.encrypted,
+                    transport: a.transport,
                 })
             }
             Start::Dial(addr) => {
                 if let Some(policy) = encryption.policy() {
-                    let stream = dial(addr).await?;
+                    let (stream, transport) = dial(addr, utp).await?;
                     let payload = ours.to_bytes();
                     let mse = encrypt::initiate(stream, ours.info_hash, policy, &payload)
                         .or(timeout(MSE_DIAL_TIMEOUT, "mse handshake timed out"));
@@ -232,6 +243,7 @@ pub(crate) async fn establish(
                                 stream: Box::new(stream),
                                 remote,
                                 encrypted,
+                                transport,
                             });
                         }
                         Err(e) if encryption == Encryption::Prefer => {
@@ -240,12 +252,13 @@ pub(crate) async fn establish(
                         Err(e) => return Err(e),
                     }
                 }
-                let mut stream = setup(dial(addr).await?);
+                let (mut stream, transport) = dial(addr, utp).await?;
                 let remote = exchange(&mut stream, &ours, None, false).await?;
                 Ok(Established {
                     stream,
                     remote,
                     encrypted: false,
+                    transport,
                 })
             }
         }
@@ -254,17 +267,59 @@ pub(crate) async fn establish(
     .await
 }
 
-/// A TCP connection to `addr`, without Nagle's delay.
-async fn dial(addr: SocketAddr) -> io::Result<TcpStream> {
-    let stream = TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    Ok(stream)
+/// Dials `addr` over TCP and, when the session has a uTP socket, over uTP at once: the first
+/// to connect wins (the other is dropped, which closes it); if one fails, the other is waited
+/// for. So a peer that speaks only one of them is reached as fast as that one connects.
+async fn dial(addr: SocketAddr, utp: Option<&UtpEndpoint>) -> io::Result<(BoxStream, Transport)> {
+    let tcp = async {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok((Box::new(stream) as BoxStream, Transport::Tcp))
+    };
+    let Some(utp) = utp else {
+        return tcp.await;
+    };
+    let utp = async {
+        let stream = utp.connect(addr).await?;
+        Ok((Box::new(stream) as BoxStream, Transport::Utp))
+    };
+    first_ok(tcp, utp).await
 }
 
-/// Stream setup for a plain connection: the socket itself, boxed. Encrypted connections are
-/// wrapped by [`encrypt::MseStream`] instead (see the module docs).
-fn setup(stream: TcpStream) -> BoxStream {
-    Box::new(stream)
+/// The first of two fallible futures to succeed; the first error if both fail.
+async fn first_ok<T>(
+    a: impl Future<Output = io::Result<T>>,
+    b: impl Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    let (mut a, mut b) = (std::pin::pin!(a), std::pin::pin!(b));
+    let (mut a_err, mut b_err) = (None, None);
+    std::future::poll_fn(|cx| {
+        if a_err.is_none() {
+            if let Poll::Ready(r) = a.as_mut().poll(cx) {
+                match r {
+                    Ok(v) => return Poll::Ready(Ok(v)),
+                    Err(e) => a_err = Some(e),
+                }
+            }
+        }
+        if b_err.is_none() {
+            if let Poll::Ready(r) = b.as_mut().poll(cx) {
+                match r {
+                    Ok(v) => return Poll::Ready(Ok(v)),
+                    Err(e) => b_err = Some(e),
+                }
+            }
+        }
+        match (a_err.take(), b_err.take()) {
+            (Some(e), Some(_)) => Poll::Ready(Err(e)),
+            (a2, b2) => {
+                a_err = a2;
+                b_err = b2;
+                Poll::Pending
+            }
+        }
+    })
+    .await
 }
 
 /// The handshake exchange, the same for both directions: ours goes out, theirs is read (unless
@@ -361,7 +416,7 @@ mod tests {
                 // A refused plaintext redial comes as a second connection.
                 loop {
                     let (tcp, from) = listener.accept().await?;
-                    let accepted = match accept(tcp, from, &known).await {
+                    let accepted = match accept(tcp, from, Transport::Tcp, &known).await {
                         Ok(a) => a,
                         Err(e) if dial == Encryption::Prefer => {
                             let _ = e;
@@ -370,7 +425,7 @@ mod tests {
                         Err(e) => return Err(e),
                     };
                     assert_eq!(accepted.addr(), from);
-                    let mut e = establish(Start::Accepted(accepted), ours_in, answer).await?;
+                    let mut e = establish(Start::Accepted(accepted), ours_in, answer, None).await?;
                     e.stream.write_all(b"ping").await?;
                     e.stream.flush().await?;
                     let mut got = [0u8; 4];
@@ -380,7 +435,7 @@ mod tests {
                 }
             };
             let client = async {
-                let mut e = establish(Start::Dial(addr), ours_out, dial).await?;
+                let mut e = establish(Start::Dial(addr), ours_out, dial, None).await?;
                 let mut got = [0u8; 4];
                 e.stream.read_exact(&mut got).await?;
                 assert_eq!(&got, b"ping");

@@ -108,6 +108,8 @@ pub(crate) struct PeerStats {
     pub(crate) connected: AtomicBool,
     /// Whether the connection is RC4-encrypted (MSE/PE).
     pub(crate) encrypted: AtomicBool,
+    /// Whether the connection runs over uTP (else TCP).
+    pub(crate) utp: AtomicBool,
 }
 
 /// Decides, for the `stop after one copy` seeding mode, whether a request may be served.

@@ -352,14 +352,17 @@ impl State {
             serve_filter: self.serve_filter.clone(),
         };
         let encryption = self.ctx.encryption;
+        let utp = self.ctx.utp.clone();
         let task = self.peers.spawn(async move {
             let start = match incoming {
                 Some(accepted) => Start::Accepted(accepted),
                 None => Start::Dial(addr),
             };
-            match connect::establish(start, ours, encryption).await {
+            match connect::establish(start, ours, encryption, utp.as_ref()).await {
                 Ok(e) => {
                     setup.stats.encrypted.store(e.encrypted, Ordering::Relaxed);
+                    let utp = e.transport == crate::utp::Transport::Utp;
+                    setup.stats.utp.store(utp, Ordering::Relaxed);
                     peer::run(setup, e.stream, e.remote).await
                 }
                 Err(e) => PeerExit {
@@ -585,6 +588,11 @@ impl State {
                 download_rate: e.down_rate.per_second(),
                 upload_rate: e.up_rate.per_second(),
                 encrypted: e.stats.encrypted.load(Ordering::Relaxed),
+                transport: if e.stats.utp.load(Ordering::Relaxed) {
+                    crate::utp::Transport::Utp
+                } else {
+                    crate::utp::Transport::Tcp
+                },
             })
             .collect()
     }

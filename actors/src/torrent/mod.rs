@@ -174,6 +174,8 @@ pub(crate) struct SessionContext {
     pub slots: Arc<ConnectionSlots>,
     /// The session's encryption policy, for dialling.
     pub encryption: crate::session::Encryption,
+    /// The session's uTP socket, for dialling over uTP too.
+    pub utp: Option<crate::utp::UtpEndpoint>,
 }
 
 /// Messages to a torrent.
@@ -231,6 +233,8 @@ pub struct PeerInfo {
     pub upload_rate: u64,
     /// Whether the connection is RC4-encrypted (MSE/PE).
     pub encrypted: bool,
+    /// TCP or uTP.
+    pub transport: crate::utp::Transport,
 }
 
 /// A handle to a running torrent.

@@ -349,7 +349,7 @@ async fn detail(server: &Server, entry: &Entry, t: &Torrent) -> Value {
             json!({
                 "addr": p.addr.to_string(),
                 "client": Value::Null,
-                "transport": "tcp",
+                "transport": p.transport.as_str(),
                 "encrypted": p.encrypted,
                 "download_rate": p.download_rate,
                 "upload_rate": p.upload_rate,
