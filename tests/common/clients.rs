@@ -549,6 +549,8 @@ pub struct Libtorrent<'a> {
     pub upload_limit: u64,
     /// Message stream encryption (off by default).
     pub encryption: LtEncryption,
+    /// Speak uTP only (TCP off both ways) instead of TCP only.
+    pub utp_only: bool,
 }
 
 /// libtorrent's message stream encryption settings (`--encryption` of lt_peer.py).
@@ -599,6 +601,9 @@ impl Libtorrent<'_> {
             cmd.args(["--upload-limit", &self.upload_limit.to_string()]);
         }
         cmd.args(["--encryption", self.encryption.arg()]);
+        if self.utp_only {
+            cmd.arg("--utp-only");
+        }
         logged(cmd, log)
     }
 }
