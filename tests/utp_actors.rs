@@ -134,3 +134,87 @@ fn shoal_seeds_to_utp_only_libtorrent() {
     assert_same_content(&content, &out.join("utp-down"));
     assert_utp_seen(&lt_log);
 }
+
+/// A SYN flood (3,000 SYNs, each a new connection id, from several sockets) and data, STATE
+/// and FIN packets on connection ids shoal never gave out, against a running seeder; then a
+/// uTP-only libtorrent downloads byte-exact, and shoal is still alive and answering.
+#[test]
+fn syn_flood_and_stray_packets_leave_an_honest_utp_transfer_alone() {
+    use shoal::engine::utp::{Packet, PacketType};
+    use std::net::UdpSocket;
+
+    let (dir, content, torrent) = setup("utp-hostile", 6 * MIB + 99, 33);
+    let shoal_log = dir.path().join("shoal.log");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let _shoal = spawn_shoal(
+        &[
+            "seed",
+            s(&torrent),
+            s(&content),
+            "--listen",
+            &listen,
+            "--no-trackers",
+        ],
+        &shoal_log,
+    );
+    wait_listening(port, LIMIT, "shoal", &[&shoal_log]);
+
+    let mut buf = [0u8; 64];
+    let mut send = |sock: &UdpSocket, ty: PacketType, id: u16, seq: u16| {
+        let mut p = Packet::new(ty, id);
+        p.seq_nr = seq;
+        p.wnd_size = 1 << 20;
+        let n = p.encode(&mut buf).expect("encode");
+        let _ = sock.send_to(&buf[..n], &listen);
+    };
+    let flooders: Vec<UdpSocket> = (0..4)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    for (i, sock) in flooders.iter().enumerate() {
+        for j in 0..750u16 {
+            send(
+                sock,
+                PacketType::Syn,
+                j.wrapping_mul(7).wrapping_add(i as u16),
+                j,
+            );
+        }
+        // Packets on ids never given out.
+        for j in 0..500u16 {
+            let ty = [PacketType::Data, PacketType::State, PacketType::Fin][usize::from(j % 3)];
+            send(sock, ty, 40_000 + j, j);
+        }
+    }
+    // The replies (STATEs, RESETs) are bounded: count what came back within a second.
+    let mut replies = 0usize;
+    for sock in &flooders {
+        sock.set_read_timeout(Some(Duration::from_millis(250)))
+            .unwrap();
+        let mut r = [0u8; 2048];
+        while sock.recv_from(&mut r).is_ok() {
+            replies += 1;
+        }
+    }
+    eprintln!("utp flood: 5,000 datagrams sent, {replies} replies");
+    assert!(replies <= 5_000, "more replies than datagrams");
+
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let lt_log = dir.path().join("libtorrent.log");
+    let peers = [listen.clone()];
+    let mut lt = Libtorrent {
+        peers: &peers,
+        utp_only: true,
+        ..Libtorrent::default()
+    }
+    .spawn(&torrent, &out, free_port(), &lt_log);
+    wait_success(
+        &mut lt,
+        LIMIT,
+        "utp-only libtorrent download after a flood",
+        &[&lt_log, &shoal_log],
+    );
+    assert_same_content(&content, &out.join("utp-hostile"));
+    assert!(is_listening(port), "shoal died");
+}
