@@ -33,7 +33,7 @@ use std::sync::Arc;
 
 pub use shoal_actors::disk::Mode;
 pub use shoal_actors::error::{Error, Result};
-pub use shoal_actors::session::SessionSettings;
+pub use shoal_actors::session::{Encryption, SessionSettings};
 pub use shoal_actors::shared::{Progress, TorrentEvent, TorrentState, EVENT_QUEUE};
 pub use shoal_actors::torrent::{AddTorrent, PeerInfo, Torrent, TorrentSettings};
 pub use shoal_engine::bitfield::Bitfield;

@@ -14,7 +14,7 @@ use crate::dht::{DhtConfig, DhtNode, DhtStats};
 use crate::lsd::Lsd;
 use crate::runtime::Spawner;
 use crate::torrent::Torrent;
-use crate::udp::{Consumers, Udp, KRPC_QUEUE};
+use crate::udp::{Consumers, Udp, KRPC_QUEUE, OUTGOING_QUEUE};
 
 /// The name of the routing table's file in the state folder.
 pub const DHT_STATE_FILE: &str = "dht.dat";
@@ -41,29 +41,52 @@ pub struct Discovery {
     dht: Option<DhtNode>,
     /// LSD.
     lsd: Option<Lsd>,
+    /// The task sending the DHT's datagrams from the uTP socket, when they share it.
+    sender: Option<crate::runtime::Task<()>>,
 }
 
 impl Discovery {
     /// Starts what `settings` asks for, for a session whose TCP listener is at `listen`. A
     /// failure (the UDP port taken, say) is logged and leaves that service off: a session
     /// still works with trackers and direct peers.
-    pub fn start(settings: &DiscoverySettings, listen: SocketAddr, spawner: &Spawner) -> Self {
+    ///
+    /// With `utp`, the DHT shares the uTP endpoint's socket (one UDP socket per listen port,
+    /// demultiplexed in `utp::route_datagram`); without it, the DHT binds its own (`udp.rs`).
+    pub fn start(
+        settings: &DiscoverySettings,
+        listen: SocketAddr,
+        spawner: &Spawner,
+        utp: Option<&crate::utp::UtpEndpoint>,
+    ) -> Self {
         let mut out = Discovery::default();
         if settings.dht {
             let (krpc, packets) = async_channel::bounded(KRPC_QUEUE);
-            let consumers = Consumers { krpc: Some(krpc) };
-            match Udp::bind(listen, consumers, spawner) {
-                Ok(udp) => {
-                    let config = DhtConfig {
-                        listen,
-                        port: listen.port(),
-                        bootstrap: settings.dht_bootstrap.clone(),
-                        state_file: settings.state_dir.as_ref().map(|d| d.join(DHT_STATE_FILE)),
-                    };
-                    out.dht = Some(DhtNode::start(config, packets, udp.outgoing(), spawner));
-                    out.udp = Mutex::new(Some(udp));
+            let outgoing = match utp {
+                Some(utp) => {
+                    let (tx, rx) = async_channel::bounded(OUTGOING_QUEUE);
+                    out.sender = Some(spawner.spawn(utp.share_with_dht(krpc, rx)));
+                    Some(tx)
                 }
-                Err(e) => log::warn!("dht off: cannot bind udp {listen}: {e}"),
+                None => match Udp::bind(listen, Consumers { krpc: Some(krpc) }, spawner) {
+                    Ok(udp) => {
+                        let tx = udp.outgoing();
+                        out.udp = Mutex::new(Some(udp));
+                        Some(tx)
+                    }
+                    Err(e) => {
+                        log::warn!("dht off: cannot bind udp {listen}: {e}");
+                        None
+                    }
+                },
+            };
+            if let Some(outgoing) = outgoing {
+                let config = DhtConfig {
+                    listen,
+                    port: listen.port(),
+                    bootstrap: settings.dht_bootstrap.clone(),
+                    state_file: settings.state_dir.as_ref().map(|d| d.join(DHT_STATE_FILE)),
+                };
+                out.dht = Some(DhtNode::start(config, packets, outgoing, spawner));
             }
         }
         if settings.lsd {

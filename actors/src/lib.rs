@@ -22,4 +22,5 @@ pub mod torrent;
 pub mod tracker;
 pub mod tracker_server;
 pub mod udp;
+pub mod utp;
 pub mod workers;

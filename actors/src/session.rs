@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shoal_engine::{InfoHash, PeerId};
-use smol::net::{TcpListener, TcpStream};
+use smol::net::TcpListener;
 
 use crate::buffers::BlockPool;
 use crate::discovery::{Discovery, DiscoverySettings};
@@ -36,9 +36,11 @@ use crate::disk::Disk;
 use crate::error::{Error, Result};
 use crate::hasher::Hasher;
 use crate::limit::Limiter;
-use crate::peer::connect;
+use crate::peer::connect::{self, Responder};
+pub use crate::peer::encrypt::Encryption;
 use crate::runtime::{Runtime, Spawner, Task, TrySendError};
 use crate::torrent::{self, AddTorrent, SessionContext, Torrent, TorrentMsg};
+use crate::utp::{Transport, UtpEndpoint};
 
 /// The default of [`SessionSettings::max_half_open`]: a waiting handshake costs a task and a
 /// socket, and 256 covers a burst of honest arrivals while bounding a flood.
@@ -80,6 +82,11 @@ pub struct SessionSettings {
     pub download_limit: u64,
     /// Upload rate limit of the whole session in bytes per second (0: none).
     pub upload_limit: u64,
+    /// Message stream encryption (MSE/PE) of peer connections, both ways.
+    pub encryption: Encryption,
+    /// Speak uTP too: a UDP socket on the listening port accepts uTP peers, and every dial
+    /// tries uTP and TCP at once (the first to connect wins).
+    pub utp: bool,
 }
 
 impl Default for SessionSettings {
@@ -99,6 +106,8 @@ impl Default for SessionSettings {
             max_half_open: MAX_PENDING_HANDSHAKES,
             download_limit: 0,
             upload_limit: 0,
+            encryption: Encryption::default(),
+            utp: true,
         }
     }
 }
@@ -132,6 +141,12 @@ pub struct Session {
     down_limit: Arc<Limiter>,
     /// The upload rate limit every peer shares.
     up_limit: Arc<Limiter>,
+    /// The encryption policy its torrents dial with.
+    encryption: Encryption,
+    /// The uTP socket, when the session speaks uTP.
+    utp: Option<UtpEndpoint>,
+    /// The uTP socket's driver and accept loop.
+    utp_tasks: Mutex<Vec<Task<()>>>,
 }
 
 /// The threads that hash pieces and touch files, which every torrent of a session (or of
@@ -207,6 +222,34 @@ impl Session {
         let listener = TcpListener::try_from(listener)?;
         let peer_id = settings.peer_id.unwrap_or_else(PeerId::generate);
         let torrents: Registry = Arc::default();
+        let responder = Responder {
+            encryption: settings.encryption,
+            lookup: skey_lookup(torrents.clone()),
+            slots: Arc::default(),
+        };
+        let pending = Arc::new(AtomicUsize::new(0));
+        let mut utp_tasks = Vec::new();
+        let utp = if settings.utp {
+            match UtpEndpoint::bind(local_addr) {
+                Ok(utp) => {
+                    utp_tasks.push(spawner.spawn(utp.clone().run()));
+                    utp_tasks.push(spawner.spawn(utp_accept_loop(
+                        utp.clone(),
+                        torrents.clone(),
+                        responder.clone(),
+                        pending.clone(),
+                        spawner.clone(),
+                    )));
+                    Some(utp)
+                }
+                Err(e) => {
+                    log::warn!("no utp: cannot bind udp {local_addr}: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let discovery = Discovery::start(
             &DiscoverySettings {
                 dht: settings.dht,
@@ -216,10 +259,13 @@ impl Session {
             },
             local_addr,
             &spawner,
+            utp.as_ref(),
         );
         let accept = spawner.spawn(accept_loop(
             listener,
             torrents.clone(),
+            responder,
+            pending,
             spawner.clone(),
             settings.max_half_open.max(1),
         ));
@@ -236,6 +282,9 @@ impl Session {
             discovery,
             down_limit: Arc::new(Limiter::new(settings.download_limit)),
             up_limit: Arc::new(Limiter::new(settings.upload_limit)),
+            encryption: settings.encryption,
+            utp,
+            utp_tasks: Mutex::new(utp_tasks),
         })
     }
 
@@ -282,6 +331,8 @@ impl Session {
             slots: self.slots.clone(),
             down_limit: self.down_limit.clone(),
             up_limit: self.up_limit.clone(),
+            encryption: self.encryption,
+            utp: self.utp.clone(),
         };
         // Checked and inserted under one lock: two adds of the same torrent cannot both start.
         let mut torrents = self.lock();
@@ -354,9 +405,15 @@ impl Session {
             task.cancel().await;
         }
         self.discovery.shutdown().await;
+        let utp_tasks =
+            std::mem::take(&mut *self.utp_tasks.lock().unwrap_or_else(|e| e.into_inner()));
         let torrents: Vec<Torrent> = self.lock().drain().map(|(_, t)| t).collect();
         for t in torrents {
             t.shutdown().await;
+        }
+        // After the torrents: their peers' uTP connections have closed.
+        for task in utp_tasks {
+            task.cancel().await;
         }
         if self.owns_pools {
             // Last: every torrent has flushed its files.
@@ -386,13 +443,56 @@ impl Session {
     }
 }
 
+/// The MSE responder's lookup: the torrent of the registry whose `HASH('req2', info_hash)` the
+/// peer sent. Computed over the registry (one SHA-1 per torrent) rather than kept in a second
+/// map that adds and removes would have to keep in step; the number of MSE handshakes in
+/// progress is bounded, and so is this work.
+fn skey_lookup(torrents: Registry) -> crate::peer::encrypt::SkeyLookup {
+    Arc::new(move |req2: &[u8; 20]| {
+        torrents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .find(|h| shoal_engine::mse::req2_hash(h) == *req2)
+            .copied()
+    })
+}
+
+/// Accepts uTP connections and routes each like a TCP one (the same bound on pending
+/// handshakes).
+async fn utp_accept_loop(
+    utp: UtpEndpoint,
+    torrents: Registry,
+    responder: Responder,
+    pending: Arc<AtomicUsize>,
+    spawner: Spawner,
+) {
+    while let Ok((stream, addr)) = utp.accept().await {
+        if pending.load(Ordering::Relaxed) >= MAX_PENDING_HANDSHAKES {
+            log::debug!("too many pending handshakes; closing utp {addr}");
+            continue;
+        }
+        pending.fetch_add(1, Ordering::Relaxed);
+        let torrents = torrents.clone();
+        let pending = pending.clone();
+        let responder = responder.clone();
+        spawner
+            .spawn(async move {
+                route_incoming(stream, addr, Transport::Utp, &torrents, &responder).await;
+                pending.fetch_sub(1, Ordering::Relaxed);
+            })
+            .detach();
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     torrents: Registry,
+    responder: Responder,
+    pending: Arc<AtomicUsize>,
     spawner: Spawner,
     max_half_open: usize,
 ) {
-    let pending = Arc::new(AtomicUsize::new(0));
     loop {
         let (stream, addr) = match listener.accept().await {
             Ok(c) => c,
@@ -410,9 +510,11 @@ async fn accept_loop(
         pending.fetch_add(1, Ordering::Relaxed);
         let torrents = torrents.clone();
         let pending = pending.clone();
+        let responder = responder.clone();
         spawner
             .spawn(async move {
-                route_incoming(stream, addr, &torrents).await;
+                let _ = stream.set_nodelay(true);
+                route_incoming(stream, addr, Transport::Tcp, &torrents, &responder).await;
                 pending.fetch_sub(1, Ordering::Relaxed);
             })
             .detach();
@@ -469,8 +571,14 @@ fn delete(
 }
 
 /// Reads an incoming handshake and hands the connection to its torrent.
-async fn route_incoming(stream: TcpStream, addr: SocketAddr, torrents: &Registry) {
-    let accepted = match connect::accept(stream, addr).await {
+async fn route_incoming<S: connect::PeerStream>(
+    stream: S,
+    addr: SocketAddr,
+    transport: Transport,
+    torrents: &Registry,
+    responder: &Responder,
+) {
+    let accepted = match connect::accept(stream, addr, transport, responder).await {
         Ok(a) => a,
         Err(e) => {
             log::debug!("incoming {addr}: {e}");

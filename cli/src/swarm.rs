@@ -21,7 +21,7 @@ use futures_lite::{FutureExt, StreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
 use shoal_actors::disk::{Mode, Storage};
 use shoal_actors::one_copy::OneCopy;
-use shoal_actors::session::{Session, SessionSettings};
+use shoal_actors::session::{Encryption, Session, SessionSettings};
 use shoal_actors::shared::{Progress, TorrentEvent};
 use shoal_actors::torrent::{content_path, AddTorrent, Torrent, TorrentSettings};
 use shoal_engine::metainfo::Metainfo;
@@ -67,6 +67,10 @@ pub struct SwarmOptions {
     /// dialled.
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub announce_interval: Option<u64>,
+    /// Message stream encryption (MSE/PE): prefer (dial encrypted, fall back to plaintext,
+    /// accept both), require (encrypted only, both ways) or off (plaintext only).
+    #[arg(long, default_value = "prefer", value_name = "POLICY")]
+    pub encryption: Encryption,
 }
 
 /// A count that must be at least one (zero would be refused, not silently raised).
@@ -158,6 +162,7 @@ pub(crate) fn start_session(
         lsd: !o.no_lsd,
         pex: !o.no_pex,
         state_dir: state_dir.clone(),
+        encryption: o.encryption,
         ..SessionSettings::default()
     };
     match o.listen {

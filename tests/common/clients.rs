@@ -370,6 +370,12 @@ pub struct Transmission {
 impl Transmission {
     /// Starts a daemon whose config lives in `dir/transmission`; waits for its RPC port.
     pub fn start(dir: &Path) -> Self {
+        Self::start_with_encryption(dir, 0)
+    }
+
+    /// Like [`Transmission::start`] with Transmission's `encryption` setting: 0 prefers plain
+    /// connections, 1 prefers encrypted ones, 2 requires encryption.
+    pub fn start_with_encryption(dir: &Path, encryption: u8) -> Self {
         require_program("transmission-daemon");
         require_program("transmission-remote");
         let conf = dir.join("transmission");
@@ -391,8 +397,8 @@ impl Transmission {
             "lpd-enabled": false,
             "pex-enabled": false,
             "utp-enabled": false,
-            // Prefer plain connections: shoal does not speak MSE.
-            "encryption": 0,
+            // 0 (the interop tests): prefer plain connections.
+            "encryption": encryption,
             "download-dir": dir.join("transmission-downloads"),
             "incomplete-dir-enabled": false,
             "ratio-limit-enabled": false,
@@ -488,6 +494,18 @@ impl Transmission {
 /// aria2c on 127.0.0.1:`port` with DHT, local discovery and PEX off. Downloads `torrent` into
 /// `dir` and exits when done, or (`seed`) checks the data in `dir` and seeds until killed.
 pub fn spawn_aria2(torrent: &Path, dir: &Path, port: u16, seed: bool, log: &Path) -> ChildGuard {
+    spawn_aria2_with(torrent, dir, port, seed, log, &[])
+}
+
+/// Like [`spawn_aria2`] with more options (`--bt-require-crypto=true`, say).
+pub fn spawn_aria2_with(
+    torrent: &Path,
+    dir: &Path,
+    port: u16,
+    seed: bool,
+    log: &Path,
+    extra: &[&str],
+) -> ChildGuard {
     require_program("aria2c");
     let mut cmd = Command::new("aria2c");
     cmd.args([
@@ -510,6 +528,7 @@ pub fn spawn_aria2(torrent: &Path, dir: &Path, port: u16, seed: bool, log: &Path
     } else {
         cmd.arg("--seed-time=0");
     }
+    cmd.args(extra);
     cmd.arg(format!("--dir={}", dir.display())).arg(torrent);
     logged(cmd, log)
 }
@@ -530,6 +549,8 @@ pub struct Libtorrent<'a> {
     pub upload_limit: u64,
     /// Message stream encryption (off by default).
     pub encryption: LtEncryption,
+    /// Speak uTP only (TCP off both ways) instead of TCP only.
+    pub utp_only: bool,
 }
 
 /// libtorrent's message stream encryption settings (`--encryption` of lt_peer.py).
@@ -580,6 +601,9 @@ impl Libtorrent<'_> {
             cmd.args(["--upload-limit", &self.upload_limit.to_string()]);
         }
         cmd.args(["--encryption", self.encryption.arg()]);
+        if self.utp_only {
+            cmd.arg("--utp-only");
+        }
         logged(cmd, log)
     }
 }

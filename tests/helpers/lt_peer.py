@@ -3,11 +3,11 @@
 
     lt_peer.py TORRENT SAVE_PATH --port PORT [--peer HOST:PORT]... [--seed]
                [--no-trackers] [--timeout SECONDS] [--upload-limit BYTES_PER_SECOND]
-               [--encryption off|forced-rc4|forced-plaintext|enabled]
+               [--encryption off|forced-rc4|forced-plaintext|enabled] [--utp-only]
 
 Adds TORRENT with its data in SAVE_PATH (SAVE_PATH/<name>), listening on 127.0.0.1:PORT only,
 with DHT, local discovery, UPnP, NAT-PMP, uTP and encryption off, so that it speaks plain
-BitTorrent over TCP on loopback. --encryption turns message stream encryption on: forced-rc4
+BitTorrent over TCP on loopback (--utp-only: over uTP only, TCP off). --encryption turns message stream encryption on: forced-rc4
 (in and out policies forced, RC4 only), forced-plaintext (forced, the obfuscated handshake
 then plaintext), or enabled (both ways allowed, both levels). Every peer given with --peer is dialled (and dialled again
 while no peer is connected, in case it was not listening yet). The torrent's trackers are used
@@ -64,6 +64,11 @@ def rc4_peers(h):
     return sum(1 for p in h.get_peer_info() if p.flags & lt.peer_info.rc4_encrypted)
 
 
+def utp_peers(h):
+    """How many connected peers run over uTP (peer_info.utp_socket)."""
+    return sum(1 for p in h.get_peer_info() if p.flags & (1 << 17))
+
+
 def parse_peer(s):
     host, _, port = s.rpartition(":")
     return (host, int(port))
@@ -83,6 +88,11 @@ def main():
         "--encryption",
         choices=["off", "forced-rc4", "forced-plaintext", "enabled"],
         default="off",
+    )
+    ap.add_argument(
+        "--utp-only",
+        action="store_true",
+        help="speak uTP only (TCP off both ways), instead of TCP only",
     )
     args = ap.parse_args()
 
@@ -107,6 +117,11 @@ def main():
     }
     if args.upload_limit > 0:
         settings["upload_rate_limit"] = args.upload_limit
+    if args.utp_only:
+        settings["enable_outgoing_utp"] = True
+        settings["enable_incoming_utp"] = True
+        settings["enable_outgoing_tcp"] = False
+        settings["enable_incoming_tcp"] = False
     if args.encryption != "off":
         policy = lt.enc_policy.enabled if args.encryption == "enabled" else lt.enc_policy.forced
         level = {
@@ -147,6 +162,7 @@ def main():
     # Client names of every peer seen, sampled often: a transfer can be over in a second.
     seen = set()
     rc4_seen = 0
+    utp_seen = 0
     while time.time() < deadline:
         for a in ses.pop_alerts():
             if isinstance(a, lt.torrent_error_alert):
@@ -171,6 +187,7 @@ def main():
         seen.update(c for c in clients if c)
         rc4 = rc4_peers(h)
         rc4_seen = max(rc4_seen, rc4)
+        utp_seen = max(utp_seen, utp_peers(h))
         if not finished and not checking and (st.is_finished or st.is_seeding):
             finished = True
             emit(
@@ -178,6 +195,7 @@ def main():
                     event="finished",
                     clients_seen=sorted(seen),
                     rc4_seen=rc4_seen,
+                    utp_seen=utp_seen,
                     **status_fields(st, ti),
                 )
             )
@@ -190,6 +208,7 @@ def main():
                     clients=clients,
                     rc4=rc4,
                     rc4_seen=rc4_seen,
+                    utp_seen=utp_seen,
                     **status_fields(st, ti),
                 )
             )

@@ -52,6 +52,7 @@ use crate::shared::Shared;
 mod conn;
 pub(crate) mod connect;
 mod download;
+pub(crate) mod encrypt;
 mod remote;
 mod run;
 mod upload;
@@ -113,6 +114,10 @@ pub(crate) struct PeerStats {
     pub(crate) spoke: AtomicBool,
     /// Whether we are interested in the peer's pieces.
     pub(crate) we_interested: AtomicBool,
+    /// Whether the connection is RC4-encrypted (MSE/PE).
+    pub(crate) encrypted: AtomicBool,
+    /// Whether the connection runs over uTP (else TCP).
+    pub(crate) utp: AtomicBool,
 }
 
 /// Decides, for the `stop after one copy` seeding mode, whether a request may be served.

@@ -462,14 +462,19 @@ impl State {
             serve_filter: self.serve_filter.clone(),
         };
         let limits = self.limits.clone();
+        let encryption = self.ctx.encryption;
+        let utp = self.ctx.utp.clone();
         let task = self.peers.spawn(async move {
             let start = match incoming {
                 Some(accepted) => Start::Accepted(accepted),
                 None => Start::Dial(addr),
             };
-            match connect::establish(start, ours).await {
-                Ok((stream, remote)) => {
-                    peer::run(setup, Throttled::new(stream, limits), remote).await
+            match connect::establish(start, ours, encryption, utp.as_ref()).await {
+                Ok(e) => {
+                    setup.stats.encrypted.store(e.encrypted, Ordering::Relaxed);
+                    let utp = e.transport == crate::utp::Transport::Utp;
+                    setup.stats.utp.store(utp, Ordering::Relaxed);
+                    peer::run(setup, Throttled::new(e.stream, limits), e.remote).await
                 }
                 Err(e) => PeerExit {
                     reason: format!("connect: {e}"),
@@ -721,6 +726,12 @@ impl State {
                 is_seed: e.stats.peer_is_seed.load(Ordering::Relaxed),
                 download_rate: e.down_rate.per_second(),
                 upload_rate: e.up_rate.per_second(),
+                encrypted: e.stats.encrypted.load(Ordering::Relaxed),
+                transport: if e.stats.utp.load(Ordering::Relaxed) {
+                    crate::utp::Transport::Utp
+                } else {
+                    crate::utp::Transport::Tcp
+                },
             })
             .collect()
     }

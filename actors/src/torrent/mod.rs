@@ -214,6 +214,10 @@ pub(crate) struct SessionContext {
     pub down_limit: Arc<Limiter>,
     /// The session's upload rate limit, likewise.
     pub up_limit: Arc<Limiter>,
+    /// The session's encryption policy, for dialling.
+    pub encryption: crate::session::Encryption,
+    /// The session's uTP socket, for dialling over uTP too.
+    pub utp: Option<crate::utp::UtpEndpoint>,
 }
 
 /// Messages to a torrent.
@@ -269,6 +273,10 @@ pub struct PeerInfo {
     pub download_rate: u64,
     /// Payload bytes per second sent to it, over the last few seconds.
     pub upload_rate: u64,
+    /// Whether the connection is RC4-encrypted (MSE/PE).
+    pub encrypted: bool,
+    /// TCP or uTP.
+    pub transport: crate::utp::Transport,
 }
 
 /// A handle to a running torrent.

@@ -349,8 +349,8 @@ async fn detail(server: &Server, entry: &Entry, t: &Torrent) -> Value {
             json!({
                 "addr": p.addr.to_string(),
                 "client": Value::Null,
-                "transport": "tcp",
-                "encrypted": false,
+                "transport": p.transport.as_str(),
+                "encrypted": p.encrypted,
                 "download_rate": p.download_rate,
                 "upload_rate": p.upload_rate,
                 "progress": if p.is_seed { json!(1.0) } else { Value::Null },
