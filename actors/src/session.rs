@@ -435,7 +435,9 @@ impl Session {
 
     /// The address of the session's UDP socket (the DHT's), when it is open.
     pub fn udp_addr(&self) -> Option<SocketAddr> {
-        self.discovery.udp_addr()
+        self.discovery
+            .udp_addr()
+            .or_else(|| self.utp.as_ref().and_then(|u| u.local_addr().ok()))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<InfoHash, Torrent>> {
