@@ -235,6 +235,34 @@ impl Session {
         Ok(torrent)
     }
 
+    /// Adds a torrent from a magnet link and returns at once, in
+    /// [`TorrentState::Metadata`](crate::shared::TorrentState::Metadata) while it fetches the
+    /// info dictionary from peers; then it checks its files and starts as any other. Refused
+    /// with [`Error::AlreadyPresent`] when the torrent is in the session.
+    pub fn start_magnet(&self, add: torrent::AddMagnet) -> Result<Torrent> {
+        let info_hash = add.magnet.info_hash;
+        let ctx = self.context();
+        let mut torrents = self.lock();
+        if torrents.contains_key(&info_hash) {
+            return Err(Error::AlreadyPresent(info_hash));
+        }
+        let torrent = torrent::start_magnet(add, ctx);
+        torrents.insert(info_hash, torrent.clone());
+        Ok(torrent)
+    }
+
+    /// What every torrent of the session starts with.
+    fn context(&self) -> SessionContext {
+        SessionContext {
+            peer_id: self.peer_id,
+            listen_port: self.local_addr.port(),
+            spawner: self.spawner(),
+            hasher: self.pools.hasher.clone(),
+            disk: self.pools.disk.clone(),
+            slots: self.slots.clone(),
+        }
+    }
+
     /// Adds a torrent (see [`start_torrent`](Self::start_torrent)) and waits for the check of
     /// its files to end.
     pub async fn add_torrent(&self, add: AddTorrent) -> Result<Torrent> {

@@ -127,6 +127,8 @@ pub(crate) struct PeerSetup {
     pub(crate) our_reserved: [u8; 8],
     /// The port we accept peers on, told to peers in the extended handshake (BEP 10).
     pub(crate) listen_port: Option<u16>,
+    /// The torrent, whose info dictionary is served to peers that ask (BEP 9).
+    pub(crate) metainfo: Arc<shoal_engine::metainfo::Metainfo>,
     /// The torrent's lengths.
     pub(crate) lengths: Lengths,
     /// The pieces we had when the torrent started (later ones come from the have-log).

@@ -25,13 +25,20 @@ use super::upload::{self, BlockSource, Upload, MAX_READS, MAX_SERVE_QUEUE};
 use super::{PeerControl, PeerExit, PeerSettings, PeerSetup, PeerStats, ServeFilter, Stop};
 use crate::buffers::BlockPool;
 use crate::disk::{DiskJob, ReadDone, Storage};
-use crate::extension::{our_handshake, PeerExtensions};
+use crate::extension::CLIENT_VERSION;
 use crate::picker::{PeerNote, PickRequest, PickerMsg, PEER_NOTES};
 use crate::runtime::Addr;
 use crate::shared::Shared;
+use shoal_engine::extension::{OurHandshake, PeerExtensions, OUR_UT_METADATA_ID};
+use shoal_engine::metadata::{self, MetadataMessage};
+use shoal_engine::metainfo::Metainfo;
 
 /// How long a graceful close may take to send what is queued.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Bytes queued for the peer above which its metadata requests are rejected instead of
+/// answered: four answers' worth, so a request flood cannot grow the write buffer.
+const MAX_METADATA_BACKLOG: usize = 4 * metadata::METADATA_PIECE_LEN;
 
 /// How often the tick runs: rates, timeouts, keep-alives.
 const TICK_EVERY: Duration = Duration::from_secs(1);
@@ -84,6 +91,12 @@ struct Peer {
     extended: bool,
     /// Our listening port, for our extended handshake.
     listen_port: Option<u16>,
+    /// The torrent, whose info dictionary we serve to peers that ask (BEP 9).
+    metainfo: Arc<Metainfo>,
+    /// What the peer's extended handshakes said (its `m` map among it).
+    extensions: PeerExtensions,
+    /// Scratch for metadata messages we send.
+    scratch: Vec<u8>,
     /// Where disk reads come back.
     reads_tx: Sender<ReadDone>,
     /// Position in the shared have-log.
@@ -152,6 +165,7 @@ where
         addr,
         our_reserved,
         listen_port,
+        metainfo,
         lengths,
         initial_have,
         picker,
@@ -185,6 +199,9 @@ where
         fast,
         extended,
         listen_port,
+        metainfo,
+        extensions: PeerExtensions::default(),
+        scratch: Vec::new(),
         reads_tx,
         have_cursor: 0,
         new_haves: Vec::new(),
@@ -250,7 +267,16 @@ impl Peer {
         self.remote.send_our_pieces(self.fast, &mut self.out);
         if self.extended {
             // After the bitfield, which strict peers want first.
-            let payload = our_handshake(self.listen_port, MAX_SERVE_QUEUE as u32);
+            let payload = OurHandshake {
+                ut_metadata: Some(OUR_UT_METADATA_ID),
+                ut_pex: None,
+                metadata_size: Some(self.metainfo.raw_info.len() as u64),
+                listen_port: self.listen_port,
+                reqq: Some(MAX_SERVE_QUEUE as u32),
+                client: Some(CLIENT_VERSION),
+                yourip: Some(self.addr.ip()),
+            }
+            .encode();
             self.out.push(Message::Extended {
                 id: 0,
                 payload: &payload,
@@ -574,6 +600,7 @@ impl Peer {
                         x.listen_port
                     );
                     self.download.set_peer_limit(x.reqq);
+                    self.extensions.merge(x);
                 }
                 // Not worth a disconnect: we use nothing from it that we cannot do without.
                 None => log::debug!(
@@ -581,14 +608,47 @@ impl Peer {
                     self.addr
                 ),
             },
+            Message::Extended {
+                id: OUR_UT_METADATA_ID,
+                payload,
+            } => self.metadata_message(payload)?,
             // Suggestions and allowed-fast sets are hints we do not act on yet; DHT ports,
-            // extension messages (our `m` is empty, so none should come) and unknown ids are
-            // ignored.
+            // extension messages we did not offer and unknown ids are ignored.
             Message::Suggest(_)
             | Message::AllowedFast(_)
             | Message::Port(_)
             | Message::Extended { .. }
             | Message::Unknown { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// A `ut_metadata` message (BEP 9): requests are answered from our info dictionary while
+    /// the write buffer has room (else rejected, so a peer cannot queue megabytes of answers);
+    /// data and rejects are not expected once we have the metadata, and are dropped.
+    fn metadata_message(&mut self, payload: &[u8]) -> Result<(), Stop> {
+        let Some(their_id) = self.extensions.ut_metadata() else {
+            // It never said it speaks ut_metadata: nowhere to answer.
+            return Ok(());
+        };
+        match MetadataMessage::parse(payload) {
+            Ok(MetadataMessage::Request { piece }) => {
+                self.scratch.clear();
+                if self.out.pending().len() > MAX_METADATA_BACKLOG {
+                    MetadataMessage::Reject { piece }.encode(&mut self.scratch);
+                } else {
+                    metadata::serve(&self.metainfo.raw_info, piece, &mut self.scratch);
+                }
+                self.out.push(Message::Extended {
+                    id: their_id,
+                    payload: &self.scratch,
+                });
+            }
+            Ok(_) => {}
+            Err(e) => log::debug!(
+                "peer {}: ignoring a bad ut_metadata message: {e}",
+                self.addr
+            ),
         }
         Ok(())
     }

@@ -33,6 +33,19 @@ use crate::tracker::{TrackerClient, TrackerConfig, TransferStats};
 /// How often the fast-resume record is saved while pieces keep arriving.
 const RESUME_EVERY: Duration = Duration::from_secs(30);
 
+/// Where a peer connection comes from.
+enum Origin {
+    /// We dial it.
+    Dial,
+    /// It dialled us.
+    Accepted(Accepted),
+    /// Handed over from the metadata phase, handshakes done.
+    Established(
+        crate::peer::connect::BoxStream,
+        shoal_engine::wire::Handshake,
+    ),
+}
+
 /// One peer connection as the torrent sees it.
 pub(super) struct Entry {
     /// Its address.
@@ -307,7 +320,7 @@ impl State {
             if !self.ctx.slots.try_take() {
                 break;
             }
-            self.spawn_peer(addr, None);
+            self.spawn_peer(addr, Origin::Dial);
         }
     }
 
@@ -325,10 +338,22 @@ impl State {
             log::debug!("refusing {addr}: at the session's connection limit");
             return;
         }
-        self.spawn_peer(addr, Some(accepted));
+        self.spawn_peer(addr, Origin::Accepted(accepted));
     }
 
-    fn spawn_peer(&mut self, addr: SocketAddr, incoming: Option<Accepted>) {
+    /// Takes on a connection from the metadata phase (a torrent started from a magnet link):
+    /// its handshakes are done, its stream replays what the peer sent meanwhile.
+    pub(super) fn adopt(&mut self, h: super::magnet::Handover) {
+        if self.by_addr.contains_key(&h.addr)
+            || self.connections() >= self.settings.max_peers
+            || !self.ctx.slots.try_take()
+        {
+            return;
+        }
+        self.spawn_peer(h.addr, Origin::Established(h.stream, h.remote));
+    }
+
+    fn spawn_peer(&mut self, addr: SocketAddr, origin: Origin) {
         let key = PeerKey(self.next_key);
         self.next_key += 1;
         let (control_tx, control_rx) = async_channel::bounded(PEER_CONTROL);
@@ -339,6 +364,7 @@ impl State {
             addr,
             our_reserved: ours.reserved,
             listen_port: Some(self.ctx.listen_port),
+            metainfo: self.meta.clone(),
             lengths: self.meta.info.lengths,
             initial_have: self.initial_have.clone(),
             picker: self.picker.clone(),
@@ -352,11 +378,14 @@ impl State {
             serve_filter: self.serve_filter.clone(),
         };
         let task = self.peers.spawn(async move {
-            let start = match incoming {
-                Some(accepted) => Start::Accepted(accepted),
-                None => Start::Dial(addr),
+            let established = match origin {
+                Origin::Accepted(accepted) => {
+                    connect::establish(Start::Accepted(accepted), ours).await
+                }
+                Origin::Dial => connect::establish(Start::Dial(addr), ours).await,
+                Origin::Established(stream, remote) => Ok((stream, remote)),
             };
-            match connect::establish(start, ours).await {
+            match established {
                 Ok((stream, remote)) => peer::run(setup, stream, remote).await,
                 Err(e) => PeerExit {
                     reason: format!("connect: {e}"),

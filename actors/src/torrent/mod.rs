@@ -13,9 +13,12 @@
 
 mod actor;
 mod choker;
+mod magnet;
 mod start;
 mod swarm;
 
+pub(crate) use magnet::start_magnet;
+pub use magnet::{AddMagnet, MAX_REPLAY};
 pub(crate) use start::start;
 pub use swarm::BanKey;
 

@@ -48,7 +48,14 @@ pub(crate) fn start(add: AddTorrent, ctx: SessionContext) -> Torrent {
         .clone()
         .unwrap_or_else(|| add.folder.join(&meta.info.name));
     ctx.spawner
-        .spawn(launch(add, ctx.clone(), layout, shared.clone(), inbox))
+        .spawn(launch(
+            add,
+            ctx.clone(),
+            layout,
+            shared.clone(),
+            inbox,
+            Carry::default(),
+        ))
         .detach();
     Torrent {
         addr,
@@ -95,13 +102,23 @@ struct Pending {
     deadline: Option<Option<std::ops::RangeInclusive<u32>>>,
 }
 
+/// What a torrent started from a magnet link brings from its metadata phase.
+#[derive(Default)]
+pub(super) struct Carry {
+    /// The addresses it knew and the bans it made.
+    pub(super) swarm: Option<Swarm>,
+    /// Its connections, to adopt as peers.
+    pub(super) handover: Vec<super::magnet::Handover>,
+}
+
 /// The torrent's task: the check, answering the mailbox meanwhile, then the run loop.
-async fn launch(
+pub(super) async fn launch(
     add: AddTorrent,
     ctx: SessionContext,
     layout: Layout,
     shared: Arc<Shared>,
     mut inbox: Mailbox<TorrentMsg>,
+    carry: Carry,
 ) {
     let meta = add.metainfo.clone();
     let lengths = meta.info.lengths;
@@ -329,7 +346,7 @@ async fn launch(
         by_addr: HashMap::new(),
         next_key: 0,
         by_task: HashMap::new(),
-        swarm: Swarm::new(ctx.listen_port),
+        swarm: carry.swarm.unwrap_or_else(|| Swarm::new(ctx.listen_port)),
         choker: Choker::new(add.settings.upload_slots, Instant::now()),
         down_rate: Rate::default(),
         up_rate: Rate::default(),
@@ -347,6 +364,10 @@ async fn launch(
     if pending.paused {
         shared.set_state(TorrentState::Paused);
     } else {
+        // The connections of the metadata phase first, so the dialling skips their addresses.
+        for h in carry.handover {
+            state.adopt(h);
+        }
         state.resume_work();
     }
     run(state, inbox, tracker_peers_rx).await;
