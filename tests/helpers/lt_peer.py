@@ -1,11 +1,12 @@
 #!/usr/bin/python3
 """A libtorrent peer for the interop tests (run with Debian's /usr/bin/python3).
 
-    lt_peer.py TORRENT SAVE_PATH --port PORT [--peer HOST:PORT]... [--seed]
+    lt_peer.py TORRENT|MAGNET SAVE_PATH --port PORT [--peer HOST:PORT]... [--seed]
                [--no-trackers] [--timeout SECONDS] [--upload-limit BYTES_PER_SECOND]
                [--encryption off|forced-rc4|forced-plaintext|enabled]
 
-Adds TORRENT with its data in SAVE_PATH (SAVE_PATH/<name>), listening on 127.0.0.1:PORT only,
+Adds TORRENT (a .torrent file, or a magnet link whose metadata it fetches from peers first)
+with its data in SAVE_PATH (SAVE_PATH/<name>), listening on 127.0.0.1:PORT only,
 with DHT, local discovery, UPnP, NAT-PMP, uTP and encryption off, so that it speaks plain
 BitTorrent over TCP on loopback. --encryption turns message stream encryption on: forced-rc4
 (in and out policies forced, RC4 only), forced-plaintext (forced, the obfuscated handshake
@@ -18,6 +19,9 @@ Prints one JSON object a line on stdout, flushed:
      "clients": names of the connected peers' clients,
      "rc4": how many connected peers use RC4, "rc4_seen": the most at once so far}
       every half second;
+    (status also has "pex_peers": connected peers libtorrent learned through peer exchange,
+     "pex_seen": the most at once so far, and "metadata": whether the metadata is here);
+    {"event": "metadata", "seconds"} once a magnet's metadata arrived (seconds since start);
     {"event": "finished", "clients_seen", ...status fields} once the download completes
       (clients_seen: every peer client name seen so far) (then exits 0,
       unless --seed, which keeps the torrent seeding until killed or the timeout);
@@ -38,12 +42,14 @@ def emit(obj):
     sys.stdout.flush()
 
 
-def status_fields(st, ti):
+def status_fields(st, h):
+    ti = h.torrent_file()
     return {
         "state": str(st.state),
         "progress": st.progress,
         "pieces": st.num_pieces,
-        "num_pieces": ti.num_pieces(),
+        "num_pieces": ti.num_pieces() if ti is not None else 0,
+        "metadata": st.has_metadata,
         "peers": st.num_peers,
         "down": st.total_payload_download,
         "up": st.total_payload_upload,
@@ -62,6 +68,11 @@ def peer_clients(h):
 def rc4_peers(h):
     """How many connected peers libtorrent reports as RC4-encrypted."""
     return sum(1 for p in h.get_peer_info() if p.flags & lt.peer_info.rc4_encrypted)
+
+
+def pex_peers(h):
+    """How many connected peers libtorrent learned through peer exchange (source pex = 4)."""
+    return sum(1 for p in h.get_peer_info() if p.source & 4)
 
 
 def parse_peer(s):
@@ -129,9 +140,12 @@ def main():
         f = lt.ip_filter()
         f.add_rule("0.0.0.0", "255.255.255.255", 1 << lt.session.global_peer_class_id)
         ses.set_peer_class_filter(f)
-    ti = lt.torrent_info(args.torrent)
-    atp = lt.add_torrent_params()
-    atp.ti = ti
+    started = time.time()
+    if args.torrent.startswith("magnet:"):
+        atp = lt.parse_magnet_uri(args.torrent)
+    else:
+        atp = lt.add_torrent_params()
+        atp.ti = lt.torrent_info(args.torrent)
     atp.save_path = args.save_path
     if args.no_trackers:
         atp.trackers = []
@@ -147,6 +161,8 @@ def main():
     # Client names of every peer seen, sampled often: a transfer can be over in a second.
     seen = set()
     rc4_seen = 0
+    pex_seen = 0
+    said_metadata = False
     while time.time() < deadline:
         for a in ses.pop_alerts():
             if isinstance(a, lt.torrent_error_alert):
@@ -171,6 +187,11 @@ def main():
         seen.update(c for c in clients if c)
         rc4 = rc4_peers(h)
         rc4_seen = max(rc4_seen, rc4)
+        pex = pex_peers(h)
+        pex_seen = max(pex_seen, pex)
+        if st.has_metadata and not said_metadata:
+            said_metadata = True
+            emit({"event": "metadata", "seconds": time.time() - started})
         if not finished and not checking and (st.is_finished or st.is_seeding):
             finished = True
             emit(
@@ -178,7 +199,9 @@ def main():
                     event="finished",
                     clients_seen=sorted(seen),
                     rc4_seen=rc4_seen,
-                    **status_fields(st, ti),
+                    pex_peers=pex,
+                    pex_seen=pex_seen,
+                    **status_fields(st, h),
                 )
             )
             if not args.seed:
@@ -190,7 +213,9 @@ def main():
                     clients=clients,
                     rc4=rc4,
                     rc4_seen=rc4_seen,
-                    **status_fields(st, ti),
+                    pex_peers=pex,
+                    pex_seen=pex_seen,
+                    **status_fields(st, h),
                 )
             )
             last_status = now
