@@ -472,3 +472,187 @@ fn magnet_to_metadata_bench() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Peer exchange (BEP 11)
+
+/// libtorrent sends PEX about once a minute: two minutes and a half leave room for one message.
+const PEX_LIMIT: Duration = Duration::from_secs(150);
+
+#[test]
+fn shoal_learns_the_seeder_from_a_peer_that_has_nothing() {
+    let setup = Setup::new("pex-in.bin", 2 * 1024 * 1024 + 5, "32768", None, 40);
+    let (_seed, seed_port, seed_log) = lt_seeder(&setup);
+    // A libtorrent peer that downloads nothing but stays connected to the seeder.
+    let empty = setup.path("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let b_log = setup.path("libtorrent-empty.log");
+    let b_port = free_port();
+    let seed_addr = [format!("127.0.0.1:{seed_port}")];
+    let _b = Libtorrent {
+        peers: &seed_addr,
+        upload_mode: true,
+        ..Libtorrent::default()
+    }
+    .spawn(&setup.torrent, &empty, b_port, &b_log);
+    wait_listening(b_port, LIMIT, "libtorrent (empty)", &[&b_log]);
+    wait_until(
+        LIMIT,
+        "the empty peer to connect to the seeder",
+        &[&b_log],
+        || {
+            std::fs::read_to_string(&b_log)
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.contains("\"peers\": 1"))
+        },
+    );
+    // shoal is told of the empty peer only.
+    let out = setup.path("out");
+    let log = setup.path("shoal.log");
+    let mut dl = spawn_shoal(
+        &[
+            "download",
+            s(&setup.torrent),
+            "-o",
+            s(&out),
+            "--listen",
+            "127.0.0.1:0",
+            "--peer",
+            &format!("127.0.0.1:{b_port}"),
+        ],
+        &log,
+    );
+    wait_success(
+        &mut dl,
+        PEX_LIMIT,
+        "shoal download via PEX",
+        &[&log, &b_log, &seed_log],
+    );
+    assert_same_content(&setup.content, &out.join("pex-in.bin"));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("peers (PEX)"), "no PEX message in the log");
+}
+
+#[test]
+fn libtorrent_learns_the_seeder_from_shoals_pex() {
+    let setup = Setup::new("pex-out.bin", 6 * 1024 * 1024 + 5, "65536", None, 41);
+    // The seeder is slow, so the downloads overlap long enough for PEX to matter.
+    let seed_log = setup.path("libtorrent-seed.log");
+    let seed_port = free_port();
+    let _seed = Libtorrent {
+        seed: true,
+        upload_limit: 400 * 1024,
+        ..Libtorrent::default()
+    }
+    .spawn(&setup.torrent, &setup.path("src"), seed_port, &seed_log);
+    wait_until(LIMIT, "libtorrent to check its data", &[&seed_log], || {
+        libtorrent_finished(&seed_log)
+    });
+    wait_listening(seed_port, LIMIT, "libtorrent", &[&seed_log]);
+    let shoal_port = free_port();
+    let listen = format!("127.0.0.1:{shoal_port}");
+    let out = setup.path("out");
+    let log = setup.path("shoal.log");
+    let _dl = spawn_shoal(
+        &[
+            "download",
+            s(&setup.torrent),
+            "-o",
+            s(&out),
+            "--listen",
+            &listen,
+            "--peer",
+            &format!("127.0.0.1:{seed_port}"),
+            "--seed",
+        ],
+        &log,
+    );
+    wait_listening(shoal_port, LIMIT, "shoal", &[&log]);
+    // A libtorrent downloader told only of shoal.
+    let lt_out = setup.path("lt-out");
+    std::fs::create_dir_all(&lt_out).unwrap();
+    let lt_log = setup.path("libtorrent.log");
+    let mut lt = Libtorrent {
+        peers: std::slice::from_ref(&listen),
+        ..Libtorrent::default()
+    }
+    .spawn(&setup.torrent, &lt_out, free_port(), &lt_log);
+    wait_success(
+        &mut lt,
+        PEX_LIMIT,
+        "libtorrent download",
+        &[&lt_log, &log, &seed_log],
+    );
+    let text = std::fs::read_to_string(&lt_log).unwrap();
+    let finished: serde_json::Value = text
+        .lines()
+        .find(|l| l.contains("\"event\": \"finished\""))
+        .and_then(|l| serde_json::from_str(l).ok())
+        .expect("finished line");
+    assert!(
+        finished["pex_seen"].as_u64().unwrap_or(0) >= 1,
+        "libtorrent never connected to a peer it learned through PEX: {finished}"
+    );
+    assert_same_content(&setup.content, &lt_out.join("pex-out.bin"));
+}
+
+/// A peer whose PEX message lists 10,000 peers: bounded (at most 200 taken), nothing panics,
+/// the download completes.
+#[test]
+fn a_pex_message_of_ten_thousand_peers_is_bounded() {
+    let setup = Setup::new("pexflood.bin", 600_000, "16384", None, 42);
+    let meta = Arc::new(setup.metainfo());
+    let seeder = session();
+    let seed = seeder
+        .add(AddTorrent::seed(meta.clone(), setup.path("src")))
+        .unwrap();
+    // The flooder: handshake, extension handshake with ut_pex, then one huge ut_pex message.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let bad = listener.local_addr().unwrap();
+    let hash = meta.info_hash.0;
+    std::thread::spawn(move || {
+        let Ok((mut stream, _)) = listener.accept() else {
+            return;
+        };
+        let _ = (|| -> std::io::Result<()> {
+            let mut hs = [0u8; 68];
+            stream.read_exact(&mut hs)?;
+            let mut ours = vec![19];
+            ours.extend_from_slice(b"BitTorrent protocol");
+            ours.extend_from_slice(&[0, 0, 0, 0, 0, 0x10, 0, 0]);
+            ours.extend_from_slice(&hash);
+            ours.extend_from_slice(b"-XX0001-pexflooder!!");
+            stream.write_all(&ours)?;
+            stream.write_all(&extended(0, b"d1:md6:ut_pexi7eee"))?;
+            let mut added = Vec::new();
+            for i in 0..10_000u32 {
+                added.extend_from_slice(&[10, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+                added.extend_from_slice(&6881u16.to_be_bytes());
+            }
+            let mut payload = format!("d5:added{}:", added.len()).into_bytes();
+            payload.extend_from_slice(&added);
+            payload.extend_from_slice(b"e");
+            // Our ut_pex id is 1.
+            stream.write_all(&extended(1, &payload))?;
+            let mut sink = [0u8; 4096];
+            while stream.read(&mut sink)? > 0 {}
+            Ok(())
+        })();
+    });
+    let leecher = session();
+    let mut add = AddTorrent::download(meta.clone(), setup.path("out"));
+    add.peers = vec![bad, seeder.local_addr()];
+    leecher.block_on(async {
+        seed.wait_checked().await.unwrap();
+        let t = leecher.add(add).unwrap();
+        future::or(async { t.wait_complete().await.unwrap() }, async {
+            smol::Timer::after(LIMIT).await;
+            panic!("timed out");
+        })
+        .await;
+        leecher.shutdown().await;
+        seeder.shutdown().await;
+    });
+    assert_same_content(&setup.content, &setup.path("out").join("pexflood.bin"));
+}

@@ -8,6 +8,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
 use std::sync::Mutex;
 
 use async_channel::Sender;
@@ -165,6 +166,10 @@ pub struct Shared {
     error: Mutex<Option<String>>,
     /// Event subscribers.
     subscribers: Mutex<Vec<Sender<TorrentEvent>>>,
+    /// The peers we are connected to that others may dial (their listen addresses, with PEX
+    /// flags), rebuilt by the torrent each second and read by each peer when its PEX message
+    /// is due (BEP 11). At most the torrent's `max_peers` entries.
+    pex_view: Mutex<Arc<Vec<shoal_engine::pex::PexPeer>>>,
 }
 
 impl fmt::Debug for Shared {
@@ -241,6 +246,7 @@ impl Shared {
             stopped: AtomicBool::new(false),
             error: Mutex::new(None),
             subscribers: Mutex::new(Vec::new()),
+            pex_view: Mutex::new(Arc::new(Vec::new())),
         }
     }
 
@@ -261,6 +267,19 @@ impl Shared {
         self.num_pieces.store(num_pieces, Ordering::Release);
         self.left.store(total, Ordering::Relaxed);
         self.set_state(TorrentState::Checking);
+    }
+
+    /// The peers to tell others about (see `pex_view`).
+    pub(crate) fn pex_view(&self) -> Arc<Vec<shoal_engine::pex::PexPeer>> {
+        self.pex_view
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the peers to tell others about; written by the torrent only.
+    pub(crate) fn set_pex_view(&self, view: Vec<shoal_engine::pex::PexPeer>) {
+        *self.pex_view.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(view);
     }
 
     /// A snapshot of the counters.

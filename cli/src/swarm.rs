@@ -51,6 +51,10 @@ pub struct SwarmOptions {
     /// Do not announce to the torrent's trackers.
     #[arg(long)]
     pub no_trackers: bool,
+    /// No peer exchange (BEP 11): neither tell peers of others nor learn peers from them.
+    /// Private torrents never use it.
+    #[arg(long)]
+    pub no_pex: bool,
 }
 
 /// A count that must be at least one (zero would be refused, not silently raised).
@@ -153,6 +157,7 @@ pub(crate) fn torrent_settings(o: &SwarmOptions) -> TorrentSettings {
         queue_depth: o.queue_depth,
         max_peers: o.max_peers,
         use_trackers: !o.no_trackers,
+        pex: !o.no_pex,
         ..TorrentSettings::default()
     }
 }

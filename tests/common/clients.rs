@@ -530,6 +530,9 @@ pub struct Libtorrent<'a> {
     pub upload_limit: u64,
     /// Message stream encryption (off by default).
     pub encryption: LtEncryption,
+    /// Download nothing (libtorrent's upload mode), but stay connected: a peer that has
+    /// nothing and tells others of its peers (PEX tests).
+    pub upload_mode: bool,
 }
 
 /// libtorrent's message stream encryption settings (`--encryption` of lt_peer.py).
@@ -580,6 +583,9 @@ impl Libtorrent<'_> {
             cmd.args(["--upload-limit", &self.upload_limit.to_string()]);
         }
         cmd.args(["--encryption", self.encryption.arg()]);
+        if self.upload_mode {
+            cmd.arg("--upload-mode");
+        }
         logged(cmd, log)
     }
 }

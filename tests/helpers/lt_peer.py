@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """A libtorrent peer for the interop tests (run with Debian's /usr/bin/python3).
 
-    lt_peer.py TORRENT|MAGNET SAVE_PATH --port PORT [--peer HOST:PORT]... [--seed]
+    lt_peer.py TORRENT|MAGNET SAVE_PATH --port PORT [--peer HOST:PORT]... [--seed] [--upload-mode]
                [--no-trackers] [--timeout SECONDS] [--upload-limit BYTES_PER_SECOND]
                [--encryption off|forced-rc4|forced-plaintext|enabled]
 
@@ -88,6 +88,8 @@ def main():
     ap.add_argument("--peer", action="append", default=[])
     ap.add_argument("--seed", action="store_true")
     ap.add_argument("--no-trackers", action="store_true")
+    # Download nothing, stay connected (BEP 11 tests: a peer that has nothing but knows others).
+    ap.add_argument("--upload-mode", action="store_true")
     ap.add_argument("--timeout", type=float, default=120.0)
     ap.add_argument("--upload-limit", type=int, default=0, help="bytes per second, 0: none")
     ap.add_argument(
@@ -149,6 +151,9 @@ def main():
     atp.save_path = args.save_path
     if args.no_trackers:
         atp.trackers = []
+    if args.upload_mode:
+        atp.flags |= lt.torrent_flags.upload_mode
+        atp.flags &= ~lt.torrent_flags.auto_managed
     h = ses.add_torrent(atp)
     if args.no_trackers:
         h.replace_trackers([])

@@ -151,6 +151,9 @@ pub(crate) struct PeerSetup {
     pub(crate) settings: Arc<PeerSettings>,
     /// Optional limit on what we serve.
     pub(crate) serve_filter: Option<Arc<dyn ServeFilter>>,
+    /// Peer exchange (BEP 11), unless the torrent is private or PEX is off: where the peers
+    /// this peer tells us of go (the torrent's queue of addresses to dial).
+    pub(crate) pex: Option<Sender<Vec<SocketAddr>>>,
 }
 
 /// Why a peer actor ended.

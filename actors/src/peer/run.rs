@@ -29,9 +29,10 @@ use crate::extension::CLIENT_VERSION;
 use crate::picker::{PeerNote, PickRequest, PickerMsg, PEER_NOTES};
 use crate::runtime::Addr;
 use crate::shared::Shared;
-use shoal_engine::extension::{OurHandshake, PeerExtensions, OUR_UT_METADATA_ID};
+use shoal_engine::extension::{OurHandshake, PeerExtensions, OUR_UT_METADATA_ID, OUR_UT_PEX_ID};
 use shoal_engine::metadata::{self, MetadataMessage};
 use shoal_engine::metainfo::Metainfo;
+use shoal_engine::pex::{PexState, MAX_PEERS_TAKEN};
 
 /// How long a graceful close may take to send what is queued.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -39,6 +40,11 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Bytes queued for the peer above which its metadata requests are rejected instead of
 /// answered: four answers' worth, so a request flood cannot grow the write buffer.
 const MAX_METADATA_BACKLOG: usize = 4 * metadata::METADATA_PIECE_LEN;
+
+/// The most addresses one peer may add to our swarm over PEX in a connection's life: four
+/// full messages' worth of BEP 11's 50, so a peer cannot fill the swarm table (1,000 entries)
+/// with addresses of its choosing.
+const MAX_PEX_FROM_ONE_PEER: usize = 200;
 
 /// How often the tick runs: rates, timeouts, keep-alives.
 const TICK_EVERY: Duration = Duration::from_secs(1);
@@ -97,6 +103,10 @@ struct Peer {
     extensions: PeerExtensions,
     /// Scratch for metadata messages we send.
     scratch: Vec<u8>,
+    /// Peer exchange with this peer, when on: what we told it, and where its peers go.
+    pex: Option<(PexState, Sender<Vec<SocketAddr>>)>,
+    /// Addresses this peer gave us over PEX so far, bounded by [`MAX_PEX_FROM_ONE_PEER`].
+    pex_taken: usize,
     /// Where disk reads come back.
     reads_tx: Sender<ReadDone>,
     /// Position in the shared have-log.
@@ -177,6 +187,7 @@ where
         stats,
         settings,
         serve_filter,
+        pex,
     } = setup;
     let (notes_tx, notes_rx) = async_channel::bounded(PEER_NOTES);
     let (reads_tx, reads_rx) = async_channel::bounded(MAX_READS);
@@ -202,6 +213,8 @@ where
         metainfo,
         extensions: PeerExtensions::default(),
         scratch: Vec::new(),
+        pex: pex.map(|found| (PexState::new(addr), found)),
+        pex_taken: 0,
         reads_tx,
         have_cursor: 0,
         new_haves: Vec::new(),
@@ -269,7 +282,7 @@ impl Peer {
             // After the bitfield, which strict peers want first.
             let payload = OurHandshake {
                 ut_metadata: Some(OUR_UT_METADATA_ID),
-                ut_pex: None,
+                ut_pex: self.pex.is_some().then_some(OUR_UT_PEX_ID),
                 metadata_size: Some(self.metainfo.raw_info.len() as u64),
                 listen_port: self.listen_port,
                 reqq: Some(MAX_SERVE_QUEUE as u32),
@@ -612,6 +625,10 @@ impl Peer {
                 id: OUR_UT_METADATA_ID,
                 payload,
             } => self.metadata_message(payload)?,
+            Message::Extended {
+                id: OUR_UT_PEX_ID,
+                payload,
+            } => self.pex_message(payload),
             // Suggestions and allowed-fast sets are hints we do not act on yet; DHT ports,
             // extension messages we did not offer and unknown ids are ignored.
             Message::Suggest(_)
@@ -653,6 +670,60 @@ impl Peer {
         Ok(())
     }
 
+    /// A `ut_pex` message (BEP 11): the peers it lists go to the torrent to dial, at most
+    /// [`MAX_PEERS_TAKEN`] per message (the engine's bound), one message per 20 s, and
+    /// [`MAX_PEX_FROM_ONE_PEER`] over the connection's life.
+    fn pex_message(&mut self, payload: &[u8]) {
+        let Some((state, found)) = self.pex.as_mut() else {
+            return;
+        };
+        let msg = match state.handle_message(Instant::now(), payload) {
+            Ok(Some(m)) => m,
+            Ok(None) => return,
+            Err(e) => {
+                log::debug!("peer {}: ignoring a bad ut_pex message: {e}", self.addr);
+                return;
+            }
+        };
+        let room = MAX_PEX_FROM_ONE_PEER.saturating_sub(self.pex_taken);
+        let peers: Vec<SocketAddr> = msg
+            .added
+            .iter()
+            .map(|p| p.addr)
+            .take(room.min(MAX_PEERS_TAKEN))
+            .collect();
+        if peers.is_empty() {
+            return;
+        }
+        log::debug!("peer {}: told us of {} peers (PEX)", self.addr, peers.len());
+        self.pex_taken += peers.len();
+        // A full queue drops them: PEX repeats itself a minute later.
+        let _ = found.try_send(peers);
+    }
+
+    /// Sends a `ut_pex` message when one is due: peers we are connected to, diffed against
+    /// what this peer was told (at most once a minute, 50 added).
+    fn poll_pex(&mut self, now: Instant) {
+        let Some(their_id) = self.extensions.ut_pex() else {
+            return;
+        };
+        let Some((state, _)) = self.pex.as_mut() else {
+            return;
+        };
+        if state.poll_timeout().is_some_and(|t| now < t) {
+            return;
+        }
+        let view = self.shared.pex_view();
+        if let Some(msg) = state.poll_message(now, view.iter().copied()) {
+            self.scratch.clear();
+            msg.encode(&mut self.scratch);
+            self.out.push(Message::Extended {
+                id: their_id,
+                payload: &self.scratch,
+            });
+        }
+    }
+
     /// After a bitfield, HAVE ALL or HAVE NONE (`result` of the transition): the torrent sees
     /// whether the peer is a seed (even when two seeds part), and the picker gets the pieces.
     async fn remote_has_changed(&mut self, result: Result<(), Stop>) -> Result<(), Stop> {
@@ -692,6 +763,7 @@ impl Peer {
     async fn tick(&mut self) -> Result<(), Stop> {
         let now = Instant::now();
         self.adapt_to_rates(now);
+        self.poll_pex(now);
         self.traffic
             .handle_tick(now, &mut self.out)
             .map_err(|Silent| Stop::Local(format!("silent for {} s", IDLE_TIMEOUT.as_secs())))?;

@@ -54,6 +54,8 @@ pub(super) struct Entry {
     control: Sender<PeerControl>,
     /// Its counters.
     stats: Arc<PeerStats>,
+    /// Whether we dialled it (so its address is where it listens, worth telling others).
+    dialled: bool,
     /// Whether we choke it.
     choked: bool,
     /// `stats.downloaded` at the last rechoke, for rates.
@@ -376,7 +378,9 @@ impl State {
             stats: stats.clone(),
             settings: self.peer_settings.clone(),
             serve_filter: self.serve_filter.clone(),
+            pex: (self.settings.pex && !self.meta.info.private).then(|| self.tracker_peers.clone()),
         };
+        let dialled = matches!(origin, Origin::Dial);
         let task = self.peers.spawn(async move {
             let established = match origin {
                 Origin::Accepted(accepted) => {
@@ -402,6 +406,7 @@ impl State {
                 addr,
                 control: control_tx,
                 stats,
+                dialled,
                 choked: true,
                 last_down: 0,
                 last_up: 0,
@@ -459,6 +464,7 @@ impl State {
     async fn tick(&mut self) {
         // A lost tick is harmless: another comes in a second.
         let _ = self.picker.try_send(PickerMsg::Tick);
+        self.update_pex_view();
         let p = self.shared.progress();
         self.down_rate.sample(p.downloaded);
         self.up_rate.sample(p.uploaded);
@@ -513,6 +519,29 @@ impl State {
             self.fill_slots();
         }
         self.dial();
+    }
+
+    /// The peers others may hear of from us over PEX: those we dialled and are connected to
+    /// (their address is where they listen), seeds flagged.
+    fn update_pex_view(&mut self) {
+        if !self.settings.pex || self.meta.info.private {
+            return;
+        }
+        use shoal_engine::pex::{PexFlags, PexPeer};
+        let view = self
+            .entries
+            .values()
+            .filter(|e| e.dialled && e.stats.connected.load(Ordering::Relaxed))
+            .map(|e| PexPeer {
+                addr: e.addr,
+                flags: if e.stats.peer_is_seed.load(Ordering::Relaxed) {
+                    PexFlags::SEED
+                } else {
+                    PexFlags::default()
+                },
+            })
+            .collect();
+        self.shared.set_pex_view(view);
     }
 
     /// What the choker needs to know of each peer; with `measure`, the bytes since the last

@@ -62,6 +62,8 @@ pub struct TorrentSettings {
     pub hasher_threads: usize,
     /// Whether to announce to the torrent's trackers.
     pub use_trackers: bool,
+    /// Peer exchange (BEP 11) with peers that speak it; never for private torrents.
+    pub pex: bool,
 }
 
 impl Default for TorrentSettings {
@@ -74,6 +76,7 @@ impl Default for TorrentSettings {
             disk_budget: 64 * 1024 * 1024,
             hasher_threads: 0,
             use_trackers: true,
+            pex: true,
         }
     }
 }
