@@ -483,7 +483,9 @@ const PEX_LIMIT: Duration = Duration::from_secs(150);
 fn shoal_learns_the_seeder_from_a_peer_that_has_nothing() {
     let setup = Setup::new("pex-in.bin", 2 * 1024 * 1024 + 5, "32768", None, 40);
     let (_seed, seed_port, seed_log) = lt_seeder(&setup);
-    // A libtorrent peer that downloads nothing but stays connected to the seeder.
+    // A libtorrent peer that downloads next to nothing (1 KiB/s) but stays connected to the
+    // seeder. (Upload mode would not do: libtorrent never connects an upload-only peer to a
+    // seed.)
     let empty = setup.path("empty");
     std::fs::create_dir_all(&empty).unwrap();
     let b_log = setup.path("libtorrent-empty.log");
@@ -491,7 +493,7 @@ fn shoal_learns_the_seeder_from_a_peer_that_has_nothing() {
     let seed_addr = [format!("127.0.0.1:{seed_port}")];
     let _b = Libtorrent {
         peers: &seed_addr,
-        upload_mode: true,
+        download_limit: 1024,
         ..Libtorrent::default()
     }
     .spawn(&setup.torrent, &empty, b_port, &b_log);

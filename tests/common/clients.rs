@@ -533,6 +533,8 @@ pub struct Libtorrent<'a> {
     /// Download nothing (libtorrent's upload mode), but stay connected: a peer that has
     /// nothing and tells others of its peers (PEX tests).
     pub upload_mode: bool,
+    /// Download limit in bytes per second, applied to loopback peers too (0: none).
+    pub download_limit: u64,
 }
 
 /// libtorrent's message stream encryption settings (`--encryption` of lt_peer.py).
@@ -585,6 +587,9 @@ impl Libtorrent<'_> {
         cmd.args(["--encryption", self.encryption.arg()]);
         if self.upload_mode {
             cmd.arg("--upload-mode");
+        }
+        if self.download_limit > 0 {
+            cmd.args(["--download-limit", &self.download_limit.to_string()]);
         }
         logged(cmd, log)
     }

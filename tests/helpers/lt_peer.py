@@ -90,6 +90,7 @@ def main():
     ap.add_argument("--no-trackers", action="store_true")
     # Download nothing, stay connected (BEP 11 tests: a peer that has nothing but knows others).
     ap.add_argument("--upload-mode", action="store_true")
+    ap.add_argument("--download-limit", type=int, default=0, help="bytes per second, 0: none")
     ap.add_argument("--timeout", type=float, default=120.0)
     ap.add_argument("--upload-limit", type=int, default=0, help="bytes per second, 0: none")
     ap.add_argument(
@@ -120,6 +121,8 @@ def main():
     }
     if args.upload_limit > 0:
         settings["upload_rate_limit"] = args.upload_limit
+    if args.download_limit > 0:
+        settings["download_rate_limit"] = args.download_limit
     if args.encryption != "off":
         policy = lt.enc_policy.enabled if args.encryption == "enabled" else lt.enc_policy.forced
         level = {
@@ -137,7 +140,7 @@ def main():
             | lt.alert.category_t.peer_notification
         )
     ses = lt.session(settings)
-    if args.upload_limit > 0:
+    if args.upload_limit > 0 or args.download_limit > 0:
         # Local peers are exempt from rate limits unless put in the global peer class.
         f = lt.ip_filter()
         f.add_rule("0.0.0.0", "255.255.255.255", 1 << lt.session.global_peer_class_id)
