@@ -71,7 +71,8 @@ pub struct AddMagnet {
     pub settings: TorrentSettings,
     /// Where to keep the fast-resume record, as [`AddTorrent::resume`].
     pub resume: Option<PathBuf>,
-    /// Start paused once the metadata is here.
+    /// Start paused once the metadata is here (the metadata itself is fetched either way;
+    /// [`Torrent::pause`] during the fetch stops it).
     pub paused: bool,
     /// Sequential mode once the metadata is here.
     pub sequential: bool,
@@ -293,8 +294,10 @@ struct Fetcher {
     events_tx: Sender<(u32, ConnEvent)>,
     /// Their reports.
     events: Receiver<(u32, ConnEvent)>,
-    /// Paused meanwhile (by the user): passed on.
+    /// Paused during the fetch (by [`Torrent::pause`]): no dialling.
     paused: bool,
+    /// Set when paused or resumed during the fetch: overrides [`AddMagnet::paused`] at start.
+    pause_override: Option<bool>,
 }
 
 impl Fetcher {
@@ -330,7 +333,8 @@ impl Fetcher {
             ext,
             events_tx,
             events,
-            paused: add.paused,
+            paused: false,
+            pause_override: None,
         }
     }
 
@@ -459,6 +463,7 @@ impl Fetcher {
                             Carry {
                                 swarm: Some(self.swarm),
                                 handover,
+                                paused: self.pause_override,
                             },
                         ));
                     }

@@ -109,6 +109,8 @@ pub(super) struct Carry {
     pub(super) swarm: Option<Swarm>,
     /// Its connections, to adopt as peers.
     pub(super) handover: Vec<super::magnet::Handover>,
+    /// Paused or resumed during the fetch: replaces [`AddTorrent::paused`].
+    pub(super) paused: Option<bool>,
 }
 
 /// The torrent's task: the check, answering the mailbox meanwhile, then the run loop.
@@ -161,7 +163,7 @@ pub(super) async fn launch(
     });
     let mut pending = Pending {
         peers: add.peers.clone(),
-        paused: add.paused,
+        paused: carry.paused.unwrap_or(add.paused),
         shutdown: None,
         wanted: None,
         sequential: None,
