@@ -294,10 +294,19 @@ impl Session {
         };
         t.shutdown().await;
         if delete_files {
-            let files = t.files.clone();
-            let root = t.root.clone();
+            let place = t.place.clone();
             let resume = t.resume.clone();
-            smol::unblock(move || delete(&files, &root, resume.as_deref())).await?;
+            smol::unblock(move || match place.get() {
+                Some(p) => delete(&p.files, &p.root, resume.as_deref()),
+                // A magnet removed before its metadata came: no file of it exists.
+                None => resume.map_or(Ok(()), |r| match std::fs::remove_file(&r) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        Err(Error::io(format!("deleting {}", r.display()), e))
+                    }
+                    _ => Ok(()),
+                }),
+            })
+            .await?;
         }
         Ok(())
     }

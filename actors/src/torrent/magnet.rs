@@ -131,23 +131,16 @@ impl AddTorrent {
 pub(crate) fn start_magnet(add: AddMagnet, ctx: SessionContext) -> Torrent {
     let shared = Arc::new(Shared::new_metadata());
     let (addr, inbox) = mailbox(TORRENT_MAILBOX);
-    let name = add
-        .magnet
-        .name
-        .clone()
-        .filter(|n| shoal_engine::metainfo::unsafe_component_reason(n).is_none())
-        .unwrap_or_else(|| add.magnet.info_hash.to_string());
-    let root = add.folder.join(name);
+    let place = Arc::new(std::sync::OnceLock::new());
     let torrent = Torrent {
         addr,
         shared: shared.clone(),
         info_hash: add.magnet.info_hash,
-        files: Arc::new(Vec::new()),
-        root,
+        place: place.clone(),
         resume: add.resume.clone(),
     };
     ctx.spawner
-        .spawn(fetch_then_start(add, ctx.clone(), shared, inbox))
+        .spawn(fetch_then_start(add, ctx.clone(), shared, inbox, place))
         .detach();
     torrent
 }
@@ -175,6 +168,7 @@ async fn fetch_then_start(
     ctx: SessionContext,
     shared: Arc<Shared>,
     mut inbox: Mailbox<TorrentMsg>,
+    place: Arc<std::sync::OnceLock<super::Place>>,
 ) {
     let saved = add.saved_path();
     let info_hash = add.magnet.info_hash;
@@ -207,6 +201,7 @@ async fn fetch_then_start(
     let mut peers = add.peers.clone();
     peers.extend(magnet_addrs(&add.magnet));
     let torrent = add.into_add(meta, peers);
+    let _ = place.set(super::Place::of(&torrent));
     let layout = layout(&torrent);
     launch(torrent, ctx, layout, shared, inbox, carry).await;
 }

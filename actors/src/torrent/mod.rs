@@ -235,6 +235,32 @@ pub struct PeerInfo {
     pub upload_rate: u64,
 }
 
+/// Where a torrent's content is on disk.
+#[derive(Debug)]
+pub(crate) struct Place {
+    /// Where each file of the torrent is.
+    pub(crate) files: Vec<PathBuf>,
+    /// The torrent's own content: its file, or its folder for a multi-file torrent.
+    pub(crate) root: PathBuf,
+}
+
+impl Place {
+    /// The place of `add`'s content.
+    pub(crate) fn of(add: &AddTorrent) -> Self {
+        Place {
+            files: start::layout(add)
+                .files()
+                .iter()
+                .map(|f| f.path.clone())
+                .collect(),
+            root: add
+                .content
+                .clone()
+                .unwrap_or_else(|| add.folder.join(&add.metainfo.info.name)),
+        }
+    }
+}
+
 /// A handle to a running torrent.
 #[derive(Clone)]
 pub struct Torrent {
@@ -244,10 +270,9 @@ pub struct Torrent {
     shared: Arc<Shared>,
     /// The info hash.
     info_hash: InfoHash,
-    /// Where each file of the torrent is (for removal with its files).
-    pub(crate) files: Arc<Vec<PathBuf>>,
-    /// The torrent's own content: its file, or its folder for a multi-file torrent.
-    pub(crate) root: PathBuf,
+    /// Where the torrent's files are, once known (at once, or when a magnet's metadata
+    /// arrives): for removal with its files.
+    pub(crate) place: Arc<std::sync::OnceLock<Place>>,
     /// The fast-resume record, if kept.
     pub(crate) resume: Option<PathBuf>,
 }
@@ -379,8 +404,9 @@ impl Torrent {
     }
 
     /// Where each file of the torrent is on disk.
+    /// Empty while a magnet's metadata is being fetched.
     pub fn files(&self) -> &[PathBuf] {
-        &self.files
+        self.place.get().map_or(&[], |p| &p.files)
     }
 
     /// Whether the torrent has stopped (shut down, or stopped by a fatal error).

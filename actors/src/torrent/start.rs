@@ -38,15 +38,11 @@ pub(crate) fn start(add: AddTorrent, ctx: SessionContext) -> Torrent {
     let meta = add.metainfo.clone();
     let lengths = meta.info.lengths;
     let layout = layout(&add);
-    let files: Arc<Vec<PathBuf>> =
-        Arc::new(layout.files().iter().map(|f| f.path.clone()).collect());
+    let place = Arc::new(std::sync::OnceLock::new());
+    let _ = place.set(super::Place::of(&add));
     let shared = Arc::new(Shared::new(lengths.num_pieces(), 0, lengths.total_length()));
     let (addr, inbox) = mailbox(TORRENT_MAILBOX);
     let resume_path = add.resume.clone();
-    let root = add
-        .content
-        .clone()
-        .unwrap_or_else(|| add.folder.join(&meta.info.name));
     ctx.spawner
         .spawn(launch(
             add,
@@ -61,8 +57,7 @@ pub(crate) fn start(add: AddTorrent, ctx: SessionContext) -> Torrent {
         addr,
         shared,
         info_hash: meta.info_hash,
-        files,
-        root,
+        place,
         resume: resume_path,
     }
 }
