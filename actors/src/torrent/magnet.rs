@@ -936,6 +936,84 @@ impl AsyncWrite for Prefixed {
 mod tests {
     use super::*;
 
+    fn conn() -> MetaConn {
+        let (events, _) = async_channel::bounded(1);
+        MetaConn {
+            key: 0,
+            stream: Box::new(futures_lite::io::Cursor::new(Vec::new())),
+            events,
+            their_id: None,
+            input: Vec::new(),
+            replay: Vec::new(),
+        }
+    }
+
+    fn frame(body: &[u8]) -> Vec<u8> {
+        let mut out = (body.len() as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(body);
+        out
+    }
+
+    #[test]
+    fn metadata_mode_keeps_other_messages_and_takes_ut_metadata_ones() {
+        let mut c = conn();
+        let bitfield = frame(&[5, 0xff, 0x80]);
+        let mut hs = vec![20, 0];
+        hs.extend_from_slice(b"d1:md11:ut_metadatai3ee13:metadata_sizei20000ee");
+        let hs = frame(&hs);
+        let mut data = vec![20, OUR_UT_METADATA_ID];
+        data.extend_from_slice(b"d8:msg_typei1e5:piecei1e10:total_sizei20000ee");
+        data.extend(std::iter::repeat_n(7u8, 20000 - 16384));
+        let data = frame(&data);
+        let request = frame(&[20, OUR_UT_METADATA_ID, b'd', b'8', b':']); // malformed: ignored
+        let have = frame(&[4, 0, 0, 0, 3]);
+        for msg in [&bitfield, &hs, &data, &request] {
+            c.input.extend_from_slice(msg);
+        }
+        // Half of a HAVE: waits for the rest.
+        c.input.extend_from_slice(&have[..3]);
+        let (events, answers) = c.frames().unwrap();
+        assert!(answers.is_empty());
+        assert_eq!(c.their_id, Some(3));
+        assert!(matches!(
+            events[0],
+            ConnEvent::Extensions {
+                size: Some(20000),
+                metadata: true
+            }
+        ));
+        assert!(matches!(
+            &events[1],
+            ConnEvent::Data { piece: 1, total_size: 20000, data } if data.len() == 20000 - 16384
+        ));
+        assert_eq!(events.len(), 2);
+        let mut kept = bitfield.clone();
+        kept.extend_from_slice(&hs);
+        assert_eq!(c.replay, kept);
+        assert_eq!(c.input, &have[..3]);
+        // A request while we have nothing is answered with a reject, under the peer's id.
+        let mut req = vec![20, OUR_UT_METADATA_ID];
+        req.extend_from_slice(b"d8:msg_typei0e5:piecei0ee");
+        c.input.clear();
+        c.input.extend_from_slice(&frame(&req));
+        let (_, answers) = c.frames().unwrap();
+        assert_eq!(&answers[4..6], &[20, 3]);
+        assert!(answers.ends_with(b"d8:msg_typei2e5:piecei0ee"));
+    }
+
+    #[test]
+    fn metadata_mode_bounds_what_it_keeps_and_the_message_length() {
+        let mut c = conn();
+        let have = frame(&[4, 0, 0, 0, 1]);
+        for _ in 0..MAX_REPLAY / have.len() + 1 {
+            c.input.extend_from_slice(&have);
+        }
+        assert!(c.frames().is_err());
+        let mut c = conn();
+        c.input.extend_from_slice(&u32::MAX.to_be_bytes());
+        assert!(c.frames().is_err());
+    }
+
     #[test]
     fn a_prefixed_stream_reads_the_kept_bytes_first() {
         smol::block_on(async {
