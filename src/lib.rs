@@ -35,9 +35,10 @@ pub use shoal_actors::disk::Mode;
 pub use shoal_actors::error::{Error, Result};
 pub use shoal_actors::session::{Encryption, SessionSettings};
 pub use shoal_actors::shared::{Progress, TorrentEvent, TorrentState, EVENT_QUEUE};
-pub use shoal_actors::torrent::{AddTorrent, PeerInfo, Torrent, TorrentSettings};
+pub use shoal_actors::torrent::{AddMagnet, AddTorrent, PeerInfo, Torrent, TorrentSettings};
 pub use shoal_engine::bitfield::Bitfield;
 pub use shoal_engine::create::{create_torrent, CreateError, CreateOptions};
+pub use shoal_engine::magnet::{Magnet, MagnetError};
 pub use shoal_engine::metainfo::{Metainfo, MetainfoError};
 pub use shoal_engine::{InfoHash, PeerId};
 
@@ -93,6 +94,19 @@ impl Session {
     /// The session's rate limits in bytes per second (download, upload; 0: none).
     pub fn limits(&self) -> (u64, u64) {
         self.inner.limits()
+    }
+
+    /// Adds a torrent from a magnet link, to download into `folder`. It returns at once, in
+    /// [`TorrentState::Metadata`] while the info dictionary is fetched from peers (the
+    /// magnet's `x.pe` peers and trackers); a malformed link is [`Error::InvalidMagnet`].
+    pub fn add_magnet(&self, uri: &str, folder: impl Into<PathBuf>) -> Result<Torrent> {
+        let magnet = Magnet::parse(uri).map_err(Error::InvalidMagnet)?;
+        self.add_magnet_with(AddMagnet::new(magnet, folder))
+    }
+
+    /// Adds a torrent from a magnet link with every option of [`AddMagnet`].
+    pub fn add_magnet_with(&self, add: AddMagnet) -> Result<Torrent> {
+        self.inner.start_magnet(add)
     }
 
     /// The torrent with this info hash.

@@ -82,8 +82,13 @@ fn every_route_answers_and_bad_input_changes_nothing() {
         &[JSON],
         br#"{"magnet": "magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567"}"#,
     );
-    assert_eq!(magnet.status, 400);
-    assert_eq!(magnet.json()["error"], "magnet links are not supported yet");
+    // A magnet is added at once, in state `metadata` (no peer has it here: it stays there).
+    assert_eq!(magnet.status, 202, "{}", magnet.text());
+    assert_eq!(magnet.json()["state"], "metadata");
+    assert_eq!(
+        magnet.json()["info_hash"],
+        "0123456789abcdef0123456789abcdef01234567"
+    );
     let not_magnet = server.req(
         "POST",
         "/api/v1/torrents",

@@ -29,10 +29,13 @@ fn the_page_adds_a_torrent_sees_it_complete_and_pauses_it() {
     );
     let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("server-page.png");
     let _ = std::fs::remove_file(&shot);
+    let magnet = common::shoal(&["magnet", torrent.to_str().unwrap()]);
+    assert!(magnet.status.success(), "shoal magnet");
+    let magnet = String::from_utf8(magnet.stdout).unwrap().trim().to_string();
     let mut cmd = Command::new("node");
     cmd.arg(browser_dir.join("page.js"))
         .arg(format!("http://{}/", server.http))
-        .arg(&torrent)
+        .arg(&magnet)
         .arg(&shot);
     let out = common::run_bounded(cmd, Duration::from_secs(240));
     assert!(
@@ -50,7 +53,7 @@ fn the_page_adds_a_torrent_sees_it_complete_and_pauses_it() {
     assert_eq!(
         list.as_array().unwrap().len(),
         1,
-        "the magnet added nothing: {list}"
+        "one torrent, added by its magnet: {list}"
     );
     assert_eq!(list[0]["name"], "holiday-photos.bin");
     assert_eq!(list[0]["progress"], json!(1.0));

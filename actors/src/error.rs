@@ -20,6 +20,8 @@ pub enum Error {
     Failed(String),
     /// The `.torrent` is malformed.
     InvalidTorrent(MetainfoError),
+    /// The magnet link is malformed.
+    InvalidMagnet(shoal_engine::magnet::MagnetError),
     /// A file or socket operation failed.
     Io {
         /// What we were doing, e.g. "opening downloads/a.iso".
@@ -47,6 +49,7 @@ impl fmt::Display for Error {
             Self::Stopped => f.write_str("the torrent has stopped"),
             Self::Failed(why) => f.write_str(why),
             Self::InvalidTorrent(e) => write!(f, "invalid torrent: {e}"),
+            Self::InvalidMagnet(e) => write!(f, "invalid magnet link: {e}"),
             Self::Io { context, source } => write!(f, "{context}: {source}"),
         }
     }
@@ -57,6 +60,7 @@ impl std::error::Error for Error {
         match self {
             Self::Io { source, .. } => Some(source),
             Self::InvalidTorrent(e) => Some(e),
+            Self::InvalidMagnet(e) => Some(e),
             _ => None,
         }
     }

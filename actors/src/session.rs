@@ -322,7 +322,37 @@ impl Session {
     pub fn start_torrent(&self, add: AddTorrent) -> Result<Torrent> {
         let info_hash = add.metainfo.info_hash;
         let private = add.metainfo.info.private;
-        let ctx = SessionContext {
+        let ctx = self.context();
+        // Checked and inserted under one lock: two adds of the same torrent cannot both start.
+        let mut torrents = self.lock();
+        if torrents.contains_key(&info_hash) {
+            return Err(Error::AlreadyPresent(info_hash));
+        }
+        let torrent = torrent::start(add, ctx);
+        torrents.insert(info_hash, torrent.clone());
+        self.discovery.add_torrent(&torrent, private);
+        Ok(torrent)
+    }
+
+    /// Adds a torrent from a magnet link and returns at once, in
+    /// [`TorrentState::Metadata`](crate::shared::TorrentState::Metadata) while it fetches the
+    /// info dictionary from peers; then it checks its files and starts as any other. Refused
+    /// with [`Error::AlreadyPresent`] when the torrent is in the session.
+    pub fn start_magnet(&self, add: torrent::AddMagnet) -> Result<Torrent> {
+        let info_hash = add.magnet.info_hash;
+        let ctx = self.context();
+        let mut torrents = self.lock();
+        if torrents.contains_key(&info_hash) {
+            return Err(Error::AlreadyPresent(info_hash));
+        }
+        let torrent = torrent::start_magnet(add, ctx);
+        torrents.insert(info_hash, torrent.clone());
+        Ok(torrent)
+    }
+
+    /// What every torrent of the session starts with.
+    fn context(&self) -> SessionContext {
+        SessionContext {
             peer_id: self.peer_id,
             listen_port: self.local_addr.port(),
             spawner: self.spawner(),
@@ -333,16 +363,7 @@ impl Session {
             up_limit: self.up_limit.clone(),
             encryption: self.encryption,
             utp: self.utp.clone(),
-        };
-        // Checked and inserted under one lock: two adds of the same torrent cannot both start.
-        let mut torrents = self.lock();
-        if torrents.contains_key(&info_hash) {
-            return Err(Error::AlreadyPresent(info_hash));
         }
-        let torrent = torrent::start(add, ctx);
-        torrents.insert(info_hash, torrent.clone());
-        self.discovery.add_torrent(&torrent, private);
-        Ok(torrent)
     }
 
     /// Adds a torrent (see [`start_torrent`](Self::start_torrent)) and waits for the check of
@@ -390,10 +411,19 @@ impl Session {
         self.discovery.remove_torrent(*info_hash);
         t.shutdown().await;
         if delete_files {
-            let files = t.files.clone();
-            let root = t.root.clone();
+            let place = t.place.clone();
             let resume = t.resume.clone();
-            smol::unblock(move || delete(&files, &root, resume.as_deref())).await?;
+            smol::unblock(move || match place.get() {
+                Some(p) => delete(&p.files, &p.root, resume.as_deref()),
+                // A magnet removed before its metadata came: no file of it exists.
+                None => resume.map_or(Ok(()), |r| match std::fs::remove_file(&r) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        Err(Error::io(format!("deleting {}", r.display()), e))
+                    }
+                    _ => Ok(()),
+                }),
+            })
+            .await?;
         }
         Ok(())
     }

@@ -8,6 +8,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
 use std::sync::Mutex;
 
 use async_channel::Sender;
@@ -45,6 +46,9 @@ pub enum TorrentEvent {
     },
     /// A peer was banned for sending corrupt data.
     PeerBanned(SocketAddr),
+    /// The metadata of a torrent started from a magnet link arrived and checked out: the
+    /// torrent now knows its files and checks them.
+    MetadataReceived,
     /// Every piece is verified and on disk.
     Complete,
     /// Writing failed (disk full, permission denied): the download pauses.
@@ -65,6 +69,9 @@ pub enum TorrentState {
     Paused,
     /// Stopped by an error (see [`Progress::error`](Shared::error)); nothing moves.
     Error,
+    /// Started from a magnet link: fetching the info dictionary from peers (BEP 9). Sizes are
+    /// unknown until then: progress counts 0 pieces.
+    Metadata,
 }
 
 impl TorrentState {
@@ -76,6 +83,7 @@ impl TorrentState {
             Self::Seeding => "seeding",
             Self::Paused => "paused",
             Self::Error => "error",
+            Self::Metadata => "metadata",
         }
     }
 
@@ -85,6 +93,7 @@ impl TorrentState {
             2 => Self::Seeding,
             3 => Self::Paused,
             4 => Self::Error,
+            5 => Self::Metadata,
             _ => Self::Checking,
         }
     }
@@ -96,6 +105,7 @@ impl TorrentState {
             Self::Seeding => 2,
             Self::Paused => 3,
             Self::Error => 4,
+            Self::Metadata => 5,
         }
     }
 }
@@ -111,8 +121,8 @@ pub const EVENT_QUEUE: usize = 1024;
 
 /// The state a torrent's actors share.
 pub struct Shared {
-    /// Number of pieces in the torrent.
-    num_pieces: u32,
+    /// Number of pieces in the torrent (0 until a magnet's metadata is here; set once).
+    num_pieces: AtomicU32,
     /// Pieces verified and written, in the order they completed.
     have_log: Mutex<Vec<u32>>,
     /// Notified when `have_log` grows.
@@ -156,6 +166,10 @@ pub struct Shared {
     error: Mutex<Option<String>>,
     /// Event subscribers.
     subscribers: Mutex<Vec<Sender<TorrentEvent>>>,
+    /// The peers we are connected to that others may dial (their listen addresses, with PEX
+    /// flags), rebuilt by the torrent each second and read by each peer when its PEX message
+    /// is due (BEP 11). At most the torrent's `max_peers` entries.
+    pex_view: Mutex<Arc<Vec<shoal_engine::pex::PexPeer>>>,
 }
 
 impl fmt::Debug for Shared {
@@ -211,7 +225,7 @@ impl Shared {
     /// Fresh shared state for a torrent of `num_pieces` pieces, `left` bytes still missing.
     pub fn new(num_pieces: u32, verified: u32, left: u64) -> Self {
         Self {
-            num_pieces,
+            num_pieces: AtomicU32::new(num_pieces),
             have_log: Mutex::new(Vec::new()),
             have_grew: Event::new(),
             have: Mutex::new(Bitfield::new(num_pieces)),
@@ -232,14 +246,47 @@ impl Shared {
             stopped: AtomicBool::new(false),
             error: Mutex::new(None),
             subscribers: Mutex::new(Vec::new()),
+            pex_view: Mutex::new(Arc::new(Vec::new())),
         }
+    }
+
+    /// Fresh shared state for a torrent started from a magnet link: no pieces known yet, not
+    /// complete, in [`TorrentState::Metadata`].
+    pub fn new_metadata() -> Self {
+        let s = Self::new(0, 0, 0);
+        s.complete.store(false, Ordering::Release);
+        s.state
+            .store(TorrentState::Metadata.to_u8(), Ordering::Release);
+        s
+    }
+
+    /// The metadata arrived: the torrent has `num_pieces` pieces of `total` bytes; it checks
+    /// its files next.
+    pub(crate) fn set_size(&self, num_pieces: u32, total: u64) {
+        *self.have.lock().unwrap_or_else(|e| e.into_inner()) = Bitfield::new(num_pieces);
+        self.num_pieces.store(num_pieces, Ordering::Release);
+        self.left.store(total, Ordering::Relaxed);
+        self.set_state(TorrentState::Checking);
+    }
+
+    /// The peers to tell others about (see `pex_view`).
+    pub(crate) fn pex_view(&self) -> Arc<Vec<shoal_engine::pex::PexPeer>> {
+        self.pex_view
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the peers to tell others about; written by the torrent only.
+    pub(crate) fn set_pex_view(&self, view: Vec<shoal_engine::pex::PexPeer>) {
+        *self.pex_view.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(view);
     }
 
     /// A snapshot of the counters.
     pub fn progress(&self) -> Progress {
         Progress {
             verified_pieces: self.verified.load(Ordering::Relaxed),
-            total_pieces: self.num_pieces,
+            total_pieces: self.num_pieces.load(Ordering::Acquire),
             left: self.left.load(Ordering::Relaxed),
             downloaded: self.downloaded.load(Ordering::Relaxed),
             uploaded: self.uploaded.load(Ordering::Relaxed),
@@ -283,7 +330,11 @@ impl Shared {
     pub async fn wait_checked(&self) {
         loop {
             let listener = self.finished.listen();
-            if self.state() != TorrentState::Checking || self.is_stopped() {
+            let waiting = matches!(
+                self.state(),
+                TorrentState::Checking | TorrentState::Metadata
+            );
+            if !waiting || self.is_stopped() {
                 return;
             }
             listener.await;
@@ -360,7 +411,7 @@ impl Shared {
 
     /// Whether `piece` is verified and on disk.
     pub fn has_piece(&self, piece: u32) -> bool {
-        piece < self.num_pieces
+        piece < self.num_pieces.load(Ordering::Acquire)
             && self
                 .have
                 .lock()
@@ -470,8 +521,9 @@ impl Shared {
     pub(crate) fn checked(&self, verified: u32, left: u64) {
         self.verified.store(verified, Ordering::Release);
         self.left.store(left, Ordering::Relaxed);
-        self.checked.store(self.num_pieces, Ordering::Relaxed);
-        if verified == self.num_pieces {
+        let num_pieces = self.num_pieces.load(Ordering::Acquire);
+        self.checked.store(num_pieces, Ordering::Relaxed);
+        if verified == num_pieces {
             self.complete.store(true, Ordering::Release);
             self.finished.notify(usize::MAX);
         }

@@ -28,8 +28,10 @@ enum Command {
     Create(create::Args),
     /// Show what a .torrent file holds.
     Info(info::Args),
-    /// Download a torrent into a folder.
+    /// Download a torrent (a .torrent file or a magnet link) into a folder.
     Download(swarm::DownloadArgs),
+    /// Print the magnet link of a .torrent file.
+    Magnet(swarm::MagnetArgs),
     /// Seed a torrent from the file or folder it was made from.
     Seed(swarm::SeedArgs),
     /// Check data on disk against a torrent and report the pieces that fail.
@@ -54,6 +56,7 @@ fn main() -> ExitCode {
         Command::Create(args) => create::run(args),
         Command::Info(args) => info::run(args),
         Command::Download(args) => swarm::download(args),
+        Command::Magnet(args) => swarm::magnet(args),
         Command::Seed(args) => swarm::seed(args),
         Command::Verify(args) => swarm::verify(args),
         Command::Tracker(args) => tracker::run(args),

@@ -24,6 +24,7 @@ use shoal_actors::one_copy::OneCopy;
 use shoal_actors::session::{Encryption, Session, SessionSettings};
 use shoal_actors::shared::{Progress, TorrentEvent};
 use shoal_actors::torrent::{content_path, AddTorrent, Torrent, TorrentSettings};
+use shoal_engine::magnet::Magnet;
 use shoal_engine::metainfo::Metainfo;
 
 use crate::display::{count, printable, say, Failure};
@@ -87,7 +88,9 @@ refused. Interrupted (Ctrl-C: exit code 130, SIGTERM: 143), it keeps every verif
 the same command again to resume."
 )]
 pub struct DownloadArgs {
-    /// The .torrent file.
+    /// The .torrent file, or a magnet link (`magnet:?xt=urn:btih:...`): its metadata is
+    /// fetched from peers first and kept in DIR/.shoal/, so a restart needs no second fetch.
+    #[arg(value_name = "SOURCE")]
     pub torrent: PathBuf,
     /// The folder the content lands in (as `DIR/<torrent name>`).
     #[arg(short = 'o', long = "output", value_name = "DIR")]
@@ -181,6 +184,7 @@ pub(crate) fn torrent_settings(o: &SwarmOptions) -> TorrentSettings {
         max_peers: o.max_peers,
         use_trackers: !o.no_trackers,
         announce_interval: o.announce_interval.map(std::time::Duration::from_secs),
+        pex: !o.no_pex,
         ..TorrentSettings::default()
     }
 }
@@ -266,8 +270,13 @@ fn say_how_peers_come(meta: &Metainfo, o: &SwarmOptions, peers: &[SocketAddr], u
 /// The lock on `DIR/.shoal/<info hash>.lock`, held while a download runs. The kernel lets go
 /// of it when the process ends, however it ends; the file itself stays (removing it would let
 /// a second process lock a new file while a third still holds the old one).
-fn lock_folder(state: &Path, meta: &Metainfo, output: &Path) -> Result<std::fs::File, String> {
-    let path = state.join(format!("{}.lock", meta.info_hash));
+fn lock_folder(
+    state: &Path,
+    info_hash: &shoal_engine::InfoHash,
+    name: &str,
+    output: &Path,
+) -> Result<std::fs::File, String> {
+    let path = state.join(format!("{info_hash}.lock"));
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -278,7 +287,7 @@ fn lock_folder(state: &Path, meta: &Metainfo, output: &Path) -> Result<std::fs::
         Ok(()) => Ok(file),
         Err(rustix::io::Errno::WOULDBLOCK) => Err(format!(
             "{} is already being downloaded into {} by another shoal (it holds {})",
-            printable(&meta.info.name),
+            name,
             output.display(),
             path.display()
         )),
@@ -286,10 +295,40 @@ fn lock_folder(state: &Path, meta: &Metainfo, output: &Path) -> Result<std::fs::
     }
 }
 
+/// Runs `shoal magnet`: prints the torrent's magnet link.
+pub fn magnet(args: MagnetArgs) -> CliResult {
+    let meta = load_torrent(&args.torrent)?;
+    println!("{}", Magnet::from_metainfo(&meta));
+    Ok(())
+}
+
+/// Arguments of `shoal magnet`.
+#[derive(Debug, clap::Args)]
+pub struct MagnetArgs {
+    /// The .torrent file.
+    pub torrent: PathBuf,
+}
+
 /// Runs `shoal download`.
 pub fn download(args: DownloadArgs) -> CliResult {
-    let meta = load_torrent(&args.torrent)?;
-    let name = printable(&meta.info.name);
+    let source = args.torrent.to_string_lossy().into_owned();
+    let magnet = if source.starts_with("magnet:") {
+        Some(Magnet::parse(&source).map_err(|e| format!("invalid magnet link: {e}"))?)
+    } else {
+        None
+    };
+    let given = match &magnet {
+        Some(_) => None,
+        None => Some(load_torrent(&args.torrent)?),
+    };
+    let (info_hash, hint) = match (&given, &magnet) {
+        (Some(meta), _) => (meta.info_hash, printable(&meta.info.name)),
+        (None, Some(m)) => (
+            m.info_hash,
+            printable(m.name.as_deref().unwrap_or("the torrent")),
+        ),
+        (None, None) => unreachable!("a source is a torrent or a magnet"),
+    };
     let peers = resolve_peers(&args.swarm.peers)?;
     if args.output.exists() && !args.output.is_dir() {
         return Err(format!(
@@ -301,18 +340,46 @@ pub fn download(args: DownloadArgs) -> CliResult {
     let state = args.output.join(".shoal");
     std::fs::create_dir_all(&state)
         .map_err(|e| format!("cannot create {}: {e}", state.display()))?;
-    let _lock = lock_folder(&state, &meta, &args.output)?;
+    let _lock = lock_folder(&state, &info_hash, &hint, &args.output)?;
+    // A magnet whose metadata was fetched before: the kept .torrent, no second fetch.
+    let kept = state.join(format!("{info_hash}.torrent"));
+    let given = given.or_else(|| {
+        load_torrent(&kept)
+            .ok()
+            .filter(|m| m.info_hash == info_hash)
+    });
     let mut signals = catch_signals()?;
     let session = start_session(&args.swarm, Some(state.clone()))?;
     let peers = without_ourselves(peers, session.local_addr());
-    let mut add = AddTorrent::download(meta.clone(), &args.output);
-    add.resume = Some(state.join(format!("{}.resume", meta.info_hash)));
-    add.peers = peers.clone();
-    add.settings = torrent_settings(&args.swarm);
+    let resume = Some(state.join(format!("{info_hash}.resume")));
     session.block_on(async {
-        let added = async { Ok(session.add_torrent(add).await) }
-            .or(async { Err(next_signal(&mut signals).await) })
-            .await;
+        let added = match (&given, magnet) {
+            (Some(meta), _) => {
+                let mut add = AddTorrent::download(meta.clone(), &args.output);
+                add.resume = resume;
+                add.peers = peers.clone();
+                add.settings = torrent_settings(&args.swarm);
+                async { Ok(session.add_torrent(add).await) }
+                    .or(async { Err(next_signal(&mut signals).await) })
+                    .await
+            }
+            (None, Some(magnet)) => {
+                let mut add = AddTorrent::magnet(magnet, &args.output);
+                add.resume = resume;
+                add.peers = peers.clone();
+                add.settings = torrent_settings(&args.swarm);
+                add.metadata_dir = Some(state.clone());
+                say(&format!(
+                    "shoal: fetching the metadata of {hint} from peers, listening on {}",
+                    session.local_addr()
+                ));
+                let torrent = session.start_magnet(add)?;
+                async { Ok(torrent.wait_checked().await.map(|()| torrent)) }
+                    .or(async { Err(next_signal(&mut signals).await) })
+                    .await
+            }
+            (None, None) => unreachable!("a source is a torrent or a magnet"),
+        };
         let torrent = match added {
             Ok(t) => t?,
             Err(signal) => {
@@ -320,6 +387,11 @@ pub fn download(args: DownloadArgs) -> CliResult {
                 return Err(Failure::Signal(signal));
             }
         };
+        let meta = match given {
+            Some(meta) => meta,
+            None => load_torrent(&kept)?,
+        };
+        let name = printable(&meta.info.name);
         let start = torrent.progress();
         say(&format!(
             "shoal: downloading {name} ({}) into {}, listening on {}",
@@ -340,7 +412,7 @@ pub fn download(args: DownloadArgs) -> CliResult {
                 count(start.total_pieces, "piece", "pieces")
             ));
         }
-        if !start.complete {
+        if !start.complete && !source.starts_with("magnet:") {
             say_how_peers_come(&meta, &args.swarm, &peers, session.local_addr());
         }
         let goal = if args.seed {

@@ -1,10 +1,11 @@
-// Drives Debian's chromium (headless) through shoal server's page: loads it, tries a magnet,
-// adds a torrent by upload, waits for 100%, pauses it, opens its details and keeps a
-// screenshot. Usage: node page.js URL TORRENT SCREENSHOT. Exit code 0 when every step passed.
+// Drives Debian's chromium (headless) through shoal server's page: loads it, refuses a
+// malformed magnet, adds a torrent by its magnet link (the metadata comes from the local
+// seeder), waits for 100%, pauses it, opens its details and keeps a screenshot.
+// Usage: node page.js URL MAGNET SCREENSHOT. Exit code 0 when every step passed.
 "use strict";
 const { chromium } = require("playwright-core");
 
-const [url, torrent, shot] = process.argv.slice(2);
+const [url, magnet, shot] = process.argv.slice(2);
 
 async function main() {
   const browser = await chromium.launch({
@@ -20,13 +21,15 @@ async function main() {
     await page.goto(url);
     await page.waitForSelector("text=No torrents yet", { timeout: 15000 });
 
-    // A magnet: the server says plainly it cannot resolve them yet.
-    await page.fill("#magnet", "magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567");
+    // A malformed magnet: the server says what is wrong.
+    await page.fill("#magnet", "magnet:?xt=urn:btih:zz");
     await page.click("#addMagnet");
-    await page.waitForSelector("#msg.err >> text=magnet links are not supported yet", { timeout: 15000 });
+    await page.waitForSelector("#msg.err >> text=bad magnet link", { timeout: 15000 });
 
-    // A .torrent by upload; it reaches 100% against the local seeder.
-    await page.setInputFiles("#file", torrent);
+    // The torrent by its magnet link: the metadata comes from the local seeder, then the
+    // content; it reaches 100%.
+    await page.fill("#magnet", magnet);
+    await page.click("#addMagnet");
     await page.waitForSelector(".t .name", { timeout: 15000 });
     await page.waitForSelector(".t .pct >> text=100.0%", { timeout: 120000 });
     await page.waitForSelector(".t .badge.seeding", { timeout: 30000 });

@@ -551,6 +551,11 @@ pub struct Libtorrent<'a> {
     pub encryption: LtEncryption,
     /// Speak uTP only (TCP off both ways) instead of TCP only.
     pub utp_only: bool,
+    /// Download nothing (libtorrent's upload mode), but stay connected: a peer that has
+    /// nothing and tells others of its peers (PEX tests).
+    pub upload_mode: bool,
+    /// Download limit in bytes per second, applied to loopback peers too (0: none).
+    pub download_limit: u64,
 }
 
 /// libtorrent's message stream encryption settings (`--encryption` of lt_peer.py).
@@ -603,6 +608,12 @@ impl Libtorrent<'_> {
         cmd.args(["--encryption", self.encryption.arg()]);
         if self.utp_only {
             cmd.arg("--utp-only");
+        }
+        if self.upload_mode {
+            cmd.arg("--upload-mode");
+        }
+        if self.download_limit > 0 {
+            cmd.args(["--download-limit", &self.download_limit.to_string()]);
         }
         logged(cmd, log)
     }

@@ -1,11 +1,12 @@
 #!/usr/bin/python3
 """A libtorrent peer for the interop tests (run with Debian's /usr/bin/python3).
 
-    lt_peer.py TORRENT SAVE_PATH --port PORT [--peer HOST:PORT]... [--seed]
+    lt_peer.py TORRENT|MAGNET SAVE_PATH --port PORT [--peer HOST:PORT]... [--seed] [--upload-mode]
                [--no-trackers] [--timeout SECONDS] [--upload-limit BYTES_PER_SECOND]
                [--encryption off|forced-rc4|forced-plaintext|enabled] [--utp-only]
 
-Adds TORRENT with its data in SAVE_PATH (SAVE_PATH/<name>), listening on 127.0.0.1:PORT only,
+Adds TORRENT (a .torrent file, or a magnet link whose metadata it fetches from peers first)
+with its data in SAVE_PATH (SAVE_PATH/<name>), listening on 127.0.0.1:PORT only,
 with DHT, local discovery, UPnP, NAT-PMP, uTP and encryption off, so that it speaks plain
 BitTorrent over TCP on loopback (--utp-only: over uTP only, TCP off). --encryption turns message stream encryption on: forced-rc4
 (in and out policies forced, RC4 only), forced-plaintext (forced, the obfuscated handshake
@@ -18,6 +19,9 @@ Prints one JSON object a line on stdout, flushed:
      "clients": names of the connected peers' clients,
      "rc4": how many connected peers use RC4, "rc4_seen": the most at once so far}
       every half second;
+    (status also has "pex_peers": connected peers libtorrent learned through peer exchange,
+     "pex_seen": the most at once so far, and "metadata": whether the metadata is here);
+    {"event": "metadata", "seconds"} once a magnet's metadata arrived (seconds since start);
     {"event": "finished", "clients_seen", ...status fields} once the download completes
       (clients_seen: every peer client name seen so far) (then exits 0,
       unless --seed, which keeps the torrent seeding until killed or the timeout);
@@ -38,12 +42,14 @@ def emit(obj):
     sys.stdout.flush()
 
 
-def status_fields(st, ti):
+def status_fields(st, h):
+    ti = h.torrent_file()
     return {
         "state": str(st.state),
         "progress": st.progress,
         "pieces": st.num_pieces,
-        "num_pieces": ti.num_pieces(),
+        "num_pieces": ti.num_pieces() if ti is not None else 0,
+        "metadata": st.has_metadata,
         "peers": st.num_peers,
         "down": st.total_payload_download,
         "up": st.total_payload_upload,
@@ -69,6 +75,11 @@ def utp_peers(h):
     return sum(1 for p in h.get_peer_info() if p.flags & (1 << 17))
 
 
+def pex_peers(h):
+    """How many connected peers libtorrent learned through peer exchange (source pex = 4)."""
+    return sum(1 for p in h.get_peer_info() if p.source & 4)
+
+
 def parse_peer(s):
     host, _, port = s.rpartition(":")
     return (host, int(port))
@@ -82,6 +93,9 @@ def main():
     ap.add_argument("--peer", action="append", default=[])
     ap.add_argument("--seed", action="store_true")
     ap.add_argument("--no-trackers", action="store_true")
+    # Download nothing, stay connected (BEP 11 tests: a peer that has nothing but knows others).
+    ap.add_argument("--upload-mode", action="store_true")
+    ap.add_argument("--download-limit", type=int, default=0, help="bytes per second, 0: none")
     ap.add_argument("--timeout", type=float, default=120.0)
     ap.add_argument("--upload-limit", type=int, default=0, help="bytes per second, 0: none")
     ap.add_argument(
@@ -122,6 +136,8 @@ def main():
         settings["enable_incoming_utp"] = True
         settings["enable_outgoing_tcp"] = False
         settings["enable_incoming_tcp"] = False
+    if args.download_limit > 0:
+        settings["download_rate_limit"] = args.download_limit
     if args.encryption != "off":
         policy = lt.enc_policy.enabled if args.encryption == "enabled" else lt.enc_policy.forced
         level = {
@@ -139,17 +155,23 @@ def main():
             | lt.alert.category_t.peer_notification
         )
     ses = lt.session(settings)
-    if args.upload_limit > 0:
+    if args.upload_limit > 0 or args.download_limit > 0:
         # Local peers are exempt from rate limits unless put in the global peer class.
         f = lt.ip_filter()
         f.add_rule("0.0.0.0", "255.255.255.255", 1 << lt.session.global_peer_class_id)
         ses.set_peer_class_filter(f)
-    ti = lt.torrent_info(args.torrent)
-    atp = lt.add_torrent_params()
-    atp.ti = ti
+    started = time.time()
+    if args.torrent.startswith("magnet:"):
+        atp = lt.parse_magnet_uri(args.torrent)
+    else:
+        atp = lt.add_torrent_params()
+        atp.ti = lt.torrent_info(args.torrent)
     atp.save_path = args.save_path
     if args.no_trackers:
         atp.trackers = []
+    if args.upload_mode:
+        atp.flags |= lt.torrent_flags.upload_mode
+        atp.flags &= ~lt.torrent_flags.auto_managed
     h = ses.add_torrent(atp)
     if args.no_trackers:
         h.replace_trackers([])
@@ -163,6 +185,8 @@ def main():
     seen = set()
     rc4_seen = 0
     utp_seen = 0
+    pex_seen = 0
+    said_metadata = False
     while time.time() < deadline:
         for a in ses.pop_alerts():
             if isinstance(a, lt.torrent_error_alert):
@@ -188,6 +212,11 @@ def main():
         rc4 = rc4_peers(h)
         rc4_seen = max(rc4_seen, rc4)
         utp_seen = max(utp_seen, utp_peers(h))
+        pex = pex_peers(h)
+        pex_seen = max(pex_seen, pex)
+        if st.has_metadata and not said_metadata:
+            said_metadata = True
+            emit({"event": "metadata", "seconds": time.time() - started})
         if not finished and not checking and (st.is_finished or st.is_seeding):
             finished = True
             emit(
@@ -196,7 +225,9 @@ def main():
                     clients_seen=sorted(seen),
                     rc4_seen=rc4_seen,
                     utp_seen=utp_seen,
-                    **status_fields(st, ti),
+                    pex_peers=pex,
+                    pex_seen=pex_seen,
+                    **status_fields(st, h),
                 )
             )
             if not args.seed:
@@ -209,7 +240,9 @@ def main():
                     rc4=rc4,
                     rc4_seen=rc4_seen,
                     utp_seen=utp_seen,
-                    **status_fields(st, ti),
+                    pex_peers=pex,
+                    pex_seen=pex_seen,
+                    **status_fields(st, h),
                 )
             )
             last_status = now

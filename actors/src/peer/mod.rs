@@ -140,6 +140,8 @@ pub(crate) struct PeerSetup {
     pub(crate) our_reserved: [u8; 8],
     /// The port we accept peers on, told to peers in the extended handshake (BEP 10).
     pub(crate) listen_port: Option<u16>,
+    /// The torrent, whose info dictionary is served to peers that ask (BEP 9).
+    pub(crate) metainfo: Arc<shoal_engine::metainfo::Metainfo>,
     /// The torrent's lengths.
     pub(crate) lengths: Lengths,
     /// The pieces we had when the torrent started (later ones come from the have-log).
@@ -162,6 +164,9 @@ pub(crate) struct PeerSetup {
     pub(crate) settings: Arc<PeerSettings>,
     /// Optional limit on what we serve.
     pub(crate) serve_filter: Option<Arc<dyn ServeFilter>>,
+    /// Peer exchange (BEP 11), unless the torrent is private or PEX is off: where the peers
+    /// this peer tells us of go (the torrent's queue of addresses to dial).
+    pub(crate) pex: Option<Sender<Vec<SocketAddr>>>,
 }
 
 /// Why a peer actor ended.

@@ -25,13 +25,26 @@ use super::upload::{self, BlockSource, Upload, MAX_READS, MAX_SERVE_QUEUE};
 use super::{PeerControl, PeerExit, PeerSettings, PeerSetup, PeerStats, ServeFilter, Stop};
 use crate::buffers::BlockPool;
 use crate::disk::{DiskJob, ReadDone, Storage};
-use crate::extension::{our_handshake, PeerExtensions};
+use crate::extension::CLIENT_VERSION;
 use crate::picker::{PeerNote, PickRequest, PickerMsg, PEER_NOTES};
 use crate::runtime::Addr;
 use crate::shared::Shared;
+use shoal_engine::extension::{OurHandshake, PeerExtensions, OUR_UT_METADATA_ID, OUR_UT_PEX_ID};
+use shoal_engine::metadata::{self, MetadataMessage};
+use shoal_engine::metainfo::Metainfo;
+use shoal_engine::pex::{PexState, MAX_PEERS_TAKEN};
 
 /// How long a graceful close may take to send what is queued.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Bytes queued for the peer above which its metadata requests are rejected instead of
+/// answered: four answers' worth, so a request flood cannot grow the write buffer.
+const MAX_METADATA_BACKLOG: usize = 4 * metadata::METADATA_PIECE_LEN;
+
+/// The most addresses one peer may add to our swarm over PEX in a connection's life: four
+/// full messages' worth of BEP 11's 50, so a peer cannot fill the swarm table (1,000 entries)
+/// with addresses of its choosing.
+const MAX_PEX_FROM_ONE_PEER: usize = 200;
 
 /// How often the tick runs: rates, timeouts, keep-alives.
 const TICK_EVERY: Duration = Duration::from_secs(1);
@@ -84,6 +97,16 @@ struct Peer {
     extended: bool,
     /// Our listening port, for our extended handshake.
     listen_port: Option<u16>,
+    /// The torrent, whose info dictionary we serve to peers that ask (BEP 9).
+    metainfo: Arc<Metainfo>,
+    /// What the peer's extended handshakes said (its `m` map among it).
+    extensions: PeerExtensions,
+    /// Scratch for metadata messages we send.
+    scratch: Vec<u8>,
+    /// Peer exchange with this peer, when on: what we told it, and where its peers go.
+    pex: Option<(PexState, Sender<Vec<SocketAddr>>)>,
+    /// Addresses this peer gave us over PEX so far, bounded by [`MAX_PEX_FROM_ONE_PEER`].
+    pex_taken: usize,
     /// Where disk reads come back.
     reads_tx: Sender<ReadDone>,
     /// Position in the shared have-log.
@@ -152,6 +175,7 @@ where
         addr,
         our_reserved,
         listen_port,
+        metainfo,
         lengths,
         initial_have,
         picker,
@@ -163,6 +187,7 @@ where
         stats,
         settings,
         serve_filter,
+        pex,
     } = setup;
     let (notes_tx, notes_rx) = async_channel::bounded(PEER_NOTES);
     let (reads_tx, reads_rx) = async_channel::bounded(MAX_READS);
@@ -185,6 +210,11 @@ where
         fast,
         extended,
         listen_port,
+        metainfo,
+        extensions: PeerExtensions::default(),
+        scratch: Vec::new(),
+        pex: pex.map(|found| (PexState::new(addr), found)),
+        pex_taken: 0,
         reads_tx,
         have_cursor: 0,
         new_haves: Vec::new(),
@@ -250,7 +280,16 @@ impl Peer {
         self.remote.send_our_pieces(self.fast, &mut self.out);
         if self.extended {
             // After the bitfield, which strict peers want first.
-            let payload = our_handshake(self.listen_port, MAX_SERVE_QUEUE as u32);
+            let payload = OurHandshake {
+                ut_metadata: Some(OUR_UT_METADATA_ID),
+                ut_pex: self.pex.is_some().then_some(OUR_UT_PEX_ID),
+                metadata_size: Some(self.metainfo.raw_info.len() as u64),
+                listen_port: self.listen_port,
+                reqq: Some(MAX_SERVE_QUEUE as u32),
+                client: Some(CLIENT_VERSION),
+                yourip: Some(self.addr.ip()),
+            }
+            .encode();
             self.out.push(Message::Extended {
                 id: 0,
                 payload: &payload,
@@ -593,6 +632,7 @@ impl Peer {
                         x.listen_port
                     );
                     self.download.set_peer_limit(x.reqq);
+                    self.extensions.merge(x);
                 }
                 // Not worth a disconnect: we use nothing from it that we cannot do without.
                 None => log::debug!(
@@ -600,9 +640,16 @@ impl Peer {
                     self.addr
                 ),
             },
+            Message::Extended {
+                id: OUR_UT_METADATA_ID,
+                payload,
+            } => self.metadata_message(payload)?,
+            Message::Extended {
+                id: OUR_UT_PEX_ID,
+                payload,
+            } => self.pex_message(payload),
             // Suggestions and allowed-fast sets are hints we do not act on yet; DHT ports,
-            // extension messages (our `m` is empty, so none should come) and unknown ids are
-            // ignored.
+            // extension messages we did not offer and unknown ids are ignored.
             Message::Suggest(_)
             | Message::AllowedFast(_)
             | Message::Port(_)
@@ -610,6 +657,90 @@ impl Peer {
             | Message::Unknown { .. } => {}
         }
         Ok(())
+    }
+
+    /// A `ut_metadata` message (BEP 9): requests are answered from our info dictionary while
+    /// the write buffer has room (else rejected, so a peer cannot queue megabytes of answers);
+    /// data and rejects are not expected once we have the metadata, and are dropped.
+    fn metadata_message(&mut self, payload: &[u8]) -> Result<(), Stop> {
+        let Some(their_id) = self.extensions.ut_metadata() else {
+            // It never said it speaks ut_metadata: nowhere to answer.
+            return Ok(());
+        };
+        match MetadataMessage::parse(payload) {
+            Ok(MetadataMessage::Request { piece }) => {
+                self.scratch.clear();
+                if self.out.pending().len() > MAX_METADATA_BACKLOG {
+                    MetadataMessage::Reject { piece }.encode(&mut self.scratch);
+                } else {
+                    metadata::serve(&self.metainfo.raw_info, piece, &mut self.scratch);
+                }
+                self.out.push(Message::Extended {
+                    id: their_id,
+                    payload: &self.scratch,
+                });
+            }
+            Ok(_) => {}
+            Err(e) => log::debug!(
+                "peer {}: ignoring a bad ut_metadata message: {e}",
+                self.addr
+            ),
+        }
+        Ok(())
+    }
+
+    /// A `ut_pex` message (BEP 11): the peers it lists go to the torrent to dial, at most
+    /// [`MAX_PEERS_TAKEN`] per message (the engine's bound), one message per 20 s, and
+    /// [`MAX_PEX_FROM_ONE_PEER`] over the connection's life.
+    fn pex_message(&mut self, payload: &[u8]) {
+        let Some((state, found)) = self.pex.as_mut() else {
+            return;
+        };
+        let msg = match state.handle_message(Instant::now(), payload) {
+            Ok(Some(m)) => m,
+            Ok(None) => return,
+            Err(e) => {
+                log::debug!("peer {}: ignoring a bad ut_pex message: {e}", self.addr);
+                return;
+            }
+        };
+        let room = MAX_PEX_FROM_ONE_PEER.saturating_sub(self.pex_taken);
+        let peers: Vec<SocketAddr> = msg
+            .added
+            .iter()
+            .map(|p| p.addr)
+            .take(room.min(MAX_PEERS_TAKEN))
+            .collect();
+        if peers.is_empty() {
+            return;
+        }
+        log::debug!("peer {}: told us of {} peers (PEX)", self.addr, peers.len());
+        self.pex_taken += peers.len();
+        // A full queue drops them: PEX repeats itself a minute later.
+        let _ = found.try_send(peers);
+    }
+
+    /// Sends a `ut_pex` message when one is due: peers we are connected to, diffed against
+    /// what this peer was told (at most once a minute, 50 added).
+    fn poll_pex(&mut self, now: Instant) {
+        let Some(their_id) = self.extensions.ut_pex() else {
+            return;
+        };
+        let Some((state, _)) = self.pex.as_mut() else {
+            return;
+        };
+        if state.poll_timeout().is_some_and(|t| now < t) {
+            return;
+        }
+        let view = self.shared.pex_view();
+        if let Some(msg) = state.poll_message(now, view.iter().copied()) {
+            self.scratch.clear();
+            msg.encode(&mut self.scratch);
+            self.out.push(Message::Extended {
+                id: their_id,
+                payload: &self.scratch,
+            });
+        }
     }
 
     /// After a bitfield, HAVE ALL or HAVE NONE (`result` of the transition): the torrent sees
@@ -651,6 +782,7 @@ impl Peer {
     async fn tick(&mut self) -> Result<(), Stop> {
         let now = Instant::now();
         self.adapt_to_rates(now);
+        self.poll_pex(now);
         self.traffic
             .handle_tick(now, &mut self.out)
             .map_err(|Silent| Stop::Local(format!("silent for {} s", IDLE_TIMEOUT.as_secs())))?;

@@ -44,6 +44,16 @@ const IDLE_TICK: Duration = Duration::from_secs(30);
 /// How often the fast-resume record is saved while pieces keep arriving.
 const RESUME_EVERY: Duration = Duration::from_secs(30);
 
+/// Where a peer connection comes from.
+enum Origin {
+    /// We dial it.
+    Dial,
+    /// It dialled us.
+    Accepted(Accepted),
+    /// Handed over from the metadata phase, handshakes done.
+    Established(super::magnet::Handover),
+}
+
 /// One peer connection as the torrent sees it.
 pub(super) struct Entry {
     /// Its address.
@@ -52,6 +62,8 @@ pub(super) struct Entry {
     control: Sender<PeerControl>,
     /// Its counters.
     stats: Arc<PeerStats>,
+    /// Whether we dialled it (so its address is where it listens, worth telling others).
+    dialled: bool,
     /// Whether we choke it.
     choked: bool,
     /// `stats.downloaded` at the last rechoke, for rates.
@@ -341,7 +353,7 @@ impl State {
             if !self.ctx.slots.try_take() {
                 break;
             }
-            self.spawn_peer(addr, None);
+            self.spawn_peer(addr, Origin::Dial);
         }
     }
 
@@ -361,7 +373,7 @@ impl State {
         if !self.admit(addr) {
             return;
         }
-        self.spawn_peer(addr, Some(accepted));
+        self.spawn_peer(addr, Origin::Accepted(accepted));
     }
 
     /// Takes a connection slot for a newcomer from `addr`, evicting the least useful
@@ -438,7 +450,19 @@ impl State {
         }
     }
 
-    fn spawn_peer(&mut self, addr: SocketAddr, incoming: Option<Accepted>) {
+    /// Takes on a connection from the metadata phase (a torrent started from a magnet link):
+    /// its handshakes are done, its stream replays what the peer sent meanwhile.
+    pub(super) fn adopt(&mut self, h: super::magnet::Handover) {
+        if self.by_addr.contains_key(&h.addr)
+            || self.connections() >= self.settings.max_peers
+            || !self.ctx.slots.try_take()
+        {
+            return;
+        }
+        self.spawn_peer(h.addr, Origin::Established(h));
+    }
+
+    fn spawn_peer(&mut self, addr: SocketAddr, origin: Origin) {
         let key = PeerKey(self.next_key);
         self.next_key += 1;
         let (control_tx, control_rx) = async_channel::bounded(PEER_CONTROL);
@@ -449,6 +473,7 @@ impl State {
             addr,
             our_reserved: ours.reserved,
             listen_port: Some(self.ctx.listen_port),
+            metainfo: self.meta.clone(),
             lengths: self.meta.info.lengths,
             initial_have: self.initial_have.clone(),
             picker: self.picker.clone(),
@@ -460,16 +485,27 @@ impl State {
             stats: stats.clone(),
             settings: self.peer_settings.clone(),
             serve_filter: self.serve_filter.clone(),
+            pex: (self.settings.pex && !self.meta.info.private).then(|| self.tracker_peers.clone()),
         };
         let limits = self.limits.clone();
         let encryption = self.ctx.encryption;
         let utp = self.ctx.utp.clone();
+        let dialled = matches!(origin, Origin::Dial);
         let task = self.peers.spawn(async move {
-            let start = match incoming {
-                Some(accepted) => Start::Accepted(accepted),
-                None => Start::Dial(addr),
+            let utp = utp.as_ref();
+            let established = match origin {
+                Origin::Accepted(accepted) => {
+                    connect::establish(Start::Accepted(accepted), ours, encryption, utp).await
+                }
+                Origin::Dial => connect::establish(Start::Dial(addr), ours, encryption, utp).await,
+                Origin::Established(h) => Ok(connect::Established {
+                    stream: h.stream,
+                    remote: h.remote,
+                    encrypted: h.encrypted,
+                    transport: h.transport,
+                }),
             };
-            match connect::establish(start, ours, encryption, utp.as_ref()).await {
+            match established {
                 Ok(e) => {
                     setup.stats.encrypted.store(e.encrypted, Ordering::Relaxed);
                     let utp = e.transport == crate::utp::Transport::Utp;
@@ -491,6 +527,7 @@ impl State {
                 addr,
                 control: control_tx,
                 stats,
+                dialled,
                 choked: true,
                 last_down: 0,
                 last_up: 0,
@@ -562,6 +599,7 @@ impl State {
             // A lost tick is harmless: another comes in a second.
             let _ = self.picker.try_send(PickerMsg::Tick);
         }
+        self.update_pex_view();
         let p = self.shared.progress();
         if self.entries.is_empty() {
             // Nothing moves, and ticks may come far apart: start the windows again.
@@ -630,6 +668,29 @@ impl State {
             self.fill_slots();
         }
         self.dial();
+    }
+
+    /// The peers others may hear of from us over PEX: those we dialled and are connected to
+    /// (their address is where they listen), seeds flagged.
+    fn update_pex_view(&mut self) {
+        if !self.settings.pex || self.meta.info.private {
+            return;
+        }
+        use shoal_engine::pex::{PexFlags, PexPeer};
+        let view = self
+            .entries
+            .values()
+            .filter(|e| e.dialled && e.stats.connected.load(Ordering::Relaxed))
+            .map(|e| PexPeer {
+                addr: e.addr,
+                flags: if e.stats.peer_is_seed.load(Ordering::Relaxed) {
+                    PexFlags::SEED
+                } else {
+                    PexFlags::default()
+                },
+            })
+            .collect();
+        self.shared.set_pex_view(view);
     }
 
     /// What the choker needs to know of each peer; with `measure`, the bytes since the last

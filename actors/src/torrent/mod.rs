@@ -15,9 +15,12 @@
 mod actor;
 mod admission;
 mod choker;
+mod magnet;
 mod start;
 mod swarm;
 
+pub(crate) use magnet::start_magnet;
+pub use magnet::{AddMagnet, MAX_REPLAY};
 pub(crate) use start::start;
 pub use swarm::BanKey;
 
@@ -74,6 +77,8 @@ pub struct TorrentSettings {
     pub download_limit: u64,
     /// Upload rate limit of this torrent in bytes per second (0: none).
     pub upload_limit: u64,
+    /// Peer exchange (BEP 11) with peers that speak it; never for private torrents.
+    pub pex: bool,
 }
 
 impl Default for TorrentSettings {
@@ -90,6 +95,7 @@ impl Default for TorrentSettings {
             announce_interval: None,
             download_limit: 0,
             upload_limit: 0,
+            pex: true,
         }
     }
 }
@@ -195,6 +201,21 @@ pub fn layout_of(
     }))
 }
 
+/// A torrent's own rate limiters (from its settings) and the chain its peers' streams pass
+/// through: the session's, then the torrent's.
+pub(crate) fn limits(
+    settings: &TorrentSettings,
+    ctx: &SessionContext,
+) -> (Arc<Limiter>, Arc<Limiter>, crate::limit::Limits) {
+    let down = Arc::new(Limiter::new(settings.download_limit));
+    let up = Arc::new(Limiter::new(settings.upload_limit));
+    let chain = crate::limit::Limits {
+        down: vec![ctx.down_limit.clone(), down.clone()],
+        up: vec![ctx.up_limit.clone(), up.clone()],
+    };
+    (down, up, chain)
+}
+
 /// What the session gives every torrent.
 #[derive(Clone, Debug)]
 pub(crate) struct SessionContext {
@@ -279,6 +300,32 @@ pub struct PeerInfo {
     pub transport: crate::utp::Transport,
 }
 
+/// Where a torrent's content is on disk.
+#[derive(Debug)]
+pub(crate) struct Place {
+    /// Where each file of the torrent is.
+    pub(crate) files: Vec<PathBuf>,
+    /// The torrent's own content: its file, or its folder for a multi-file torrent.
+    pub(crate) root: PathBuf,
+}
+
+impl Place {
+    /// The place of `add`'s content.
+    pub(crate) fn of(add: &AddTorrent) -> Self {
+        Place {
+            files: start::layout(add)
+                .files()
+                .iter()
+                .map(|f| f.path.clone())
+                .collect(),
+            root: add
+                .content
+                .clone()
+                .unwrap_or_else(|| add.folder.join(&add.metainfo.info.name)),
+        }
+    }
+}
+
 /// A handle to a running torrent.
 #[derive(Clone)]
 pub struct Torrent {
@@ -288,10 +335,9 @@ pub struct Torrent {
     shared: Arc<Shared>,
     /// The info hash.
     info_hash: InfoHash,
-    /// Where each file of the torrent is (for removal with its files).
-    pub(crate) files: Arc<Vec<PathBuf>>,
-    /// The torrent's own content: its file, or its folder for a multi-file torrent.
-    pub(crate) root: PathBuf,
+    /// Where the torrent's files are, once known (at once, or when a magnet's metadata
+    /// arrives): for removal with its files.
+    pub(crate) place: Arc<std::sync::OnceLock<Place>>,
     /// The fast-resume record, if kept.
     pub(crate) resume: Option<PathBuf>,
     /// This torrent's download rate limit, shared by its peers.
@@ -439,8 +485,9 @@ impl Torrent {
     }
 
     /// Where each file of the torrent is on disk.
+    /// Empty while a magnet's metadata is being fetched.
     pub fn files(&self) -> &[PathBuf] {
-        &self.files
+        self.place.get().map_or(&[], |p| &p.files)
     }
 
     /// Whether the torrent has stopped (shut down, or stopped by a fatal error).

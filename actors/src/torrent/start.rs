@@ -22,7 +22,7 @@ use super::swarm::Swarm;
 use super::{AddTorrent, SessionContext, Torrent, TorrentMsg, TORRENT_MAILBOX};
 use crate::disk::{Mode, Storage, DISK_QUEUE};
 use crate::hasher::HASH_QUEUE;
-use crate::limit::{Limiter, Limits};
+use crate::limit::Limits;
 use crate::peer::PeerSettings;
 use crate::picker::{self, PickerMsg, PickerSetup, PICKER_MAILBOX};
 use crate::runtime::{mailbox, Mailbox, ReplyTo, Supervisor};
@@ -39,21 +39,12 @@ pub(crate) fn start(add: AddTorrent, ctx: SessionContext) -> Torrent {
     let meta = add.metainfo.clone();
     let lengths = meta.info.lengths;
     let layout = layout(&add);
-    let files: Arc<Vec<PathBuf>> =
-        Arc::new(layout.files().iter().map(|f| f.path.clone()).collect());
+    let place = Arc::new(std::sync::OnceLock::new());
+    let _ = place.set(super::Place::of(&add));
     let shared = Arc::new(Shared::new(lengths.num_pieces(), 0, lengths.total_length()));
     let (addr, inbox) = mailbox(TORRENT_MAILBOX);
     let resume_path = add.resume.clone();
-    let root = add
-        .content
-        .clone()
-        .unwrap_or_else(|| add.folder.join(&meta.info.name));
-    let down_limit = Arc::new(Limiter::new(add.settings.download_limit));
-    let up_limit = Arc::new(Limiter::new(add.settings.upload_limit));
-    let limits = Limits {
-        down: vec![ctx.down_limit.clone(), down_limit.clone()],
-        up: vec![ctx.up_limit.clone(), up_limit.clone()],
-    };
+    let (down_limit, up_limit, limits) = super::limits(&add.settings, &ctx);
     ctx.spawner
         .spawn(launch(
             add,
@@ -62,14 +53,14 @@ pub(crate) fn start(add: AddTorrent, ctx: SessionContext) -> Torrent {
             shared.clone(),
             inbox,
             limits,
+            Carry::default(),
         ))
         .detach();
     Torrent {
         addr,
         shared,
         info_hash: meta.info_hash,
-        files,
-        root,
+        place,
         resume: resume_path,
         down_limit,
         up_limit,
@@ -77,7 +68,7 @@ pub(crate) fn start(add: AddTorrent, ctx: SessionContext) -> Torrent {
 }
 
 /// Where each file of the torrent is.
-fn layout(add: &AddTorrent) -> Layout {
+pub(super) fn layout(add: &AddTorrent) -> Layout {
     super::layout_of(&add.metainfo, &add.folder, add.content.as_deref())
 }
 
@@ -98,14 +89,26 @@ struct Pending {
     deadline: Option<Option<std::ops::RangeInclusive<u32>>>,
 }
 
+/// What a torrent started from a magnet link brings from its metadata phase.
+#[derive(Default)]
+pub(super) struct Carry {
+    /// The addresses it knew and the bans it made.
+    pub(super) swarm: Option<Swarm>,
+    /// Its connections, to adopt as peers.
+    pub(super) handover: Vec<super::magnet::Handover>,
+    /// Paused or resumed during the fetch: replaces [`AddTorrent::paused`].
+    pub(super) paused: Option<bool>,
+}
+
 /// The torrent's task: the check, answering the mailbox meanwhile, then the run loop.
-async fn launch(
+pub(super) async fn launch(
     add: AddTorrent,
     ctx: SessionContext,
     layout: Layout,
     shared: Arc<Shared>,
     mut inbox: Mailbox<TorrentMsg>,
     limits: Limits,
+    carry: Carry,
 ) {
     let meta = add.metainfo.clone();
     let lengths = meta.info.lengths;
@@ -148,7 +151,7 @@ async fn launch(
     });
     let mut pending = Pending {
         peers: add.peers.clone(),
-        paused: add.paused,
+        paused: carry.paused.unwrap_or(add.paused),
         shutdown: None,
         wanted: None,
         sequential: None,
@@ -337,7 +340,7 @@ async fn launch(
         next_key: 0,
         by_task: HashMap::new(),
         evicting: HashSet::new(),
-        swarm: Swarm::new(ctx.listen_port),
+        swarm: carry.swarm.unwrap_or_else(|| Swarm::new(ctx.listen_port)),
         choker: Choker::new(add.settings.upload_slots, Instant::now()),
         down_rate: Rate::default(),
         up_rate: Rate::default(),
@@ -356,6 +359,10 @@ async fn launch(
     if pending.paused {
         shared.set_state(TorrentState::Paused);
     } else {
+        // The connections of the metadata phase first, so the dialling skips their addresses.
+        for h in carry.handover {
+            state.adopt(h);
+        }
         state.resume_work();
     }
     run(state, inbox, tracker_peers_rx).await;

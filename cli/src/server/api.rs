@@ -493,21 +493,29 @@ async fn add(server: &Arc<Server>, req: Request) -> Response {
                 Ok(m) => m,
                 Err(e) => return Response::error(400, format!("bad magnet link: {e}")),
             };
-            if let Err(e) = server.folder(body.dir.as_deref()) {
-                return Response::error(400, e);
-            }
-            if server.session.torrent(&magnet.info_hash).is_some() {
-                return Response::json(
-                    409,
-                    &json!({
-                        "error": "the torrent is already added",
-                        "info_hash": magnet.info_hash.to_string(),
-                    }),
+            let folder = match server.folder(body.dir.as_deref()) {
+                Ok(f) => f,
+                Err(e) => return Response::error(400, e),
+            };
+            if body.files.is_some() {
+                return Response::error(
+                    400,
+                    "files: the files of a magnet are not known before its metadata; choose them with PATCH once it is listed",
                 );
             }
-            // The path is kept for when the library resolves magnets (metadata from peers).
-            let _ = (body.paused, body.files, body.sequential);
-            return Response::error(400, "magnet links are not supported yet");
+            let h = magnet.info_hash;
+            return match server.add_magnet(magnet, folder, body.paused, body.sequential) {
+                // Listed once the metadata is here: until then it is fetched from peers.
+                Ok(_) => Response::json(
+                    202,
+                    &json!({ "info_hash": h.to_string(), "state": "metadata" }),
+                ),
+                Err(AddError::Present(h)) => Response::json(
+                    409,
+                    &json!({ "error": "the torrent is already added", "info_hash": h.to_string() }),
+                ),
+                Err(AddError::Bad(e)) => Response::error(400, e),
+            };
         }
         "" => {
             return Response::error(

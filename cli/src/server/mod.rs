@@ -215,6 +215,66 @@ impl Server {
         Ok(t)
     }
 
+    /// Adds a torrent from a magnet link: it starts at once in state `metadata` (fetching the
+    /// info dictionary from the magnet's peers and trackers); once the metadata is here it is
+    /// saved like an uploaded `.torrent` (so a restart adds it as one) and listed.
+    pub fn add_magnet(
+        self: &Arc<Self>,
+        magnet: shoal_engine::magnet::Magnet,
+        folder: PathBuf,
+        paused: bool,
+        sequential: bool,
+    ) -> Result<Torrent, AddError> {
+        let h = magnet.info_hash;
+        let kept = self.state.root().join("metadata");
+        let mut add = shoal_actors::torrent::AddTorrent::magnet(magnet, folder.clone());
+        add.resume = Some(self.state.resume_path(&h));
+        add.paused = paused;
+        add.sequential = sequential;
+        add.settings = self.settings.clone();
+        add.peers = self.peers.clone();
+        add.metadata_dir = Some(kept.clone());
+        let t = self.session.start_magnet(add).map_err(|e| match e {
+            shoal_actors::error::Error::AlreadyPresent(h) => AddError::Present(h),
+            e => AddError::Bad(e.to_string()),
+        })?;
+        let record = Record {
+            folder,
+            paused,
+            wanted: None,
+            sequential,
+            download_limit: 0,
+            upload_limit: 0,
+            added: now_secs(),
+        };
+        let (server, torrent) = (self.clone(), t.clone());
+        self.session
+            .spawner()
+            .spawn(async move {
+                // Over once the metadata is here and the files are checked (or it stopped).
+                let _ = torrent.wait_checked().await;
+                let path = kept.join(format!("{h}.torrent"));
+                let Ok(bytes) = smol::unblock(move || std::fs::read(path)).await else {
+                    return;
+                };
+                let Ok(meta) = Metainfo::from_bytes(&bytes) else {
+                    return;
+                };
+                server.lock().insert(
+                    h,
+                    Entry {
+                        meta: Arc::new(meta),
+                        record: record.clone(),
+                    },
+                );
+                if let Err(e) = server.state.add(&h, &bytes, &record) {
+                    log::warn!("{e}");
+                }
+            })
+            .detach();
+        Ok(t)
+    }
+
     /// Starts a torrent in the session with its record.
     fn start(&self, meta: Arc<Metainfo>, record: Record) -> Result<Torrent, AddError> {
         let h = meta.info_hash;
