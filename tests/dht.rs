@@ -113,6 +113,60 @@ fn shoal_finds_a_libtorrent_seeder_through_the_dht_alone() {
 }
 
 #[test]
+fn a_magnet_alone_finds_a_libtorrent_seeder_through_the_dht() {
+    let dir = tempdir();
+    let d = dir.path();
+    let content = make_content(d, "dht-m", Shape::Single, 2 * MIB + 4_321, 9);
+    let torrent = d.join("m.torrent");
+    let info_hash = create_torrent(&content, &torrent, "32768", None);
+    let (nodes, _lt) = lt_nodes(d, 3, &[]);
+    let seed_log = d.join("lt-seeder.log");
+    let _seeder = spawn_lt_dht(
+        &[
+            "--port".into(),
+            free_port().to_string(),
+            "--bootstrap".into(),
+            format!("127.0.0.1:{}", nodes[0]),
+            "--torrent".into(),
+            torrent.display().to_string(),
+            "--save-path".into(),
+            d.display().to_string(),
+            "--seed".into(),
+            "--timeout".into(),
+            "300".into(),
+        ],
+        &seed_log,
+    );
+    // No tracker, no peer: the info hash alone, found through the DHT, metadata and all.
+    let magnet = format!("magnet:?xt=urn:btih:{info_hash}&dn=dht-m");
+    let out = d.join("out");
+    let shoal_log = d.join("shoal.log");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let boot = format!("127.0.0.1:{}", nodes[1]);
+    let mut shoal = spawn_shoal(
+        &[
+            "download",
+            &magnet,
+            "-o",
+            out.to_str().unwrap(),
+            "--listen",
+            &listen,
+            "--dht-bootstrap",
+            &boot,
+            "--no-lsd",
+        ],
+        &shoal_log,
+    );
+    wait_success(
+        &mut shoal,
+        TRANSFER,
+        "shoal download of a magnet through the dht",
+        &[&shoal_log, &seed_log],
+    );
+    assert_same_content(&content, &out.join("dht-m"));
+}
+
+#[test]
 fn libtorrent_finds_shoal_seeding_in_the_dht() {
     let dir = tempdir();
     let d = dir.path();

@@ -550,7 +550,10 @@ async fn run(
                         continue;
                     }
                     let progress = e.torrent.progress();
-                    if progress.state != TorrentState::Downloading {
+                    if !matches!(
+                        progress.state,
+                        TorrentState::Downloading | TorrentState::Metadata
+                    ) {
                         // Checking, seeding or paused: no lookup; look at it again soon.
                         e.next_lookup = now + FIRST_RETRY;
                         continue;

@@ -347,6 +347,9 @@ impl Session {
         }
         let torrent = torrent::start_magnet(add, ctx);
         torrents.insert(info_hash, torrent.clone());
+        // Its peers come from the DHT too (a magnet says nothing of `private`; once the
+        // metadata is known, a private torrent's own trackers and peers are what it uses).
+        self.discovery.add_torrent(&torrent, false);
         Ok(torrent)
     }
 
