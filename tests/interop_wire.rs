@@ -111,7 +111,11 @@ fn unsupported_messages_are_ignored_and_fast_extension_understood() {
     let ext = wait_for(&mut s, 20, "extended handshake");
     assert_eq!(ext[0], 0, "extended handshake id");
     let ext = String::from_utf8_lossy(&ext[1..]).into_owned();
-    assert!(ext.starts_with("d1:mde"), "an empty m: {ext}");
+    // `m` names ut_metadata (BEP 9, we serve our metadata) and ut_pex (BEP 11), with the
+    // metadata's size.
+    assert!(ext.starts_with("d1:md11:ut_metadatai"), "m names ut_metadata: {ext}");
+    assert!(ext.contains("6:ut_pexi"), "m names ut_pex: {ext}");
+    assert!(ext.contains("13:metadata_sizei"), "metadata_size: {ext}");
     assert!(ext.contains(":shoal "), "v names shoal: {ext}");
     assert!(ext.contains("4:reqqi"), "reqq: {ext}");
 
