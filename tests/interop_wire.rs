@@ -113,7 +113,10 @@ fn unsupported_messages_are_ignored_and_fast_extension_understood() {
     let ext = String::from_utf8_lossy(&ext[1..]).into_owned();
     // `m` names ut_metadata (BEP 9, we serve our metadata) and ut_pex (BEP 11), with the
     // metadata's size.
-    assert!(ext.starts_with("d1:md11:ut_metadatai"), "m names ut_metadata: {ext}");
+    assert!(
+        ext.starts_with("d1:md11:ut_metadatai"),
+        "m names ut_metadata: {ext}"
+    );
     assert!(ext.contains("6:ut_pexi"), "m names ut_pex: {ext}");
     assert!(ext.contains("13:metadata_sizei"), "metadata_size: {ext}");
     assert!(ext.contains(":shoal "), "v names shoal: {ext}");

@@ -231,6 +231,8 @@ fn a_seeder_dials_the_downloaders_it_learns_from_each_announce() {
     let session = Session::new(SessionSettings {
         listen: "127.0.0.1:0".parse().unwrap(),
         threads: 1,
+        // A plain handshake to read below (by default the dial opens with MSE).
+        encryption: shoal_actors::session::Encryption::Off,
         ..SessionSettings::default()
     })
     .expect("session");

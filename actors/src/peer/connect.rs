@@ -230,36 +230,16 @@ pub(crate) async fn establish(
                 })
             }
             Start::Dial(addr) => {
-                if let Some(policy) = encryption.policy() {
-                    let (stream, transport) = dial(addr, utp).await?;
-                    let payload = ours.to_bytes();
-                    let mse = encrypt::initiate(stream, ours.info_hash, policy, &payload)
-                        .or(timeout(MSE_DIAL_TIMEOUT, "mse handshake timed out"));
-                    match mse.await {
-                        Ok(mut stream) => {
-                            let remote = exchange(&mut stream, &ours, None, true).await?;
-                            let encrypted = stream.encrypted();
-                            return Ok(Established {
-                                stream: Box::new(stream),
-                                remote,
-                                encrypted,
-                                transport,
-                            });
-                        }
-                        Err(e) if encryption == Encryption::Prefer => {
-                            log::debug!("{addr}: mse failed ({e}); redialling in plaintext");
-                        }
-                        Err(e) => return Err(e),
+                // Over TCP and uTP at once, each through its whole handshake: the first to be
+                // established wins. A peer that accepts TCP and closes it (TCP turned off, say)
+                // must not keep its uTP side from being reached.
+                let tcp = dial_and_greet(addr, None, &ours, encryption);
+                match utp {
+                    None => tcp.await,
+                    Some(u) => {
+                        first_ok(tcp, dial_and_greet(addr, Some(u), &ours, encryption)).await
                     }
                 }
-                let (mut stream, transport) = dial(addr, utp).await?;
-                let remote = exchange(&mut stream, &ours, None, false).await?;
-                Ok(Established {
-                    stream,
-                    remote,
-                    encrypted: false,
-                    transport,
-                })
             }
         }
     }
@@ -267,23 +247,60 @@ pub(crate) async fn establish(
     .await
 }
 
-/// Dials `addr` over TCP and, when the session has a uTP socket, over uTP at once: the first
-/// to connect wins (the other is dropped, which closes it); if one fails, the other is waited
-/// for. So a peer that speaks only one of them is reached as fast as that one connects.
-async fn dial(addr: SocketAddr, utp: Option<&UtpEndpoint>) -> io::Result<(BoxStream, Transport)> {
-    let tcp = async {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        Ok((Box::new(stream) as BoxStream, Transport::Tcp))
+/// Dials `addr` over one transport (uTP with `utp`, else TCP) and greets it: MSE per the
+/// policy (under `prefer`, a refusal is redialled in plaintext), then the BitTorrent handshake.
+async fn dial_and_greet(
+    addr: SocketAddr,
+    utp: Option<&UtpEndpoint>,
+    ours: &Handshake,
+    encryption: Encryption,
+) -> io::Result<Established> {
+    let connect = || async {
+        match utp {
+            None => {
+                let stream = TcpStream::connect(addr).await?;
+                stream.set_nodelay(true)?;
+                Ok::<_, io::Error>((Box::new(stream) as BoxStream, Transport::Tcp))
+            }
+            Some(u) => Ok((
+                Box::new(u.connect(addr).await?) as BoxStream,
+                Transport::Utp,
+            )),
+        }
     };
-    let Some(utp) = utp else {
-        return tcp.await;
-    };
-    let utp = async {
-        let stream = utp.connect(addr).await?;
-        Ok((Box::new(stream) as BoxStream, Transport::Utp))
-    };
-    first_ok(tcp, utp).await
+    if let Some(policy) = encryption.policy() {
+        let (stream, transport) = connect().await?;
+        let payload = ours.to_bytes();
+        let mse = encrypt::initiate(stream, ours.info_hash, policy, &payload)
+            .or(timeout(MSE_DIAL_TIMEOUT, "mse handshake timed out"));
+        match mse.await {
+            Ok(mut stream) => {
+                let remote = exchange(&mut stream, ours, None, true).await?;
+                let encrypted = stream.encrypted();
+                return Ok(Established {
+                    stream: Box::new(stream),
+                    remote,
+                    encrypted,
+                    transport,
+                });
+            }
+            Err(e) if encryption == Encryption::Prefer => {
+                log::debug!(
+                    "{addr}: mse over {} failed ({e}); redialling in plaintext",
+                    transport.as_str()
+                );
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let (mut stream, transport) = connect().await?;
+    let remote = exchange(&mut stream, ours, None, false).await?;
+    Ok(Established {
+        stream,
+        remote,
+        encrypted: false,
+        transport,
+    })
 }
 
 /// The first of two fallible futures to succeed; the first error if both fail.
