@@ -135,6 +135,22 @@ fn a_seek_far_ahead_is_answered_before_the_download_reaches_it() {
     assert_eq!(end.body, &data[far..far + 100_000]);
     let t = server.get_json(&format!("/api/v1/torrents/{hash}"));
     let progress = t["progress"].as_f64().unwrap();
+    // The seeder as the API shows it, mid-download: its client, transport and progress.
+    let peer = &t["peers"][0];
+    assert!(
+        peer["client"]
+            .as_str()
+            .is_some_and(|c| c.to_lowercase().contains("libtorrent")),
+        "{peer}"
+    );
+    assert_eq!(peer["transport"], "tcp", "{peer}");
+    assert_eq!(peer["progress"], 1.0, "{peer}");
+    assert!(peer["encrypted"].is_boolean(), "{peer}");
+    let session = server.get_json("/api/v1/session");
+    assert!(
+        session["dht_nodes"].is_u64(),
+        "a running DHT counts its nodes: {session}"
+    );
     eprintln!("seek answered after {took:?} at {:.0}%", progress * 100.0);
     assert!(
         progress < 0.6,

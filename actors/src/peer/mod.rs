@@ -118,6 +118,10 @@ pub(crate) struct PeerStats {
     pub(crate) encrypted: AtomicBool,
     /// Whether the connection runs over uTP (else TCP).
     pub(crate) utp: AtomicBool,
+    /// Pieces the peer has, as its bitfield and HAVEs say.
+    pub(crate) pieces: std::sync::atomic::AtomicU32,
+    /// The peer's client name and version (`v` of its extension handshake), set once.
+    pub(crate) client: std::sync::OnceLock<String>,
 }
 
 /// Decides, for the `stop after one copy` seeding mode, whether a request may be served.

@@ -632,6 +632,9 @@ impl Peer {
                         x.listen_port
                     );
                     self.download.set_peer_limit(x.reqq);
+                    if let Some(c) = &x.client {
+                        let _ = self.stats.client.set(c.clone());
+                    }
                     self.extensions.merge(x);
                 }
                 // Not worth a disconnect: we use nothing from it that we cannot do without.
@@ -759,6 +762,9 @@ impl Peer {
         self.stats
             .peer_is_seed
             .store(self.remote.is_seed(), Ordering::Relaxed);
+        self.stats
+            .pieces
+            .store(self.remote.has().count_ones(), Ordering::Relaxed);
     }
 
     fn request(&mut self, block: BlockInfo) -> Result<(), Stop> {

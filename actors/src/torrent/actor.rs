@@ -227,6 +227,9 @@ pub(super) async fn run(
                 st.dial();
             }
             Ev::Msg(Some(TorrentMsg::Peers(reply))) => reply.send(st.peer_infos()),
+            Ev::Msg(Some(TorrentMsg::Trackers(reply))) => {
+                reply.send(st.tracker.as_ref().map(|t| t.status()).unwrap_or_default())
+            }
             Ev::Exit(exit) => st.peer_exited(exit).await,
             Ev::Tick => {
                 st.tick().await;
@@ -793,6 +796,8 @@ impl State {
                 } else {
                     crate::utp::Transport::Tcp
                 },
+                pieces: e.stats.pieces.load(Ordering::Relaxed),
+                client: e.stats.client.get().cloned(),
             })
             .collect()
     }

@@ -435,6 +435,7 @@ impl Fetcher {
                         self.spawn(addr, Start::Accepted(accepted));
                     }
                     TorrentMsg::Peers(reply) => reply.send(Vec::new()),
+                    TorrentMsg::Trackers(reply) => reply.send(Vec::new()),
                     TorrentMsg::Pause(reply) => {
                         self.paused = true;
                         reply.send(());

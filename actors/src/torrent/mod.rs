@@ -249,6 +249,8 @@ pub(crate) enum TorrentMsg {
     AddPeers(Vec<SocketAddr>),
     /// The connected peers.
     Peers(ReplyTo<Vec<PeerInfo>>),
+    /// The trackers' status (empty while the tracker client does not run).
+    Trackers(ReplyTo<Vec<crate::tracker::TrackerStatus>>),
     /// Stop the peers and trackers, keep every piece.
     Pause(ReplyTo<()>),
     /// Start the peers and trackers again, without a recheck.
@@ -269,6 +271,7 @@ impl fmt::Debug for TorrentMsg {
             Self::Incoming(a) => write!(f, "Incoming({})", a.addr()),
             Self::AddPeers(p) => write!(f, "AddPeers({})", p.len()),
             Self::Peers(_) => write!(f, "Peers"),
+            Self::Trackers(_) => write!(f, "Trackers"),
             Self::Pause(_) => write!(f, "Pause"),
             Self::Resume(_) => write!(f, "Resume"),
             Self::SetWanted(w, _) => write!(f, "SetWanted({} files)", w.len()),
@@ -298,6 +301,10 @@ pub struct PeerInfo {
     pub encrypted: bool,
     /// TCP or uTP.
     pub transport: crate::utp::Transport,
+    /// Pieces it has, as its bitfield and HAVEs say.
+    pub pieces: u32,
+    /// Its client name and version, from its extension handshake.
+    pub client: Option<String>,
 }
 
 /// Where a torrent's content is on disk.
@@ -503,6 +510,15 @@ impl Torrent {
     /// Dials these peers.
     pub async fn add_peers(&self, peers: Vec<SocketAddr>) {
         let _ = self.addr.send(TorrentMsg::AddPeers(peers)).await;
+    }
+
+    /// Each tracker's last announce: when it answered, its error, its peer counts. Empty while
+    /// the torrent has no tracker client running (no trackers, paused, not started yet).
+    pub async fn trackers(&self) -> Vec<crate::tracker::TrackerStatus> {
+        self.addr
+            .call(TorrentMsg::Trackers)
+            .await
+            .unwrap_or_default()
     }
 
     /// The connected peers.

@@ -180,6 +180,7 @@ pub(super) async fn launch(
                     reply.send(());
                 }
                 TorrentMsg::Peers(reply) => reply.send(Vec::new()),
+                TorrentMsg::Trackers(reply) => reply.send(Vec::new()),
                 TorrentMsg::SetWanted(w, reply) => {
                     // A later selection replaces an earlier one, whose caller is done.
                     if let Some((_, earlier)) = pending.wanted.replace((w, reply)) {
@@ -208,6 +209,7 @@ pub(super) async fn launch(
                         r.send(())
                     }
                     TorrentMsg::Peers(r) => r.send(Vec::new()),
+                    TorrentMsg::Trackers(r) => r.send(Vec::new()),
                     TorrentMsg::SetWanted(_, r) => r.send(Err(crate::error::Error::Stopped)),
                     TorrentMsg::AddPeers(_)
                     | TorrentMsg::Incoming(_)

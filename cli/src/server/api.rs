@@ -148,8 +148,8 @@ async fn route(server: &Arc<Server>, req: Request) -> Response {
             _ => method_not_allowed("GET, POST"),
         },
         ["api", "v1", "session"] => match m {
-            "GET" | "HEAD" => session(server),
-            "PATCH" => patch_session(server, &req),
+            "GET" | "HEAD" => session(server).await,
+            "PATCH" => patch_session(server, &req).await,
             _ => method_not_allowed("GET, PATCH"),
         },
         ["api", "v1", "torrents", hash, rest @ ..] => {
@@ -329,18 +329,41 @@ async fn detail(server: &Server, entry: &Entry, t: &Torrent) -> Value {
             })
         })
         .collect();
-    let status = if server.settings.use_trackers {
-        "enabled"
+    // The tracker client's own view while it runs; the torrent's list otherwise.
+    let live = t.trackers().await;
+    let trackers: Vec<Value> = if live.is_empty() {
+        let status = if !server.settings.use_trackers {
+            "disabled"
+        } else if t.state() == shoal_actors::shared::TorrentState::Paused {
+            "paused"
+        } else {
+            "not contacted"
+        };
+        entry
+            .meta
+            .tiers()
+            .into_iter()
+            .flatten()
+            .map(|url| json!({ "url": url, "status": status, "peers": Value::Null }))
+            .collect()
     } else {
-        "disabled"
+        live.iter()
+            .map(|tr| {
+                let status = match (&tr.last_error, tr.last_success) {
+                    (Some(e), _) => format!("error: {e}"),
+                    (None, Some(_)) => "working".to_string(),
+                    (None, None) => "not contacted".to_string(),
+                };
+                let peers = match (tr.seeders, tr.leechers) {
+                    (Some(s), Some(l)) => json!(s + l),
+                    (Some(n), None) | (None, Some(n)) => json!(n),
+                    (None, None) => Value::Null,
+                };
+                json!({ "url": tr.url, "status": status, "peers": peers })
+            })
+            .collect()
     };
-    let trackers: Vec<Value> = entry
-        .meta
-        .tiers()
-        .into_iter()
-        .flatten()
-        .map(|url| json!({ "url": url, "status": status, "peers": Value::Null }))
-        .collect();
+    let num_pieces = f64::from(entry.meta.info.lengths.num_pieces().max(1));
     let peers: Vec<Value> = t
         .peers()
         .await
@@ -348,12 +371,12 @@ async fn detail(server: &Server, entry: &Entry, t: &Torrent) -> Value {
         .map(|p| {
             json!({
                 "addr": p.addr.to_string(),
-                "client": Value::Null,
+                "client": p.client,
                 "transport": p.transport.as_str(),
                 "encrypted": p.encrypted,
                 "download_rate": p.download_rate,
                 "upload_rate": p.upload_rate,
-                "progress": if p.is_seed { json!(1.0) } else { Value::Null },
+                "progress": if p.is_seed { 1.0 } else { f64::from(p.pieces) / num_pieces },
                 "downloaded": p.downloaded,
                 "uploaded": p.uploaded,
             })
@@ -602,7 +625,7 @@ async fn remove(server: &Server, t: &Torrent, req: &Request) -> Response {
     }
 }
 
-fn session(server: &Server) -> Response {
+async fn session(server: &Server) -> Response {
     let (mut down, mut up, mut downloaded, mut uploaded, mut peers) =
         (0u64, 0u64, 0u64, 0u64, 0u64);
     let list = server.list();
@@ -625,7 +648,7 @@ fn session(server: &Server) -> Response {
             "downloaded": downloaded,
             "uploaded": uploaded,
             "peers": peers,
-            "dht_nodes": Value::Null,
+            "dht_nodes": server.session.dht_stats().await.map(|s| s.nodes),
             "listen": [server.session.local_addr().to_string()],
             "http": http.map(|a| a.to_string()),
             "download_limit": limits.download_limit,
@@ -644,13 +667,13 @@ struct SessionPatch {
     upload_limit: Option<u64>,
 }
 
-fn patch_session(server: &Server, req: &Request) -> Response {
+async fn patch_session(server: &Server, req: &Request) -> Response {
     let body: SessionPatch = match parse_json(req) {
         Ok(b) => b,
         Err(r) => return r,
     };
     server.set_session_limits(body.download_limit, body.upload_limit);
-    session(server)
+    session(server).await
 }
 
 /// A `Range: bytes=...` header against a file of `size` bytes: `Ok(None)` for the whole
