@@ -303,7 +303,9 @@ async fn dial_and_greet(
     })
 }
 
-/// The first of two fallible futures to succeed; the first error if both fail.
+/// The first of two fallible futures to succeed; the first error if both fail. An
+/// `InvalidData` error (the peer answered, and answered wrong: another torrent, our own id, not
+/// BitTorrent) ends the race at once: the same peer over the other transport is no better.
 async fn first_ok<T>(
     a: impl Future<Output = io::Result<T>>,
     b: impl Future<Output = io::Result<T>>,
@@ -315,6 +317,7 @@ async fn first_ok<T>(
             if let Poll::Ready(r) = a.as_mut().poll(cx) {
                 match r {
                     Ok(v) => return Poll::Ready(Ok(v)),
+                    Err(e) if e.kind() == io::ErrorKind::InvalidData => return Poll::Ready(Err(e)),
                     Err(e) => a_err = Some(e),
                 }
             }
@@ -323,6 +326,7 @@ async fn first_ok<T>(
             if let Poll::Ready(r) = b.as_mut().poll(cx) {
                 match r {
                     Ok(v) => return Poll::Ready(Ok(v)),
+                    Err(e) if e.kind() == io::ErrorKind::InvalidData => return Poll::Ready(Err(e)),
                     Err(e) => b_err = Some(e),
                 }
             }
