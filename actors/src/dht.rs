@@ -449,11 +449,19 @@ async fn run(
         }
         let mut deadline = dht.poll_timeout().unwrap_or(now + Duration::from_secs(5));
         deadline = deadline.min(next_save);
+        // The torrents' own times (lookups, re-announces) are rounded up to whole seconds, so
+        // that a thousand torrents cost one wake-up a second at most, not one each.
+        let mut torrents_due: Option<Instant> = None;
         for e in torrents.values() {
-            deadline = deadline.min(e.next_lookup);
-            if let Some(r) = e.reannounce {
-                deadline = deadline.min(r);
-            }
+            let due = e.reannounce.map_or(e.next_lookup, |r| r.min(e.next_lookup));
+            torrents_due = Some(torrents_due.map_or(due, |d| d.min(due)));
+        }
+        if let Some(due) = torrents_due {
+            let second = Duration::from_secs(1);
+            let ahead = due.saturating_duration_since(now);
+            let rounded =
+                now + Duration::from_secs(ahead.as_secs() + u64::from(ahead.subsec_nanos() > 0));
+            deadline = deadline.min(rounded.max(now + second.min(ahead)));
         }
         let wake = {
             let msg = async { Wake::Msg(inbox.recv().await) };
