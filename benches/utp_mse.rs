@@ -1,7 +1,8 @@
 //! uTP throughput and the cost of MSE/PE encryption, on loopback. Run with
 //! `cargo bench --bench utp_mse`.
 //!
-//! Part uTP (256 MiB, 1 MiB pieces), in one run:
+//! Part uTP (256 MiB, 1 MiB pieces), in one run, `shoal download --encryption off` (the
+//! seeders speak plaintext only, and the MSE part measures encryption):
 //! - shoal → shoal over uTP: `shoal seed` and `shoal download` in a network namespace of their
 //!   own (made with `ip netns`, needs root) whose loopback drops TCP to the seeder's port
 //!   (nftables), so the download's dial, which tries TCP and uTP at once, gets through over uTP
@@ -35,12 +36,19 @@ use support::{median, Proc};
 const DOWNLOAD_LIMIT: Duration = Duration::from_secs(300);
 /// The longest a seeder may take to check its data and start.
 const SEEDER_LIMIT: Duration = Duration::from_secs(120);
+/// The debug line of shoal's first established peer connection (its extended handshake).
+const CONNECTED: &str = "extended handshake from";
+/// shoal download's completion line.
+const SHOAL_DONE: &str = "is complete";
 /// Piece size of both parts.
 const PIECE: u32 = 1 << 20;
 
 /// One measured download.
 struct Sample {
     secs: f64,
+    /// From the first peer connection's extended handshake (shoal) or the first dial
+    /// (libtorrent's own count) to completion: the transfer without start-up and redials.
+    connected_secs: Option<f64>,
     cpu_down: f64,
     cpu_seed: f64,
 }
@@ -66,8 +74,23 @@ impl Bench {
     ) -> Option<Sample> {
         let seed_before = support::proc_cpu(seeder_pid)?;
         let mut p = Proc::spawn(cmd);
-        let finished = p.wait_line(marker, DOWNLOAD_LIMIT).map(|(t, _)| t);
+        // Only shoal prints the CONNECTED line (libtorrent counts from its dial itself).
+        let connected = if marker == SHOAL_DONE {
+            p.wait_line(CONNECTED, DOWNLOAD_LIMIT).map(|(t, _)| t)
+        } else {
+            None
+        };
+        let finished = p.wait_line(marker, DOWNLOAD_LIMIT);
         let started = p.started();
+        // libtorrent's line is "complete SECONDS", counted from its dial.
+        let connected_secs = match (&finished, connected) {
+            (Some((t, _)), Some(c)) => Some(t.duration_since(c).as_secs_f64()),
+            (Some((_, line)), None) => line
+                .strip_prefix("complete ")
+                .and_then(|s| s.trim().parse().ok()),
+            _ => None,
+        };
+        let finished = finished.map(|(t, _)| t);
         let cpu_down = p.wait_rusage(Duration::from_secs(60));
         let seed_after = support::proc_cpu(seeder_pid)?;
         let got = std::fs::metadata(out.join(file_name)).map(|m| m.len()).ok();
@@ -82,6 +105,7 @@ impl Bench {
         }
         Some(Sample {
             secs: finished.duration_since(started).as_secs_f64(),
+            connected_secs,
             cpu_down: cpu_down?,
             cpu_seed: (seed_after.0 + seed_after.1) - (seed_before.0 + seed_before.1),
         })
@@ -98,8 +122,17 @@ impl Bench {
 
     /// `shoal download` from 127.0.0.1:`seeder`, default transport and encryption settings,
     /// inside namespace `ns` when given.
-    fn shoal_download(&self, ns: Option<&str>, torrent: &Path, out: &Path, seeder: u16) -> Command {
+    fn shoal_download(
+        &self,
+        ns: Option<&str>,
+        torrent: &Path,
+        out: &Path,
+        seeder: u16,
+        encryption: &str,
+    ) -> Command {
         let mut cmd = in_ns(ns, &self.shoal);
+        // For the CONNECTED line.
+        cmd.env("RUST_LOG", "shoal_actors::peer::run=debug");
         cmd.arg("download")
             .arg(torrent)
             .arg("-o")
@@ -111,7 +144,8 @@ impl Bench {
                 "--no-trackers",
                 "--no-dht",
                 "--no-lsd",
-            ]);
+            ])
+            .args(["--encryption", encryption]);
         cmd
     }
 
@@ -136,7 +170,7 @@ impl Bench {
             }
         }
         if samples.is_empty() {
-            println!("| {label} | failed | | | |");
+            println!("| {label} | failed | | | | |");
             return;
         }
         let gib = bytes as f64 / (1u64 << 30) as f64;
@@ -149,8 +183,18 @@ impl Bench {
             .map(|r| format!("{r:.0}"))
             .collect::<Vec<_>>()
             .join(", ");
+        let connected: Vec<f64> = samples
+            .iter()
+            .filter_map(|s| s.connected_secs)
+            .map(|c| bytes as f64 / 1e6 / c.max(1e-3))
+            .collect();
+        let connected = if connected.is_empty() {
+            "?".to_string()
+        } else {
+            format!("{:.0}", median(connected))
+        };
         println!(
-            "| {label} | {:.0} ({rate_list}) | {:.2} | {:.2} | {}/{runs} |",
+            "| {label} | {:.0} ({rate_list}) | {connected} | {:.2} | {:.2} | {}/{runs} |",
             median(rates.clone()),
             median(samples.iter().map(|s| s.cpu_down / gib).collect()),
             median(samples.iter().map(|s| s.cpu_seed / gib).collect()),
@@ -240,8 +284,10 @@ impl Drop for UtpOnlyNs {
 }
 
 fn header() {
-    println!("| case | MB/s median (runs) | down CPU s/GiB | seed CPU s/GiB | ok |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "| case | wall MB/s median (runs) | connected MB/s | down CPU s/GiB | seed CPU s/GiB | ok |"
+    );
+    println!("|---|---|---|---|---|---|");
 }
 
 fn main() {
@@ -273,7 +319,7 @@ fn main() {
         // shoal → shoal, in a namespace whose loopback drops TCP to the seeder.
         let port = support::free_port();
         match UtpOnlyNs::create(port) {
-            Err(why) => println!("| shoal → shoal | skipped: {why} | | | |"),
+            Err(why) => println!("| shoal → shoal | skipped: {why} | | | | |"),
             Ok(ns) => {
                 let mut c = in_ns(Some(&ns.0), &bench.shoal);
                 c.arg("seed").arg(&torrent).arg(&data).args([
@@ -292,8 +338,8 @@ fn main() {
                     bytes,
                     &name,
                     seed.pid(),
-                    "is complete",
-                    |out| bench.shoal_download(Some(&ns.0), &torrent, out, port),
+                    SHOAL_DONE,
+                    |out| bench.shoal_download(Some(&ns.0), &torrent, out, port, "off"),
                 );
                 drop(seed);
             }
@@ -307,8 +353,8 @@ fn main() {
             bytes,
             &name,
             seed.pid(),
-            "is complete",
-            |out| bench.shoal_download(None, &torrent, out, port),
+            SHOAL_DONE,
+            |out| bench.shoal_download(None, &torrent, out, port, "off"),
         );
         bench.case(
             "libtorrent → libtorrent",
@@ -362,8 +408,8 @@ fn main() {
                 bytes,
                 &name,
                 seed.pid(),
-                "is complete",
-                |out| bench.shoal_download(None, &torrent, out, port),
+                SHOAL_DONE,
+                |out| bench.shoal_download(None, &torrent, out, port, "prefer"),
             );
             drop(seed);
         }
