@@ -478,8 +478,6 @@ fn vm_rss_kib() -> u64 {
 }
 
 #[test]
-#[ignore = "REGRESSION, session 4: an idle connection costs ~66-78 KiB of RSS (25 KiB before); \
-            the 64 KiB bound stands; find the growth and remove this ignore (closing note)"]
 fn idle_connections_are_bounded_in_number_and_memory() {
     // It reads the whole process's RSS: no other test of this file may run meanwhile.
     let _alone = EXCLUSIVE.write().unwrap_or_else(|e| e.into_inner());

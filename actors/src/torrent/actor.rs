@@ -496,11 +496,21 @@ impl State {
         let dialled = matches!(origin, Origin::Dial);
         let task = self.peers.spawn(async move {
             let utp = utp.as_ref();
+            // Boxed: the dial's state (two transports racing, each through MSE) is large and
+            // lives only until the connection is up, not in every peer task for its whole life.
             let established = match origin {
                 Origin::Accepted(accepted) => {
-                    connect::establish(Start::Accepted(accepted), ours, encryption, utp).await
+                    Box::pin(connect::establish(
+                        Start::Accepted(accepted),
+                        ours,
+                        encryption,
+                        utp,
+                    ))
+                    .await
                 }
-                Origin::Dial => connect::establish(Start::Dial(addr), ours, encryption, utp).await,
+                Origin::Dial => {
+                    Box::pin(connect::establish(Start::Dial(addr), ours, encryption, utp)).await
+                }
                 Origin::Established(h) => Ok(connect::Established {
                     stream: h.stream,
                     remote: h.remote,
