@@ -322,16 +322,7 @@ impl Session {
     pub fn start_torrent(&self, add: AddTorrent) -> Result<Torrent> {
         let info_hash = add.metainfo.info_hash;
         let private = add.metainfo.info.private;
-        let ctx = self.context();
-        // Checked and inserted under one lock: two adds of the same torrent cannot both start.
-        let mut torrents = self.lock();
-        if torrents.contains_key(&info_hash) {
-            return Err(Error::AlreadyPresent(info_hash));
-        }
-        let torrent = torrent::start(add, ctx);
-        torrents.insert(info_hash, torrent.clone());
-        self.discovery.add_torrent(&torrent, private);
-        Ok(torrent)
+        self.insert(info_hash, private, |ctx| torrent::start(add, ctx))
     }
 
     /// Adds a torrent from a magnet link and returns at once, in
@@ -339,17 +330,28 @@ impl Session {
     /// info dictionary from peers; then it checks its files and starts as any other. Refused
     /// with [`Error::AlreadyPresent`] when the torrent is in the session.
     pub fn start_magnet(&self, add: torrent::AddMagnet) -> Result<Torrent> {
+        // A magnet says nothing of `private`: its peers come from the DHT too; once the
+        // metadata is known, a private torrent's own trackers and peers are what it uses.
         let info_hash = add.magnet.info_hash;
+        self.insert(info_hash, false, |ctx| torrent::start_magnet(add, ctx))
+    }
+
+    /// Starts a torrent with `start` and registers it, checked and inserted under one lock so
+    /// that two adds of the same torrent cannot both start; then gives it to discovery.
+    fn insert(
+        &self,
+        info_hash: InfoHash,
+        private: bool,
+        start: impl FnOnce(SessionContext) -> Torrent,
+    ) -> Result<Torrent> {
         let ctx = self.context();
         let mut torrents = self.lock();
         if torrents.contains_key(&info_hash) {
             return Err(Error::AlreadyPresent(info_hash));
         }
-        let torrent = torrent::start_magnet(add, ctx);
+        let torrent = start(ctx);
         torrents.insert(info_hash, torrent.clone());
-        // Its peers come from the DHT too (a magnet says nothing of `private`; once the
-        // metadata is known, a private torrent's own trackers and peers are what it uses).
-        self.discovery.add_torrent(&torrent, false);
+        self.discovery.add_torrent(&torrent, private);
         Ok(torrent)
     }
 
