@@ -966,13 +966,32 @@ fn corrupt_data_case(piece_length: u32, seed: u64, liar_first: bool, mixer: bool
     let liar_addr = liar.local_addr().unwrap();
     let served = Arc::new(AtomicUsize::new(0));
     let liar_thread = corrupt_seeder(liar, c.meta.info_hash, served.clone(), mixer);
-    let first = if liar_first {
+    // The mixer's wrong first blocks fail a piece only once an honest peer fills in the rest.
+    // It starts alone and the honest seeder joins once it has sent a block: on a loaded machine
+    // the seeder, given at once, could serve the whole torrent before the liar took part.
+    let first = if liar_first || mixer {
         vec![liar_addr]
     } else {
         vec![liar_addr, seeder.addr()]
     };
     let downloader = Downloader::start(&c, first);
     let events = downloader.torrent.subscribe();
+    if mixer && !liar_first {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while served.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            served.load(Ordering::Relaxed) > 0,
+            "the liar served no block within 10 s"
+        );
+        bounded(
+            &downloader.session,
+            5,
+            "add peer",
+            downloader.torrent.add_peers(vec![seeder.addr()]),
+        );
+    }
     let stop = Arc::new(AtomicUsize::new(0));
     let watch = watcher(
         downloader.session.local_addr(),
