@@ -201,6 +201,100 @@ fn two_clients_learn_each_other_and_stopped_removes() {
     });
 }
 
+/// A session listening on loopback never leaves the machine: of a torrent's trackers it
+/// contacts only those on this machine. The "remote" one here is a listener on this host's own
+/// outward address, so a contact would be seen; the others are names and a documentation
+/// address that must not even be resolved.
+#[test]
+fn a_loopback_session_announces_only_to_trackers_on_this_machine() {
+    use shoal_actors::session::{Session, SessionSettings};
+    use shoal_actors::torrent::AddTorrent;
+    use shoal_engine::create::{create_torrent, CreateOptions};
+    use shoal_engine::metainfo::Metainfo;
+
+    let local = server(3600);
+    // This host's outward IPv4 address: the source address of a route to a documentation
+    // address (a UDP connect sends nothing).
+    let outward = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|u| u.connect("192.0.2.1:9").map(|()| u))
+        .and_then(|u| u.local_addr())
+        .map(|a| a.ip())
+        .ok()
+        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified());
+    let watch =
+        outward.map(|ip| TcpListener::bind((ip, 0)).expect("listen on the outward address"));
+    let remote = match &watch {
+        Some(l) => format!("http://{}/announce", l.local_addr().unwrap()),
+        None => {
+            eprintln!(
+                "NOTE: this host has no outward IPv4 address; the contact check uses a name only"
+            );
+            "http://tracker.example.org/announce".to_string()
+        }
+    };
+    let dir = common::tempdir();
+    let data = dir.path().join("data.bin");
+    common::write_random_file(&data, 100_000, 17);
+    let bytes = create_torrent(
+        &data,
+        &CreateOptions {
+            piece_length: Some(16384),
+            trackers: vec![
+                vec![remote.clone()],
+                vec!["udp://tracker.example.org:1337/announce".to_string()],
+                vec![local.announce_url()],
+            ],
+            ..Default::default()
+        },
+    )
+    .expect("create torrent");
+    let meta = Arc::new(Metainfo::from_bytes(&bytes).expect("metainfo"));
+    let session = Session::new(SessionSettings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        threads: 1,
+        ..SessionSettings::default()
+    })
+    .expect("session");
+    let torrent = session
+        .block_on(session.add_torrent(AddTorrent::seed(meta, dir.path())))
+        .expect("seeder starts");
+    let waited = Instant::now();
+    let st = loop {
+        let st = session.block_on(torrent.trackers());
+        if st
+            .iter()
+            .any(|t| t.url == local.announce_url() && t.announces >= 1)
+        {
+            break st;
+        }
+        assert!(
+            waited.elapsed() < Duration::from_secs(10),
+            "the local tracker was never announced to: {st:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for t in st.iter().filter(|t| t.url != local.announce_url()) {
+        assert_eq!(t.announces, 0, "{t:?}");
+        assert!(
+            t.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("not contacted")),
+            "{t:?}"
+        );
+    }
+    if let Some(l) = watch {
+        l.set_nonblocking(true).unwrap();
+        // Give a wrong announce time to arrive: tiers are tried in order, so it would have been
+        // made before the local tracker's.
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            matches!(l.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "the loopback session contacted the tracker at {remote}"
+        );
+    }
+    session.block_on(session.shutdown());
+}
+
 /// A seeder with its own short re-announce period (`announce_interval`, the CLI's
 /// `--announce-interval`) learns a downloader that announced after it, from its next announce,
 /// and dials it, although the tracker asks for one announce an hour. The downloader is a raw

@@ -360,6 +360,7 @@ impl Session {
         SessionContext {
             peer_id: self.peer_id,
             listen_port: self.local_addr.port(),
+            local_only: self.local_addr.ip().is_loopback(),
             spawner: self.spawner(),
             hasher: self.pools.hasher.clone(),
             disk: self.pools.disk.clone(),

@@ -148,6 +148,10 @@ pub struct TrackerConfig {
     pub numwant: u32,
     /// Intervals, timeouts and backoff.
     pub timing: Timing,
+    /// Contact only trackers on this machine (a loopback IP address or `localhost`); the others
+    /// are listed with an error and never contacted, not even resolved. A session listening on
+    /// a loopback address sets it: such a session never leaves the machine.
+    pub local_only: bool,
 }
 
 impl TrackerConfig {
@@ -160,8 +164,28 @@ impl TrackerConfig {
             port,
             numwant: 50,
             timing: Timing::default(),
+            local_only: false,
         }
     }
+}
+
+/// Whether `url` names this machine: its host is a loopback IP address or `localhost`. Nothing
+/// is resolved: any other name counts as remote.
+pub(crate) fn url_is_local(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if let Some(v6) = host_port.strip_prefix('[') {
+        v6.split(']').next().unwrap_or(v6)
+    } else {
+        host_port.rsplit_once(':').map_or(host_port, |(h, _)| h)
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// What the actor knows of one tracker, for display.
@@ -438,6 +462,15 @@ impl Actor {
                     seeders: None,
                     leechers: None,
                 };
+                if config.local_only && !url_is_local(&url) {
+                    log::info!("not contacting tracker {url}: this session stays on loopback");
+                    st.last_error = Some(
+                        "not contacted: this session listens on loopback and stays on this machine"
+                            .to_string(),
+                    );
+                    status.push(st);
+                    continue;
+                }
                 match proto_of(&url) {
                     Ok(proto) => tier.push(Tracker {
                         url,
@@ -866,6 +899,31 @@ fn read_body(resp: ureq::Response) -> Result<Vec<u8>, AnnounceError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_urls() {
+        for url in [
+            "http://127.0.0.1:6969/announce",
+            "udp://127.0.0.2:80",
+            "http://localhost/announce",
+            "HTTP://LocalHost:8080/a?b=c",
+            "http://[::1]:6969/announce",
+            "http://user@127.0.0.1/announce",
+        ] {
+            assert!(url_is_local(url), "{url}");
+        }
+        for url in [
+            "http://tracker.example.org:6969/announce",
+            "udp://10.0.0.1:80",
+            "http://[2001:db8::1]/announce",
+            "http://127.0.0.1.example.org/announce",
+            "http://localhost.example.org/announce",
+            "http://127.0.0.1@evil.example/announce",
+            "127.0.0.1:80",
+        ] {
+            assert!(!url_is_local(url), "{url}");
+        }
+    }
 
     #[test]
     fn schemes() {

@@ -363,6 +363,7 @@ impl Fetcher {
                     port: self.ctx.listen_port,
                     numwant: 50,
                     timing: Default::default(),
+                    local_only: self.ctx.local_only,
                 },
                 Arc::new(TransferStats::default()),
                 tracker_tx,

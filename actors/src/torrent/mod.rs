@@ -223,6 +223,9 @@ pub(crate) struct SessionContext {
     pub peer_id: PeerId,
     /// The port we accept peers on.
     pub listen_port: u16,
+    /// The session listens on a loopback address, so it never leaves the machine: trackers
+    /// (and anything else a torrent names) are contacted only on this machine.
+    pub local_only: bool,
     /// Where tasks run.
     pub spawner: Spawner,
     /// The session's hasher pool.

@@ -314,6 +314,7 @@ pub(super) async fn launch(
             announce_interval: add.settings.announce_interval,
             ..Default::default()
         },
+        local_only: ctx.local_only,
     });
 
     let mut state = State {
