@@ -1341,6 +1341,44 @@ mod tests {
         }
     }
 
+    /// Per-core speed of our RC4 loop against the crate's (not a check: a measurement, so it
+    /// is ignored by default). Run it with `cargo test --release -p shoal-engine rc4_speed --
+    /// --ignored --nocapture`; the best of several passes over a 64 KiB buffer (the size of a
+    /// connection's reads and writes), which load on the machine can only make slower.
+    #[test]
+    #[ignore]
+    fn rc4_speed() {
+        use rc4::cipher::generic_array::GenericArray;
+        use rc4::{consts::U20, KeyInit, StreamCipher};
+        use std::time::Instant;
+        let key = [7u8; 20];
+        let mut buf = vec![0u8; 64 * 1024];
+        let passes = 2000;
+        let best = |f: &mut dyn FnMut(&mut [u8]), buf: &mut [u8]| {
+            (0..7)
+                .map(|_| {
+                    let t = Instant::now();
+                    for _ in 0..passes {
+                        f(buf);
+                    }
+                    t.elapsed().as_secs_f64()
+                })
+                .fold(f64::MAX, f64::min)
+        };
+        let mut ours = Rc4::new(&key);
+        let mut crate_rc4 = rc4::Rc4::<U20>::new(GenericArray::from_slice(&key));
+        let t_ours = best(&mut |b| ours.apply(b), &mut buf);
+        let t_crate = best(&mut |b| crate_rc4.apply_keystream(b), &mut buf);
+        let bytes = (buf.len() * passes) as f64;
+        for (name, t) in [("ours", t_ours), ("rc4 crate", t_crate)] {
+            println!(
+                "{name}: {:.0} MB/s, {:.2} CPU s/GiB",
+                bytes / t / 1e6,
+                t / bytes * (1u64 << 30) as f64
+            );
+        }
+    }
+
     #[test]
     fn rc4_matches_the_rc4_crate() {
         use rc4::cipher::generic_array::GenericArray;
