@@ -47,6 +47,9 @@ const SHOAL_DONE: &str = "is complete";
 /// Piece size of both parts.
 const PIECE: u32 = 1 << 20;
 
+/// One variant of a case: its label, and the download command for an output folder.
+type Variant<'a> = (String, &'a dyn Fn(&Path) -> Command);
+
 /// One measured download.
 struct Sample {
     secs: f64,
@@ -193,7 +196,7 @@ impl Bench {
     #[allow(clippy::too_many_arguments)]
     fn cases(
         &self,
-        variants: &[(String, &dyn Fn(&Path) -> Command)],
+        variants: &[Variant<'_>],
         runs: usize,
         bytes: u64,
         file_name: &str,
@@ -482,7 +485,7 @@ fn main() {
                 let bin = baseline.as_deref().expect("baseline");
                 bench.shoal_download(bin, None, &torrent, out, port, "prefer")
             };
-            let mut variants: Vec<(String, &dyn Fn(&Path) -> Command)> = Vec::new();
+            let mut variants: Vec<Variant<'_>> = Vec::new();
             if baseline.is_some() {
                 variants.push((format!("seeder {enc}, baseline"), &base));
             }
