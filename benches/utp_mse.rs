@@ -16,13 +16,17 @@
 //! (`--encryption prefer`: RC4 against the forced seeder, a plaintext redial against the other).
 //!
 //! Every downloader is its own process: its CPU time (user + system, all threads) comes from
-//! `wait4`, the seeder's from `/proc/<pid>/stat` before and after. Time runs from spawning the
+//! `wait4`, the seeder's from `/proc/<pid>/stat` before and after, and the seeder's busiest
+//! thread's from `/proc/<pid>/task/*/stat` (libtorrent encrypts on its one network thread, so
+//! that thread's CPU per GiB bounds the rate it can send at). Time runs from spawning the
 //! downloader to its completion line, so it includes start-up. Figures are medians of the runs;
 //! the load average is printed before and after.
 //!
 //! Knobs: `SHOAL_BENCH_MIB` (uTP part, 256), `SHOAL_BENCH_MSE_MIB` (MSE part, 1024),
 //! `SHOAL_BENCH_RUNS` (3), `SHOAL_BENCH_PART` (`utp` or `mse`: one part only),
-//! `SHOAL_BENCH_VERBOSE=1` echoes the children's output.
+//! `SHOAL_BENCH_BASELINE=/path/to/shoal` (MSE part: that build's downloads alternate with this
+//! one's against the same seeder, a row each, for an A/B in one run), `SHOAL_BENCH_VERBOSE=1`
+//! echoes the children's output.
 
 mod support;
 
@@ -43,6 +47,9 @@ const SHOAL_DONE: &str = "is complete";
 /// Piece size of both parts.
 const PIECE: u32 = 1 << 20;
 
+/// One variant of a case: its label, and the download command for an output folder.
+type Variant<'a> = (String, &'a dyn Fn(&Path) -> Command);
+
 /// One measured download.
 struct Sample {
     secs: f64,
@@ -51,6 +58,8 @@ struct Sample {
     connected_secs: Option<f64>,
     cpu_down: f64,
     cpu_seed: f64,
+    /// CPU of the seeder's busiest thread.
+    cpu_seed_top: f64,
 }
 
 /// The bench's shared state.
@@ -73,6 +82,7 @@ impl Bench {
         seeder_pid: u32,
     ) -> Option<Sample> {
         let seed_before = support::proc_cpu(seeder_pid)?;
+        let threads_before = thread_cpu(seeder_pid);
         let mut p = Proc::spawn(cmd);
         // Only shoal prints the CONNECTED line (libtorrent counts from its dial itself).
         let connected = if marker == SHOAL_DONE {
@@ -93,6 +103,7 @@ impl Bench {
         let finished = finished.map(|(t, _)| t);
         let cpu_down = p.wait_rusage(Duration::from_secs(60));
         let seed_after = support::proc_cpu(seeder_pid)?;
+        let threads_after = thread_cpu(seeder_pid);
         let got = std::fs::metadata(out.join(file_name)).map(|m| m.len()).ok();
         let _ = std::fs::remove_dir_all(out);
         let Some(finished) = finished else {
@@ -108,6 +119,13 @@ impl Bench {
             connected_secs,
             cpu_down: cpu_down?,
             cpu_seed: (seed_after.0 + seed_after.1) - (seed_before.0 + seed_before.1),
+            cpu_seed_top: threads_after
+                .iter()
+                .map(|(tid, after)| {
+                    let before = threads_before.iter().find(|(t, _)| t == tid);
+                    after - before.map_or(0.0, |(_, b)| *b)
+                })
+                .fold(0.0, f64::max),
         })
     }
 
@@ -120,17 +138,19 @@ impl Bench {
         out
     }
 
-    /// `shoal download` from 127.0.0.1:`seeder`, default transport and encryption settings,
-    /// inside namespace `ns` when given.
+    /// `shoal download` (the build at `bin`) from 127.0.0.1:`seeder`, default transport
+    /// settings, inside namespace `ns` when given.
+    #[allow(clippy::too_many_arguments)]
     fn shoal_download(
         &self,
+        bin: &Path,
         ns: Option<&str>,
         torrent: &Path,
         out: &Path,
         seeder: u16,
         encryption: &str,
     ) -> Command {
-        let mut cmd = in_ns(ns, &self.shoal);
+        let mut cmd = in_ns(ns, bin);
         // For the CONNECTED line.
         cmd.env("RUST_LOG", "shoal_actors::peer::run=debug");
         cmd.arg("download")
@@ -159,18 +179,48 @@ impl Bench {
         file_name: &str,
         seeder_pid: u32,
         marker: &str,
-        mut make: impl FnMut(&Path) -> Command,
+        make: impl Fn(&Path) -> Command,
     ) {
-        let mut samples = Vec::new();
+        self.cases(
+            &[(label.to_string(), &make)],
+            runs,
+            bytes,
+            file_name,
+            seeder_pid,
+            marker,
+        );
+    }
+
+    /// Runs `runs` downloads of each variant against one seeder, the variants alternating run
+    /// by run (so load drifts touch them alike), and prints a row per variant.
+    #[allow(clippy::too_many_arguments)]
+    fn cases(
+        &self,
+        variants: &[Variant<'_>],
+        runs: usize,
+        bytes: u64,
+        file_name: &str,
+        seeder_pid: u32,
+        marker: &str,
+    ) {
+        let mut samples: Vec<Vec<Sample>> = variants.iter().map(|_| Vec::new()).collect();
         for run in 0..runs {
-            let out = self.fresh_out(&format!("{}-{run}", label.replace(' ', "_")));
-            let cmd = make(&out);
-            if let Some(s) = self.download(label, cmd, marker, &out, file_name, bytes, seeder_pid) {
-                samples.push(s);
+            for ((label, make), got) in variants.iter().zip(&mut samples) {
+                let out = self.fresh_out(&format!("{}-{run}", label.replace(' ', "_")));
+                let cmd = make(&out);
+                let s = self.download(label, cmd, marker, &out, file_name, bytes, seeder_pid);
+                got.extend(s);
             }
         }
+        for ((label, _), samples) in variants.iter().zip(samples) {
+            self.row(label, runs, bytes, samples);
+        }
+    }
+
+    /// Prints one case's row from its samples.
+    fn row(&self, label: &str, runs: usize, bytes: u64, samples: Vec<Sample>) {
         if samples.is_empty() {
-            println!("| {label} | failed | | | | |");
+            println!("| {label} | failed | | | | | |");
             return;
         }
         let gib = bytes as f64 / (1u64 << 30) as f64;
@@ -194,13 +244,27 @@ impl Bench {
             format!("{:.0}", median(connected))
         };
         println!(
-            "| {label} | {:.0} ({rate_list}) | {connected} | {:.2} | {:.2} | {}/{runs} |",
+            "| {label} | {:.0} ({rate_list}) | {connected} | {:.2} | {:.2} | {:.2} | {}/{runs} |",
             median(rates.clone()),
             median(samples.iter().map(|s| s.cpu_down / gib).collect()),
             median(samples.iter().map(|s| s.cpu_seed / gib).collect()),
+            median(samples.iter().map(|s| s.cpu_seed_top / gib).collect()),
             samples.len(),
         );
     }
+}
+
+/// CPU seconds (user + system) of each thread of `pid`, by thread id; empty if unreadable.
+fn thread_cpu(pid: u32) -> Vec<(u32, f64)> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let tid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let (user, sys) = support::proc_cpu_path(&format!("/proc/{pid}/task/{tid}/stat"))?;
+        Some((tid, user + sys))
+    })
+    .collect()
 }
 
 /// `PROGRAM`, or `ip netns exec NS PROGRAM` (which execs it: same pid, so `wait4` and `/proc`
@@ -285,9 +349,10 @@ impl Drop for UtpOnlyNs {
 
 fn header() {
     println!(
-        "| case | wall MB/s median (runs) | connected MB/s | down CPU s/GiB | seed CPU s/GiB | ok |"
+        "| case | wall MB/s median (runs) | connected MB/s | down CPU s/GiB | seed CPU s/GiB | \
+         seed busiest thread CPU s/GiB | ok |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
 }
 
 fn main() {
@@ -319,7 +384,7 @@ fn main() {
         // shoal → shoal, in a namespace whose loopback drops TCP to the seeder.
         let port = support::free_port();
         match UtpOnlyNs::create(port) {
-            Err(why) => println!("| shoal → shoal | skipped: {why} | | | | |"),
+            Err(why) => println!("| shoal → shoal | skipped: {why} | | | | | |"),
             Ok(ns) => {
                 let mut c = in_ns(Some(&ns.0), &bench.shoal);
                 c.arg("seed").arg(&torrent).arg(&data).args([
@@ -339,7 +404,9 @@ fn main() {
                     &name,
                     seed.pid(),
                     SHOAL_DONE,
-                    |out| bench.shoal_download(Some(&ns.0), &torrent, out, port, "off"),
+                    |out| {
+                        bench.shoal_download(&bench.shoal, Some(&ns.0), &torrent, out, port, "off")
+                    },
                 );
                 drop(seed);
             }
@@ -354,7 +421,7 @@ fn main() {
             &name,
             seed.pid(),
             SHOAL_DONE,
-            |out| bench.shoal_download(None, &torrent, out, port, "off"),
+            |out| bench.shoal_download(&bench.shoal, None, &torrent, out, port, "off"),
         );
         bench.case(
             "libtorrent → libtorrent",
@@ -385,6 +452,15 @@ fn main() {
             .filter(|&n: &u64| n > 0)
             .unwrap_or(1024);
         let bytes = mib << 20;
+        let baseline = std::env::var_os("SHOAL_BENCH_BASELINE").map(PathBuf::from);
+        if let Some(b) = &baseline {
+            assert!(
+                b.is_file(),
+                "SHOAL_BENCH_BASELINE {} is not a file",
+                b.display()
+            );
+            println!("baseline build: {}", b.display());
+        }
         let data = support::data_file(&bench.dir, mib);
         let torrent = support::torrent_for(&data, PIECE);
         let name = data.file_name().unwrap().to_str().unwrap().to_string();
@@ -402,15 +478,19 @@ fn main() {
                 port,
                 &["--high-performance", "--encryption", enc],
             );
-            bench.case(
-                &format!("seeder {enc}"),
-                runs,
-                bytes,
-                &name,
-                seed.pid(),
-                SHOAL_DONE,
-                |out| bench.shoal_download(None, &torrent, out, port, "prefer"),
-            );
+            let this = |out: &Path| {
+                bench.shoal_download(&bench.shoal, None, &torrent, out, port, "prefer")
+            };
+            let base = |out: &Path| {
+                let bin = baseline.as_deref().expect("baseline");
+                bench.shoal_download(bin, None, &torrent, out, port, "prefer")
+            };
+            let mut variants: Vec<Variant<'_>> = Vec::new();
+            if baseline.is_some() {
+                variants.push((format!("seeder {enc}, baseline"), &base));
+            }
+            variants.push((format!("seeder {enc}"), &this));
+            bench.cases(&variants, runs, bytes, &name, seed.pid(), SHOAL_DONE);
             drop(seed);
         }
         println!("load {}", support::load());

@@ -179,7 +179,13 @@ pub fn helpers_dir() -> PathBuf {
 
 /// CPU seconds (user, system) used so far by a running process, from `/proc/<pid>/stat`.
 pub fn proc_cpu(pid: u32) -> Option<(f64, f64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    proc_cpu_path(&format!("/proc/{pid}/stat"))
+}
+
+/// CPU seconds (user, system) from a `stat` file of `/proc`: a process's or, under
+/// `/proc/<pid>/task/<tid>/stat`, one thread's.
+pub fn proc_cpu_path(path: &str) -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // Fields after the command name (which may hold spaces) start at state, field 3.
     let rest = &stat[stat.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
