@@ -47,7 +47,7 @@ mod sim_tests;
 
 pub use conn::{Config, Connection, State, Stats};
 pub use packet::{Packet, PacketType, SelectiveAck};
-pub use socket::{ConnectionHandle, Routed, UtpSocket};
+pub use socket::{path_ceiling, ConnectionHandle, Routed, UtpSocket};
 
 /// What a datagram on the shared UDP socket is, judged from its first bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
