@@ -74,11 +74,13 @@ while time.time() < deadline:
 const BLOCK: u32 = 16 * 1024;
 
 /// Sends what the uTP socket has, waits for one datagram (at most until its next timer or
-/// 20 ms), routes it, and runs its timers.
-fn drive(udp: &UdpSocket, utp: &mut UtpSocket, buf: &mut [u8]) {
+/// 20 ms), routes it, and runs its timers. Returns the largest datagram it sent.
+fn drive(udp: &UdpSocket, utp: &mut UtpSocket, buf: &mut [u8]) -> usize {
     let now = Instant::now();
+    let mut largest = 0;
     while let Some((to, n)) = utp.poll_transmit(now, buf) {
         udp.send_to(&buf[..n], to).expect("send_to");
+        largest = largest.max(n);
     }
     let wait = utp
         .poll_timeout()
@@ -97,6 +99,7 @@ fn drive(udp: &UdpSocket, utp: &mut UtpSocket, buf: &mut [u8]) {
         udp.set_nonblocking(false).expect("blocking");
     }
     utp.handle_timeout(Instant::now());
+    largest
 }
 
 /// Reads everything the connection has into `rx`.
@@ -275,8 +278,9 @@ fn libtorrent_utp_only_seeder_serves_shoal_utp() {
 
 /// The other way: a uTP-only libtorrent dials us and downloads 1 MiB that our state machine
 /// sends (so libtorrent's SYN, ACKs and selective ACKs meet our sender and its LEDBAT), with
-/// datagrams of `config.packet_size`. libtorrent reads datagrams into a 1500-byte buffer, so
-/// [`Config::loopback`]'s 16 KiB packets are for shoal to shoal only. Its UDP socket keeps the
+/// datagrams of at most 1472 bytes whatever `config` says: libtorrent reads datagrams into a
+/// 1500-byte buffer and does not announce a larger one, so path MTU discovery stops there even
+/// on loopback (a larger datagram would reach it cut short). Its UDP socket keeps the
 /// system's default receive buffer, which a burst on loopback overflows: this also shows loss
 /// recovery against a real peer (a hundred or more retransmissions per run).
 fn libtorrent_downloads_from_shoal(config: Config) {
@@ -324,13 +328,14 @@ fn libtorrent_downloads_from_shoal(config: Config) {
     let mut finished = false;
     let mut served = 0usize;
     let mut started = Instant::now();
+    let mut largest = 0;
     while !finished {
         assert!(
             Instant::now() < deadline,
             "timed out: accepted {}, handshake {handshaken}, {served} bytes served",
             h.is_some()
         );
-        drive(&udp, &mut utp, &mut buf);
+        largest = largest.max(drive(&udp, &mut utp, &mut buf));
         while let Ok(v) = events.try_recv() {
             finished |= v["event"] == "finished";
         }
@@ -389,10 +394,14 @@ fn libtorrent_downloads_from_shoal(config: Config) {
     // over, and the two seeds part, within one 20 ms sample.
     assert!(served >= len);
     let c = utp.connection(h.unwrap()).unwrap();
+    assert!(
+        largest <= 1472,
+        "a {largest}-byte datagram to a peer that reads 1500"
+    );
     eprintln!(
-        "1 MiB over uTP to libtorrent in {took:?} ({} byte datagrams); rtt {:?}, cwnd {}, \
-         peer window {}, queueing {:?}, {:?}",
-        c.config().packet_size,
+        "1 MiB over uTP to libtorrent in {took:?} ({} byte datagrams, largest {largest}); rtt \
+         {:?}, cwnd {}, peer window {}, queueing {:?}, {:?}",
+        c.packet_size(),
         c.rtt(),
         c.cwnd(),
         c.peer_window(),
@@ -404,6 +413,13 @@ fn libtorrent_downloads_from_shoal(config: Config) {
 #[test]
 fn utp_only_libtorrent_downloads_from_shoal_utp() {
     libtorrent_downloads_from_shoal(Config::default());
+}
+
+/// Even starting from 16 KiB packets, a libtorrent peer (which announces nothing) gets at most
+/// 1472-byte datagrams, and the download is byte-exact.
+#[test]
+fn utp_only_libtorrent_downloads_from_shoal_starting_at_16_kib() {
+    libtorrent_downloads_from_shoal(Config::loopback());
 }
 
 /// shoal to shoal over real loopback UDP sockets, one thread each, with 16 KiB datagrams:
@@ -421,12 +437,19 @@ fn shoal_to_shoal_over_loopback_udp() {
     let b_addr = b_udp.local_addr().unwrap();
 
     /// One side: sends `out`, returns what it received, until both streams are done.
-    fn side(udp: UdpSocket, dial: Option<SocketAddr>, out: Vec<u8>, expect: usize) -> Vec<u8> {
+    /// One side: sends `out`, returns what it received and its largest datagram.
+    fn side(
+        udp: UdpSocket,
+        dial: Option<SocketAddr>,
+        out: Vec<u8>,
+        expect: usize,
+    ) -> (Vec<u8>, usize) {
         let mut utp = UtpSocket::new(Instant::now(), Config::loopback(), 8, expect as u64);
         let mut h = dial.map(|to| utp.connect(Instant::now(), to).unwrap());
         let mut buf = vec![0u8; 64 * 1024];
         let mut got = Vec::with_capacity(expect);
         let mut sent = 0;
+        let mut largest = 0;
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             assert!(
@@ -434,7 +457,7 @@ fn shoal_to_shoal_over_loopback_udp() {
                 "timed out: {sent} sent, {} got",
                 got.len()
             );
-            drive(&udp, &mut utp, &mut buf);
+            largest = largest.max(drive(&udp, &mut utp, &mut buf));
             if h.is_none() {
                 h = utp.accept();
             }
@@ -449,7 +472,7 @@ fn shoal_to_shoal_over_loopback_udp() {
                 c.close();
             }
             if c.is_closed() {
-                return got;
+                return (got, largest);
             }
         }
     }
@@ -458,13 +481,19 @@ fn shoal_to_shoal_over_loopback_udp() {
     let b_out = b_data.clone();
     let a = std::thread::spawn(move || side(a_udp, Some(b_addr), a_out, len));
     let b = std::thread::spawn(move || side(b_udp, None, b_out, len));
-    let got_by_b = b.join().expect("b side");
-    let got_by_a = a.join().expect("a side");
+    let (got_by_b, largest_b) = b.join().expect("b side");
+    let (got_by_a, largest_a) = a.join().expect("a side");
     let took = started.elapsed();
     assert!(got_by_b == a_data, "a to b byte-exact");
     assert!(got_by_a == b_data, "b to a byte-exact");
+    // Both announce they read 64 KiB: loopback packets go up to the 16 KiB ceiling.
+    assert!(
+        largest_a > 16_000 && largest_b > 16_000,
+        "largest datagrams {largest_a} and {largest_b}"
+    );
     eprintln!(
-        "shoal to shoal: 2 x 16 MiB over loopback uTP in {took:?} ({:.0} MB/s each way)",
+        "shoal to shoal: 2 x 16 MiB over loopback uTP in {took:?} ({:.0} MB/s each way, \
+         datagrams up to {largest_a} and {largest_b} bytes)",
         len as f64 / took.as_secs_f64() / 1e6
     );
 }

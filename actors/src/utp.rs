@@ -11,9 +11,16 @@
 //! the lock; a datagram the kernel refuses is dropped like one lost on the path, and uTP's
 //! retransmission takes care of it.
 //!
-//! Packets are 1400 bytes (`DEFAULT_PACKET_SIZE`), what libtorrent sends on most paths, so a
-//! datagram is never fragmented on a 1500-byte MTU; the engine's 16 KiB loopback size is only
-//! safe between two shoal peers and is not used here, since a socket serves every kind of peer.
+//! Packet sizes are found per connection by the engine's path MTU discovery: from 1400 bytes up
+//! to what the route and the peer take (16 KiB between shoal peers on loopback, at most 1472
+//! bytes to a peer that does not announce it reads more, such as libtorrent). The socket sends
+//! with `IP_MTU_DISCOVER` at `IP_PMTUDISC_DONT` (a packet cut for a path that has since shrunk
+//! is fragmented on the way, as libtorrent's are), and an MTU probe alone with
+//! `IP_PMTUDISC_DO`: don't-fragment, so a probe too big for the path is dropped rather than
+//! fragmented, and one larger than the path MTU the kernel knows is refused at once
+//! (`EMSGSIZE`), which counts as a lost probe and never fails the connection or the socket.
+//! Two `setsockopt` calls per probe; probes go out a few times per search, and a search runs
+//! when a connection starts and every two minutes.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -54,7 +61,8 @@ impl Transport {
 /// arrives): above a session's default connection limit (500), which TCP shares.
 pub const MAX_UTP_CONNECTIONS: usize = 512;
 
-/// The largest datagram we read (anything longer is cut and fails to decode).
+/// The largest datagram we read (anything longer is cut and fails to decode); the engine
+/// announces 65,535 to peers, so they may send up to that.
 const MAX_DATAGRAM: usize = 64 * 1024;
 
 /// Datagrams read in one go before sending and waking again, so a busy socket still gets its
@@ -69,6 +77,8 @@ struct Inner {
     socket: Async<UdpSocket>,
     /// Pokes the driver: a stream wrote, read or closed, or a dial started.
     poke: Event,
+    /// The socket is an IPv6 one (for its don't-fragment option).
+    v6: bool,
 }
 
 /// The machine and the wakers of tasks waiting on it.
@@ -113,6 +123,10 @@ impl UtpEndpoint {
     /// Binds a UDP socket at `addr`. The driver ([`UtpEndpoint::run`]) must be spawned.
     pub fn bind(addr: SocketAddr) -> io::Result<Self> {
         let socket = Async::<UdpSocket>::bind(addr)?;
+        let v6 = addr.is_ipv6();
+        if let Err(e) = set_dont_fragment(socket.get_ref(), v6, false) {
+            log::debug!("utp: cannot set the socket's fragmentation policy: {e}");
+        }
         let mut seed = [0u8; 8];
         getrandom::fill(&mut seed).map_err(|e| io::Error::other(e.to_string()))?;
         let utp = UtpSocket::new(
@@ -132,6 +146,7 @@ impl UtpEndpoint {
                 }),
                 socket,
                 poke: Event::new(),
+                v6,
             }),
         })
     }
@@ -162,6 +177,9 @@ impl UtpEndpoint {
     pub async fn run(self) {
         let _stop = StopOnDrop(self.inner.clone());
         let mut buf = vec![0u8; MAX_DATAGRAM];
+        // Reused for every datagram sent: zeroing a 16 KiB array per wake-up cost more than
+        // the rest of an ACK's send.
+        let mut out = vec![0u8; shoal_engine::utp::conn::LOOPBACK_PACKET_SIZE];
         loop {
             let listener = self.inner.poke.listen();
             let deadline = {
@@ -170,7 +188,7 @@ impl UtpEndpoint {
                 if st.utp.poll_timeout().is_some_and(|t| t <= now) {
                     st.utp.handle_timeout(now);
                 }
-                self.inner.transmit(&mut st, now);
+                self.inner.transmit(&mut st, now, &mut out);
                 st.wake_all();
                 st.utp.poll_timeout()
             };
@@ -287,13 +305,74 @@ impl Inner {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Sends everything the machine has to send.
-    fn transmit(&self, st: &mut State, now: Instant) {
-        let mut out = [0u8; shoal_engine::utp::conn::DEFAULT_PACKET_SIZE];
-        while let Some((addr, n)) = st.utp.poll_transmit(now, &mut out) {
-            // Non-blocking; a refused datagram counts as lost (see the module docs).
-            let _ = self.socket.get_ref().send_to(&out[..n], addr);
+    /// Sends everything the machine has to send, each datagram written into `out` first.
+    fn transmit(&self, st: &mut State, now: Instant, out: &mut [u8]) {
+        let socket = self.socket.get_ref();
+        while let Some((addr, n)) = st.utp.poll_transmit(now, out) {
+            let Some(probe) = st.utp.last_transmit_probe() else {
+                // Non-blocking; a refused datagram counts as lost (see the module docs).
+                let _ = socket.send_to(&out[..n], addr);
+                continue;
+            };
+            // An MTU probe: don't-fragment for this datagram alone.
+            let df = set_dont_fragment(socket, self.v6, true).is_ok();
+            let sent = socket.send_to(&out[..n], addr);
+            if df {
+                let _ = set_dont_fragment(socket, self.v6, false);
+            }
+            if let Err(e) = sent {
+                if is_too_big(&e) {
+                    log::trace!("utp: {n}-byte probe to {addr} refused as too big");
+                    st.utp.handle_probe_refused(now, probe);
+                }
+            }
         }
+    }
+}
+
+/// Sets whether datagrams leave `socket` with don't-fragment (`IP_PMTUDISC_DO`: too big for
+/// the known path MTU is `EMSGSIZE`) or may be fragmented (`IP_PMTUDISC_DONT`), for IPv4 and,
+/// on an IPv6 socket (`v6`), IPv6.
+#[cfg(target_os = "linux")]
+fn set_dont_fragment(socket: &UdpSocket, v6: bool, on: bool) -> io::Result<()> {
+    use rustix::net::sockopt::{self, Ipv4PathMtuDiscovery, Ipv6PathMtuDiscovery};
+    let r4 = sockopt::set_ip_mtu_discover(
+        socket,
+        if on {
+            Ipv4PathMtuDiscovery::DO
+        } else {
+            Ipv4PathMtuDiscovery::DONT
+        },
+    );
+    if v6 {
+        sockopt::set_ipv6_mtu_discover(
+            socket,
+            if on {
+                Ipv6PathMtuDiscovery::DO
+            } else {
+                Ipv6PathMtuDiscovery::DONT
+            },
+        )?;
+        return Ok(()); // IPv4 is only for v4-mapped peers there; it may be refused
+    }
+    Ok(r4?)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_dont_fragment(_socket: &UdpSocket, _v6: bool, _on: bool) -> io::Result<()> {
+    Ok(()) // probes may then be fragmented: a larger floor than ideal, nothing worse
+}
+
+/// Whether a send failed because the datagram is larger than the path MTU the kernel knows.
+fn is_too_big(e: &io::Error) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        e.raw_os_error() == Some(rustix::io::Errno::MSGSIZE.raw_os_error())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = e;
+        false
     }
 }
 
@@ -474,6 +553,47 @@ mod tests {
             let (back, got) = both.await;
             assert!(got == data, "server got other bytes");
             assert!(back == data, "client got other bytes back");
+        });
+    }
+
+    /// Two shoal endpoints on loopback announce 64 KiB reads to each other: the MTU search
+    /// takes the sender to the 16 KiB ceiling, probes going out with don't-fragment.
+    #[test]
+    fn loopback_endpoints_reach_large_packets() {
+        smol::block_on(async {
+            let a = UtpEndpoint::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+            let b = UtpEndpoint::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+            let b_addr = b.local_addr().unwrap();
+            let _da = smol::spawn(a.clone().run());
+            let _db = smol::spawn(b.clone().run());
+            let data: Vec<u8> = (0..4_000_000u32).map(|i| (i % 253) as u8).collect();
+            let server = async {
+                let (mut s, _) = b.accept().await.unwrap();
+                let mut got = vec![0u8; data.len()];
+                s.read_exact(&mut got).await.unwrap();
+                (s, got)
+            };
+            let client = async {
+                let mut c = a.connect(b_addr).await.unwrap();
+                c.write_all(&data).await.unwrap();
+                c.flush().await.unwrap();
+                c
+            };
+            let both = futures_lite::future::zip(client, server).or(async {
+                smol::Timer::after(Duration::from_secs(30)).await;
+                panic!("utp transfer timed out");
+            });
+            let (c, (_s, got)) = both.await;
+            assert!(got == data, "byte-exact");
+            let st = c.inner.lock();
+            let conn = st.utp.connection(c.handle).unwrap();
+            assert!(
+                conn.packet_size() > 16_000,
+                "packets of {} bytes, {:?}",
+                conn.packet_size(),
+                conn.stats()
+            );
+            assert!(conn.stats().mtu_probes > 0);
         });
     }
 

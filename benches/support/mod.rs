@@ -133,8 +133,12 @@ pub fn free_port() -> u16 {
 }
 
 /// The `shoal` binary next to the bench executable (built by `cargo build --release -p
-/// shoal-cli`, or here on demand).
+/// shoal-cli`, or here on demand), or the one `SHOAL_BENCH_BIN` names (a reference build to
+/// compare against, used as it is).
 pub fn shoal_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("SHOAL_BENCH_BIN") {
+        return PathBuf::from(bin);
+    }
     let exe = std::env::current_exe().expect("current exe");
     let profile_dir = exe
         .parent()

@@ -1,6 +1,6 @@
 //! uTP (BEP 29): the packet decoder never panics and re-encodes what it accepts, and a socket fed
 //! arbitrary datagrams (after one connection of its own and one it accepted) never panics and
-//! keeps its table and queues within their bounds.
+//! keeps its table and queues within their bounds, also when MTU probes are refused.
 #![no_main]
 
 use std::net::SocketAddr;
@@ -50,7 +50,14 @@ fuzz_target!(|data: &[u8]| {
             let mut sink = [0u8; 512];
             while c.read(&mut sink) > 0 {}
         }
-        while s.poll_transmit(now, &mut out).is_some() {}
+        while let Some((_, n)) = s.poll_transmit(now, &mut out) {
+            // Now and then the "kernel" refuses an MTU probe as too big.
+            if let Some(h) = s.last_transmit_probe() {
+                if n % 2 == 1 {
+                    s.handle_probe_refused(now, h);
+                }
+            }
+        }
         now += Duration::from_millis(u64::from(datagram.first().copied().unwrap_or(0)) * 8);
         s.handle_timeout(now);
         assert!(s.len() <= max);

@@ -30,6 +30,32 @@
 //! least [`MIN_RTO`], [`INITIAL_RTO`] before the first sample, samples taken only from packets
 //! sent once (Karn).
 //!
+//! # Path MTU discovery
+//! Packets are as large as the path carries without fragmenting, found per connection the way
+//! libtorrent does it (its `docs/utp.rst`): a floor (the largest datagram known to pass; every
+//! packet is cut to it) and a ceiling (the largest that may pass). While they are more than
+//! [`MTU_SEARCH_MARGIN`] apart, one DATA packet at a time is a probe of the size halfway
+//! between, sent with don't-fragment ([`Connection::transmit_is_probe`]), and only once the
+//! window holds three floor-sized packets, so that probes travel among ordinary packets and
+//! the loss of a probe can be told from loss in general. An acknowledged probe raises the
+//! floor; a probe found lost (fast retransmit, a timeout with nothing else outstanding, or
+//! [`Connection::handle_probe_refused`] when the sender's kernel refused it as too big) lowers
+//! the ceiling, is sent again without don't-fragment, and is not congestion: the window is not
+//! cut. Once the search is done it starts again after [`Config::mtu_recheck`], first probing
+//! the floor itself (a lost floor probe means the path may have shrunk: the ceiling drops below
+//! the floor and the floor halfway down to [`MIN_MTU_FLOOR`], and that new floor is probed
+//! next), then up to the ceiling, which is back at its start. Packets already cut for a floor
+//! that no longer passes are sent again at their size without don't-fragment (fragmented on
+//! the way, as libtorrent's are): a packet keeps its sequence number and its bytes.
+//!
+//! The ceiling starts at [`Config::max_packet_size`] (which the socket sets per peer address
+//! from the route, see `socket`) and at most what the peer reads: a datagram larger than the
+//! peer's receive buffer arrives cut short, and uTP has no length field to notice it, so a
+//! probe that a 1500-byte reader acknowledges would corrupt the stream. libtorrent reads 1500
+//! bytes; a peer that does not announce more ([`super::packet::EXT_MAX_DATAGRAM`], which shoal
+//! sends in its SYN and in the STATE answering one) is assumed to read
+//! [`UNANNOUNCED_PEER_DATAGRAM`].
+//!
 //! # LEDBAT
 //! Every packet carries the one-way delay the peer measured for our packets
 //! (`timestamp_difference_microseconds`). Its minimum over the last ten minutes is the base
@@ -64,15 +90,33 @@ use std::time::{Duration, Instant};
 use super::packet::{Packet, PacketType, SelectiveAck, HEADER_LEN, MAX_SACK_BYTES};
 use super::{seq_less, UtpError};
 
-/// The default datagram size: fits a 1500-byte Ethernet MTU under IPv6 and UDP headers (1452)
-/// with room to spare for tunnels and PPPoE.
+/// The datagram size a connection starts at (the first MTU floor): fits a 1500-byte Ethernet
+/// MTU under IPv6 and UDP headers (1452) with room to spare for tunnels and PPPoE. The search
+/// raises it from there.
 pub const DEFAULT_PACKET_SIZE: usize = 1400;
-/// The datagram size for shoal peers on loopback: one 16 KiB block plus its message header in
-/// a single packet, far below loopback's 64 KiB MTU. Larger packets cut the per-packet cost
-/// (system calls, ACKs) that bounds uTP's throughput on a fast path. Only for peers known to
-/// read such datagrams: libtorrent 2.0 reads into a 1500-byte buffer and drops the rest of
-/// anything larger, so other clients get [`DEFAULT_PACKET_SIZE`] even on loopback.
+/// The largest datagram we send (the ceiling of the MTU search on loopback): one 16 KiB block
+/// plus its message header in a single packet. Loopback carries 65,507-byte UDP payloads, but
+/// past 16 KiB the per-packet cost (system calls, ACKs) that bounds uTP's throughput is already
+/// spread thin, while a lost packet costs more to send again, a 208 KiB default socket receive
+/// buffer holds only three 64 KiB datagrams, and a reorder slot holds a whole packet. Only for
+/// peers that announce they read such datagrams (see the module documentation).
 pub const LOOPBACK_PACKET_SIZE: usize = 16 * 1024 + 64;
+/// The largest UDP payload on a 1500-byte Ethernet MTU under IPv4 (20) and UDP (8) headers:
+/// what a peer that does not announce its receive size is assumed to read (libtorrent reads
+/// 1500 bytes, libutp more).
+pub const UNANNOUNCED_PEER_DATAGRAM: usize = 1500 - 28;
+/// The lowest MTU floor: the 576-byte datagram every IPv4 host must take (RFC 791) under the
+/// IPv4 and UDP headers, as libtorrent uses.
+pub const MIN_MTU_FLOOR: usize = 576 - 28;
+/// The MTU search stops when floor and ceiling are this close: a few more bytes per packet are
+/// not worth more probes.
+pub const MTU_SEARCH_MARGIN: usize = 16;
+/// How long a finished MTU search rests before it checks the floor and searches again: rarely,
+/// since a route seldom changes, and a lost probe costs a packet sent again.
+pub const MTU_RECHECK_INTERVAL: Duration = Duration::from_secs(120);
+/// The largest datagram we announce we read, when [`Config::max_recv_datagram`] is larger (the
+/// extension holds 16 bits).
+pub const MAX_ANNOUNCED_DATAGRAM: usize = u16::MAX as usize;
 /// The smallest datagram size a [`Config`] may ask for: a header, the largest selective ACK and
 /// some payload.
 pub const MIN_PACKET_SIZE: usize = 150;
@@ -111,8 +155,17 @@ pub const FIN_LINGER: Duration = Duration::from_secs(10);
 /// Settings of one connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// The largest datagram we send, header included (at least [`MIN_PACKET_SIZE`]).
+    /// The datagram size a connection starts at, header included (at least
+    /// [`MIN_PACKET_SIZE`]): the first floor of the MTU search.
     pub packet_size: usize,
+    /// The largest datagram we ever send, header included: where the MTU search's ceiling
+    /// starts (lowered to what the peer reads). [`super::UtpSocket`] lowers it per peer address
+    /// to what the route carries. Equal to `packet_size`, there is no search.
+    pub max_packet_size: usize,
+    /// The largest datagram we read whole, announced to the peer in the handshake.
+    pub max_recv_datagram: usize,
+    /// How long a finished MTU search rests before it starts again.
+    pub mtu_recheck: Duration,
     /// The bytes written but not yet acknowledged that we hold.
     pub send_buffer: usize,
     /// The bytes received but not yet read (in order or ahead of a gap) that we hold; also the
@@ -131,6 +184,9 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             packet_size: DEFAULT_PACKET_SIZE,
+            max_packet_size: LOOPBACK_PACKET_SIZE,
+            max_recv_datagram: MAX_ANNOUNCED_DATAGRAM,
+            mtu_recheck: MTU_RECHECK_INTERVAL,
             send_buffer: DEFAULT_BUFFER,
             recv_buffer: DEFAULT_BUFFER,
             max_timeouts: 6,
@@ -141,8 +197,9 @@ impl Default for Config {
 }
 
 impl Config {
-    /// The settings for a shoal peer on the loopback interface: [`LOOPBACK_PACKET_SIZE`]
-    /// packets and 4 MiB buffers (see there why not for other clients).
+    /// The settings for a shoal peer on the loopback interface: starting at
+    /// [`LOOPBACK_PACKET_SIZE`] packets, with 4 MiB buffers. A peer that does not announce it
+    /// reads such datagrams still gets at most [`UNANNOUNCED_PEER_DATAGRAM`].
     pub fn loopback() -> Self {
         Self {
             packet_size: LOOPBACK_PACKET_SIZE,
@@ -182,6 +239,10 @@ pub struct Stats {
     pub out_of_order: u64,
     /// Payload bytes delivered in order.
     pub bytes_received: u64,
+    /// MTU probes sent.
+    pub mtu_probes: u64,
+    /// MTU probes lost (or refused by the sender's kernel).
+    pub mtu_probes_lost: u64,
 }
 
 /// A packet we sent and the peer has not acknowledged cumulatively.
@@ -376,13 +437,34 @@ pub struct Connection {
     /// A packet arrived since the last retransmission timeout (with a shut window, that timeout
     /// does not count towards giving up).
     heard: bool,
+    /// The largest datagram known to pass (header included): what packets are cut to.
+    mtu_floor: usize,
+    /// The largest datagram that may pass; the search probes between floor and ceiling.
+    mtu_ceiling: usize,
+    /// Where the ceiling starts a search: the configured maximum and what the peer reads.
+    mtu_max: usize,
+    /// The peer announced the largest datagram it reads.
+    peer_announced: bool,
+    /// The probe in flight: its sequence number and datagram size.
+    mtu_probe: Option<(u16, usize)>,
+    /// The next probe checks the floor itself (the first probe of a restarted search).
+    mtu_verify: bool,
+    /// When a finished search starts again.
+    mtu_recheck_at: Option<Instant>,
+    /// The datagram the last `poll_transmit` wrote is a probe (send it with don't-fragment).
+    sent_probe: bool,
 }
 
 impl Connection {
     fn new(epoch: Instant, config: Config, recv_id: u16, send_id: u16) -> Self {
         let mut config = config;
-        config.packet_size = config.packet_size.max(MIN_PACKET_SIZE);
-        let mss = (config.packet_size - HEADER_LEN) as f64;
+        config.max_packet_size = config.max_packet_size.max(MIN_PACKET_SIZE);
+        config.packet_size = config
+            .packet_size
+            .clamp(MIN_PACKET_SIZE, config.max_packet_size);
+        let mtu_max = config.max_packet_size.min(UNANNOUNCED_PEER_DATAGRAM);
+        let mtu_floor = config.packet_size.min(mtu_max);
+        let mss = (mtu_floor - HEADER_LEN) as f64;
         Self {
             epoch,
             state: State::SynSent,
@@ -404,7 +486,7 @@ impl Connection {
             cwnd: mss * INITIAL_CWND_PACKETS as f64,
             ssthresh: config.send_buffer as f64,
             slow_start: true,
-            peer_wnd: config.packet_size,
+            peer_wnd: mtu_floor,
             dup_acks: 0,
             fast_resend_seq: 0,
             loss_seq: 0,
@@ -427,6 +509,14 @@ impl Connection {
             confirmed: true,
             stats: Stats::default(),
             heard: false,
+            mtu_floor,
+            mtu_ceiling: mtu_max,
+            mtu_max,
+            peer_announced: false,
+            mtu_probe: None,
+            mtu_verify: false,
+            mtu_recheck_at: None,
+            sent_probe: false,
             config,
         }
     }
@@ -477,8 +567,11 @@ impl Connection {
         c.syn_seq = Some(syn.seq_nr);
         c.confirmed = false;
         c.reply_micro = c.micros(now).wrapping_sub(syn.timestamp_us);
+        if let Some(m) = syn.max_datagram {
+            c.peer_reads(usize::from(m));
+        }
         // libtorrent's SYN advertises a zero window; assume room for a packet until told.
-        c.peer_wnd = (syn.wnd_size as usize).max(c.config.packet_size);
+        c.peer_wnd = (syn.wnd_size as usize).max(c.mtu_floor);
         c.ack_pending = true;
         // Until the peer confirms, our STATE is sent again on this timer like a SYN.
         c.rto_deadline = Some(now + c.rto);
@@ -576,6 +669,23 @@ impl Connection {
             .map(|us| Duration::from_micros(u64::from(us)))
     }
 
+    /// The datagram size packets are cut to now (the MTU search's floor), header included.
+    pub fn packet_size(&self) -> usize {
+        self.mtu_floor
+    }
+
+    /// The MTU search's ceiling: the largest datagram that may pass.
+    pub fn mtu_ceiling(&self) -> usize {
+        self.mtu_ceiling
+    }
+
+    /// Whether the datagram the last [`Connection::poll_transmit`] wrote is an MTU probe: send
+    /// it with don't-fragment, and report a refusal (`EMSGSIZE`) with
+    /// [`Connection::handle_probe_refused`].
+    pub fn transmit_is_probe(&self) -> bool {
+        self.sent_probe
+    }
+
     /// Bytes held for reading (in order and ahead of a gap).
     pub fn buffered_recv_bytes(&self) -> usize {
         self.recv_buf.len() + self.reorder_bytes
@@ -666,7 +776,94 @@ impl Connection {
     }
 
     fn max_payload(&self) -> usize {
-        self.config.packet_size - HEADER_LEN
+        self.mtu_floor - HEADER_LEN
+    }
+
+    // ---- path MTU discovery ----
+
+    /// The peer announced it reads datagrams of up to `n` bytes: the search may go that high.
+    fn peer_reads(&mut self, n: usize) {
+        if self.peer_announced {
+            return;
+        }
+        self.peer_announced = true;
+        self.mtu_max = self.config.max_packet_size.min(n.max(MIN_PACKET_SIZE));
+        self.mtu_ceiling = self.mtu_max;
+        self.mtu_floor = self.config.packet_size.min(self.mtu_max);
+        self.cwnd = self
+            .cwnd
+            .max(self.max_payload() as f64 * INITIAL_CWND_PACKETS as f64);
+        self.mtu_recheck_at = None;
+    }
+
+    /// The size of the next probe, if one is due now.
+    fn probe_size(&mut self, now: Instant) -> Option<usize> {
+        if self.mtu_probe.is_some() {
+            return None;
+        }
+        let searching = self.mtu_ceiling > self.mtu_floor + MTU_SEARCH_MARGIN;
+        if !searching && !self.mtu_verify {
+            match self.mtu_recheck_at {
+                None => {
+                    self.mtu_recheck_at = Some(now + self.config.mtu_recheck);
+                    return None;
+                }
+                Some(at) if now < at => return None,
+                Some(_) => {
+                    // Start again: check the floor, then search up to the top.
+                    self.mtu_recheck_at = None;
+                    self.mtu_ceiling = self.mtu_max;
+                    self.mtu_verify = self.mtu_floor > MIN_MTU_FLOOR.min(self.mtu_max);
+                    if !self.mtu_verify && self.mtu_ceiling <= self.mtu_floor + MTU_SEARCH_MARGIN {
+                        return None;
+                    }
+                }
+            }
+        }
+        // Only with three floor-sized packets' worth of window, so the probe is not alone.
+        if self.cwnd < (3 * self.mtu_floor) as f64 {
+            return None;
+        }
+        Some(if self.mtu_verify {
+            self.mtu_floor
+        } else {
+            (self.mtu_floor + self.mtu_ceiling).div_ceil(2)
+        })
+    }
+
+    /// The probe arrived: its size passes.
+    fn probe_acked(&mut self, size: usize) {
+        self.mtu_probe = None;
+        self.mtu_verify = false;
+        self.mtu_floor = self.mtu_floor.max(size);
+        self.mtu_ceiling = self.mtu_ceiling.max(self.mtu_floor);
+        self.cwnd = self.cwnd.max(self.max_payload() as f64);
+    }
+
+    /// The probe is lost (or refused): its size does not pass. Not congestion.
+    fn probe_lost(&mut self) {
+        let Some((_, size)) = self.mtu_probe.take() else {
+            return;
+        };
+        self.stats.mtu_probes_lost += 1;
+        self.mtu_verify = false;
+        if size <= self.mtu_floor {
+            // The floor itself failed: the path may have shrunk (or the probe was unlucky; the
+            // next search finds out). Search again from halfway down to the minimum, checking
+            // that new floor first.
+            let low = MIN_MTU_FLOOR.min(self.mtu_floor);
+            let old = self.mtu_floor;
+            self.mtu_ceiling = old.saturating_sub(1).max(low);
+            self.mtu_floor = (low + old) / 2;
+            self.mtu_verify = self.mtu_floor < old;
+        } else {
+            self.mtu_ceiling = size - 1;
+        }
+    }
+
+    /// Whether packet `seq` is the MTU probe in flight.
+    fn is_probe(&self, seq: u16) -> bool {
+        self.mtu_probe.is_some_and(|(p, _)| p == seq)
     }
 
     fn recv_window(&self) -> usize {
@@ -720,6 +917,30 @@ impl Connection {
                 self.ack_nr
             },
             sack: None,
+            // Announced in the SYN and in the STATE answering one (see the module docs).
+            max_datagram: (ty == PacketType::Syn || (ty == PacketType::State && !self.confirmed))
+                .then(|| self.config.max_recv_datagram.min(MAX_ANNOUNCED_DATAGRAM) as u16),
+        }
+    }
+
+    /// The sender's kernel refused the probe the last [`Connection::poll_transmit`] wrote as
+    /// larger than the path carries (`EMSGSIZE` under don't-fragment): it counts as lost, and
+    /// the packet goes out again at once without don't-fragment. Never an error.
+    pub fn handle_probe_refused(&mut self, _now: Instant) {
+        let Some((seq, _)) = self.mtu_probe else {
+            return;
+        };
+        self.probe_lost();
+        let Some(s) = self.in_flight.iter_mut().find(|s| s.seq == seq) else {
+            return;
+        };
+        if !s.sacked && !s.need_resend {
+            s.need_resend = true;
+            self.resend_count += 1;
+            self.bytes_in_flight -= s.len;
+            // Not a transmission the peer could have seen: no retransmission, and an RTT
+            // sample from its next one is still good.
+            s.transmissions = s.transmissions.saturating_sub(1);
         }
     }
 
@@ -780,6 +1001,9 @@ impl Connection {
             if packet.ack_nr != syn || !matches!(packet.ty, PacketType::State | PacketType::Data) {
                 return;
             }
+            if let Some(m) = packet.max_datagram {
+                self.peer_reads(usize::from(m));
+            }
             self.state = State::Connected;
             // A STATE carries the next sequence number the peer will use.
             self.ack_nr = packet.seq_nr.wrapping_sub(1);
@@ -831,6 +1055,11 @@ impl Connection {
                     acked_bytes += s.len;
                     if s.transmissions == 1 {
                         self.update_rtt(now.saturating_duration_since(s.sent_at));
+                    }
+                }
+                if let Some((seq, size)) = self.mtu_probe {
+                    if seq == s.seq {
+                        self.probe_acked(size);
                     }
                 }
                 match s.kind {
@@ -886,6 +1115,11 @@ impl Connection {
                 }
                 acked_bytes += len;
                 progress = true;
+                if let Some((p, size)) = self.mtu_probe {
+                    if p == seq {
+                        self.probe_acked(size);
+                    }
+                }
                 if once {
                     self.update_rtt(now.saturating_duration_since(sent_at));
                 }
@@ -924,7 +1158,7 @@ impl Connection {
     }
 
     /// Marks packet `idx` of the send queue lost: sent again at once, the window halved (once
-    /// per window of data).
+    /// per window of data), unless it is the MTU probe.
     fn mark_lost(&mut self, idx: usize) {
         let s = &mut self.in_flight[idx];
         s.need_resend = true;
@@ -933,6 +1167,11 @@ impl Connection {
         self.bytes_in_flight -= len;
         self.fast_resend_seq = seq.wrapping_add(1);
         self.stats.fast_losses += 1;
+        if self.is_probe(seq) {
+            // Too big for the path, most likely: the ceiling comes down, the window stays.
+            self.probe_lost();
+            return;
+        }
         if !seq_less(seq, self.loss_seq) {
             let min = self.max_payload() as f64;
             self.cwnd = (self.cwnd / 2.0).max(min);
@@ -1111,6 +1350,25 @@ impl Connection {
         }
         // A peer that answers while its window is too small for what we sent is alive and
         // busy, not gone: that timeout does not count towards giving up.
+        // Only the MTU probe is outstanding: it was too big, not a sign of congestion.
+        if let Some((seq, _)) = self.mtu_probe {
+            let mut outstanding = self
+                .in_flight
+                .iter()
+                .filter(|s| !s.sacked && !s.need_resend);
+            if outstanding.next().is_some_and(|s| s.seq == seq) && outstanding.next().is_none() {
+                self.probe_lost();
+                if let Some(s) = self.in_flight.iter_mut().find(|s| s.seq == seq) {
+                    s.need_resend = true;
+                    self.resend_count += 1;
+                    self.bytes_in_flight -= s.len;
+                }
+                self.rto_deadline = Some(now + self.rto);
+                return;
+            }
+        }
+        // Everything is lost, the probe with it: that says nothing about its size.
+        self.mtu_probe = None;
         let heard = std::mem::take(&mut self.heard);
         let shut = self.peer_wnd < self.in_flight.front().map_or(1, |s| s.len.max(1));
         if !(heard && shut) {
@@ -1157,10 +1415,12 @@ impl Connection {
     }
 
     /// Writes the next datagram to send into `buf` and returns its length, or `None` when there
-    /// is nothing to send now. `buf` should hold [`Config::packet_size`] bytes; datagrams never
-    /// exceed it. Call until it returns `None`.
+    /// is nothing to send now. `buf` should hold [`Config::max_packet_size`] bytes; datagrams
+    /// never exceed it. Call until it returns `None`; after each datagram,
+    /// [`Connection::transmit_is_probe`] says whether to send it with don't-fragment.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
-        let limit = buf.len().min(self.config.packet_size);
+        self.sent_probe = false;
+        let limit = buf.len().min(self.mtu_max);
         if limit < HEADER_LEN {
             return None;
         }
@@ -1187,7 +1447,10 @@ impl Connection {
                     || self.bytes_in_flight == 0
                     || self.bytes_in_flight + len <= self.window()
                 {
-                    return self.transmit(now, idx, buf, limit);
+                    // Never larger than it was (a selective ACK that does not fit is left off),
+                    // nor than the floor when it was smaller.
+                    let lim = limit.min(self.mtu_floor.max(HEADER_LEN + len));
+                    return self.transmit(now, idx, buf, lim);
                 }
             }
         } else if self.state == State::Connected {
@@ -1208,7 +1471,7 @@ impl Connection {
         let mut h = self.header(now, PacketType::State, self.seq_nr);
         h.sack = self.sack();
         self.stats.packets_sent += 1;
-        h.encode(&mut buf[..limit])
+        h.encode(&mut buf[..limit.min(self.mtu_floor)])
     }
 
     /// Cuts a new DATA packet (or the FIN) if the windows allow.
@@ -1228,10 +1491,26 @@ impl Connection {
             return None;
         };
         let mut len = 0;
+        let mut lim = limit.min(self.mtu_floor);
+        let mut probe = false;
         if kind == PacketType::Data {
             let window = self.window();
             let room = window.saturating_sub(self.bytes_in_flight);
-            let chunk = pending.min(limit - HEADER_LEN);
+            if let Some(size) = self.probe_size(now) {
+                // A probe is a full packet of its size, or none. When the window has room for
+                // it but not yet, wait for that room rather than fill it with small packets
+                // (as libtorrent does), or a busy window would never let a probe out.
+                let payload = size.saturating_sub(HEADER_LEN);
+                if size <= limit && pending >= payload && payload <= window {
+                    if payload <= room {
+                        lim = size;
+                        probe = true;
+                    } else if self.bytes_in_flight > 0 {
+                        return None;
+                    }
+                }
+            }
+            let chunk = pending.min(lim - HEADER_LEN);
             len = if chunk <= room {
                 chunk
             } else if self.bytes_in_flight == 0 && room > 0 {
@@ -1258,9 +1537,16 @@ impl Connection {
         });
         self.resend_count += 1;
         self.unsent += len as u64;
+        let seq = self.seq_nr;
         self.seq_nr = self.seq_nr.wrapping_add(1);
         let idx = self.in_flight.len() - 1;
-        self.transmit(now, idx, buf, limit)
+        let n = self.transmit(now, idx, buf, lim)?;
+        if probe {
+            self.mtu_probe = Some((seq, n));
+            self.sent_probe = true;
+            self.stats.mtu_probes += 1;
+        }
+        Some(n)
     }
 
     /// Sends packet `idx` of the send queue (first time or again).

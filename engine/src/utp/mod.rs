@@ -4,7 +4,8 @@
 //! - [`packet`]: the header, the extension chain and the selective ACK; a bounded, panic-free
 //!   decoder and an encoder into a caller's buffer.
 //! - [`conn`]: one connection (handshake, sequence numbers, reassembly, ACKs and selective ACKs,
-//!   RTT and retransmission timeouts, fast retransmit, windows, LEDBAT, FIN and RESET).
+//!   RTT and retransmission timeouts, fast retransmit, windows, LEDBAT, path MTU discovery,
+//!   FIN and RESET).
 //! - [`socket`]: a demultiplexer for one UDP socket: routes datagrams to connections, accepts new
 //!   ones within a bounded table, answers strays with RESET.
 //!
@@ -47,7 +48,7 @@ mod sim_tests;
 
 pub use conn::{Config, Connection, State, Stats};
 pub use packet::{Packet, PacketType, SelectiveAck};
-pub use socket::{ConnectionHandle, Routed, UtpSocket};
+pub use socket::{path_ceiling, ConnectionHandle, Routed, UtpSocket};
 
 /// What a datagram on the shared UDP socket is, judged from its first bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

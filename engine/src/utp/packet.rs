@@ -21,6 +21,10 @@
 //! byte first) says packet `ack_nr + 2 + i` arrived. BEP 29 asks for a length that is a multiple
 //! of 4 and we always send one; libtorrent sends any length, so any length is accepted.
 //!
+//! Extension [`EXT_MAX_DATAGRAM`] is shoal's own: a 2-byte big-endian count of the largest
+//! datagram the sender reads whole, sent during the handshake (see `conn`'s path MTU
+//! discovery). libtorrent and libutp skip extensions they do not know, so it costs them nothing.
+//!
 //! ```
 //! use shoal_engine::utp::packet::{Packet, PacketType, HEADER_LEN};
 //! let mut p = Packet::new(PacketType::Syn, 1234);
@@ -43,6 +47,10 @@ pub const VERSION: u8 = 1;
 pub const EXT_NONE: u8 = 0;
 /// Extension type: selective ACK.
 pub const EXT_SACK: u8 = 1;
+/// Extension type: the largest UDP payload the sender reads whole (2 bytes, big-endian). Ours:
+/// 1 is the selective ACK, 2 libutp's extension bits and 3 libtorrent's close reason; no
+/// implementation we know uses 0x53 ('S'), and every one skips a type it does not know.
+pub const EXT_MAX_DATAGRAM: u8 = 0x53;
 /// The most selective-ACK bytes kept from a packet (512 packets past `ack_nr + 1`), and the
 /// most we send. Longer bitmasks are cut to this length: a bit we ignore only costs a
 /// retransmission, and our send queue never holds more packets than that
@@ -190,6 +198,8 @@ pub struct Packet {
     pub ack_nr: u16,
     /// The packets past `ack_nr + 1` the sender has received, if it says.
     pub sack: Option<SelectiveAck>,
+    /// The largest datagram the sender reads whole, if it says ([`EXT_MAX_DATAGRAM`]).
+    pub max_datagram: Option<u16>,
 }
 
 impl Packet {
@@ -204,6 +214,7 @@ impl Packet {
             seq_nr: 0,
             ack_nr: 0,
             sack: None,
+            max_datagram: None,
         }
     }
 
@@ -230,6 +241,7 @@ impl Packet {
             seq_nr: u16_at(16),
             ack_nr: u16_at(18),
             sack: None,
+            max_datagram: None,
         };
         let mut ext = buf[1];
         let mut at = HEADER_LEN;
@@ -248,6 +260,8 @@ impl Packet {
                 .ok_or(UtpError::BadExtension { at })?;
             if ext == EXT_SACK && packet.sack.is_none() && !body.is_empty() {
                 packet.sack = Some(SelectiveAck::from_bytes(body));
+            } else if ext == EXT_MAX_DATAGRAM && body.len() == 2 {
+                packet.max_datagram = Some(u16::from_be_bytes([body[0], body[1]]));
             }
             at += 2 + len;
             ext = next;
@@ -255,34 +269,47 @@ impl Packet {
         Ok((packet, &buf[at..]))
     }
 
-    /// The bytes [`Packet::encode`] writes: the header and the selective ACK, if any.
+    /// The bytes [`Packet::encode`] writes: the header and the extensions, if any.
     pub fn encoded_len(&self) -> usize {
         HEADER_LEN
             + self
                 .sack
                 .as_ref()
                 .map_or(0, |s| if s.len > 0 { 2 + usize::from(s.len) } else { 0 })
+            + if self.max_datagram.is_some() { 4 } else { 0 }
     }
 
-    /// Writes the header (and selective ACK) at the start of `buf` and returns its length; the
+    /// Writes the header (and extensions) at the start of `buf` and returns its length; the
     /// caller puts the payload after it. `None` when `buf` is too small.
     pub fn encode(&self, buf: &mut [u8]) -> Option<usize> {
         let len = self.encoded_len();
         let out = buf.get_mut(..len)?;
         let sack = self.sack.as_ref().filter(|s| s.len > 0);
         out[0] = (self.ty.code() << 4) | VERSION;
-        out[1] = if sack.is_some() { EXT_SACK } else { EXT_NONE };
         out[2..4].copy_from_slice(&self.connection_id.to_be_bytes());
         out[4..8].copy_from_slice(&self.timestamp_us.to_be_bytes());
         out[8..12].copy_from_slice(&self.timestamp_diff_us.to_be_bytes());
         out[12..16].copy_from_slice(&self.wnd_size.to_be_bytes());
         out[16..18].copy_from_slice(&self.seq_nr.to_be_bytes());
         out[18..20].copy_from_slice(&self.ack_nr.to_be_bytes());
+        // The chain: each extension's first byte names the next; `link` is where the type of
+        // the next one goes (the header's `extension` byte first).
+        let mut link = 1;
+        let mut at = HEADER_LEN;
         if let Some(s) = sack {
-            out[20] = EXT_NONE;
-            out[21] = s.len;
-            out[22..].copy_from_slice(s.as_bytes());
+            out[link] = EXT_SACK;
+            link = at;
+            out[at + 1] = s.len;
+            out[at + 2..at + 2 + usize::from(s.len)].copy_from_slice(s.as_bytes());
+            at += 2 + usize::from(s.len);
         }
+        if let Some(m) = self.max_datagram {
+            out[link] = EXT_MAX_DATAGRAM;
+            link = at;
+            out[at + 1] = 2;
+            out[at + 2..at + 4].copy_from_slice(&m.to_be_bytes());
+        }
+        out[link] = EXT_NONE;
         Some(len)
     }
 }
@@ -301,6 +328,7 @@ mod tests {
             seq_nr: 0xfffe,
             ack_nr: 7,
             sack: None,
+            max_datagram: None,
         }
     }
 
@@ -341,6 +369,34 @@ mod tests {
             vec![0, 9, 33]
         );
         assert!(p.encode(&mut [0u8; 25]).is_none(), "buffer too small");
+    }
+
+    #[test]
+    fn round_trip_max_datagram_with_and_without_sack() {
+        let mut p = sample();
+        p.max_datagram = Some(65_535);
+        let mut buf = [0u8; 64];
+        let n = p.encode(&mut buf).unwrap();
+        assert_eq!(n, HEADER_LEN + 4);
+        assert_eq!(buf[1], EXT_MAX_DATAGRAM);
+        assert_eq!(&buf[20..24], &[EXT_NONE, 2, 0xff, 0xff]);
+        assert_eq!(Packet::decode(&buf[..n]).unwrap().0, p);
+        let mut s = SelectiveAck::new();
+        s.set(3);
+        p.sack = Some(s);
+        p.max_datagram = Some(16_448);
+        let n = p.encode(&mut buf).unwrap();
+        assert_eq!(n, HEADER_LEN + 6 + 4);
+        assert_eq!((buf[1], buf[20], buf[21]), (EXT_SACK, EXT_MAX_DATAGRAM, 4));
+        assert_eq!(&buf[26..30], &[EXT_NONE, 2, 0x40, 0x40]);
+        let (back, payload) = Packet::decode(&buf[..n]).unwrap();
+        assert_eq!(back, p);
+        assert!(payload.is_empty());
+        // A body of another length is skipped, as an unknown extension would be.
+        buf[27] = 1;
+        let (back, payload) = Packet::decode(&buf[..n]).unwrap();
+        assert_eq!(back.max_datagram, None);
+        assert_eq!(payload, &[0x40]);
     }
 
     /// A SYN captured from libtorrent 2.0.8 dialling over loopback: type 4, version 1, no

@@ -1,10 +1,13 @@
 //! Two uTP connections joined by a simulated link (delay, jitter, loss, a rate limit) and driven
-//! by a fake clock: handshake, transfers, loss recovery, timers, windows and LEDBAT.
+//! by a fake clock: handshake, transfers, loss recovery, timers, windows, LEDBAT and path MTU
+//! discovery.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::conn::{Config, Connection, State, MIN_RTO};
+use super::conn::{
+    Config, Connection, State, MIN_RTO, MTU_SEARCH_MARGIN, UNANNOUNCED_PEER_DATAGRAM,
+};
 use super::packet::{Packet, PacketType};
 use super::UtpError;
 
@@ -32,6 +35,21 @@ struct Link {
     lost: usize,
     /// When each packet was sent into the link.
     times: Vec<Instant>,
+    /// The path's MTU (as the largest UDP payload): a larger datagram with don't-fragment is
+    /// dropped; one without is fragmented (delivered, and counted), as IPv4 routers do.
+    mtu: Option<usize>,
+    /// The sender's own interface MTU: a larger probe is refused at once (`EMSGSIZE`).
+    local_mtu: Option<usize>,
+    /// Datagrams dropped for their size (with don't-fragment).
+    too_big: usize,
+    /// Datagrams that went through fragmented (without don't-fragment).
+    fragmented: usize,
+    /// Probes refused by the sender's "kernel".
+    refused: usize,
+    /// Probes sent into the link.
+    probes: usize,
+    /// The largest datagram sent into the link.
+    largest: usize,
 }
 
 impl Link {
@@ -47,12 +65,36 @@ impl Link {
             sent: 0,
             lost: 0,
             times: Vec::new(),
+            mtu: None,
+            local_mtu: None,
+            too_big: 0,
+            fragmented: 0,
+            refused: 0,
+            probes: 0,
+            largest: 0,
         }
     }
 
-    fn push(&mut self, now: Instant, rng: &mut fastrand::Rng, datagram: Vec<u8>, drop: bool) {
+    fn push(
+        &mut self,
+        now: Instant,
+        rng: &mut fastrand::Rng,
+        datagram: Vec<u8>,
+        drop: bool,
+        dont_fragment: bool,
+    ) {
         self.sent += 1;
         self.times.push(now);
+        self.largest = self.largest.max(datagram.len());
+        self.probes += usize::from(dont_fragment);
+        if self.mtu.is_some_and(|m| datagram.len() > m) {
+            if dont_fragment {
+                self.too_big += 1;
+                self.lost += 1;
+                return;
+            }
+            self.fragmented += 1;
+        }
         if drop || rng.f64() < self.loss {
             self.lost += 1;
             return;
@@ -111,10 +153,16 @@ fn pump(
     rng: &mut fastrand::Rng,
     drops: &mut VecDeque<(PacketType, usize)>,
 ) -> usize {
-    let mut buf = vec![0u8; conn.config().packet_size];
+    let mut buf = vec![0u8; conn.config().max_packet_size];
     let mut n = 0;
     while let Some(len) = conn.poll_transmit(now, &mut buf) {
-        assert!(len <= conn.config().packet_size);
+        assert!(len <= conn.config().max_packet_size);
+        let probe = conn.transmit_is_probe();
+        if probe && link.local_mtu.is_some_and(|m| len > m) {
+            link.refused += 1;
+            conn.handle_probe_refused(now);
+            continue;
+        }
         let (p, payload) = Packet::decode(&buf[..len]).expect("we send valid packets");
         let drop = match drops.front() {
             Some(&(ty, nth)) if ty == p.ty && nth == 0 => {
@@ -127,7 +175,7 @@ fn pump(
             }
             _ => false,
         };
-        link.push(now, rng, buf[..len].to_vec(), drop);
+        link.push(now, rng, buf[..len].to_vec(), drop, probe);
         n += 1;
     }
     n
@@ -246,6 +294,17 @@ impl Sim {
     /// Moves `data` from a to b (and `back` from b to a at the same time), checks both arrive
     /// byte-exact, and returns the simulated time taken.
     fn transfer(&mut self, data: &[u8], back: &[u8], limit: Duration) -> Duration {
+        self.transfer_with(data, back, limit, |_| {})
+    }
+
+    /// [`Sim::transfer`], calling `each` at every step.
+    fn transfer_with(
+        &mut self,
+        data: &[u8],
+        back: &[u8],
+        limit: Duration,
+        mut each: impl FnMut(&mut Self),
+    ) -> Duration {
         let start = self.now;
         let (mut sent_a, mut sent_b) = (0, 0);
         let (mut got_b, mut got_a) = (Vec::new(), Vec::new());
@@ -268,6 +327,7 @@ impl Sim {
                 got_a.extend_from_slice(&buf[..n]);
             }
             assert!(s.a.error().is_none() && s.b.error().is_none());
+            each(s);
             got_b.len() == data.len()
                 && got_a.len() == back.len()
                 && s.a.unacked_bytes() == 0
@@ -687,4 +747,201 @@ fn a_long_shut_window_is_not_a_dead_peer() {
         got.len() == data.len()
     });
     assert!(got == data);
+}
+
+// ---- path MTU discovery ----
+
+/// Settings whose MTU search restarts after `recheck`.
+fn mtu_config(recheck: Duration) -> Config {
+    Config {
+        mtu_recheck: recheck,
+        ..Config::default()
+    }
+}
+
+/// Whether a's MTU search settled at a size the path carries, within the search margin of it.
+fn settled_under(c: &Connection, mtu: usize) -> bool {
+    let floor = c.packet_size();
+    floor <= mtu
+        && floor + 2 * MTU_SEARCH_MARGIN > mtu
+        && c.mtu_ceiling() < floor + MTU_SEARCH_MARGIN + 1
+}
+
+/// A path that drops don't-fragment datagrams above 9,000 bytes: the search climbs from 1,400
+/// to just under 9,000 within a few round trips, lost probes are the only datagrams that went
+/// through fragmented, and the transfer is byte-exact.
+#[test]
+fn mtu_search_converges_under_the_path_mtu() {
+    let mtu = 9000;
+    let data = pattern(8 << 20, 21);
+    let mut sim = Sim::new(10 * MS, 21, Config::default());
+    sim.ab.mtu = Some(mtu);
+    sim.ba.mtu = Some(mtu);
+    let mut settled_at = None;
+    let start = sim.now;
+    sim.transfer_with(&data, b"back", Duration::from_secs(60), |s| {
+        if settled_at.is_none() && settled_under(&s.a, mtu) {
+            settled_at = Some(s.now - start);
+        }
+    });
+    let st = sim.a.stats();
+    eprintln!(
+        "settled at {} (ceiling {}) after {settled_at:?}: {} probes, {} lost; {} fragmented, \
+         largest {}",
+        sim.a.packet_size(),
+        sim.a.mtu_ceiling(),
+        st.mtu_probes,
+        st.mtu_probes_lost,
+        sim.ab.fragmented,
+        sim.ab.largest
+    );
+    assert!(settled_under(&sim.a, mtu), "floor {}", sim.a.packet_size());
+    let took = settled_at.expect("the search settled");
+    assert!(took < Duration::from_secs(2), "settled after {took:?}");
+    assert!(st.mtu_probes_lost > 0 && st.mtu_probes_lost as usize == sim.ab.too_big);
+    // Only a lost probe, sent again without don't-fragment, was ever larger than the path.
+    assert_eq!(sim.ab.fragmented, sim.ab.too_big);
+    assert_eq!(
+        st.fast_losses as usize, sim.ab.too_big,
+        "no other packet was lost"
+    );
+    // Most of the 8 MiB went in packets near 9,000 bytes, not 1,400.
+    assert!(sim.ab.sent < 2000, "{} datagrams", sim.ab.sent);
+}
+
+/// A lost probe is not congestion: on a path whose only losses are too-big probes and whose
+/// delay never grows, the window never shrinks.
+#[test]
+fn lost_probes_do_not_shrink_the_window() {
+    let data = pattern(4 << 20, 22);
+    let mut sim = Sim::new(20 * MS, 22, Config::default());
+    sim.ab.mtu = Some(3000);
+    let mut last = sim.a.cwnd();
+    let mut shrank = Vec::new();
+    sim.transfer_with(&data, b"", Duration::from_secs(60), |s| {
+        let cwnd = s.a.cwnd();
+        if cwnd < last {
+            shrank.push((last, cwnd));
+        }
+        last = cwnd;
+    });
+    assert!(sim.a.stats().mtu_probes_lost >= 3, "{:?}", sim.a.stats());
+    assert_eq!(sim.a.stats().timeouts, 0);
+    assert!(shrank.is_empty(), "the window shrank: {shrank:?}");
+    assert!(settled_under(&sim.a, 3000), "floor {}", sim.a.packet_size());
+}
+
+/// A probe the sender's own kernel refuses (`EMSGSIZE`) is a lost probe, sent again at once:
+/// nothing is lost on the wire, and the search settles under the local MTU.
+#[test]
+fn refused_probes_lower_the_ceiling() {
+    let data = pattern(4 << 20, 23);
+    let mut sim = Sim::new(5 * MS, 23, Config::default());
+    sim.ab.local_mtu = Some(4000);
+    sim.transfer(&data, b"", Duration::from_secs(60));
+    assert!(sim.ab.refused > 0);
+    assert_eq!(sim.ab.lost, 0);
+    assert_eq!(sim.a.stats().mtu_probes_lost as usize, sim.ab.refused);
+    assert!(settled_under(&sim.a, 4000), "floor {}", sim.a.packet_size());
+    assert_eq!(
+        sim.a.stats().retransmits,
+        0,
+        "a refused probe is not a retransmission"
+    );
+}
+
+/// The path's MTU shrinks from 9,000 to 1,000 in the middle of a transfer (a route change):
+/// packets cut for the old path go through fragmented meanwhile, the next search finds the
+/// floor too big and settles under 1,000, and the transfer completes byte-exact.
+#[test]
+fn a_path_mtu_that_shrinks_mid_transfer_is_found_again() {
+    let data = pattern(24 << 20, 24);
+    let mut sim = Sim::new(10 * MS, 24, mtu_config(Duration::from_secs(2)));
+    sim.ab.mtu = Some(9000);
+    sim.ab.rate = Some(2_000_000.0);
+    let start = sim.now;
+    let mut shrunk_at = None;
+    let mut settled_after = None;
+    sim.transfer_with(&data, b"", Duration::from_secs(120), |s| {
+        if shrunk_at.is_none()
+            && settled_under(&s.a, 9000)
+            && s.now - start > Duration::from_secs(3)
+        {
+            s.ab.mtu = Some(1000);
+            shrunk_at = Some(s.now);
+        }
+        if let Some(at) = shrunk_at {
+            if settled_after.is_none() && settled_under(&s.a, 1000) {
+                settled_after = Some(s.now - at);
+            }
+        }
+    });
+    assert!(
+        shrunk_at.is_some(),
+        "the search settled under 9,000 first: {} {} {:?}",
+        sim.a.packet_size(),
+        sim.a.mtu_ceiling(),
+        sim.a.stats()
+    );
+    let Some(after) = settled_after else {
+        panic!(
+            "not settled under the new MTU: {} {} {:?} {} frag {} too big, {:?} elapsed",
+            sim.a.packet_size(),
+            sim.a.mtu_ceiling(),
+            sim.a.stats(),
+            sim.ab.fragmented,
+            sim.ab.too_big,
+            sim.now - shrunk_at.unwrap()
+        )
+    };
+    eprintln!(
+        "settled under 1,000 {after:?} after the change; {:?}",
+        sim.a.stats()
+    );
+    // The next recheck (2 s) finds it: the floor halves, then a few probes.
+    assert!(
+        after < Duration::from_secs(8),
+        "settled {after:?} after the change"
+    );
+    // Later rechecks search again (the ceiling back at the top) but keep the floor.
+    assert!(sim.a.packet_size() <= 1000, "floor {}", sim.a.packet_size());
+}
+
+/// A peer that does not announce what it reads (libtorrent reads 1,500 bytes) never gets a
+/// larger datagram, even on a path that carries 16 KiB.
+#[test]
+fn a_peer_that_does_not_announce_gets_ethernet_sized_datagrams() {
+    let start = Instant::now();
+    let mut a = Connection::connect(start, start, 100, 500, Config::loopback());
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = a.poll_transmit(start, &mut buf).unwrap();
+    let (syn, _) = Packet::decode(&buf[..n]).unwrap();
+    assert_eq!(syn.max_datagram, Some(65_535), "we announce what we read");
+    // libtorrent's answer: a STATE without the extension.
+    let mut ack = Packet::new(PacketType::State, 100);
+    ack.seq_nr = 9000;
+    ack.ack_nr = 500;
+    ack.wnd_size = 4 << 20;
+    let mut now = start + 10 * MS;
+    a.handle_packet(now, &ack, b"");
+    assert!(a.is_connected());
+    assert_eq!(a.packet_size(), UNANNOUNCED_PEER_DATAGRAM);
+    a.write(&pattern(2 << 20, 3));
+    let mut largest = 0;
+    let mut acked = 500u16;
+    for _ in 0..200 {
+        while let Some(n) = a.poll_transmit(now, &mut buf) {
+            largest = largest.max(n);
+            let (p, _) = Packet::decode(&buf[..n]).unwrap();
+            acked = p.seq_nr;
+        }
+        now += 10 * MS;
+        ack.ack_nr = acked;
+        a.handle_packet(now, &ack, b"");
+    }
+    assert!(
+        a.stats().mtu_probes == 0,
+        "nothing to search above 1,472 - 1,400 + margin"
+    );
+    assert_eq!(largest, UNANNOUNCED_PEER_DATAGRAM);
 }

@@ -8,6 +8,15 @@
 //! connection through its [`ConnectionHandle`] ([`UtpSocket::connection_mut`]) and gives it up
 //! with [`UtpSocket::release`]; the table forgets it once it is closed and drained.
 //!
+//! # Packet sizes
+//! Each connection searches for the largest datagram its path carries (see `conn`), up to a
+//! ceiling this socket sets from the peer's address alone ([`path_ceiling`]): a loopback
+//! address gets [`LOOPBACK_PACKET_SIZE`], any other the UDP payload of a 1500-byte Ethernet
+//! MTU (1472 over IPv4, 1452 over IPv6). Reading the route's interface MTU would take system
+//! calls per connection and only matters for jumbo frames, which the internet does not carry;
+//! a tunnel's smaller MTU is found by the search. A datagram that is an MTU probe is named by
+//! [`UtpSocket::last_transmit_probe`], so the driver sends it with don't-fragment.
+//!
 //! # Bounds
 //! The table holds at most `max_connections` connections (connecting, established and closing);
 //! at most [`MAX_PENDING_ACCEPTS`] of them may wait for [`UtpSocket::accept`]. A SYN beyond
@@ -19,7 +28,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use super::conn::{Config, Connection};
+use super::conn::{Config, Connection, LOOPBACK_PACKET_SIZE, UNANNOUNCED_PEER_DATAGRAM};
 use super::packet::{Packet, PacketType};
 use super::{classify, DatagramKind, UtpError};
 
@@ -30,6 +39,25 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
 pub const MAX_PENDING_ACCEPTS: usize = 64;
 /// RESETs queued for sending: one flood of strays cannot grow the queue.
 pub const MAX_PENDING_RESETS: usize = 64;
+
+/// The largest datagram the path to `addr` may carry, judged from the address (see the module
+/// documentation): where a connection's MTU search starts its ceiling.
+pub fn path_ceiling(addr: &SocketAddr) -> usize {
+    let (loopback, v4) = match addr.ip() {
+        std::net::IpAddr::V4(ip) => (ip.is_loopback(), true),
+        std::net::IpAddr::V6(ip) => match ip.to_ipv4_mapped() {
+            Some(v4) => (v4.is_loopback(), true),
+            None => (ip.is_loopback(), false),
+        },
+    };
+    if loopback {
+        LOOPBACK_PACKET_SIZE
+    } else if v4 {
+        UNANNOUNCED_PEER_DATAGRAM
+    } else {
+        1500 - 48 // IPv6 (40) and UDP (8) headers
+    }
+}
 
 /// A connection of a [`UtpSocket`]; stays unique even after its slot is reused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -96,6 +124,8 @@ pub struct UtpSocket {
     resets: VecDeque<(SocketAddr, Packet)>,
     /// Where the next [`UtpSocket::poll_transmit`] starts looking, for fairness.
     cursor: usize,
+    /// The connection whose MTU probe the last [`UtpSocket::poll_transmit`] returned.
+    last_probe: Option<ConnectionHandle>,
 }
 
 impl UtpSocket {
@@ -113,6 +143,7 @@ impl UtpSocket {
             accept_queue: VecDeque::new(),
             resets: VecDeque::new(),
             cursor: 0,
+            last_probe: None,
         }
     }
 
@@ -187,6 +218,14 @@ impl UtpSocket {
         }
     }
 
+    /// The settings for a connection with `addr`: the socket's, the ceiling lowered to the
+    /// path's.
+    fn config_for(&self, addr: &SocketAddr) -> Config {
+        let mut c = self.config.clone();
+        c.max_packet_size = c.max_packet_size.min(path_ceiling(addr));
+        c
+    }
+
     /// Opens a connection to `addr` with a fresh receive id.
     pub fn connect(
         &mut self,
@@ -202,7 +241,7 @@ impl UtpSocket {
             .map(|_| self.rng.u16(..))
             .find(|&id| !self.by_key.contains_key(&(addr, id)))
             .ok_or(UtpError::TableFull)?;
-        let conn = Connection::connect(now, self.epoch, id, 1, self.config.clone());
+        let conn = Connection::connect(now, self.epoch, id, 1, self.config_for(&addr));
         Ok(self.insert(addr, conn))
     }
 
@@ -276,7 +315,8 @@ impl UtpSocket {
                     return Routed::Dropped;
                 }
                 let seq = self.rng.u16(..);
-                let conn = Connection::accept(now, self.epoch, &packet, seq, self.config.clone());
+                let config = self.config_for(&from);
+                let conn = Connection::accept(now, self.epoch, &packet, seq, config);
                 let h = self.insert(from, conn);
                 self.accept_queue.push_back(h);
                 Routed::Accepted(h)
@@ -292,6 +332,7 @@ impl UtpSocket {
     /// The next datagram to send and its destination, written into `buf` (which should hold
     /// the configured packet size). Call until `None`.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<(SocketAddr, usize)> {
+        self.last_probe = None;
         if let Some((addr, r)) = self.resets.pop_front() {
             if let Some(n) = r.encode(buf) {
                 return Some((addr, n));
@@ -300,16 +341,35 @@ impl UtpSocket {
         let n = self.slots.len();
         for step in 0..n {
             let index = (self.cursor + step) % n;
+            let generation = self.slots[index].generation;
             let Some(e) = self.slots[index].entry.as_mut() else {
                 continue;
             };
             if let Some(len) = e.conn.poll_transmit(now, buf) {
                 // Next time start after this one, so no connection starves the others.
                 self.cursor = (index + 1) % n;
+                if e.conn.transmit_is_probe() {
+                    self.last_probe = Some(ConnectionHandle { index, generation });
+                }
                 return Some((e.addr, len));
             }
         }
         None
+    }
+
+    /// The connection whose MTU probe the datagram the last [`UtpSocket::poll_transmit`]
+    /// returned is, if it is one: send it with don't-fragment, and if the kernel refuses it as
+    /// too big, say so with [`UtpSocket::handle_probe_refused`].
+    pub fn last_transmit_probe(&self) -> Option<ConnectionHandle> {
+        self.last_probe
+    }
+
+    /// The kernel refused connection `handle`'s probe as too big for the path: a lost probe,
+    /// never an error (see [`Connection::handle_probe_refused`]).
+    pub fn handle_probe_refused(&mut self, now: Instant, handle: ConnectionHandle) {
+        if let Some(c) = self.connection_mut(handle) {
+            c.handle_probe_refused(now);
+        }
     }
 
     /// When [`UtpSocket::handle_timeout`] should run next.
