@@ -10,7 +10,8 @@
 //! picker stays the one owner of who fetches what, and the blocks a web seed brings take the
 //! peers' path: assembled by the picker, hashed from memory, written, offered with HAVE.
 //!
-//! A grant (at most [`GRANT_MAX_BYTES`], one grant in flight per seed) is sorted into runs of
+//! A grant (at most [`GRANT_MAX_BYTES`], one grant in flight per seed, at most [`MAX_RUNNING`]
+//! seeds of a torrent at once) is sorted into runs of
 //! contiguous torrent bytes ([`plan`]); each run is cut at file boundaries and each piece of it
 //! is one `GET` with a `Range` header to that file's URL ([`file_urls`]). The requests run on
 //! smol's blocking pool through `ureq`; a response is read up to the bytes asked, never more.
@@ -55,9 +56,14 @@ use crate::torrent::PeerInfo;
 pub const GRANT_MIN_BYTES: u64 = 1024 * 1024;
 
 /// Bytes asked of the picker at a time, at most: they are held in memory while they arrive
-/// (and the picker's disk budget counts them once delivered), so large pieces are fetched a
-/// part at a time.
-pub const GRANT_MAX_BYTES: u64 = 16 * 1024 * 1024;
+/// (twice, briefly, while they are cut into blocks; the picker's disk budget counts them once
+/// delivered), so large pieces are fetched a part at a time.
+pub const GRANT_MAX_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Web seeds of one torrent fetching at once; the others of its `url-list` wait for one to be
+/// given up. Bounds what a torrent's web seeds hold in memory (this many grants) and the
+/// blocking threads they take, whatever the file lists.
+pub const MAX_RUNNING: usize = 4;
 
 /// Failures in a row after which a web seed is given up (with backoff: about a minute).
 pub const MAX_FAILURES: u32 = 5;
@@ -678,12 +684,18 @@ impl WebSeeds {
         self.seeds.iter().any(|s| s.running.is_some())
     }
 
-    /// Starts every seed that is not running and was not given up.
+    /// Starts the seeds that are not running and were not given up, [`MAX_RUNNING`] at most
+    /// at once, in `url-list` order.
     pub(crate) fn start(&mut self, with: StartWith<'_>) {
+        let mut running = self.seeds.iter().filter(|s| s.running.is_some()).count();
         for seed in &mut self.seeds {
+            if running >= MAX_RUNNING {
+                break;
+            }
             if seed.running.is_some() || seed.stats.disabled.load(Ordering::Relaxed) {
                 continue;
             }
+            running += 1;
             let key = PeerKey(*with.next_key);
             *with.next_key += 1;
             let (stop_tx, stop_rx) = async_channel::bounded(1);
