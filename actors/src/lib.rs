@@ -23,4 +23,5 @@ pub mod tracker;
 pub mod tracker_server;
 pub mod udp;
 pub mod utp;
+pub mod webseed;
 pub mod workers;

@@ -57,6 +57,16 @@ const MAX_SUSPECTS: usize = 1024;
 /// How many pieces a peer may corrupt before it is banned.
 pub const BAN_STRIKES: u32 = 2;
 
+/// Strikes that ban `addr`: [`BAN_STRIKES`] for a peer, one for a web seed (BEP 19), whose
+/// server sends the same bytes every time: one corrupt piece surely caused by it is enough.
+fn strikes_to_ban(addr: &SocketAddr) -> u32 {
+    if crate::webseed::is_seed_addr(addr) {
+        1
+    } else {
+        BAN_STRIKES
+    }
+}
+
 /// What the picker tells one peer.
 #[derive(Debug)]
 pub enum PeerNote {
@@ -341,7 +351,7 @@ impl State {
                 let struck_out = self
                     .strikes
                     .get(&BanKey::of(addr))
-                    .is_some_and(|&n| n >= BAN_STRIKES);
+                    .is_some_and(|&n| n >= strikes_to_ban(&addr));
                 let has = Bitfield::new(self.lengths.num_pieces());
                 self.peers.insert(
                     peer,
@@ -638,7 +648,7 @@ impl State {
         }
         let n = self.strikes.entry(key).or_insert(0);
         *n += 1;
-        if *n >= BAN_STRIKES {
+        if *n >= strikes_to_ban(&addr) {
             log::warn!("banning {addr}: sent corrupt data for {n} pieces");
             let struck: Vec<PeerKey> = self
                 .peers

@@ -15,7 +15,7 @@
 //!   comes after an exponential, jittered backoff from [`Timing::retry_base`] up to
 //!   [`Timing::retry_max`]. Every failure is logged with `log` and kept for
 //!   [`TrackerClient::status`].
-//! - HTTP goes through `ureq` (blocking, plain HTTP only: TLS is not compiled in) on smol's
+//! - HTTP and HTTPS go through `ureq` (blocking; rustls) on smol's
 //!   blocking pool, bounded by [`Timing::request_timeout`] and [`MAX_BODY`]. UDP (BEP 15)
 //!   goes through a smol `UdpSocket`, with retransmission after `udp_retransmit_base * 2^n`.
 //!   Other schemes are logged and skipped.

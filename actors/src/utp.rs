@@ -44,14 +44,17 @@ pub enum Transport {
     Tcp,
     /// uTP (BEP 29) over UDP.
     Utp,
+    /// Not a peer: a web seed (BEP 19), fetched from over HTTP.
+    Web,
 }
 
 impl Transport {
-    /// `tcp` or `utp`.
+    /// `tcp`, `utp` or `web`.
     pub fn as_str(self) -> &'static str {
         match self {
             Transport::Tcp => "tcp",
             Transport::Utp => "utp",
+            Transport::Web => "web",
         }
     }
 }

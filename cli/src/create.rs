@@ -28,6 +28,10 @@ pub struct Args {
     /// A tracker announce URL; repeat for more, each in its own tier (BEP 12).
     #[arg(short, long = "tracker", value_name = "URL")]
     pub trackers: Vec<String>,
+    /// A web seed (BEP 19): an http:// or https:// URL serving the same file (or, ending in
+    /// '/', the folder holding it); repeat for more.
+    #[arg(long = "web-seed", value_name = "URL")]
+    pub web_seeds: Vec<String>,
     /// Mark the torrent private (BEP 27): peers only from its trackers.
     #[arg(long)]
     pub private: bool,
@@ -96,6 +100,7 @@ pub fn run(args: Args) -> CliResult {
         creation_date: None,
         include_hidden: args.include_hidden,
         threads: args.threads,
+        web_seeds: args.web_seeds,
     };
     // Checked before hashing so a mistake costs nothing; create_new below closes the race.
     if !args.force && args.output.exists() {
@@ -122,6 +127,17 @@ pub fn run(args: Args) -> CliResult {
             ));
         }
     }
+    for url in opts
+        .web_seeds
+        .iter()
+        .filter(|u| !looks_like_web_seed_url(u))
+    {
+        say(&format!(
+            "shoal: warning: web seed {:?} is not an http:// or https:// URL with a host; \
+             clients will not use it",
+            printable(url)
+        ));
+    }
     let bytes = create_torrent(&args.path, &opts).map_err(|e| e.to_string())?;
     let meta = Metainfo::from_bytes(&bytes)
         .map_err(|e| format!("internal error: the torrent made does not read back: {e}"))?;
@@ -147,6 +163,16 @@ pub fn run(args: Args) -> CliResult {
         human_size(u64::from(info.piece_length)),
     )?;
     Ok(())
+}
+
+/// Whether `url` could be a web seed's: `http://` or `https://` and a host.
+fn looks_like_web_seed_url(url: &str) -> bool {
+    let lower = url.to_ascii_lowercase();
+    ["http://", "https://"].iter().any(|s| {
+        lower
+            .strip_prefix(s)
+            .is_some_and(|rest| !rest.starts_with('/') && !rest.is_empty())
+    })
 }
 
 /// Whether `url` could be a tracker's: `http://`, `https://` or `udp://` and a host.

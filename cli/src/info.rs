@@ -165,6 +165,9 @@ pub fn run(args: Args) -> CliResult {
             outln!("  tier {i}: {}", printable(&tier.join(" ")))?;
         }
     }
+    for url in &meta.url_list {
+        outln!("web seed:      {}", printable(url))?;
+    }
     outln!("files ({}):", info.files.len())?;
     for f in &info.files {
         outln!("  {:>14}  {}", f.length, printable(&f.path.join("/")))?;

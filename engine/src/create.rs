@@ -60,6 +60,8 @@ pub struct CreateOptions {
     pub include_hidden: bool,
     /// Hashing threads; 0 uses every core.
     pub threads: usize,
+    /// Web seeds (BEP 19 `url-list`): URLs serving the same files over HTTP(S).
+    pub web_seeds: Vec<String>,
 }
 
 /// Why a torrent could not be made.
@@ -267,13 +269,14 @@ pub fn create_torrent(path: &Path, opts: &CreateOptions) -> Result<Vec<u8>, Crea
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64)
     });
-    let meta = Metainfo::new(
+    let mut meta = Metainfo::new(
         info,
         opts.trackers.clone(),
         opts.comment.clone(),
         Some(created_by),
         Some(creation_date),
     );
+    meta.url_list = opts.web_seeds.clone();
     Ok(meta.to_bytes())
 }
 

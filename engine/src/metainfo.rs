@@ -61,7 +61,18 @@ pub struct Metainfo {
     pub created_by: Option<String>,
     /// The info dictionary's bytes exactly as in the file; the info hash is taken over them.
     pub raw_info: Vec<u8>,
+    /// Web seeds (BEP 19 `url-list`): HTTP(S) or FTP URLs serving the torrent's files. At most
+    /// [`MAX_WEB_SEEDS`], each at most [`MAX_WEB_SEED_URL`] bytes; anything else in the key is
+    /// ignored, as the BEP allows a client to ignore the key.
+    pub url_list: Vec<String>,
 }
+
+/// The most `url-list` entries kept: each becomes a task fetching from a server, so a file
+/// cannot make us start thousands; real torrents name one to a handful of mirrors.
+pub const MAX_WEB_SEEDS: usize = 16;
+
+/// The longest `url-list` URL kept (bytes): far above real URLs, small enough to log.
+pub const MAX_WEB_SEED_URL: usize = 2048;
 
 /// The `info` dictionary: what the swarm shares.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -494,6 +505,33 @@ fn parse_tiers(list: List<'_>) -> Result<Vec<Vec<String>>> {
     Ok(tiers)
 }
 
+/// The `url-list` key (BEP 19): one URL or a list of them. The key may be ignored by a client,
+/// so nothing in it is an error: entries that are not UTF-8 strings, empty, too long
+/// ([`MAX_WEB_SEED_URL`]), repeated or past [`MAX_WEB_SEEDS`] are dropped.
+fn parse_url_list(v: Value<'_>) -> Vec<String> {
+    let keep = |v: Value<'_>| match v {
+        Value::Bytes(b) if !b.is_empty() && b.len() <= MAX_WEB_SEED_URL => {
+            std::str::from_utf8(b).ok().map(str::to_string)
+        }
+        _ => None,
+    };
+    let mut urls: Vec<String> = Vec::new();
+    match v {
+        Value::List(list) => {
+            for url in list.items().filter_map(keep) {
+                if urls.len() == MAX_WEB_SEEDS {
+                    break;
+                }
+                if !urls.contains(&url) {
+                    urls.push(url);
+                }
+            }
+        }
+        other => urls.extend(keep(other)),
+    }
+    urls
+}
+
 impl Metainfo {
     /// Parses and checks a `.torrent` file.
     pub fn from_bytes(bytes: &[u8]) -> Result<Metainfo> {
@@ -504,7 +542,7 @@ impl Metainfo {
             Value::Dict(dict) => dict,
             _ => return Err(wrong("(top level)", "a dictionary")),
         };
-        let [info, announce, announce_list, creation_date, comment, created_by] = fields(
+        let [info, announce, announce_list, creation_date, comment, created_by, url_list] = fields(
             root,
             [
                 "info",
@@ -513,6 +551,7 @@ impl Metainfo {
                 "creation date",
                 "comment",
                 "created by",
+                "url-list",
             ],
             "",
         )?;
@@ -541,6 +580,7 @@ impl Metainfo {
             comment: comment.map(|v| as_text(v, "comment")).transpose()?,
             created_by: created_by.map(|v| as_text(v, "created by")).transpose()?,
             raw_info: raw_info.to_vec(),
+            url_list: url_list.map(parse_url_list).unwrap_or_default(),
         })
     }
 
@@ -569,6 +609,7 @@ impl Metainfo {
             comment: None,
             created_by: None,
             raw_info: raw_info.to_vec(),
+            url_list: Vec::new(),
         })
     }
 
@@ -595,6 +636,7 @@ impl Metainfo {
             comment,
             created_by,
             raw_info,
+            url_list: Vec::new(),
         }
     }
 
@@ -656,6 +698,15 @@ impl Metainfo {
         out.pop(); // the closing `e`
         out.extend_from_slice(b"4:info");
         out.extend_from_slice(&self.raw_info);
+        // "url-list" sorts after "info": written here to keep the keys in order.
+        if !self.url_list.is_empty() {
+            out.extend_from_slice(b"8:url-listl");
+            for url in &self.url_list {
+                out.extend_from_slice(format!("{}:", url.len()).as_bytes());
+                out.extend_from_slice(url.as_bytes());
+            }
+            out.push(b'e');
+        }
         out.push(b'e');
         out
     }
@@ -879,6 +930,35 @@ mod tests {
             m.tiers(),
             vec![vec!["u:1".to_string()], vec!["u:2".into(), "u:3".into()]]
         );
+    }
+
+    #[test]
+    fn reads_url_list_as_string_or_list_and_ignores_junk() {
+        let with = |url_list: &[u8]| {
+            let mut v = single("", "1", "16384", 1);
+            v.pop();
+            v.extend_from_slice(url_list);
+            v.push(b'e');
+            Metainfo::from_bytes(&v).unwrap()
+        };
+        assert_eq!(with(b"8:url-list9:http://a/").url_list, ["http://a/"]);
+        let m = with(b"8:url-listl9:http://a/i3e0:ld1:ai1eee9:http://a/9:http://b/e");
+        assert_eq!(m.url_list, ["http://a/", "http://b/"]);
+        // Written back after `info`, in key order, and read again the same.
+        assert_eq!(Metainfo::from_bytes(&m.to_bytes()).unwrap(), m);
+        assert!(with(b"8:url-listi7e").url_list.is_empty());
+        assert!(with(b"8:url-list2:\xff\xfe").url_list.is_empty());
+        let many: String = (0..100).map(|i| format!("10:http://{i:02}/")).collect();
+        assert_eq!(
+            with(format!("8:url-listl{many}e").as_bytes())
+                .url_list
+                .len(),
+            MAX_WEB_SEEDS
+        );
+        let long = "x".repeat(MAX_WEB_SEED_URL + 1);
+        assert!(with(format!("8:url-list{}:{long}", long.len()).as_bytes())
+            .url_list
+            .is_empty());
     }
 
     #[test]

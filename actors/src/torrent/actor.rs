@@ -150,6 +150,8 @@ pub(super) struct State {
     pub(super) saved_pieces: u32,
     /// When the record was last saved.
     pub(super) last_save: Instant,
+    /// The web seeds (BEP 19): fetched from while the torrent runs and is not complete.
+    pub(super) web_seeds: crate::webseed::WebSeeds,
 }
 
 pub(super) async fn run(
@@ -271,6 +273,21 @@ impl State {
             ));
         }
         self.dial();
+        self.start_web_seeds();
+    }
+
+    /// Starts the web seeds not running (and not given up), unless paused or complete.
+    fn start_web_seeds(&mut self) {
+        if self.paused || self.shared.is_complete() {
+            return;
+        }
+        self.web_seeds.start(crate::webseed::StartWith {
+            spawner: &self.ctx.spawner,
+            picker: &self.picker,
+            pool: &self.downloads,
+            shared: &self.shared,
+            next_key: &mut self.next_key,
+        });
     }
 
     /// A new file selection: newly wanted files are created (their bytes moved in from the
@@ -314,6 +331,7 @@ impl State {
         for e in self.entries.values() {
             let _ = e.control.try_send(PeerControl::Stop);
         }
+        self.web_seeds.stop().await;
         if let Ok(have) = self
             .picker
             .call(|reply| PickerMsg::Verified { reply })
@@ -604,14 +622,17 @@ impl State {
     /// Whether nothing moves: no peer connected or connecting, and nothing to fetch (complete,
     /// or paused).
     fn is_idle(&self) -> bool {
-        self.entries.is_empty() && (self.paused || self.shared.is_complete())
+        self.entries.is_empty()
+            && !self.web_seeds.any_running()
+            && (self.paused || self.shared.is_complete())
     }
 
     async fn tick(&mut self) {
-        if !self.entries.is_empty() {
+        if !self.entries.is_empty() || self.web_seeds.any_running() {
             // A lost tick is harmless: another comes in a second.
             let _ = self.picker.try_send(PickerMsg::Tick);
         }
+        self.web_seeds.tick();
         self.update_pex_view();
         let p = self.shared.progress();
         if self.entries.is_empty() {
@@ -665,6 +686,10 @@ impl State {
                     let _ = e.control.try_send(PeerControl::Stop);
                 }
             }
+            self.web_seeds.stop().await;
+        } else if !p.complete {
+            // More files became wanted, or a seed's task ended: (re)start what may run.
+            self.start_web_seeds();
         }
         if self.last_save.elapsed() >= RESUME_EVERY && p.verified_pieces != self.saved_pieces {
             if let Ok(have) = self
@@ -808,7 +833,9 @@ impl State {
                 },
                 pieces: e.stats.pieces.load(Ordering::Relaxed),
                 client: e.stats.client.get().cloned(),
+                url: None,
             })
+            .chain(self.web_seeds.infos())
             .collect()
     }
 
@@ -833,6 +860,7 @@ impl State {
             .await;
         // Peers that did not stop in time are cancelled.
         self.peers = Supervisor::new(self.ctx.spawner.clone());
+        self.web_seeds.stop().await;
         // Their exits were not handled one by one: give back every slot at once.
         self.ctx.slots.give_back(self.entries.len());
         self.entries.clear();

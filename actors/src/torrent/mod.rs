@@ -308,6 +308,9 @@ pub struct PeerInfo {
     pub pieces: u32,
     /// Its client name and version, from its extension handshake.
     pub client: Option<String>,
+    /// For a web seed (BEP 19, transport `web`), its URL; `addr` is then only its name with the
+    /// picker (see `webseed::seed_addr`). `None` for a peer.
+    pub url: Option<String>,
 }
 
 /// Where a torrent's content is on disk.

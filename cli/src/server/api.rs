@@ -370,7 +370,8 @@ async fn detail(server: &Server, entry: &Entry, t: &Torrent) -> Value {
         .into_iter()
         .map(|p| {
             json!({
-                "addr": p.addr.to_string(),
+                // A web seed (transport "web") is named by its URL.
+                "addr": p.url.clone().unwrap_or_else(|| p.addr.to_string()),
                 "client": p.client,
                 "transport": p.transport.as_str(),
                 "encrypted": p.encrypted,
