@@ -315,14 +315,21 @@ fn web_seed_alone_multi_file_binary() {
     web_seed_alone_binary(Shape::Multi, "ws-multi");
 }
 
-/// The library: a session with no peer at all downloads from the web seed.
-fn web_seed_alone_library(shape: Shape, tag: &str) {
+/// The library: a session with no peer at all downloads from the web seed. With `remote`, the
+/// torrent names first a web seed on this host's outward address, which the session, on
+/// loopback, must never contact (the loopback rule): the listener there must see no connection.
+fn web_seed_alone_library(shape: Shape, tag: &str, remote: Option<TcpListener>) {
     let _ = env_logger::builder().is_test(true).try_init();
     let dir = tempdir();
     let server = WebServer::start(&dir.path().join("src"), Mode::Honest, Duration::ZERO);
     let url = seed_url(&server, tag, shape);
     let total = 3 * MIB + 999;
-    let (content, torrent) = make_torrent(dir.path(), tag, shape, total, 32 * KIB, &[url]);
+    let mut urls = Vec::new();
+    if let Some(l) = &remote {
+        urls.push(format!("http://{}/", l.local_addr().unwrap()));
+    }
+    urls.push(url.clone());
+    let (content, torrent) = make_torrent(dir.path(), tag, shape, total, 32 * KIB, &urls);
     let meta = Arc::new(Metainfo::from_bytes(&std::fs::read(&torrent).unwrap()).unwrap());
     let rt = Runtime::new(2);
     let session = Session::with_spawner(
@@ -343,10 +350,9 @@ fn web_seed_alone_library(shape: Shape, tag: &str) {
         async {
             loop {
                 let peers = t.peers().await;
-                seen_web |= peers.iter().any(|p| {
-                    p.transport.as_str() == "web"
-                        && p.url.as_deref() == meta.url_list.first().map(|s| s.as_str())
-                });
+                seen_web |= peers
+                    .iter()
+                    .any(|p| p.transport.as_str() == "web" && p.url.as_deref() == Some(&url));
                 if t.progress().complete {
                     return true;
                 }
@@ -367,16 +373,39 @@ fn web_seed_alone_library(shape: Shape, tag: &str) {
         seen_web,
         "the web seed was listed with transport web and its url"
     );
+    if let Some(l) = remote {
+        l.set_nonblocking(true).unwrap();
+        assert!(
+            matches!(l.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "the loopback session contacted the web seed at {}",
+            l.local_addr().unwrap()
+        );
+    }
 }
 
 #[test]
 fn web_seed_alone_single_file_library() {
-    web_seed_alone_library(Shape::Single, "lib-single");
+    web_seed_alone_library(Shape::Single, "lib-single", None);
 }
 
 #[test]
 fn web_seed_alone_multi_file_library() {
-    web_seed_alone_library(Shape::Multi, "lib-multi");
+    web_seed_alone_library(Shape::Multi, "lib-multi", None);
+}
+
+/// The loopback rule: a session on 127.0.0.1 fetches only web seeds on this machine. The other
+/// one listens on this host's outward address (the source address of a route to a
+/// documentation address; a UDP connect sends nothing), so a contact would be seen.
+#[test]
+fn a_loopback_session_fetches_only_web_seeds_on_this_machine() {
+    let outward = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|u| u.connect("192.0.2.1:9").map(|()| u))
+        .and_then(|u| u.local_addr())
+        .map(|a| a.ip())
+        .expect("this host has an outward IPv4 address (a default route)");
+    assert!(!outward.is_loopback(), "{outward}");
+    let remote = TcpListener::bind((outward, 0)).expect("listen on the outward address");
+    web_seed_alone_library(Shape::Multi, "lib-local-only", Some(remote));
 }
 
 /// A libtorrent seed of `torrent` with its data in `src`, upload-limited; returns it and its

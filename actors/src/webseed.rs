@@ -639,8 +639,10 @@ pub(crate) struct StartWith<'a> {
 }
 
 impl WebSeeds {
-    /// The web seeds of `meta` (its `url-list`, http and https only), none running yet.
-    pub fn new(meta: &Metainfo) -> Self {
+    /// The web seeds of `meta` (its `url-list`, http and https only), none running yet. With
+    /// `local_only` (a session on loopback, which never leaves the machine), only those whose
+    /// URL names this machine (`tracker::url_is_local`); the others are never resolved.
+    pub fn new(meta: &Metainfo, local_only: bool) -> Self {
         let seeds = meta
             .url_list
             .iter()
@@ -648,6 +650,13 @@ impl WebSeeds {
                 let ok = is_supported(url);
                 if !ok {
                     log::info!("web seed {url}: not http or https, not used");
+                }
+                ok
+            })
+            .filter(|url| {
+                let ok = !local_only || crate::tracker::url_is_local(url);
+                if !ok {
+                    log::info!("web seed {url}: not used, this session stays on loopback");
                 }
                 ok
             })

@@ -354,7 +354,7 @@ pub(super) async fn launch(
         resume,
         saved_pieces: u32::MAX,
         last_save: Instant::now(),
-        web_seeds: crate::webseed::WebSeeds::new(&meta),
+        web_seeds: crate::webseed::WebSeeds::new(&meta, ctx.local_only),
     };
     state.swarm.add(pending.peers, Instant::now());
     if let Some((w, reply)) = pending.wanted {
