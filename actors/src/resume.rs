@@ -54,6 +54,32 @@ pub fn save(
     have: &Bitfield,
     files: &[PathBuf],
 ) -> io::Result<()> {
+    prepare(record, info_hash, have, files)?.commit()
+}
+
+/// A record written and flushed to its temporary file, not yet in place: [`Prepared::commit`]
+/// renames it over the old record, [`Prepared::discard`] removes it.
+///
+/// The split lets the record be written while the data it describes is still being flushed:
+/// the torrent commits it only once that flush has returned, so a record in place never
+/// claims a piece whose bytes are not durable.
+#[derive(Debug)]
+#[must_use = "a prepared record is not in place until committed"]
+pub struct Prepared {
+    /// The temporary file, flushed.
+    tmp: PathBuf,
+    /// Where the record goes.
+    record: PathBuf,
+}
+
+/// Writes the record for `have` to a temporary file next to `record` and flushes it. The
+/// files' sizes and modification times are read now: call it after the last write to them.
+pub fn prepare(
+    record: &Path,
+    info_hash: &InfoHash,
+    have: &Bitfield,
+    files: &[PathBuf],
+) -> io::Result<Prepared> {
     let mut text = String::with_capacity(64 + have.as_bytes().len() * 2 + files.len() * 40);
     text.push_str(MAGIC);
     text.push('\n');
@@ -81,14 +107,29 @@ pub fn save(
         f.write_all(text.as_bytes())?;
         f.sync_all()?;
     }
-    std::fs::rename(&tmp, record)?;
-    if let Some(parent) = record.parent() {
-        // Make the rename itself durable.
-        if let Ok(dir) = File::open(parent) {
-            let _ = dir.sync_all();
+    Ok(Prepared {
+        tmp,
+        record: record.to_path_buf(),
+    })
+}
+
+impl Prepared {
+    /// Renames the record into place and makes the rename durable.
+    pub fn commit(self) -> io::Result<()> {
+        std::fs::rename(&self.tmp, &self.record)?;
+        if let Some(parent) = self.record.parent() {
+            // Make the rename itself durable.
+            if let Ok(dir) = File::open(parent) {
+                let _ = dir.sync_all();
+            }
         }
+        Ok(())
     }
-    Ok(())
+
+    /// Removes the temporary file: the data it describes could not be flushed.
+    pub fn discard(self) {
+        let _ = std::fs::remove_file(&self.tmp);
+    }
 }
 
 /// Reads the record and returns its pieces if it belongs to this torrent and every file is
