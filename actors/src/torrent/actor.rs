@@ -781,8 +781,7 @@ impl State {
                     .await,
             )
         };
-        let (synced, prepared) =
-            future::zip(self.disk.sync(&self.storage), prepare).await;
+        let (synced, prepared) = future::zip(self.disk.sync(&self.storage), prepare).await;
         if let Err(e) = synced {
             log::error!("flushing {}: {e}", self.meta.info.name);
             if let Some(Ok(p)) = prepared {
