@@ -217,4 +217,33 @@ mod tests {
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[test]
+    fn a_prepared_record_is_in_place_only_once_committed() {
+        let dir = std::env::temp_dir().join(format!("shoal-resume-prep-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let files = vec![dir.join("a")];
+        std::fs::write(&files[0], b"data").unwrap();
+        let hash = InfoHash([3; 20]);
+        let record = dir.join("r.resume");
+        let mut old = Bitfield::new(4);
+        old.set(1);
+        save(&record, &hash, &old, &files).unwrap();
+        let mut new = Bitfield::new(4);
+        new.set(1);
+        new.set(2);
+        // Prepared, not committed (the flush it waited for failed): the old record stands.
+        let p = prepare(&record, &hash, &new, &files).unwrap();
+        assert_eq!(load(&record, &hash, 4, &files), Some(old.clone()));
+        p.discard();
+        assert!(!record.with_extension("tmp").exists());
+        assert_eq!(load(&record, &hash, 4, &files), Some(old));
+        // Committed: the new one.
+        prepare(&record, &hash, &new, &files)
+            .unwrap()
+            .commit()
+            .unwrap();
+        assert_eq!(load(&record, &hash, 4, &files), Some(new));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
