@@ -173,7 +173,7 @@ impl Bench {
         let transfer = match (upload, seeder) {
             (Some(watch), _) => watch.finish(),
             (None, Seeder::Lt(p)) => {
-                p.wait_line("upload ", Duration::from_secs(3))
+                p.wait_line("upload ", Duration::from_secs(5))
                     .and_then(|(_, line)| {
                         let f: Vec<f64> = line
                             .split_whitespace()
@@ -208,8 +208,10 @@ impl Bench {
         let transfer = match transfer {
             // The seeder wrote at least the file: otherwise what was seen is not the upload.
             Some((secs, bytes)) if bytes >= self.bytes => Some(secs),
-            _ => {
-                eprintln!("  {label}: the seeder's upload was not seen whole");
+            seen => {
+                eprintln!(
+                    "  {label}: the seeder's upload was not seen whole ({seen:?}: seconds, bytes)"
+                );
                 None
             }
         };
