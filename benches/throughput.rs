@@ -4,9 +4,16 @@
 //! Cases, for 1 MiB and 256 KiB pieces:
 //! - (a) a `shoal seed` process, a `shoal download` process, at each request depth given
 //!   (`--queue-depth`, the floor of the adaptive queue; by default only 5, the default);
-//! - (b) a libtorrent seeder (benches/helpers/lt_bench.py), `shoal download`, at each depth;
-//! - (c) the same libtorrent seeder with a libtorrent downloader, and with aria2c (which finds
-//!   the seeder through an embedded tracker: it cannot be given a peer on its command line);
+//! - (b) a libtorrent seeder (benches/helpers/lt_bench.py) with libtorrent's
+//!   `high_performance_seed()` settings, what a well-run seedbox uses, and `shoal download`,
+//!   at each depth;
+//! - (c) the same tuned libtorrent seeder with a libtorrent downloader (the reference), and
+//!   with aria2c (which finds the seeder through an embedded tracker: it cannot be given a
+//!   peer on its command line);
+//! - (d) `shoal seed` with the same libtorrent downloader: shoal's seeding against (c)'s;
+//! - (untuned, only when asked for) a second libtorrent seeder with libtorrent's default
+//!   settings, with `shoal download` and with the libtorrent downloader: what this bench
+//!   measured before, when the seeder was the bottleneck for both downloaders;
 //! - (floor) what the machine can do for the same job without any protocol: in this process, a
 //!   sender thread reads the file piece by piece (`read_exact_at`) into a socket on loopback, a
 //!   receiver thread reads each piece, checks its SHA-1 against the torrent and `write_all_at`s
@@ -16,18 +23,28 @@
 //! Once per run it also prints SHA-1 on one core in memory (a 64 MiB buffer, median of five):
 //! the ceiling for a downloader that hashes on one core.
 //!
-//! Every downloader is its own process, so its CPU time (user + system, all threads) comes from
-//! `wait4`; the seeder's CPU per download is read from `/proc/<pid>/stat` before and after.
-//! The time is from spawning the downloader to its "complete" line (aria2c: its
-//! on-bt-download-complete hook), so it includes start-up: process start, the check of the
-//! empty file, connecting. The source file lives in the temp folder between runs and is read
-//! before timing, so it is hot in the page cache; downloads land in the page cache too (the
-//! machine has far more RAM than the file); each output is deleted right after its run, and
-//! everything dirty written back (`sync`) before the next.
+//! What is measured for each download:
+//! - wall: from spawning the downloader to its exit, which is when a user's script can go on.
+//!   It includes start-up (process start, the check of the empty file, connecting) and the
+//!   tail after the last piece (flushing, saving resume data, shutting down);
+//! - tail: from the downloader's "complete" line (aria2c: its on-bt-download-complete hook)
+//!   to its exit;
+//! - transfer: at the seeder, from its first to its last payload byte, the same way for every
+//!   seeder: sampling its bytes written (`wchar` in `/proc/<pid>/io`) every 2 ms, see
+//!   `support::UploadWatch`; accurate to a few milliseconds;
+//! - CPU: every downloader is its own process, so its CPU time (user + system, all threads)
+//!   comes from `wait4`, its peak RSS from sampling `VmHWM` (see `support::PeakRss`); the
+//!   seeder's CPU per download is read from `/proc/<pid>/stat` before and after.
+//!
+//! The source file lives in the temp folder between runs and is read before timing, so it is
+//! hot in the page cache; downloads land in the page cache too (the machine has far more RAM
+//! than the file); each output is deleted right after its run, and everything dirty written
+//! back (`sync`) before the next.
 //!
 //! Knobs: `SHOAL_BENCH_MIB` (default 1024), `SHOAL_BENCH_RUNS` (5), `SHOAL_BENCH_DEPTHS`
-//! (`5`; `5,16,64` compares floors), `SHOAL_BENCH_PIECES` (KiB, `1024,256`), `SHOAL_BENCH_CASES` (a subset of
-//! `floor,a,b,lt,aria2`), `SHOAL_BENCH_VERBOSE=1` echoes the children's output.
+//! (`5`; `5,16,64` compares floors), `SHOAL_BENCH_PIECES` (KiB, `1024,256`), `SHOAL_BENCH_CASES`
+//! (a subset of `floor,a,b,lt,aria2,d,untuned`; all but `untuned` by default),
+//! `SHOAL_BENCH_VERBOSE=1` echoes the children's output.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -61,14 +78,21 @@ fn env_list<T: std::str::FromStr>(name: &str, default: &str) -> Vec<T> {
 }
 
 /// Width of the case column.
-const LABEL: usize = 41;
+const LABEL: usize = 38;
 
 /// One measured download.
 #[derive(Clone, Copy, Debug)]
 struct Sample {
+    /// From spawning the downloader to its exit (the floor: to its last write).
     secs: f64,
+    /// From its "complete" line to its exit.
+    tail: f64,
+    /// At the seeder, from the first to the last payload byte.
+    transfer: Option<f64>,
     cpu_down: f64,
     cpu_seed: f64,
+    /// The downloader's peak RSS, MiB (none for the floor, which runs in this process).
+    rss_mib: Option<f64>,
 }
 
 /// One case's label, samples and the load at each run.
@@ -80,6 +104,23 @@ enum Done {
     Line(&'static str),
     /// This file appears (aria2c's hook writes it).
     File(PathBuf),
+}
+
+/// The seeder of a download, and how its upload is timed.
+enum Seeder<'a> {
+    /// A `shoal seed` process: from its `rchar` (see `support::UploadWatch`).
+    Shoal(u32),
+    /// A libtorrent seeder (lt_bench.py): from the "upload" line it prints after each upload.
+    Lt(&'a mut Proc),
+}
+
+impl Seeder<'_> {
+    fn pid(&self) -> u32 {
+        match self {
+            Seeder::Shoal(pid) => *pid,
+            Seeder::Lt(p) => p.pid(),
+        }
+    }
 }
 
 struct Bench {
@@ -98,10 +139,19 @@ impl Bench {
         done: Done,
         out: &Path,
         file_name: &str,
-        seeder_pid: u32,
+        seeder: &mut Seeder<'_>,
     ) -> Option<Sample> {
+        let seeder_pid = seeder.pid();
         let seed_before = support::proc_cpu(seeder_pid)?;
+        let upload = match seeder {
+            Seeder::Shoal(pid) => Some(support::UploadWatch::start(*pid, "rchar")),
+            Seeder::Lt(p) => {
+                p.drain_lines();
+                None
+            }
+        };
         let mut p = Proc::spawn(cmd);
+        let rss = support::PeakRss::start(p.pid());
         let finished = match &done {
             Done::Line(marker) => p.wait_line(marker, DOWNLOAD_LIMIT).map(|(t, _)| t),
             Done::File(mark) => {
@@ -113,15 +163,35 @@ impl Bench {
                     if Instant::now() > deadline {
                         break None;
                     }
-                    std::thread::sleep(Duration::from_millis(5));
+                    std::thread::sleep(Duration::from_millis(1));
                 }
             }
         };
         let started = p.started();
-        let cpu_down = p.wait_rusage(Duration::from_secs(60));
+        let exit = p.wait_exit(Duration::from_secs(60));
+        let rss = rss.finish();
+        let transfer = match (upload, seeder) {
+            (Some(watch), _) => watch.finish(),
+            (None, Seeder::Lt(p)) => {
+                p.wait_line("upload ", Duration::from_secs(5))
+                    .and_then(|(_, line)| {
+                        let f: Vec<f64> = line
+                            .split_whitespace()
+                            .skip(1)
+                            .filter_map(|x| x.parse().ok())
+                            .collect();
+                        (f.len() == 3).then(|| (f[1] - f[0], f[2] as u64))
+                    })
+            }
+            (None, Seeder::Shoal(_)) => None,
+        };
         let seed_after = support::proc_cpu(seeder_pid)?;
         let Some(finished) = finished else {
             eprintln!("  {label}: did not complete within {DOWNLOAD_LIMIT:?}");
+            return None;
+        };
+        let Some(exit) = exit else {
+            eprintln!("  {label}: did not exit");
             return None;
         };
         let got = std::fs::metadata(out.join(file_name)).map(|m| m.len()).ok();
@@ -135,10 +205,23 @@ impl Bench {
             );
             return None;
         }
+        let transfer = match transfer {
+            // The seeder wrote at least the file: otherwise what was seen is not the upload.
+            Some((secs, bytes)) if bytes >= self.bytes => Some(secs),
+            seen => {
+                eprintln!(
+                    "  {label}: the seeder's upload was not seen whole ({seen:?}: seconds, bytes)"
+                );
+                None
+            }
+        };
         Some(Sample {
-            secs: finished.duration_since(started).as_secs_f64(),
-            cpu_down: cpu_down?,
+            secs: exit.at.duration_since(started).as_secs_f64(),
+            tail: exit.at.saturating_duration_since(finished).as_secs_f64(),
+            transfer,
+            cpu_down: exit.cpu,
             cpu_seed: (seed_after.0 + seed_after.1) - (seed_before.0 + seed_before.1),
+            rss_mib: rss.map(|kib| kib as f64 / 1024.0),
         })
     }
 
@@ -266,10 +349,14 @@ fn floor(data: &Path, meta: &Metainfo, out: &Path) -> Result<Sample, String> {
             lengths.total_length()
         ));
     }
+    let secs = finished.duration_since(started).as_secs_f64();
     Ok(Sample {
-        secs: finished.duration_since(started).as_secs_f64(),
+        secs,
+        tail: 0.0,
+        transfer: Some(secs),
         cpu_down,
         cpu_seed,
+        rss_mib: None,
     })
 }
 
@@ -287,17 +374,35 @@ fn sha1_one_core() -> f64 {
     median(rates)
 }
 
+/// Starts a libtorrent seeder of `torrent` (its data in `dir`) on `port`, announcing to
+/// `tracker` when given; `tuned`: with `high_performance_seed()` settings.
+fn lt_seeder(torrent: &Path, dir: &Path, port: u16, tracker: Option<&str>, tuned: bool) -> Proc {
+    let mut c = Command::new("/usr/bin/python3");
+    c.arg(support::helpers_dir().join("lt_bench.py"))
+        .arg("seed")
+        .arg(torrent)
+        .arg(dir)
+        .arg(port.to_string())
+        .arg(tracker.unwrap_or("-"))
+        .arg(if tuned { "tuned" } else { "untuned" });
+    let mut p = Proc::spawn(c);
+    p.wait_line("ready", SEEDER_LIMIT)
+        .expect("libtorrent seeder started");
+    p
+}
+
 fn main() {
+    let bench_started = Instant::now();
     let mib = support::size_mib(1024);
     let runs = support::runs(5);
     let depths: Vec<usize> = env_list("SHOAL_BENCH_DEPTHS", "5");
     let pieces: Vec<u32> = env_list("SHOAL_BENCH_PIECES", "1024,256");
-    let cases: Vec<String> = env_list("SHOAL_BENCH_CASES", "floor,a,b,lt,aria2");
+    let cases: Vec<String> = env_list("SHOAL_BENCH_CASES", "floor,a,b,lt,aria2,d");
     let has = |c: &str| cases.iter().any(|x| x == c);
     let lt = support::have_libtorrent();
     let aria2 = support::have_program("aria2c");
     if !lt {
-        eprintln!("python3-libtorrent is missing: cases (b) and (c) are skipped");
+        eprintln!("python3-libtorrent is missing: cases (b), (c), (d) and untuned are skipped");
     }
     if !aria2 {
         eprintln!("aria2c is missing: its case is skipped");
@@ -347,22 +452,13 @@ fn main() {
             .wait_line("shoal: seeding", SEEDER_LIMIT)
             .expect("shoal seeder started");
         let lt_port = support::free_port();
-        let mut lt_seed = lt.then(|| {
-            Proc::spawn({
-                let mut c = Command::new("/usr/bin/python3");
-                c.arg(support::helpers_dir().join("lt_bench.py"))
-                    .arg("seed")
-                    .arg(&torrent)
-                    .arg(&dir)
-                    .arg(lt_port.to_string())
-                    .arg(&bench.tracker_url);
-                c
-            })
-        });
-        if let Some(p) = lt_seed.as_mut() {
-            p.wait_line("ready", SEEDER_LIMIT)
-                .expect("libtorrent seeder started");
-        }
+        // Only the tuned seeder announces: aria2c, which finds its seeder there, is compared
+        // against the tuned one.
+        let mut lt_seed =
+            lt.then(|| lt_seeder(&torrent, &dir, lt_port, Some(&bench.tracker_url), true));
+        let untuned_port = support::free_port();
+        let mut untuned_seed =
+            (lt && has("untuned")).then(|| lt_seeder(&torrent, &dir, untuned_port, None, false));
 
         // One untimed download first: here the first download after start-up is often two to
         // three times as costly (fresh page-cache memory in this VM: the copy into the page
@@ -376,7 +472,8 @@ fn main() {
                 depths.first().copied().unwrap_or(5),
             );
             let warm = Done::Line("is complete");
-            let _ = bench.download("warm-up", cmd, warm, &out, &file_name, shoal_seed.pid());
+            let mut seeder = Seeder::Shoal(shoal_seed.pid());
+            let _ = bench.download("warm-up", cmd, warm, &out, &file_name, &mut seeder);
             let _ = std::fs::remove_dir_all(&out);
         }
 
@@ -386,13 +483,20 @@ fn main() {
                 let load = support::load();
                 match s {
                     Some(s) => println!(
-                        "  run {} {label:<LABEL$} {:>7.1} MB/s  {:>6.2} s  down CPU {:>5.2} s/GiB  \
-                         seed CPU {:>5.2} s/GiB  load {load}",
+                        "  run {} {label:<LABEL$} {:>6.1} MB/s {:>6.2} s  tail {:>4.0} ms  \
+                         transfer {:>6} MB/s  down CPU {:>5.2} s/GiB  seed CPU {:>5.2} s/GiB  \
+                         RSS {:>5} MiB  load {load}",
                         run + 1,
                         bench.bytes as f64 / 1e6 / s.secs,
                         s.secs,
+                        s.tail * 1e3,
+                        s.transfer.map_or("?".into(), |t| format!(
+                            "{:.1}",
+                            bench.bytes as f64 / 1e6 / t
+                        )),
                         s.cpu_down / gib,
-                        s.cpu_seed / gib
+                        s.cpu_seed / gib,
+                        s.rss_mib.map_or("-".into(), |r| format!("{r:.0}")),
                     ),
                     None => println!("  run {} {label:<LABEL$} failed  load {load}", run + 1),
                 }
@@ -409,51 +513,36 @@ fn main() {
                     .inspect_err(|e| eprintln!("  floor: {e}"))
                     .ok();
                 let _ = std::fs::remove_dir_all(&out);
-                record("(floor) TCP + SHA-1 + pwrite, no protocol".into(), s);
+                record("(floor) TCP + SHA-1 + pwrite".into(), s);
             }
+            let shoal_down = |case: &str, port: u16, seeder: &mut Seeder<'_>, d: usize| {
+                let out = bench.fresh_out(case);
+                let cmd = bench.shoal_download(&torrent, &out, port, d);
+                let done = Done::Line("is complete");
+                bench.download(case, cmd, done, &out, &file_name, seeder)
+            };
+            let lt_down = |case: &str, port: u16, seeder: &mut Seeder<'_>| {
+                let out = bench.fresh_out(case);
+                let cmd = bench.lt_download(&torrent, &out, port);
+                let done = Done::Line("complete ");
+                bench.download(case, cmd, done, &out, &file_name, seeder)
+            };
             if has("a") {
                 for &d in &depths {
-                    let out = bench.fresh_out("a");
-                    let cmd = bench.shoal_download(&torrent, &out, shoal_port, d);
-                    let s = bench.download(
-                        "a",
-                        cmd,
-                        Done::Line("is complete"),
-                        &out,
-                        &file_name,
-                        shoal_seed.pid(),
-                    );
+                    let s = shoal_down("a", shoal_port, &mut Seeder::Shoal(shoal_seed.pid()), d);
                     record(format!("(a) shoal -> shoal, depth {d}"), s);
                 }
             }
-            if let Some(seed) = lt_seed.as_ref() {
+            if let Some(seed) = lt_seed.as_mut() {
                 if has("b") {
                     for &d in &depths {
-                        let out = bench.fresh_out("b");
-                        let cmd = bench.shoal_download(&torrent, &out, lt_port, d);
-                        let s = bench.download(
-                            "b",
-                            cmd,
-                            Done::Line("is complete"),
-                            &out,
-                            &file_name,
-                            seed.pid(),
-                        );
-                        record(format!("(b) libtorrent -> shoal, depth {d}"), s);
+                        let s = shoal_down("b", lt_port, &mut Seeder::Lt(seed), d);
+                        record(format!("(b) lt tuned -> shoal, depth {d}"), s);
                     }
                 }
                 if has("lt") {
-                    let out = bench.fresh_out("lt");
-                    let cmd = bench.lt_download(&torrent, &out, lt_port);
-                    let s = bench.download(
-                        "lt",
-                        cmd,
-                        Done::Line("complete "),
-                        &out,
-                        &file_name,
-                        seed.pid(),
-                    );
-                    record("(c) libtorrent -> libtorrent".into(), s);
+                    let s = lt_down("lt", lt_port, &mut Seeder::Lt(seed));
+                    record("(c) lt tuned -> lt".into(), s);
                 }
                 if has("aria2") && aria2 {
                     let out = bench.fresh_out("aria2");
@@ -464,50 +553,81 @@ fn main() {
                         Done::File(mark),
                         &out,
                         &file_name,
-                        seed.pid(),
+                        &mut Seeder::Lt(seed),
                     );
-                    record("(c) libtorrent -> aria2c".into(), s);
+                    record("(c) lt tuned -> aria2c".into(), s);
                 }
+                if has("d") {
+                    let s = lt_down("d", shoal_port, &mut Seeder::Shoal(shoal_seed.pid()));
+                    record("(d) shoal -> lt".into(), s);
+                }
+            }
+            if let Some(seed) = untuned_seed.as_mut() {
+                let d = depths.first().copied().unwrap_or(5);
+                let s = shoal_down("untuned", untuned_port, &mut Seeder::Lt(seed), d);
+                record(format!("(untuned) lt default -> shoal, depth {d}"), s);
+                let s = lt_down("untuned", untuned_port, &mut Seeder::Lt(seed));
+                record("(untuned) lt default -> lt".into(), s);
             }
         }
         drop(shoal_seed);
         drop(lt_seed);
+        drop(untuned_seed);
     }
-    for case in ["floor", "a", "b", "lt", "aria2"] {
+    for case in ["floor", "a", "b", "lt", "aria2", "d", "untuned"] {
         let _ = std::fs::remove_dir_all(dir.join(format!("out-{case}")));
     }
 
     println!(
-        "\nmedians ({mib} MiB file hot in page cache, loopback, time from spawn to complete):"
+        "\nmedians ({mib} MiB file hot in page cache, loopback; wall: downloader spawn to exit; \
+         transfer: first to last payload byte at the seeder; tail: \"complete\" to exit):"
     );
     println!(
-        "{:>6}  {:<LABEL$} {:>8} {:>14} {:>14}  loads during runs",
-        "pieces", "case", "MB/s", "down CPU s/GiB", "seed CPU s/GiB"
+        "{:>6}  {:<LABEL$} {:>7} {:>9} {:>8} {:>9} {:>9} {:>8}  loads during runs",
+        "pieces", "case", "wall", "transfer", "tail", "down CPU", "seed CPU", "down RSS"
+    );
+    println!(
+        "{:>6}  {:<LABEL$} {:>7} {:>9} {:>8} {:>9} {:>9} {:>8}",
+        "", "", "MB/s", "MB/s", "ms", "s/GiB", "s/GiB", "MiB"
     );
     for ((piece_kib, _), (label, samples, loads)) in &results {
-        let mbs = median(
-            samples
-                .iter()
-                .map(|s| bench.bytes as f64 / 1e6 / s.secs)
-                .collect(),
-        );
-        let cd = median(samples.iter().map(|s| s.cpu_down / gib).collect());
-        let cs = median(samples.iter().map(|s| s.cpu_seed / gib).collect());
+        let of = |f: &dyn Fn(&Sample) -> Option<f64>| {
+            let v: Vec<f64> = samples.iter().filter_map(f).collect();
+            (!v.is_empty()).then(|| median(v))
+        };
+        let show = |v: Option<f64>, prec: usize| v.map_or("-".into(), |v| format!("{v:.prec$}"));
+        let mb = |secs: f64| bench.bytes as f64 / 1e6 / secs;
+        let wall = of(&|s| Some(mb(s.secs)));
+        let transfer = of(&|s| s.transfer.map(mb));
+        let tail = of(&|s| Some(s.tail * 1e3));
+        let cd = of(&|s| Some(s.cpu_down / gib));
+        let cs = of(&|s| Some(s.cpu_seed / gib));
+        let rss = of(&|s| s.rss_mib);
         let loads: Vec<&str> = loads
             .iter()
             .map(|l| l.split(' ').next().unwrap_or("?"))
             .collect();
         println!(
-            "{:>5}K  {label:<LABEL$} {mbs:>8.1} {cd:>14.2} {cs:>14.2}  {} ({} of {} ok)",
+            "{:>5}K  {label:<LABEL$} {:>7} {:>9} {:>8} {:>9} {:>9} {:>8}  {} ({} of {} ok)",
             piece_kib,
+            show(wall, 1),
+            show(transfer, 1),
+            show(tail, 0),
+            show(cd, 2),
+            show(cs, 2),
+            show(rss, 0),
             loads.join(" "),
             samples.len(),
             loads.len()
         );
     }
     println!(
-        "{:>6}  {:<LABEL$} {sha1_mbs:>8.0}",
-        "-", "sha1 on one core, in memory"
+        "{:>6}  {:<LABEL$} {sha1_mbs:>7.0}",
+        "-", "sha1 on one core, in memory, MB/s"
+    );
+    println!(
+        "\nthe whole bench took {:.0} s",
+        bench_started.elapsed().as_secs_f64()
     );
     tracker.shutdown();
 }

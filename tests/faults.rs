@@ -215,6 +215,96 @@ fn kill_9_mid_download_keeps_every_verified_piece() {
 }
 
 #[test]
+fn kill_9_right_after_complete_loses_nothing_and_the_record_claims_only_what_is_on_disk() {
+    use sha1::{Digest, Sha1};
+    use std::io::BufRead;
+    let _together = alongside_others();
+    let dir = common::tempdir();
+    let (content, torrent, meta) = make(dir.path(), 24 * 1024 * 1024 + 7, 256 * 1024, Vec::new());
+    let rt = Runtime::new(2);
+    let s = session(&rt);
+    seed(&rt, &s, &meta, &content, None);
+    let source = std::fs::read(&content).unwrap();
+    let lengths = meta.info.lengths;
+    // Killed at several moments of the exit tail (flush, record, shutdown): it is ~20 ms long.
+    for (i, delay_ms) in [0u64, 3, 8, 15, 40].into_iter().enumerate() {
+        let out = dir.path().join(format!("dl{i}"));
+        let mut cmd = Command::new(common::shoal_bin());
+        cmd.arg("download")
+            .arg(&torrent)
+            .arg("-o")
+            .arg(&out)
+            .args(["--listen", "127.0.0.1:0", "--no-trackers"])
+            .args(["--peer", &s.local_addr().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = common::ChildGuard::spawn(cmd);
+        let stderr = child.child().stderr.take().expect("stderr");
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            assert!(Instant::now() < deadline, "no \"is complete\" line in time");
+            let line = lines.next().expect("stderr open").expect("read stderr");
+            if line.contains("is complete") {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = Command::new("kill")
+            .args(["-9", &child.id().to_string()])
+            .status()
+            .expect("kill");
+        child
+            .wait_timeout(Duration::from_secs(10))
+            .expect("killed process is reaped");
+        // Whatever record is there and would be trusted claims only pieces whose bytes are on
+        // disk, right.
+        let file = out.join("data.bin");
+        let record = out
+            .join(".shoal")
+            .join(format!("{}.resume", meta.info_hash));
+        let on_disk = std::fs::read(&file).unwrap();
+        if let Some(have) = shoal_actors::resume::load(
+            &record,
+            &meta.info_hash,
+            lengths.num_pieces(),
+            std::slice::from_ref(&file),
+        ) {
+            for p in (0..lengths.num_pieces()).filter(|&p| have.get(p)) {
+                let at = lengths.piece_offset(p) as usize;
+                let piece = &on_disk[at..at + lengths.piece_len(p) as usize];
+                assert_eq!(
+                    Sha1::digest(piece)[..],
+                    meta.info.pieces[p as usize][..],
+                    "killed {delay_ms} ms after \"complete\": the record claims piece {p}, \
+                     which is not on disk"
+                );
+            }
+        }
+        // No verified piece was lost: every byte is there, and with no peer at all the next
+        // run finds the download complete.
+        assert!(
+            on_disk == source,
+            "killed {delay_ms} ms after \"complete\": data lost"
+        );
+        let mut again = Command::new(common::shoal_bin());
+        again
+            .arg("download")
+            .arg(&torrent)
+            .arg("-o")
+            .arg(&out)
+            .args(["--listen", "127.0.0.1:0", "--no-trackers"]);
+        let again = common::run_bounded(again, Duration::from_secs(60));
+        let text = String::from_utf8_lossy(&again.stderr);
+        assert!(
+            again.status.success() && text.contains("is complete"),
+            "killed {delay_ms} ms after \"complete\", the next run: {text}"
+        );
+    }
+    rt.block_on(s.shutdown());
+}
+
+#[test]
 fn a_clean_restart_trusts_the_resume_record() {
     let _together = alongside_others();
     let dir = common::tempdir();

@@ -11,7 +11,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::sync::OnceLock;
 
@@ -27,6 +27,14 @@ use crate::workers::Workers;
 /// How many jobs may wait for a disk thread. Writers (the hasher) and readers (peers) wait
 /// when it is full.
 pub const DISK_QUEUE: usize = 64;
+
+/// Write-behind: once this many bytes were written to a torrent's files since their last flush,
+/// the disk thread that wrote the last of them flushes the files (`fdatasync`) after reporting
+/// its piece. Dirty pages then never pile up, and the flush a torrent does when it stops (so
+/// that its resume record may claim every piece) waits for at most this much data, plus what
+/// arrived during the flush before: 16 MiB takes about 8 ms on a disk that writes 2 GB/s, and
+/// each flush costs one journal commit, so a GiB costs 64 of them.
+pub const WRITE_BEHIND: u64 = 16 * 1024 * 1024;
 
 /// Recheck reads and hashes pieces in chunks of this size (it fits in a core's L2 cache).
 const RECHECK_CHUNK: usize = 128 * 1024;
@@ -68,6 +76,10 @@ pub struct Storage {
     existing: Vec<u64>,
     /// Whether the files may be written.
     mode: Mode,
+    /// Bytes written since the last write-behind flush began (see [`WRITE_BEHIND`]).
+    unflushed: AtomicU64,
+    /// Set while a disk thread runs a write-behind flush, so that only one does at a time.
+    flushing: AtomicBool,
     /// Set once a read without waiting was refused as unsupported (old kernel, some file
     /// systems): uploads then always go through the disk threads.
     #[cfg(target_os = "linux")]
@@ -134,6 +146,8 @@ impl Storage {
             write_locks: files.iter().map(|_| std::sync::Mutex::new(())).collect(),
             files,
             existing,
+            unflushed: AtomicU64::new(0),
+            flushing: AtomicBool::new(false),
             #[cfg(target_os = "linux")]
             nowait_unsupported: std::sync::atomic::AtomicBool::new(false),
         })
@@ -338,6 +352,27 @@ impl Storage {
             f.sync_data()?;
         }
         Ok(())
+    }
+
+    /// Counts `len` bytes just written and, once [`WRITE_BEHIND`] bytes are unflushed and no
+    /// other thread is flushing, flushes every file (write-behind; see the constant). Errors
+    /// are left for the flush that must succeed, the one before the resume record is saved.
+    pub fn write_behind(&self, len: u64) {
+        if self.unflushed.fetch_add(len, Ordering::Relaxed) + len < WRITE_BEHIND {
+            return;
+        }
+        if self
+            .flushing
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        self.unflushed.store(0, Ordering::Relaxed);
+        if let Err(e) = self.sync() {
+            log::debug!("write-behind flush: {e}");
+        }
+        self.flushing.store(false, Ordering::Release);
     }
 
     /// Whether any byte of `offset..offset + len` was in a file before we opened it (a piece
@@ -734,16 +769,22 @@ fn serve(uploads: &Arc<BlockPool>, job: DiskJob) {
             done,
             block_digests,
         } => {
+            let len: u64 = blocks.iter().map(|b| b.len() as u64).sum();
             let outcome = match storage.write_piece(piece, &blocks) {
                 Ok(()) => PieceOutcome::Written,
                 Err(e) => PieceOutcome::WriteFailed(e),
             };
+            let written = matches!(outcome, PieceOutcome::Written);
             drop(blocks); // the budget goes back before the report
             let _ = done.send_blocking(PieceDone {
                 piece,
                 outcome,
                 block_digests,
             });
+            if written {
+                // After the report: the piece counts as soon as it is written.
+                storage.write_behind(len);
+            }
         }
         DiskJob::Read {
             storage,

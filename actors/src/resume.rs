@@ -54,6 +54,32 @@ pub fn save(
     have: &Bitfield,
     files: &[PathBuf],
 ) -> io::Result<()> {
+    prepare(record, info_hash, have, files)?.commit()
+}
+
+/// A record written and flushed to its temporary file, not yet in place: [`Prepared::commit`]
+/// renames it over the old record, [`Prepared::discard`] removes it.
+///
+/// The split lets the record be written while the data it describes is still being flushed:
+/// the torrent commits it only once that flush has returned, so a record in place never
+/// claims a piece whose bytes are not durable.
+#[derive(Debug)]
+#[must_use = "a prepared record is not in place until committed"]
+pub struct Prepared {
+    /// The temporary file, flushed.
+    tmp: PathBuf,
+    /// Where the record goes.
+    record: PathBuf,
+}
+
+/// Writes the record for `have` to a temporary file next to `record` and flushes it. The
+/// files' sizes and modification times are read now: call it after the last write to them.
+pub fn prepare(
+    record: &Path,
+    info_hash: &InfoHash,
+    have: &Bitfield,
+    files: &[PathBuf],
+) -> io::Result<Prepared> {
     let mut text = String::with_capacity(64 + have.as_bytes().len() * 2 + files.len() * 40);
     text.push_str(MAGIC);
     text.push('\n');
@@ -81,14 +107,29 @@ pub fn save(
         f.write_all(text.as_bytes())?;
         f.sync_all()?;
     }
-    std::fs::rename(&tmp, record)?;
-    if let Some(parent) = record.parent() {
-        // Make the rename itself durable.
-        if let Ok(dir) = File::open(parent) {
-            let _ = dir.sync_all();
+    Ok(Prepared {
+        tmp,
+        record: record.to_path_buf(),
+    })
+}
+
+impl Prepared {
+    /// Renames the record into place and makes the rename durable.
+    pub fn commit(self) -> io::Result<()> {
+        std::fs::rename(&self.tmp, &self.record)?;
+        if let Some(parent) = self.record.parent() {
+            // Make the rename itself durable.
+            if let Ok(dir) = File::open(parent) {
+                let _ = dir.sync_all();
+            }
         }
+        Ok(())
     }
-    Ok(())
+
+    /// Removes the temporary file: the data it describes could not be flushed.
+    pub fn discard(self) {
+        let _ = std::fs::remove_file(&self.tmp);
+    }
 }
 
 /// Reads the record and returns its pieces if it belongs to this torrent and every file is
@@ -174,6 +215,35 @@ mod tests {
             std::fs::write(&record, junk).unwrap();
             assert_eq!(load(&record, &hash, 10, &files), None, "{junk:?}");
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_prepared_record_is_in_place_only_once_committed() {
+        let dir = std::env::temp_dir().join(format!("shoal-resume-prep-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let files = vec![dir.join("a")];
+        std::fs::write(&files[0], b"data").unwrap();
+        let hash = InfoHash([3; 20]);
+        let record = dir.join("r.resume");
+        let mut old = Bitfield::new(4);
+        old.set(1);
+        save(&record, &hash, &old, &files).unwrap();
+        let mut new = Bitfield::new(4);
+        new.set(1);
+        new.set(2);
+        // Prepared, not committed (the flush it waited for failed): the old record stands.
+        let p = prepare(&record, &hash, &new, &files).unwrap();
+        assert_eq!(load(&record, &hash, 4, &files), Some(old.clone()));
+        p.discard();
+        assert!(!record.with_extension("tmp").exists());
+        assert_eq!(load(&record, &hash, 4, &files), Some(old));
+        // Committed: the new one.
+        prepare(&record, &hash, &new, &files)
+            .unwrap()
+            .commit()
+            .unwrap();
+        assert_eq!(load(&record, &hash, 4, &files), Some(new));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -285,6 +285,11 @@ impl Proc {
         self.started
     }
 
+    /// Forgets the output lines received so far.
+    pub fn drain_lines(&mut self) {
+        while self.lines.try_recv().is_ok() {}
+    }
+
     /// Waits for an output line containing `marker`; returns when it arrived, or `None` after
     /// `limit` or when the process closed its output.
     pub fn wait_line(&mut self, marker: &str, limit: Duration) -> Option<(Instant, String)> {
@@ -302,7 +307,13 @@ impl Proc {
 
     /// Waits (at most `limit`, then kills it) for the process to exit and returns its CPU
     /// seconds, user plus system, of all its threads.
-    pub fn wait_rusage(mut self, limit: Duration) -> Option<f64> {
+    pub fn wait_rusage(self, limit: Duration) -> Option<f64> {
+        self.wait_exit(limit).map(|e| e.cpu)
+    }
+
+    /// Waits (at most `limit`, then kills it) for the process to exit: when it did (to within
+    /// a millisecond), its CPU seconds and its peak RSS.
+    pub fn wait_exit(mut self, limit: Duration) -> Option<Exit> {
         let mut child = self.child.take()?;
         let pid = child.id() as libc::pid_t;
         let deadline = Instant::now() + limit;
@@ -313,8 +324,13 @@ impl Proc {
             // SAFETY: pid is our child; the pointers are to live locals.
             let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
             if r == pid {
+                let at = Instant::now();
                 let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-                return Some(secs(ru.ru_utime) + secs(ru.ru_stime));
+                return Some(Exit {
+                    at,
+                    cpu: secs(ru.ru_utime) + secs(ru.ru_stime),
+                    max_rss_kib: ru.ru_maxrss as u64,
+                });
             }
             if r < 0 {
                 return None;
@@ -326,8 +342,124 @@ impl Proc {
                 unsafe { libc::waitpid(pid, &mut status, 0) };
                 return None;
             }
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(1));
         }
+    }
+}
+
+/// How a child process ended.
+#[derive(Clone, Copy, Debug)]
+pub struct Exit {
+    /// When the parent saw it exit.
+    pub at: Instant,
+    /// CPU seconds, user plus system, of all its threads.
+    pub cpu: f64,
+    /// Its peak resident set, KiB (`ru_maxrss`): beware, this includes the parent's peak
+    /// before the `exec` (see [`PeakRss`]).
+    pub max_rss_kib: u64,
+}
+
+/// Watches one counter of `/proc/<pid>/io` (`rchar`: bytes read through `read`-family calls,
+/// `pread`/`preadv2` of files included, `recv` on sockets not) to time a seeder's upload from
+/// outside: a seeder that reads each block from the file with such a call just before sending
+/// it (shoal does; libtorrent 2 maps the file instead) shows its upload there. The span runs
+/// from the last sample before the first step of at least [`PAYLOAD_STEP`] bytes to the last
+/// sample that saw such a step; smaller steps are not payload. The resolution is the sampling
+/// period, [`SAMPLE_EVERY`].
+pub struct UploadWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Option<(Instant, Instant, u64)>>,
+}
+
+/// Follows a process's peak resident set (`VmHWM` of `/proc/<pid>/status`, which starts afresh
+/// at `exec`), sampled every 5 ms until [`PeakRss::finish`]: growth in its last 5 ms is missed.
+/// `ru_maxrss` from `wait4` cannot serve: it keeps the parent's peak from before the `exec`.
+pub struct PeakRss {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Option<u64>>,
+}
+
+impl PeakRss {
+    /// Starts sampling `pid`.
+    pub fn start(pid: u32) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let path = format!("/proc/{pid}/status");
+            let mut peak = None;
+            while !flag.load(Ordering::Relaxed) {
+                let Ok(text) = std::fs::read_to_string(&path) else {
+                    break;
+                };
+                let kib = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+                if kib.is_some() {
+                    peak = peak.max(kib);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            peak
+        });
+        Self { stop, thread }
+    }
+
+    /// Stops sampling: the largest peak seen, KiB.
+    pub fn finish(self) -> Option<u64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().ok()?
+    }
+}
+
+/// How often [`UploadWatch`] samples: a few reads of a small proc file per millisecond cost
+/// little next to a download; the error on a transfer time is at most twice this.
+pub const SAMPLE_EVERY: Duration = Duration::from_millis(2);
+
+/// The smallest growth of `wchar` between two samples that [`UploadWatch`] counts as payload:
+/// a block is 16 KiB, and what a seeder writes besides (status lines, messages) is smaller.
+pub const PAYLOAD_STEP: u64 = 4096;
+
+impl UploadWatch {
+    /// Starts sampling `counter` (`rchar`, `wchar`...) of `pid`.
+    pub fn start(pid: u32, counter: &'static str) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let path = format!("/proc/{pid}/io");
+            let read = || -> Option<u64> {
+                let text = std::fs::read_to_string(&path).ok()?;
+                text.lines()
+                    .find_map(|l| l.strip_prefix(counter)?.strip_prefix(':'))
+                    .and_then(|v| v.trim().parse().ok())
+            };
+            let mut prev = (Instant::now(), read()?);
+            let base = prev.1;
+            let mut span: Option<(Instant, Instant)> = None;
+            let mut payload_end = base;
+            while !flag.load(Ordering::Relaxed) {
+                std::thread::sleep(SAMPLE_EVERY);
+                let now = Instant::now();
+                let Some(w) = read() else { break };
+                if w.saturating_sub(prev.1) >= PAYLOAD_STEP {
+                    span = Some((span.map_or(prev.0, |s| s.0), now));
+                    payload_end = w;
+                }
+                prev = (now, w);
+            }
+            span.map(|(a, b)| (a, b, payload_end - base))
+        });
+        Self { stop, thread }
+    }
+
+    /// Stops sampling: the seconds from the first to the last payload byte, and the bytes
+    /// written meanwhile; `None` if no payload was seen.
+    pub fn finish(self) -> Option<(f64, u64)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (a, b, bytes) = self.thread.join().ok()??;
+        Some((b.duration_since(a).as_secs_f64(), bytes))
     }
 }
 

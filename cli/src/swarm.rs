@@ -799,8 +799,9 @@ async fn watch(
             if wait_complete {
                 futures_lite::future::pending::<()>().await;
             }
+            // The counters are published before the completion (see `Shared`): no need to
+            // wait for them to settle, and every millisecond here delays the exit.
             let _ = torrent.wait_complete().await;
-            smol::Timer::after(Duration::from_millis(50)).await;
             None
         })
         .or(async { Some(next_signal(signals).await) })

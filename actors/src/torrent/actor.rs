@@ -792,20 +792,34 @@ impl State {
         }
     }
 
-    /// Flushes the files, then writes the fast-resume record for `have` (off the executor).
+    /// Flushes the files and writes the fast-resume record for `have`, both at once (the
+    /// record off the executor); the record is renamed into place only once the flush has
+    /// returned, so it never claims a piece whose bytes are not durable.
     async fn save_resume(&mut self, have: Bitfield) {
-        if let Err(e) = self.disk.sync(&self.storage).await {
+        let record = self.resume.clone();
+        let count = have.count_ones();
+        let info_hash = self.meta.info_hash;
+        let prepare = async move {
+            let (record, files) = record?;
+            Some(
+                smol::unblock(move || crate::resume::prepare(&record, &info_hash, &have, &files))
+                    .await,
+            )
+        };
+        let (synced, prepared) = future::zip(self.disk.sync(&self.storage), prepare).await;
+        if let Err(e) = synced {
             log::error!("flushing {}: {e}", self.meta.info.name);
+            if let Some(Ok(p)) = prepared {
+                smol::unblock(move || p.discard()).await;
+            }
             return;
         }
         self.last_save = Instant::now();
-        let Some((record, files)) = self.resume.clone() else {
-            return;
+        let saved = match prepared {
+            None => return,
+            Some(Ok(p)) => smol::unblock(move || p.commit()).await,
+            Some(Err(e)) => Err(e),
         };
-        let count = have.count_ones();
-        let info_hash = self.meta.info_hash;
-        let saved =
-            smol::unblock(move || crate::resume::save(&record, &info_hash, &have, &files)).await;
         match saved {
             Ok(()) => self.saved_pieces = count,
             Err(e) => log::warn!(
@@ -839,12 +853,27 @@ impl State {
             .collect()
     }
 
-    /// Shuts down in order: trackers, peers, the picker (which waits for pieces in flight to be
-    /// hashed and written), then the disk, which flushes last.
+    /// Shuts down: the trackers' `stopped` announce runs alongside the rest, which goes in
+    /// order: peers, the picker (which waits for pieces in flight to be hashed and written),
+    /// then the flush of the files with the resume record written meanwhile.
     async fn shutdown(&mut self) {
-        if let Some(t) = self.tracker.take() {
-            t.stop().await;
-        }
+        let tracker = self.tracker.take();
+        let completed_unsaid = self.shared.is_complete() && !self.announced_complete;
+        let trackers_done = async move {
+            if let Some(t) = tracker {
+                if completed_unsaid {
+                    // Completed between two ticks: the trackers still count the download.
+                    t.completed().await;
+                }
+                t.stop().await;
+            }
+        };
+        let (_, ()) = future::zip(trackers_done, self.stop_peers_and_save()).await;
+        self.shared.set_stopped();
+    }
+
+    /// The part of [`shutdown`](Self::shutdown) that is not the trackers'.
+    async fn stop_peers_and_save(&mut self) {
         for e in self.entries.values() {
             let _ = e.control.try_send(PeerControl::Stop);
         }
@@ -872,12 +901,19 @@ impl State {
         if let Some(t) = self.picker_task.take() {
             t.await;
         }
+        if self.shared.is_complete() && !self.announced_complete {
+            // Completed since the last tick: cut back what grew past the end, as the tick does.
+            self.announced_complete = true;
+            let storage = self.storage.clone();
+            if let Err(e) = smol::unblock(move || storage.trim_to_length()).await {
+                log::error!("{}: {e}", self.meta.info.name);
+            }
+        }
         if let Ok(have) = have {
-            // Saving flushes the files first.
+            // Saving flushes the files too.
             self.save_resume(have).await;
         } else if let Err(e) = self.disk.sync(&self.storage).await {
             log::error!("flushing {}: {e}", self.meta.info.name);
         }
-        self.shared.set_stopped();
     }
 }

@@ -47,6 +47,14 @@ use crate::shared::{Progress, Shared, TorrentEvent, TorrentState};
 /// Capacity of a torrent's mailbox.
 pub const TORRENT_MAILBOX: usize = 128;
 
+/// The default [`TorrentSettings::disk_budget`]: bytes of pieces in progress plus pieces
+/// waiting to be hashed and written. It is most of a downloader's memory when the hasher or
+/// the disk falls behind (a busy machine): at 64 MiB `shoal download` peaked at 81 MiB of RSS,
+/// at 32 MiB at 48 MiB (BENCHMARKS.md, issue 15). 24 MiB still holds 24 pieces of 1 MiB in
+/// progress (a fast peer's pipeline on loopback holds a few MiB), and a piece larger than the
+/// budget is always allowed, one at a time.
+pub const DISK_BUDGET: u64 = 24 * 1024 * 1024;
+
 /// Settings of one torrent.
 #[derive(Clone, Debug)]
 pub struct TorrentSettings {
@@ -89,7 +97,7 @@ impl Default for TorrentSettings {
             max_peers_per_ip: 8,
             max_dialing: 32,
             upload_slots: 4,
-            disk_budget: 64 * 1024 * 1024,
+            disk_budget: DISK_BUDGET,
             hasher_threads: 0,
             use_trackers: true,
             announce_interval: None,
