@@ -158,7 +158,7 @@ pub fn req2_hash(info_hash: &InfoHash) -> [u8; 20] {
 
 /// Which streams a side offers or accepts after the handshake.
 ///
-/// The command line's `--encryption` maps onto it: `prefer` is [`Policy::PreferRc4`] (and the
+/// The command line's `--encryption` maps onto it: `prefer` is [`Policy::Either`] (and the
 /// dialler falls back to a plain connection when the peer hangs up on MSE), `require` is
 /// [`Policy::RequireRc4`] (and plain BitTorrent is refused both ways), `off` skips MSE
 /// altogether. [`Policy::PlaintextOnly`] is libtorrent's `allowed_enc_level` plaintext.
@@ -167,8 +167,15 @@ pub enum Policy {
     /// Only plaintext (`crypto_provide` 0x01): the handshake hides the info hash, the stream
     /// after it is clear.
     PlaintextOnly,
-    /// Plaintext or RC4 (0x03); a responder selects RC4 whenever the initiator offers it.
+    /// Plaintext or RC4 (0x03); a responder selects plaintext when the initiator offers both,
+    /// RC4 when it offers only RC4. The handshake is obfuscated either way; the stream is
+    /// encrypted only for a peer that insists. This is libtorrent's default (`prefer_rc4`
+    /// off): RC4 costs both sides about a CPU second per GiB, and a seeder serving many peers
+    /// pays it for each.
     #[default]
+    Either,
+    /// Plaintext or RC4 (0x03); a responder selects RC4 whenever the initiator offers it
+    /// (libtorrent's `prefer_rc4`).
     PreferRc4,
     /// RC4 only (0x02).
     RequireRc4,
@@ -179,7 +186,7 @@ impl Policy {
     fn provide(self) -> u32 {
         match self {
             Policy::PlaintextOnly => CRYPTO_PLAINTEXT,
-            Policy::PreferRc4 => CRYPTO_PLAINTEXT | CRYPTO_RC4,
+            Policy::Either | Policy::PreferRc4 => CRYPTO_PLAINTEXT | CRYPTO_RC4,
             Policy::RequireRc4 => CRYPTO_RC4,
         }
     }
@@ -187,7 +194,9 @@ impl Policy {
     /// The method a responder with this policy selects from an initiator's `crypto_provide`.
     fn select(self, offered: u32) -> Option<u32> {
         let common = offered & self.provide();
-        if common & CRYPTO_RC4 != 0 {
+        if self == Policy::Either && common & CRYPTO_PLAINTEXT != 0 {
+            Some(CRYPTO_PLAINTEXT)
+        } else if common & CRYPTO_RC4 != 0 {
             Some(CRYPTO_RC4)
         } else if common & CRYPTO_PLAINTEXT != 0 {
             Some(CRYPTO_PLAINTEXT)
@@ -1478,6 +1487,13 @@ mod tests {
             (PlaintextOnly, RequireRc4, Err(MseError::NoCommonMethod(1))),
             (PreferRc4, PlaintextOnly, Ok(false)),
             (PreferRc4, PreferRc4, Ok(true)),
+            (Either, Either, Ok(false)),
+            (Either, PreferRc4, Ok(true)),
+            (PreferRc4, Either, Ok(false)),
+            (Either, PlaintextOnly, Ok(false)),
+            (PlaintextOnly, Either, Ok(false)),
+            (RequireRc4, Either, Ok(true)),
+            (Either, RequireRc4, Ok(true)),
             (PreferRc4, RequireRc4, Ok(true)),
             (RequireRc4, PlaintextOnly, Err(MseError::NoCommonMethod(2))),
             (RequireRc4, PreferRc4, Ok(true)),
