@@ -320,6 +320,14 @@ impl Session {
     /// [`TorrentState::Checking`]: crate::shared::TorrentState::Checking
     /// [`Progress::checked_pieces`]: crate::shared::Progress::checked_pieces
     pub fn start_torrent(&self, add: AddTorrent) -> Result<Torrent> {
+        if !add.metainfo.info.version.has_v1() {
+            // The pieces of a v2-only torrent are checked against SHA-256 merkle trees, which
+            // the hasher does not do yet; a hybrid runs on its v1 half.
+            return Err(Error::Failed(
+                "v2-only torrents (BEP 52) cannot be downloaded or seeded yet; hybrid ones can"
+                    .into(),
+            ));
+        }
         let info_hash = add.metainfo.info_hash;
         let private = add.metainfo.info.private;
         self.insert(info_hash, private, |ctx| torrent::start(add, ctx))

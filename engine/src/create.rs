@@ -29,7 +29,7 @@ use std::sync::Mutex;
 use sha1::{Digest, Sha1};
 
 use crate::lengths::{Lengths, LengthsError};
-use crate::metainfo::{unsafe_component_reason, FileEntry, Info, Metainfo};
+use crate::metainfo::{unsafe_component_reason, FileEntry, Info, MetaVersion, Metainfo};
 
 /// The smallest piece length [`default_piece_length`] picks: 16 KiB, one block.
 pub const MIN_DEFAULT_PIECE_LENGTH: u32 = 16 * 1024;
@@ -194,10 +194,7 @@ fn walk(
             components.push(utf8_name(&path, &name)?);
             out.push(Source {
                 disk: path,
-                entry: FileEntry {
-                    path: components,
-                    length: meta.len(),
-                },
+                entry: FileEntry::new(components, meta.len()),
             });
         }
         // Anything else (symlinks, FIFOs, sockets, devices) is skipped on purpose.
@@ -217,10 +214,7 @@ fn collect(path: &Path, include_hidden: bool) -> Result<(String, Vec<Source>, bo
     if meta.is_file() {
         let file = Source {
             disk: path.to_path_buf(),
-            entry: FileEntry {
-                path: vec![name.clone()],
-                length: meta.len(),
-            },
+            entry: FileEntry::new(vec![name.clone()], meta.len()),
         };
         Ok((name, vec![file], false))
     } else if meta.is_dir() {
@@ -257,6 +251,7 @@ pub fn create_torrent(path: &Path, opts: &CreateOptions) -> Result<Vec<u8>, Crea
         private: opts.private,
         multi_file,
         lengths,
+        version: MetaVersion::V1,
     };
     let created_by = opts
         .created_by

@@ -118,7 +118,12 @@ pub(super) async fn launch(
     let hashes = Arc::new(meta.info.pieces.clone());
     let threads = add.settings.hasher_threads;
     let check_hashes = hashes.clone();
-    let files: Vec<PathBuf> = layout.files().iter().map(|f| f.path.clone()).collect();
+    let files: Vec<PathBuf> = layout
+        .files()
+        .iter()
+        .filter(|f| !f.pad)
+        .map(|f| f.path.clone())
+        .collect();
     let resume = add
         .resume
         .clone()
@@ -393,7 +398,7 @@ pub(super) fn piece_priorities(
         .files()
         .iter()
         .zip(wanted)
-        .filter(|(f, &w)| w && f.length > 0)
+        .filter(|(f, &w)| w && f.length > 0 && !f.pad)
     {
         let first = (f.offset / plen) as usize;
         let last = ((f.offset + f.length - 1) / plen) as usize;
