@@ -130,6 +130,54 @@ pub struct FileHasher {
     length: u64,
 }
 
+/// What one piece must hash to, in any torrent: its SHA-1 (v1 and hybrid torrents), or the
+/// root of its subtree in its file's merkle tree (v2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PieceHash {
+    /// The SHA-1 of the whole piece (pad bytes included: they are zeros).
+    Sha1([u8; 20]),
+    /// A v2 piece: the first `data_len` bytes are its file's (the rest is the pad after it),
+    /// hashed as `leaves` leaves (a power of two) to `hash`.
+    Merkle {
+        /// The piece layer's entry, or the file's root for a file of one piece or less.
+        hash: Hash256,
+        /// Bytes of the piece that belong to its file.
+        data_len: u32,
+        /// Leaves of the piece's subtree ([`leaves_for`]).
+        leaves: u32,
+    },
+}
+
+impl PieceHash {
+    /// Whether the piece's bytes, given in order in any number of chunks, hash as they must.
+    pub fn verify<'a>(&self, chunks: impl IntoIterator<Item = &'a [u8]>) -> bool {
+        match self {
+            PieceHash::Sha1(expected) => {
+                use sha1::Digest as _;
+                let mut sha = sha1::Sha1::new();
+                for c in chunks {
+                    sha.update(c);
+                }
+                <[u8; 20]>::from(sha.finalize()) == *expected
+            }
+            PieceHash::Merkle {
+                hash,
+                data_len,
+                leaves,
+            } => {
+                let mut h = FileHasher::new();
+                let mut left = *data_len as usize;
+                for c in chunks {
+                    let take = left.min(c.len());
+                    h.update(&c[..take]);
+                    left -= take;
+                }
+                left == 0 && piece_root(&h.into_leaves(), u64::from(*leaves)) == *hash
+            }
+        }
+    }
+}
+
 /// A file's tree, summed up: what a `.torrent` records of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileTree {
@@ -165,6 +213,14 @@ impl FileHasher {
             self.leaves.push(sha256(c));
         }
         self.partial.extend_from_slice(chunks.remainder());
+    }
+
+    /// The leaf hashes of everything fed (the last block hashed short).
+    pub fn into_leaves(mut self) -> Vec<Hash256> {
+        if !self.partial.is_empty() {
+            self.leaves.push(sha256(&self.partial));
+        }
+        self.leaves
     }
 
     /// The file's root and piece layer for pieces of `piece_length` bytes (a power of two of
@@ -336,6 +392,32 @@ mod tests {
         }
         assert_eq!(h.finish(2 * BLOCK_LEN), whole);
         assert_eq!(file_tree(&[], BLOCK_LEN).root, None);
+    }
+
+    #[test]
+    fn piece_hashes_verify_v2_pieces_with_their_pad() {
+        let pl = 4 * BLOCK_LEN;
+        let d = data(9 * BLOCK_LEN as usize + 5);
+        let t = file_tree(&d, pl);
+        for (i, piece) in d.chunks(pl as usize).enumerate() {
+            let check = PieceHash::Merkle {
+                hash: t.piece_layer[i],
+                data_len: piece.len() as u32,
+                leaves: leaves_for(d.len() as u64, pl) as u32,
+            };
+            // The piece as the wire carries it: the file's bytes, then the pad's zeros.
+            let mut wire = piece.to_vec();
+            wire.resize(pl as usize, 0);
+            assert!(check.verify(wire.chunks(1000)));
+            wire[0] ^= 1;
+            assert!(!check.verify([&wire[..]]));
+            assert!(
+                !check.verify([&piece[..piece.len() - 1]]),
+                "short data fails"
+            );
+        }
+        let one = PieceHash::Sha1(sha1::Digest::finalize(sha1::Sha1::new()).into());
+        assert!(one.verify([]));
     }
 
     #[test]

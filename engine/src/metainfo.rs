@@ -1071,6 +1071,52 @@ impl Metainfo {
         self
     }
 
+    /// What every piece must hash to: SHA-1 for v1 and hybrid torrents (a hybrid runs on its v1
+    /// half), merkle subtree roots for v2-only ones. `None` for a v2 torrent whose piece layers
+    /// are missing (from a magnet: peers would have to send them).
+    pub fn piece_hashes(&self) -> Option<Vec<merkle::PieceHash>> {
+        let info = &self.info;
+        if info.version.has_v1() {
+            return Some(
+                info.pieces
+                    .iter()
+                    .map(|h| merkle::PieceHash::Sha1(*h))
+                    .collect(),
+            );
+        }
+        let pl = u64::from(info.piece_length);
+        let n = info.lengths.num_pieces() as usize;
+        // A piece of no file (never, with libtorrent's layout) fails every check.
+        let mut out = vec![merkle::PieceHash::Sha1([0; 20]); n];
+        let mut offset = 0u64;
+        for f in &info.files {
+            if let (false, Some(root)) = (f.pad, f.pieces_root) {
+                let leaves = merkle::leaves_for(f.length, pl) as u32;
+                let layer = if f.length > pl {
+                    Some(self.piece_layers.get(&root)?)
+                } else {
+                    None
+                };
+                for j in 0..f.length.div_ceil(pl) {
+                    let piece = (offset / pl + j) as usize;
+                    let hash = match layer {
+                        Some(l) => *l.get(j as usize)?,
+                        None => root,
+                    };
+                    if let Some(slot) = out.get_mut(piece) {
+                        *slot = merkle::PieceHash::Merkle {
+                            hash,
+                            data_len: (f.length - j * pl).min(pl) as u32,
+                            leaves,
+                        };
+                    }
+                }
+            }
+            offset += f.length;
+        }
+        Some(out)
+    }
+
     /// The v2 info hash truncated to 20 bytes, as a v2 handshake and tracker carry it.
     pub fn info_hash_v2_truncated(&self) -> Option<InfoHash> {
         self.info_hash_v2
@@ -1530,6 +1576,23 @@ mod tests {
                     k += 1;
                 }
                 offset += f.length;
+            }
+            // Every piece of the torrent's bytes (pads as zeros) checks out, v1 or v2.
+            let mut bytes = Vec::new();
+            let mut k = 0;
+            for f in &m.info.files {
+                if f.pad {
+                    bytes.resize(bytes.len() + f.length as usize, 0);
+                } else {
+                    bytes.extend(fixture_content(k, f.length as usize));
+                    k += 1;
+                }
+            }
+            let checks = m.piece_hashes().unwrap();
+            assert_eq!(checks.len(), m.info.lengths.num_pieces() as usize);
+            for (i, piece) in bytes.chunks(m.info.piece_length as usize).enumerate() {
+                assert!(checks[i].verify([piece]), "{name}: piece {i}");
+                assert!(!checks[i].verify([&piece[1..]]), "{name}: piece {i} cut");
             }
             // Our canonical encoding is libtorrent's, byte for byte.
             assert_eq!(m.info.to_bencode(), m.raw_info, "{name}: to_bencode");
