@@ -1,7 +1,9 @@
 //! BitTorrent v2 and hybrid torrents (BEP 52) against libtorrent 2.0.8 on 127.0.0.1:
 //! `shoal create --v2|--hybrid` makes the info dictionary libtorrent makes of the same files
-//! (the same v1 and v2 info hashes), and hybrid torrents move byte-exact both ways, single-file
-//! and multi-file, with their pad files (BEP 47) never written to disk.
+//! (the same v1 and v2 info hashes), and hybrid and v2-only torrents move byte-exact both ways,
+//! single-file and multi-file, with their pad files (BEP 47) never written to disk. A v2-only
+//! torrent's peers handshake with its truncated v2 info hash, and its pieces are checked
+//! against the SHA-256 piece layers of its `.torrent`.
 //!
 //! Run with `cargo test --release --test v2 -- --test-threads=2`.
 
@@ -120,12 +122,12 @@ fn assert_no_pad_files(root: &Path) {
     }
 }
 
-/// libtorrent makes a hybrid torrent and seeds it; `shoal download` must finish byte-exact.
-fn libtorrent_seeds_hybrid(shape: Shape, name: &str, seed: u64) {
+/// libtorrent makes a `kind` (v2 or hybrid) torrent and seeds it; `shoal download` must finish byte-exact.
+fn libtorrent_seeds(shape: Shape, name: &str, seed: u64, kind: &str) {
     let dir = tempdir();
     let src = content(dir.path(), name, shape, seed);
     let torrent = dir.path().join(format!("{name}.torrent"));
-    lt_create(&src, &torrent, "hybrid");
+    lt_create(&src, &torrent, kind);
     let lt_log = dir.path().join("libtorrent.log");
     let lt_port = free_port();
     let _lt = Libtorrent {
@@ -159,13 +161,13 @@ fn libtorrent_seeds_hybrid(shape: Shape, name: &str, seed: u64) {
     assert_no_pad_files(&out);
 }
 
-/// `shoal create --hybrid`, `shoal seed`; libtorrent downloads (checking SHA-1 pieces and the
-/// SHA-256 piece layers) and must finish byte-exact.
-fn shoal_seeds_hybrid(shape: Shape, name: &str, seed: u64) {
+/// `shoal create --KIND` (v2 or hybrid), `shoal seed`; libtorrent downloads (checking the
+/// SHA-256 piece layers, and a hybrid's SHA-1 pieces) and must finish byte-exact.
+fn shoal_seeds(shape: Shape, name: &str, seed: u64, kind: &str) {
     let dir = tempdir();
     let src = content(dir.path(), name, shape, seed);
     let torrent = dir.path().join(format!("{name}.torrent"));
-    shoal_create(&src, &torrent, "hybrid");
+    shoal_create(&src, &torrent, kind);
     let log = dir.path().join("shoal.log");
     let lt_log = dir.path().join("libtorrent.log");
     let port = free_port();
@@ -195,39 +197,40 @@ fn shoal_seeds_hybrid(shape: Shape, name: &str, seed: u64) {
 
 #[test]
 fn libtorrent_seeds_hybrid_single_file_to_shoal() {
-    libtorrent_seeds_hybrid(Shape::Single, "lt-hybrid-one.bin", 11);
+    libtorrent_seeds(Shape::Single, "lt-hybrid-one.bin", 11, "hybrid");
 }
 
 #[test]
 fn libtorrent_seeds_hybrid_multi_file_to_shoal() {
-    libtorrent_seeds_hybrid(Shape::Multi, "lt-hybrid-many", 12);
+    libtorrent_seeds(Shape::Multi, "lt-hybrid-many", 12, "hybrid");
 }
 
 #[test]
 fn shoal_seeds_hybrid_single_file_to_libtorrent() {
-    shoal_seeds_hybrid(Shape::Single, "shoal-hybrid-one.bin", 13);
+    shoal_seeds(Shape::Single, "shoal-hybrid-one.bin", 13, "hybrid");
 }
 
 #[test]
 fn shoal_seeds_hybrid_multi_file_to_libtorrent() {
-    shoal_seeds_hybrid(Shape::Multi, "shoal-hybrid-many", 14);
+    shoal_seeds(Shape::Multi, "shoal-hybrid-many", 14, "hybrid");
 }
 
 #[test]
-fn v2_only_torrents_are_refused_with_a_clear_error() {
-    let dir = tempdir();
-    let src = content(dir.path(), "v2only.bin", Shape::Single, 15);
-    let torrent = dir.path().join("v2only.torrent");
-    shoal_create(&src, &torrent, "v2");
-    let out = shoal(&[
-        "seed",
-        s(&torrent),
-        s(&src),
-        "--listen",
-        "127.0.0.1:0",
-        "--no-trackers",
-    ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("v2-only"), "{err}");
+fn libtorrent_seeds_v2_only_single_file_to_shoal() {
+    libtorrent_seeds(Shape::Single, "lt-v2-one.bin", 21, "v2");
+}
+
+#[test]
+fn libtorrent_seeds_v2_only_multi_file_to_shoal() {
+    libtorrent_seeds(Shape::Multi, "lt-v2-many", 22, "v2");
+}
+
+#[test]
+fn shoal_seeds_v2_only_single_file_to_libtorrent() {
+    shoal_seeds(Shape::Single, "shoal-v2-one.bin", 23, "v2");
+}
+
+#[test]
+fn shoal_seeds_v2_only_multi_file_to_libtorrent() {
+    shoal_seeds(Shape::Multi, "shoal-v2-many", 24, "v2");
 }

@@ -19,6 +19,7 @@ use async_channel::Sender;
 use sha1::{Digest, Sha1};
 use shoal_engine::bitfield::Bitfield;
 use shoal_engine::lengths::{BlockInfo, Lengths};
+use shoal_engine::merkle::{self, PieceHash};
 use shoal_engine::storage::Layout;
 
 use crate::buffers::{Block, BlockPool};
@@ -473,12 +474,49 @@ impl Storage {
         Some(sha.finalize().into())
     }
 
-    /// Checks every piece against `hashes` with `threads` threads (0: one per core) and
-    /// returns the pieces that verify. Missing or short files simply fail their pieces.
-    /// `progress` is called with the number of pieces checked so far, now and then.
+    /// Whether the `len` bytes at torrent offset `offset` hash as `expected` says, read in
+    /// chunks through `buf` (a v2 piece: only its file's bytes, into a merkle subtree).
+    fn check_range(&self, offset: u64, len: usize, buf: &mut [u8], expected: &PieceHash) -> bool {
+        match expected {
+            PieceHash::Sha1(h) => self.hash_range(offset, len, buf).as_ref() == Some(h),
+            PieceHash::Merkle {
+                hash,
+                data_len,
+                leaves,
+            } => {
+                let len = (*data_len as usize).min(len);
+                let mut tree = merkle::FileHasher::new();
+                let mut done = 0;
+                while done < len {
+                    let n = (len - done).min(buf.len());
+                    if self.read_at(offset + done as u64, &mut buf[..n]).is_err() {
+                        return false;
+                    }
+                    tree.update(&buf[..n]);
+                    done += n;
+                }
+                merkle::piece_root(&tree.into_leaves(), u64::from(*leaves)) == *hash
+            }
+        }
+    }
+
+    /// Checks every piece against its SHA-1 in `hashes` (see [`Storage::recheck_pieces`]).
     pub fn recheck(
         &self,
         hashes: &[[u8; 20]],
+        threads: usize,
+        progress: &(dyn Fn(u32) + Sync),
+    ) -> Bitfield {
+        let hashes: Vec<PieceHash> = hashes.iter().map(|h| PieceHash::Sha1(*h)).collect();
+        self.recheck_pieces(&hashes, threads, progress)
+    }
+
+    /// Checks every piece against `hashes` (SHA-1 or v2 merkle) with `threads` threads (0: one
+    /// per core) and returns the pieces that verify. Missing or short files simply fail their
+    /// pieces. `progress` is called with the number of pieces checked so far, now and then.
+    pub fn recheck_pieces(
+        &self,
+        hashes: &[PieceHash],
         threads: usize,
         progress: &(dyn Fn(u32) + Sync),
     ) -> Bitfield {
@@ -509,8 +547,9 @@ impl Storage {
                             let len = self.lengths.piece_len(piece) as usize;
                             let offset = self.lengths.piece_offset(piece);
                             if self.any_existing(offset, len)
-                                && self.hash_range(offset, len, &mut buf).as_ref()
-                                    == hashes.get(piece as usize)
+                                && hashes
+                                    .get(piece as usize)
+                                    .is_some_and(|h| self.check_range(offset, len, &mut buf, h))
                             {
                                 ok.push(piece);
                             }

@@ -320,11 +320,12 @@ impl Session {
     /// [`TorrentState::Checking`]: crate::shared::TorrentState::Checking
     /// [`Progress::checked_pieces`]: crate::shared::Progress::checked_pieces
     pub fn start_torrent(&self, add: AddTorrent) -> Result<Torrent> {
-        if !add.metainfo.info.version.has_v1() {
-            // The pieces of a v2-only torrent are checked against SHA-256 merkle trees, which
-            // the hasher does not do yet; a hybrid runs on its v1 half.
+        if add.metainfo.piece_hashes().is_none() {
+            // A v2-only torrent's pieces are checked against its piece layers; without them
+            // (peers would have to send them: hash requests are not spoken yet) nothing can be.
             return Err(Error::Failed(
-                "v2-only torrents (BEP 52) cannot be downloaded or seeded yet; hybrid ones can"
+                "this v2 torrent (BEP 52) has no piece layers, and fetching them from peers is \
+                 not supported yet"
                     .into(),
             ));
         }
