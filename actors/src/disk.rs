@@ -19,6 +19,7 @@ use async_channel::Sender;
 use sha1::{Digest, Sha1};
 use shoal_engine::bitfield::Bitfield;
 use shoal_engine::lengths::{BlockInfo, Lengths};
+use shoal_engine::merkle::{self, PieceHash};
 use shoal_engine::storage::Layout;
 
 use crate::buffers::{Block, BlockPool};
@@ -122,7 +123,8 @@ impl Storage {
                 && !wanted.get(i).copied().unwrap_or(true)
                 && part.is_some()
                 && !path.exists();
-            let (file, held) = if skip {
+            let (file, held) = if skip || info.pad {
+                // A pad file (BEP 47) is never opened: its bytes are zeros.
                 (None, 0)
             } else {
                 open_file(&path, info.length, mode)?
@@ -172,7 +174,7 @@ impl Storage {
             .iter()
             .zip(&self.files)
             .enumerate()
-            .filter(|(i, _)| !self.is_skipped(*i))
+            .filter(|(i, (info, _))| !self.is_skipped(*i) && !info.pad)
             .filter_map(|(_, (info, file))| {
                 let found = file.get().and_then(|f| f.metadata().ok()).map(|m| m.len());
                 (found != Some(info.length)).then(|| WrongLength {
@@ -210,16 +212,29 @@ impl Storage {
     /// Reads `buf.len()` bytes at torrent offset `offset`, across files.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         for span in self.layout.spans(offset, buf.len()) {
-            let (file, at) = self.target(span.file, span.file_offset, false)?;
             let dst = &mut buf[span.buf_offset..span.buf_offset + span.len];
+            if self.is_pad(span.file) {
+                dst.fill(0);
+                continue;
+            }
+            let (file, at) = self.target(span.file, span.file_offset, false)?;
             file.read_exact_at(dst, at)?;
         }
         Ok(())
     }
 
-    /// Writes `data` at torrent offset `offset`, across files.
+    /// Whether file `index` is a pad file (BEP 47): zeros, never on disk.
+    fn is_pad(&self, index: usize) -> bool {
+        self.layout.files().get(index).is_some_and(|f| f.pad)
+    }
+
+    /// Writes `data` at torrent offset `offset`, across files (a pad file's part is dropped:
+    /// it is zeros by definition, and the piece's hash has already vouched for it).
     pub fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         for span in self.layout.spans(offset, data.len()) {
+            if self.is_pad(span.file) {
+                continue;
+            }
             let _writing = self.write_lock(span.file);
             let (file, at) = self.target(span.file, span.file_offset, true)?;
             file.write_all_at(&data[span.buf_offset..span.buf_offset + span.len], at)?;
@@ -246,8 +261,12 @@ impl Storage {
             let offset = self.lengths.piece_offset(block.piece) + u64::from(block.begin);
             let buf = &mut buf[..block.len as usize];
             for span in self.layout.spans(offset, buf.len()) {
-                let (file, at) = self.target(span.file, span.file_offset, false)?;
                 let dst = &mut buf[span.buf_offset..span.buf_offset + span.len];
+                if self.is_pad(span.file) {
+                    dst.fill(0);
+                    continue;
+                }
+                let (file, at) = self.target(span.file, span.file_offset, false)?;
                 if !self.read_nowait(file, &mut [io::IoSliceMut::new(dst)], at)? {
                     return Ok(false);
                 }
@@ -281,6 +300,9 @@ impl Storage {
             let (Some(span), None) = (spans.next(), spans.next()) else {
                 return Ok(false);
             };
+            if self.is_pad(span.file) {
+                return Ok(false); // read block by block, as zeros
+            }
             let (file, at) = self.target(span.file, span.file_offset, false)?;
             self.read_nowait(file, bufs, at)
         }
@@ -329,6 +351,9 @@ impl Storage {
             let len = blocks.iter().map(|b| b.len()).sum();
             let mut spans = self.layout.spans(offset, len);
             if let (Some(span), None) = (spans.next(), spans.next()) {
+                if self.is_pad(span.file) {
+                    return Ok(());
+                }
                 let _writing = self.write_lock(span.file);
                 let (file, at) = self.target(span.file, span.file_offset, true)?;
                 return write_all_vectored_at(file, blocks, at);
@@ -484,12 +509,49 @@ impl Storage {
         Some(sha.finalize().into())
     }
 
-    /// Checks every piece against `hashes` with `threads` threads (0: one per core) and
-    /// returns the pieces that verify. Missing or short files simply fail their pieces.
-    /// `progress` is called with the number of pieces checked so far, now and then.
+    /// Whether the `len` bytes at torrent offset `offset` hash as `expected` says, read in
+    /// chunks through `buf` (a v2 piece: only its file's bytes, into a merkle subtree).
+    fn check_range(&self, offset: u64, len: usize, buf: &mut [u8], expected: &PieceHash) -> bool {
+        match expected {
+            PieceHash::Sha1(h) => self.hash_range(offset, len, buf).as_ref() == Some(h),
+            PieceHash::Merkle {
+                hash,
+                data_len,
+                leaves,
+            } => {
+                let len = (*data_len as usize).min(len);
+                let mut tree = merkle::FileHasher::new();
+                let mut done = 0;
+                while done < len {
+                    let n = (len - done).min(buf.len());
+                    if self.read_at(offset + done as u64, &mut buf[..n]).is_err() {
+                        return false;
+                    }
+                    tree.update(&buf[..n]);
+                    done += n;
+                }
+                merkle::piece_root(&tree.into_leaves(), u64::from(*leaves)) == *hash
+            }
+        }
+    }
+
+    /// Checks every piece against its SHA-1 in `hashes` (see [`Storage::recheck_pieces`]).
     pub fn recheck(
         &self,
         hashes: &[[u8; 20]],
+        threads: usize,
+        progress: &(dyn Fn(u32) + Sync),
+    ) -> Bitfield {
+        let hashes: Vec<PieceHash> = hashes.iter().map(|h| PieceHash::Sha1(*h)).collect();
+        self.recheck_pieces(&hashes, threads, progress)
+    }
+
+    /// Checks every piece against `hashes` (SHA-1 or v2 merkle) with `threads` threads (0: one
+    /// per core) and returns the pieces that verify. Missing or short files simply fail their
+    /// pieces. `progress` is called with the number of pieces checked so far, now and then.
+    pub fn recheck_pieces(
+        &self,
+        hashes: &[PieceHash],
         threads: usize,
         progress: &(dyn Fn(u32) + Sync),
     ) -> Bitfield {
@@ -520,8 +582,9 @@ impl Storage {
                             let len = self.lengths.piece_len(piece) as usize;
                             let offset = self.lengths.piece_offset(piece);
                             if self.any_existing(offset, len)
-                                && self.hash_range(offset, len, &mut buf).as_ref()
-                                    == hashes.get(piece as usize)
+                                && hashes
+                                    .get(piece as usize)
+                                    .is_some_and(|h| self.check_range(offset, len, &mut buf, h))
                             {
                                 ok.push(piece);
                             }
@@ -850,6 +913,50 @@ mod tests {
         let (x, y) = two.split_at_mut(BLOCK_LEN as usize);
         let mut slots = [io::IoSliceMut::new(x), io::IoSliceMut::new(y)];
         assert!(!s.read_run_cached(&first, &mut slots).unwrap());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn pad_files_read_as_zeros_and_never_reach_the_disk() {
+        // BEP 47: a (10,000 bytes), a pad of 6,384 to the 16 KiB piece boundary, b (5,000).
+        let dir = scratch("pad");
+        let (a, pad, b) = (dir.join("a"), dir.join(".pad").join("6384"), dir.join("b"));
+        let piece = BLOCK_LEN as u64;
+        let lengths = Lengths::new(piece + 5_000, piece).unwrap();
+        let layout = Layout::with_pads([
+            (a.clone(), 10_000, false),
+            (pad.clone(), 6_384, true),
+            (b.clone(), 5_000, false),
+        ]);
+        let s = Storage::open(Path::new(""), layout, lengths, Mode::ReadWrite).unwrap();
+        assert!(
+            !pad.exists() && !dir.join(".pad").exists(),
+            "no pad file is created"
+        );
+        assert!(
+            s.wrong_lengths().is_empty(),
+            "the pad's absence is not a wrong length"
+        );
+        let mut data: Vec<u8> = (0..piece as usize).map(|i| (i % 251) as u8 | 1).collect();
+        data[10_000..].fill(0);
+        let pool = BlockPool::new();
+        s.write_piece(0, &[pool.take_copy(&data)]).unwrap();
+        s.write_at(piece, &[7u8; 5_000]).unwrap();
+        assert!(!pad.exists());
+        assert_eq!(std::fs::read(&a).unwrap(), &data[..10_000]);
+        assert_eq!(std::fs::read(&b).unwrap(), vec![7u8; 5_000]);
+        let mut back = vec![1u8; piece as usize];
+        s.read_at(0, &mut back).unwrap();
+        assert_eq!(back, data, "the pad reads as zeros");
+        let block = BlockInfo {
+            piece: 0,
+            begin: 0,
+            len: BLOCK_LEN,
+        };
+        let mut cached = vec![1u8; piece as usize];
+        if s.read_block_cached(&block, &mut cached).unwrap() {
+            assert_eq!(cached, data);
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -1,4 +1,4 @@
-//! The hasher pool: SHA-1 checking of complete pieces, fanned out to worker threads shared by
+//! The hasher pool: SHA-1 (or v2 merkle, BEP 52) checking of complete pieces, fanned out to worker threads shared by
 //! every torrent of a session.
 //!
 //! A piece arrives as the blocks it was received in, straight from memory: it is never read
@@ -9,6 +9,8 @@ use std::sync::Arc;
 
 use async_channel::Sender;
 use sha1::{Digest, Sha1};
+
+use shoal_engine::merkle::PieceHash;
 
 use crate::buffers::Block;
 use crate::disk::{DiskJob, PieceDone, PieceOutcome, Storage};
@@ -25,8 +27,8 @@ pub struct HashJob {
     pub piece: u32,
     /// Its blocks, in order.
     pub blocks: Vec<Block>,
-    /// The SHA-1 the metainfo gives for it.
-    pub expected: [u8; 20],
+    /// What the metainfo says it hashes to (SHA-1, or a v2 merkle subtree root).
+    pub expected: PieceHash,
     /// The torrent's files, where the piece is written once verified.
     pub storage: Arc<Storage>,
     /// Where the disk threads, or the hasher on failure, report the end of the piece.
@@ -80,23 +82,19 @@ impl Hasher {
 }
 
 fn check(job: HashJob, disk: &Sender<DiskJob>) {
-    let mut sha = Sha1::new();
-    for b in &job.blocks {
-        sha.update(&b[..]);
-    }
-    let digest: [u8; 20] = sha.finalize().into();
+    let good = job.expected.verify(job.blocks.iter().map(|b| &b[..]));
     let HashJob {
         piece,
         blocks,
         storage,
         done,
-        expected,
+        expected: _,
         want_block_digests,
     } = job;
     let block_digests = |blocks: &[Block]| -> Vec<[u8; 20]> {
         blocks.iter().map(|b| Sha1::digest(&b[..]).into()).collect()
     };
-    if digest == expected {
+    if good {
         let write = DiskJob::Write {
             storage,
             piece,

@@ -20,6 +20,7 @@ use async_channel::{Receiver, Sender};
 use futures_lite::future;
 use shoal_engine::bitfield::Bitfield;
 use shoal_engine::lengths::{BlockInfo, Lengths};
+use shoal_engine::merkle::PieceHash;
 use shoal_engine::picker::{PeerKey, Picker, Priority, Received};
 
 use crate::buffers::Block;
@@ -191,8 +192,8 @@ pub struct PickerSetup {
     pub lengths: Lengths,
     /// The pieces already verified on disk.
     pub have: Bitfield,
-    /// Expected SHA-1 of every piece.
-    pub hashes: Arc<Vec<[u8; 20]>>,
+    /// What every piece must hash to (SHA-1, or v2 merkle).
+    pub hashes: Arc<Vec<PieceHash>>,
     /// Bytes allowed between the sockets and the disk (pieces in progress and in flight).
     pub disk_budget: u64,
     /// The hasher pool (shared by the session's torrents).
@@ -232,7 +233,7 @@ struct State {
     /// Lengths.
     lengths: Lengths,
     /// Expected hashes.
-    hashes: Arc<Vec<[u8; 20]>>,
+    hashes: Arc<Vec<PieceHash>>,
     /// Connected peers.
     peers: HashMap<PeerKey, PeerSlot>,
     /// Blocks received for pieces in progress, by piece, in block order.

@@ -320,6 +320,15 @@ impl Session {
     /// [`TorrentState::Checking`]: crate::shared::TorrentState::Checking
     /// [`Progress::checked_pieces`]: crate::shared::Progress::checked_pieces
     pub fn start_torrent(&self, add: AddTorrent) -> Result<Torrent> {
+        if add.metainfo.piece_hashes().is_none() {
+            // A v2-only torrent's pieces are checked against its piece layers; without them
+            // (peers would have to send them: hash requests are not spoken yet) nothing can be.
+            return Err(Error::Failed(
+                "this v2 torrent (BEP 52) has no piece layers, and fetching them from peers is \
+                 not supported yet"
+                    .into(),
+            ));
+        }
         let info_hash = add.metainfo.info_hash;
         let private = add.metainfo.info.private;
         self.insert(info_hash, private, |ctx| torrent::start(add, ctx))

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use shoal_engine::create::{create_torrent, CreateOptions};
 use shoal_engine::lengths::MAX_PIECE_LENGTH;
-use shoal_engine::metainfo::Metainfo;
+use shoal_engine::metainfo::{MetaVersion, Metainfo};
 
 use crate::display::{count, printable, say};
 use crate::info::human_size;
@@ -47,6 +47,14 @@ pub struct Args {
     /// Overwrite OUT.torrent if it exists.
     #[arg(short, long)]
     pub force: bool,
+    /// Make a BitTorrent v2 torrent only (BEP 52: SHA-256 merkle trees per file). Clients
+    /// without v2 cannot use it; the piece length must be a power of two of at least 16 KiB.
+    #[arg(long, conflicts_with = "hybrid")]
+    pub v2: bool,
+    /// Make a hybrid torrent (BEP 52): v1 and v2 at once, readable by every client, with pad
+    /// files (BEP 47) aligning each file of a folder to a piece.
+    #[arg(long)]
+    pub hybrid: bool,
 }
 
 /// Parses a piece length such as `262144`, `16k`, `256KiB`, `1MiB` or `2m` (suffixes are binary
@@ -101,6 +109,13 @@ pub fn run(args: Args) -> CliResult {
         include_hidden: args.include_hidden,
         threads: args.threads,
         web_seeds: args.web_seeds,
+        version: Some(if args.v2 {
+            MetaVersion::V2
+        } else if args.hybrid {
+            MetaVersion::Hybrid
+        } else {
+            MetaVersion::V1
+        }),
     };
     // Checked before hashing so a mistake costs nothing; create_new below closes the race.
     if !args.force && args.output.exists() {
@@ -152,14 +167,21 @@ pub fn run(args: Args) -> CliResult {
         .and_then(|()| file.sync_all())
         .map_err(|e| format!("{}: {e}", args.output.display()))?;
     let info = &meta.info;
-    outln!("info hash: {}", meta.info_hash)?;
+    if info.version.has_v1() {
+        outln!("info hash: {}", meta.info_hash)?;
+    }
+    if let Some(v2) = &meta.info_hash_v2 {
+        let hex: String = v2.iter().map(|b| format!("{b:02x}")).collect();
+        outln!("info hash v2: {hex}")?;
+    }
+    let files = info.files.iter().filter(|f| !f.pad).count();
     outln!(
         "wrote {}: \"{}\", {}, {} in {} of {}",
         args.output.display(),
         printable(&info.name),
-        count(info.files.len() as u64, "file", "files"),
+        count(files as u64, "file", "files"),
         human_size(meta.total_length()),
-        count(info.pieces.len() as u64, "piece", "pieces"),
+        count(u64::from(info.lengths.num_pieces()), "piece", "pieces"),
         human_size(u64::from(info.piece_length)),
     )?;
     Ok(())

@@ -2,11 +2,15 @@
 //!
 //! # The `--json` object
 //! One object with exactly these keys, always present (absent values are `null`):
-//! - `name` (string), `info_hash` (40 lowercase hex digits), `piece_length` (bytes),
-//!   `piece_count`, `total_length` (bytes), `private` (bool), `multi_file` (bool);
+//! - `name` (string), `info_hash` (40 lowercase hex digits: the SHA-1 of the info dictionary,
+//!   or for a v2-only torrent its truncated v2 hash, which is what the swarm knows it by),
+//!   `info_hash_v2` (64 hex digits, or null for a v1 torrent), `meta_version` (`"v1"`, `"v2"`
+//!   or `"hybrid"`, BEP 52), `piece_length` (bytes), `piece_count`, `total_length` (bytes,
+//!   pad files included), `private` (bool), `multi_file` (bool);
 //! - `files`: list of `{ "path": "name/dir/file", "components": ["name", "dir", "file"],
-//!   "length": bytes }` in torrent order; the path starts with the torrent name (a single-file
-//!   torrent's one path is its name) and is joined with `/`;
+//!   "length": bytes, "pad": bool }` in torrent order, BEP 47 pad files included (`pad`
+//!   true); the path starts with the torrent name (a single-file torrent's one path is its
+//!   name) and is joined with `/`;
 //! - `trackers`: list of tiers, each a list of URLs (`announce-list`, else `[[announce]]`,
 //!   else `[]`);
 //! - `comment`, `created_by` (strings or null), `creation_date` (Unix seconds or null).
@@ -15,7 +19,7 @@ use std::io::Read;
 use std::path::PathBuf;
 
 use serde::Serialize;
-use shoal_engine::metainfo::{Metainfo, MAX_METAINFO_LEN};
+use shoal_engine::metainfo::{MetaVersion, Metainfo, MAX_METAINFO_LEN};
 
 use crate::display::printable;
 use crate::{outln, CliResult};
@@ -35,6 +39,8 @@ pub struct Args {
 struct JsonInfo<'a> {
     name: &'a str,
     info_hash: String,
+    info_hash_v2: Option<String>,
+    meta_version: &'static str,
     piece_length: u32,
     piece_count: usize,
     total_length: u64,
@@ -53,6 +59,7 @@ struct JsonFile<'a> {
     path: String,
     components: &'a [String],
     length: u64,
+    pad: bool,
 }
 
 /// `1536` → `1.5 KiB`; exact bytes below 1 KiB.
@@ -103,6 +110,20 @@ pub fn read_torrent(path: &PathBuf) -> Result<Metainfo, String> {
     Metainfo::from_bytes(&bytes).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// The BEP 52 version of a torrent as `shoal info` names it.
+fn version_name(v: MetaVersion) -> &'static str {
+    match v {
+        MetaVersion::V1 => "v1",
+        MetaVersion::V2 => "v2",
+        MetaVersion::Hybrid => "hybrid",
+    }
+}
+
+/// 64 lowercase hex digits.
+fn hex32(h: &[u8; 32]) -> String {
+    h.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Runs `shoal info`.
 pub fn run(args: Args) -> CliResult {
     let meta = read_torrent(&args.file)?;
@@ -111,8 +132,10 @@ pub fn run(args: Args) -> CliResult {
         let out = JsonInfo {
             name: &info.name,
             info_hash: meta.info_hash.to_string(),
+            info_hash_v2: meta.info_hash_v2.as_ref().map(hex32),
+            meta_version: version_name(info.version),
             piece_length: info.piece_length,
-            piece_count: info.pieces.len(),
+            piece_count: info.lengths.num_pieces() as usize,
             total_length: meta.total_length(),
             private: info.private,
             multi_file: info.multi_file,
@@ -123,6 +146,7 @@ pub fn run(args: Args) -> CliResult {
                     path: f.path.join("/"),
                     components: &f.path,
                     length: f.length,
+                    pad: f.pad,
                 })
                 .collect(),
             trackers: meta.tiers(),
@@ -138,13 +162,25 @@ pub fn run(args: Args) -> CliResult {
     // Every string from the torrent goes through `printable`: a name is not allowed to move
     // the cursor, change colours or ring the bell.
     outln!("name:          {}", printable(&info.name))?;
-    outln!("info hash:     {}", meta.info_hash)?;
+    match (info.version, &meta.info_hash_v2) {
+        (MetaVersion::V1, _) | (_, None) => outln!("info hash:     {}", meta.info_hash)?,
+        (MetaVersion::Hybrid, Some(v2)) => {
+            outln!("meta version:  hybrid (v1 and v2)")?;
+            outln!("info hash:     {} (v1)", meta.info_hash)?;
+            outln!("info hash v2:  {}", hex32(v2))?;
+        }
+        (MetaVersion::V2, Some(v2)) => {
+            outln!("meta version:  2")?;
+            outln!("info hash:     {} (v2, truncated)", meta.info_hash)?;
+            outln!("info hash v2:  {}", hex32(v2))?;
+        }
+    }
     outln!(
         "piece length:  {} ({} bytes)",
         human_size(u64::from(info.piece_length)),
         info.piece_length
     )?;
-    outln!("pieces:        {}", info.pieces.len())?;
+    outln!("pieces:        {}", info.lengths.num_pieces())?;
     outln!("total size:    {} ({total} bytes)", human_size(total))?;
     outln!("private:       {}", if info.private { "yes" } else { "no" })?;
     if let Some(c) = &meta.comment {
@@ -168,8 +204,13 @@ pub fn run(args: Args) -> CliResult {
     for url in &meta.url_list {
         outln!("web seed:      {}", printable(url))?;
     }
-    outln!("files ({}):", info.files.len())?;
-    for f in &info.files {
+    let pads = info.files.iter().filter(|f| f.pad).count();
+    if pads > 0 {
+        outln!("files ({}, and {pads} pad files):", info.files.len() - pads)?;
+    } else {
+        outln!("files ({}):", info.files.len())?;
+    }
+    for f in info.files.iter().filter(|f| !f.pad) {
         outln!("  {:>14}  {}", f.length, printable(&f.path.join("/")))?;
     }
     Ok(())

@@ -19,6 +19,7 @@
 //! positional reads (a piece may span several files), so threads never share a file cursor and
 //! the result is the same as hashing sequentially.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::{self, File};
 use std::io;
@@ -29,7 +30,8 @@ use std::sync::Mutex;
 use sha1::{Digest, Sha1};
 
 use crate::lengths::{Lengths, LengthsError};
-use crate::metainfo::{unsafe_component_reason, FileEntry, Info, Metainfo};
+use crate::merkle;
+use crate::metainfo::{unsafe_component_reason, FileEntry, Info, MetaVersion, Metainfo};
 
 /// The smallest piece length [`default_piece_length`] picks: 16 KiB, one block.
 pub const MIN_DEFAULT_PIECE_LENGTH: u32 = 16 * 1024;
@@ -62,6 +64,9 @@ pub struct CreateOptions {
     pub threads: usize,
     /// Web seeds (BEP 19 `url-list`): URLs serving the same files over HTTP(S).
     pub web_seeds: Vec<String>,
+    /// The kind of torrent: v1 (the default), v2 only, or hybrid (BEP 52). v2 and hybrid
+    /// torrents need a piece length that is a power of two of at least 16 KiB.
+    pub version: Option<MetaVersion>,
 }
 
 /// Why a torrent could not be made.
@@ -94,6 +99,8 @@ pub enum CreateError {
     Lengths(LengthsError),
     /// A file's size changed while it was being hashed.
     Changed(PathBuf),
+    /// A v2 or hybrid torrent was asked for with a piece length BEP 52 does not allow.
+    V2PieceLength(u32),
 }
 
 impl fmt::Display for CreateError {
@@ -115,6 +122,11 @@ impl fmt::Display for CreateError {
             Self::Empty(p) => write!(f, "{}: no data to put in a torrent", p.display()),
             Self::Lengths(e) => write!(f, "bad lengths: {e}"),
             Self::Changed(p) => write!(f, "{}: file changed while hashing", p.display()),
+            Self::V2PieceLength(n) => write!(
+                f,
+                "a v2 or hybrid torrent needs a piece length that is a power of two of at \
+                 least 16 KiB, not {n}"
+            ),
         }
     }
 }
@@ -196,10 +208,7 @@ fn walk(
             components.push(utf8_name(&path, &name)?);
             out.push(Source {
                 disk: path,
-                entry: FileEntry {
-                    path: components,
-                    length: meta.len(),
-                },
+                entry: FileEntry::new(components, meta.len()),
             });
         }
         // Anything else (symlinks, FIFOs, sockets, devices) is skipped on purpose.
@@ -219,10 +228,7 @@ fn collect(path: &Path, include_hidden: bool) -> Result<(String, Vec<Source>, bo
     if meta.is_file() {
         let file = Source {
             disk: path.to_path_buf(),
-            entry: FileEntry {
-                path: vec![name.clone()],
-                length: meta.len(),
-            },
+            entry: FileEntry::new(vec![name.clone()], meta.len()),
         };
         Ok((name, vec![file], false))
     } else if meta.is_dir() {
@@ -240,17 +246,63 @@ fn collect(path: &Path, include_hidden: bool) -> Result<(String, Vec<Source>, bo
 }
 
 /// Makes the `.torrent` file for the file or folder at `path`: canonical bencode (sorted keys).
+/// A v2 or hybrid torrent is laid out as libtorrent 2.0.8 lays one out, so that both make the
+/// same info dictionary of the same files: the file tree in path order, and in a hybrid's v1
+/// list a pad file (BEP 47) after every file of a folder that does not end on a piece
+/// boundary (the last one too); a v2-only torrent's pieces are aligned the same way.
 pub fn create_torrent(path: &Path, opts: &CreateOptions) -> Result<Vec<u8>, CreateError> {
-    let (name, sources, multi_file) = collect(path, opts.include_hidden)?;
+    let (name, mut sources, multi_file) = collect(path, opts.include_hidden)?;
     let total = sources.iter().map(|s| s.entry.length).sum::<u64>();
     if total == 0 {
         return Err(CreateError::Empty(path.to_path_buf()));
     }
+    let version = opts.version.unwrap_or(MetaVersion::V1);
     let piece_length = opts
         .piece_length
         .unwrap_or_else(|| default_piece_length(total));
-    let lengths = Lengths::new(total, u64::from(piece_length)).map_err(CreateError::Lengths)?;
-    let pieces = hash_pieces(&sources, lengths, opts.threads)?;
+    if version.has_v2()
+        && (piece_length < merkle::BLOCK_LEN as u32 || !piece_length.is_power_of_two())
+    {
+        return Err(CreateError::V2PieceLength(piece_length));
+    }
+    let pl = u64::from(piece_length);
+    let mut layers = BTreeMap::new();
+    if version.has_v2() {
+        let trees = hash_trees(&sources, pl, opts.threads)?;
+        for (s, tree) in sources.iter_mut().zip(trees) {
+            s.entry.pieces_root = tree.root;
+            if let Some(root) = tree.root.filter(|_| !tree.piece_layer.is_empty()) {
+                layers.insert(root, tree.piece_layer);
+            }
+        }
+        // Pad after each file that does not end on a piece boundary: after every file for
+        // v2 (libtorrent's layout of a v2 torrent), and in a hybrid's v1 list only between
+        // files of a folder (a single file is never padded, or it could not be v1 too).
+        if version == MetaVersion::V2 || sources.len() > 1 {
+            let mut padded = Vec::with_capacity(sources.len() * 2);
+            let mut at = 0u64;
+            for s in sources {
+                at += s.entry.length;
+                padded.push(s);
+                if at % pl != 0 {
+                    let pad = pl - at % pl;
+                    at += pad;
+                    padded.push(Source {
+                        disk: PathBuf::new(),
+                        entry: FileEntry::pad(&name, pad),
+                    });
+                }
+            }
+            sources = padded;
+        }
+    }
+    let total = sources.iter().map(|s| s.entry.length).sum::<u64>();
+    let lengths = Lengths::new(total, pl).map_err(CreateError::Lengths)?;
+    let pieces = if version.has_v1() {
+        hash_pieces(&sources, lengths, opts.threads)?
+    } else {
+        Vec::new()
+    };
     let info = Info {
         name,
         piece_length,
@@ -259,6 +311,7 @@ pub fn create_torrent(path: &Path, opts: &CreateOptions) -> Result<Vec<u8>, Crea
         private: opts.private,
         multi_file,
         lengths,
+        version,
     };
     let created_by = opts
         .created_by
@@ -275,9 +328,84 @@ pub fn create_torrent(path: &Path, opts: &CreateOptions) -> Result<Vec<u8>, Crea
         opts.comment.clone(),
         Some(created_by),
         Some(creation_date),
-    );
+    )
+    .with_piece_layers(layers);
     meta.url_list = opts.web_seeds.clone();
     Ok(meta.to_bytes())
+}
+
+/// The merkle tree of every file (v2), files shared out to `threads` threads (0 = every core);
+/// each file is read front to back in 1 MiB reads.
+fn hash_trees(
+    sources: &[Source],
+    piece_length: u64,
+    threads: usize,
+) -> Result<Vec<merkle::FileTree>, CreateError> {
+    const READ: usize = 1 << 20;
+    let threads = match threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+    .clamp(1, sources.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let slots: Vec<Mutex<Option<merkle::FileTree>>> =
+        sources.iter().map(|_| Mutex::new(None)).collect();
+    let worker = || -> Result<(), CreateError> {
+        let mut buf = vec![0u8; READ];
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(src) = sources.get(i) else {
+                return Ok(());
+            };
+            if failed.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            let mut hasher = merkle::FileHasher::new();
+            if src.entry.length > 0 {
+                let file = File::open(&src.disk).map_err(io_err(&src.disk))?;
+                let mut at = 0u64;
+                while at < src.entry.length {
+                    let n = (src.entry.length - at).min(READ as u64) as usize;
+                    if let Err(e) = read_at(&file, &mut buf[..n], at) {
+                        failed.store(true, Ordering::Relaxed);
+                        return Err(if e.kind() == io::ErrorKind::UnexpectedEof {
+                            CreateError::Changed(src.disk.clone())
+                        } else {
+                            CreateError::Io {
+                                path: src.disk.clone(),
+                                source: e,
+                            }
+                        });
+                    }
+                    hasher.update(&buf[..n]);
+                    at += n as u64;
+                }
+            }
+            let tree = hasher.finish(piece_length);
+            if let Ok(mut slot) = slots[i].lock() {
+                *slot = Some(tree);
+            }
+        }
+    };
+    let results: Vec<Result<(), CreateError>> = std::thread::scope(|s| {
+        let spawned: Vec<_> = (1..threads).map(|_| s.spawn(worker)).collect();
+        let mut results = vec![worker()];
+        for h in spawned {
+            results.push(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+        }
+        results
+    });
+    results.into_iter().collect::<Result<(), _>>()?;
+    Ok(slots
+        .into_iter()
+        .map(|m| {
+            m.into_inner()
+                .ok()
+                .flatten()
+                .expect("every file was hashed")
+        })
+        .collect())
 }
 
 /// Reads exactly `buf.len()` bytes of `file` at `offset`.
@@ -332,6 +460,12 @@ fn read_span(
             continue;
         }
         let n = (end - at).min((buf.len() - done) as u64) as usize;
+        if src.entry.pad {
+            buf[done..done + n].fill(0);
+            done += n;
+            i += 1;
+            continue;
+        }
         let file = match open.take() {
             Some((j, f)) if j == i => f,
             _ => File::open(&src.disk).map_err(io_err(&src.disk))?,
@@ -462,6 +596,72 @@ mod tests {
             threads,
             ..Default::default()
         }
+    }
+
+    /// The content `tests/helpers/make_v2_fixtures.py` gave libtorrent: file `k`.
+    fn fixture_content(k: usize, length: usize) -> Vec<u8> {
+        (0..length)
+            .map(|i| ((i * 31 + k * 17 + i / 256) & 0xff) as u8)
+            .collect()
+    }
+
+    /// The info dictionary of a libtorrent 2.0.8 fixture.
+    fn lt_info(name: &str) -> Vec<u8> {
+        let path = format!(
+            "{}/../fuzz/corpus/metainfo_v2/seed-lt-{name}.torrent",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        Metainfo::from_bytes(&fs::read(path).unwrap())
+            .unwrap()
+            .raw_info
+    }
+
+    #[test]
+    fn v2_and_hybrid_torrents_are_libtorrents_byte_for_byte() {
+        let dir = TempDir::new("v2");
+        let layouts: [(&str, &[(&str, usize)]); 3] = [
+            ("single", &[("single.bin", 100_000)]),
+            ("small", &[("small.bin", 20_000)]),
+            (
+                "multi",
+                &[
+                    ("multi/a.bin", 70_000),
+                    ("multi/b/c.bin", 16_384),
+                    ("multi/b/d.bin", 1),
+                    ("multi/e.bin", 200_000),
+                ],
+            ),
+        ];
+        for (name, files) in layouts {
+            for (k, (rel, len)) in files.iter().enumerate() {
+                let p = dir.0.join(rel);
+                fs::create_dir_all(p.parent().unwrap()).unwrap();
+                fs::write(&p, fixture_content(k, *len)).unwrap();
+            }
+            let top = dir.0.join(files[0].0.split('/').next().unwrap());
+            for (kind, version) in [("v2", MetaVersion::V2), ("hybrid", MetaVersion::Hybrid)] {
+                for threads in [1, 3] {
+                    let o = CreateOptions {
+                        version: Some(version),
+                        ..opts(32_768, threads)
+                    };
+                    let m = Metainfo::from_bytes(&create_torrent(&top, &o).unwrap()).unwrap();
+                    assert_eq!(m.info.version, version);
+                    assert_eq!(
+                        m.raw_info,
+                        lt_info(&format!("{kind}-{name}")),
+                        "{kind}-{name}: the same info dictionary as libtorrent's"
+                    );
+                }
+            }
+        }
+        // BEP 52 piece lengths only.
+        let o = CreateOptions {
+            version: Some(MetaVersion::V2),
+            ..opts(20_000, 1)
+        };
+        let err = create_torrent(&dir.0.join("single.bin"), &o).unwrap_err();
+        assert!(matches!(err, CreateError::V2PieceLength(20_000)), "{err}");
     }
 
     #[test]

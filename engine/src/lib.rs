@@ -15,6 +15,7 @@
 //! - [`tracker`]: tracker announce requests and replies (HTTP and UDP), as pure data.
 //! - [`utp`]: uTP (BEP 29) connections and the demultiplexer of a UDP socket, without I/O.
 //! - [`magnet`]: magnet links: parse one, or write one for a torrent.
+//! - [`merkle`]: SHA-256 merkle trees of BitTorrent v2: leaves, piece layers, roots.
 //! - [`extension`]: the extension protocol handshake of BEP 10, ours and a peer's.
 //! - [`metadata`]: BEP 9 metadata exchange: the `ut_metadata` codec, fetching the info
 //!   dictionary from several peers and checking it against the info hash, serving ours.
@@ -40,6 +41,7 @@ pub mod extension;
 mod ids;
 pub mod lengths;
 pub mod magnet;
+pub mod merkle;
 pub mod metadata;
 pub mod metainfo;
 pub mod mse;

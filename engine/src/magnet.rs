@@ -7,9 +7,12 @@
 //! percent-decoded strictly: a `%` not followed by two hexadecimal digits is an error rather
 //! than a guess. `+` becomes a space in `dn` only: it is how forms encode spaces in names, but
 //! a literal `+` in a tracker URL (a passkey, say) must survive. Trackers keep their order and
-//! lose duplicates; unknown keys are ignored. A `urn:btmh:` (BitTorrent v2) hash is recognised
-//! and refused as unsupported when it is the only hash; next to a `urn:btih:` (a hybrid
-//! torrent) it is ignored.
+//! lose duplicates; unknown keys are ignored. A `urn:btmh:` (BitTorrent v2, BEP 52) hash is a
+//! multihash: `1220` (SHA-256, 32 bytes) then 64 hexadecimal digits. Next to a `urn:btih:` (a
+//! hybrid torrent's magnet) a well-formed one is kept in [`Magnet::info_hash_v2`] (a malformed
+//! one is ignored, as before: the v1 hash is enough to fetch the torrent); as the only hash it
+//! is refused as unsupported, since fetching a v2-only torrent's metadata and piece layers from
+//! peers is not done yet.
 //!
 //! Everything is bounded: the URI length ([`MAX_MAGNET_LEN`]), and the trackers and peers kept
 //! ([`MAX_TRACKERS`], [`MAX_PEERS`]; the rest are ignored).
@@ -99,6 +102,8 @@ impl fmt::Display for MagnetPeer {
 pub struct Magnet {
     /// The torrent's v1 info hash, from `xt=urn:btih:`.
     pub info_hash: InfoHash,
+    /// A hybrid torrent's v2 info hash (SHA-256), from `xt=urn:btmh:1220...`, if given.
+    pub info_hash_v2: Option<[u8; 32]>,
     /// The display name from `dn`, if any: a hint until the metadata arrives.
     pub name: Option<String>,
     /// The tracker URLs from `tr`, in order, without duplicates.
@@ -210,6 +215,19 @@ fn decode_text(key: &str, value: &str, plus_is_space: bool) -> Result<String, Ma
 }
 
 /// Reads an info hash written as 40 hex or 32 base32 characters.
+/// A SHA-256 multihash as magnets write it: `1220` then 64 hexadecimal digits (either case).
+fn parse_multihash(s: &str) -> Option<[u8; 32]> {
+    let hex = s.strip_prefix("1220")?;
+    if hex.len() != 64 || !hex.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
 fn parse_hash(s: &str) -> Result<InfoHash, MagnetError> {
     let n = s.chars().count();
     match n {
@@ -326,6 +344,7 @@ impl Magnet {
         let query = query.split_once('#').map_or(query, |(q, _)| q);
         let mut hash: Option<InfoHash> = None;
         let mut saw_v2 = false;
+        let mut hash_v2: Option<[u8; 32]> = None;
         let mut name = None;
         let mut trackers: Vec<String> = Vec::new();
         let mut peers: Vec<MagnetPeer> = Vec::new();
@@ -339,8 +358,14 @@ impl Magnet {
                         return Err(MagnetError::ConflictingHashes);
                     }
                     hash = Some(h);
-                } else if strip_prefix_ci(&xt, "urn:btmh:").is_some() {
+                } else if let Some(h) = strip_prefix_ci(&xt, "urn:btmh:") {
                     saw_v2 = true;
+                    if let Some(h) = parse_multihash(h) {
+                        if hash_v2.is_some_and(|old| old != h) {
+                            return Err(MagnetError::ConflictingHashes);
+                        }
+                        hash_v2 = Some(h);
+                    }
                 }
                 // Other namespaces (urn:sha1:, urn:ed2k:...) name other networks: ignored.
             } else if key == "dn" {
@@ -366,6 +391,7 @@ impl Magnet {
         };
         Ok(Magnet {
             info_hash,
+            info_hash_v2: hash_v2,
             name,
             trackers,
             peers,
@@ -382,6 +408,7 @@ impl Magnet {
         }
         Magnet {
             info_hash: m.info_hash,
+            info_hash_v2: m.info_hash_v2.filter(|_| m.info.version.has_v1()),
             name: Some(m.info.name.clone()),
             trackers,
             peers: Vec::new(),
@@ -395,10 +422,16 @@ impl Magnet {
 }
 
 impl fmt::Display for Magnet {
-    /// The URI: `magnet:?xt=urn:btih:<hex>`, then `dn`, `tr` and `x.pe`, values
+    /// The URI: `magnet:?xt=urn:btih:<hex>` (and `xt=urn:btmh:1220<hex>` for a hybrid), then `dn`, `tr` and `x.pe`, values
     /// percent-encoded.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "magnet:?xt=urn:btih:{}", self.info_hash)?;
+        if let Some(h) = &self.info_hash_v2 {
+            write!(f, "&xt=urn:btmh:1220")?;
+            for b in h {
+                write!(f, "{b:02x}")?;
+            }
+        }
         if let Some(n) = &self.name {
             write!(f, "&dn={}", percent_encode(n.as_bytes(), QUERY_VALUE))?;
         }
@@ -596,9 +629,49 @@ mod tests {
     }
 
     #[test]
+    fn reads_and_writes_a_hybrids_v2_hash() {
+        let v2 = "0baee78725a11fc7c21b68d742f3d91ed426f13c0ece3ead866446bc80676332";
+        let m = Magnet::parse(&format!("magnet:?xt=urn:btih:{HEX}&xt=urn:btmh:1220{v2}")).unwrap();
+        let want: Vec<u8> = (0..32)
+            .map(|i| u8::from_str_radix(&v2[2 * i..2 * i + 2], 16).unwrap())
+            .collect();
+        assert_eq!(m.info_hash_v2.unwrap()[..], want[..]);
+        assert!(m.to_string().contains(&format!("xt=urn:btmh:1220{v2}")));
+        assert_eq!(Magnet::parse(&m.to_string()).unwrap(), m);
+        let upper = Magnet::parse(&format!(
+            "magnet:?xt=urn:btmh:1220{}&xt=urn:btih:{HEX}",
+            v2.to_uppercase()
+        ))
+        .unwrap();
+        assert_eq!(upper.info_hash_v2, m.info_hash_v2);
+        // Two different v2 hashes name two torrents.
+        let other = format!("{}0", &v2[..63]);
+        assert_eq!(
+            err(&format!(
+                "magnet:?xt=urn:btih:{HEX}&xt=urn:btmh:1220{v2}&xt=urn:btmh:1220{other}"
+            )),
+            MagnetError::ConflictingHashes
+        );
+        // Only a v2 hash, even a good one: not supported yet.
+        assert_eq!(
+            err(&format!("magnet:?xt=urn:btmh:1220{v2}")),
+            MagnetError::UnsupportedV2
+        );
+        // A hybrid torrent's magnet carries both hashes.
+        let path = format!(
+            "{}/../fuzz/corpus/metainfo_v2/seed-lt-hybrid-multi.torrent",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let meta = Metainfo::from_bytes(&std::fs::read(path).unwrap()).unwrap();
+        let link = Magnet::from_metainfo(&meta).to_string();
+        assert!(link.contains(&format!("xt=urn:btmh:1220{v2}")), "{link}");
+    }
+
+    #[test]
     fn writes_what_it_reads() {
         let m = Magnet {
             info_hash: hash(),
+            info_hash_v2: None,
             name: Some("a b&c=d/é+%".into()),
             trackers: vec![
                 "udp://t.example:80/announce".into(),
@@ -683,7 +756,7 @@ mod tests {
                 .enumerate()
                 .map(|(i, &p)| MagnetPeer::Addr(SocketAddr::from(([10, 0, 0, i as u8], p))))
                 .collect();
-            let m = Magnet { info_hash: InfoHash(h), name, trackers: dedup, peers };
+            let m = Magnet { info_hash: InfoHash(h), info_hash_v2: None, name, trackers: dedup, peers };
             prop_assert_eq!(Magnet::parse(&m.to_string()).unwrap(), m);
         }
     }

@@ -18,6 +18,9 @@ pub struct FileInfo {
     pub length: u64,
     /// The offset of the file's first byte in the torrent.
     pub offset: u64,
+    /// A BEP 47 pad file: zero bytes that are never on disk (reads give zeros, writes are
+    /// dropped).
+    pub pad: bool,
 }
 
 /// The part of one file that a range of torrent bytes covers.
@@ -45,14 +48,20 @@ pub struct Layout {
 impl Layout {
     /// Lays files end to end, in the order given.
     pub fn new(files: impl IntoIterator<Item = (PathBuf, u64)>) -> Layout {
+        Layout::with_pads(files.into_iter().map(|(p, l)| (p, l, false)))
+    }
+
+    /// Lays files end to end, in the order given, each with whether it is a pad file.
+    pub fn with_pads(files: impl IntoIterator<Item = (PathBuf, u64, bool)>) -> Layout {
         let mut offset = 0u64;
         let files = files
             .into_iter()
-            .map(|(path, length)| {
+            .map(|(path, length, pad)| {
                 let f = FileInfo {
                     path,
                     length,
                     offset,
+                    pad,
                 };
                 // Metainfo bounds the total far below u64::MAX; saturate rather than panic.
                 offset = offset.saturating_add(length);

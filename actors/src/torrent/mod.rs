@@ -199,13 +199,14 @@ pub fn layout_of(
     content: Option<&std::path::Path>,
 ) -> shoal_engine::storage::Layout {
     let files = meta.info.files.iter();
-    shoal_engine::storage::Layout::new(files.map(|f| {
+    shoal_engine::storage::Layout::with_pads(files.map(|f| {
         let path = match content {
             // The metainfo's paths start with the torrent name; the content replaces it.
             Some(content) => content_path(content, &f.path),
             None => folder.join(f.relative_path()),
         };
-        (path, f.length)
+        // A pad file (BEP 47) keeps its place in the layout but never reaches the disk.
+        (path, f.length, f.pad)
     }))
 }
 

@@ -115,10 +115,17 @@ pub(super) async fn launch(
     // Paths in the layout are complete: the folder is already joined in.
     let folder = PathBuf::new();
     let mode = add.mode;
-    let hashes = Arc::new(meta.info.pieces.clone());
+    // SHA-1 for v1 and hybrid torrents, merkle subtree roots for v2-only ones (whose piece
+    // layers the session checked were there before starting us; without, nothing verifies).
+    let hashes = Arc::new(meta.piece_hashes().unwrap_or_default());
     let threads = add.settings.hasher_threads;
     let check_hashes = hashes.clone();
-    let files: Vec<PathBuf> = layout.files().iter().map(|f| f.path.clone()).collect();
+    let files: Vec<PathBuf> = layout
+        .files()
+        .iter()
+        .filter(|f| !f.pad)
+        .map(|f| f.path.clone())
+        .collect();
     let resume = add
         .resume
         .clone()
@@ -144,7 +151,8 @@ pub(super) async fn launch(
         Ok(match resumed {
             Some(have) => (storage, have, true),
             None => {
-                let have = storage.recheck(&check_hashes, threads, &|n| progress.set_checked(n));
+                let have =
+                    storage.recheck_pieces(&check_hashes, threads, &|n| progress.set_checked(n));
                 (storage, have, false)
             }
         })
@@ -395,7 +403,7 @@ pub(super) fn piece_priorities(
         .files()
         .iter()
         .zip(wanted)
-        .filter(|(f, &w)| w && f.length > 0)
+        .filter(|(f, &w)| w && f.length > 0 && !f.pad)
     {
         let first = (f.offset / plen) as usize;
         let last = ((f.offset + f.length - 1) / plen) as usize;
