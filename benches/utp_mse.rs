@@ -20,6 +20,7 @@
 //!   which caps both);
 //! - shoal → shoal: `shoal seed --encryption prefer` (accepts both) and `shoal download
 //!   --encryption off` and `require`: our RC4 on both ends, where the cost is ours alone.
+//!
 //! After each table, a line per pair: the RC4/plaintext rate ratio (wall and from the first
 //! connection) and the CPU s/GiB RC4 adds to each side.
 //!
