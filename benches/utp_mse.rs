@@ -117,6 +117,7 @@ struct Bench {
 impl Bench {
     /// Runs one download into `out` (which it deletes after) and measures it; `None` (said on
     /// stderr) when it fails, times out or the output has the wrong size.
+    #[allow(clippy::too_many_arguments)]
     fn download(
         &self,
         label: &str,
