@@ -11,9 +11,18 @@
 //!   --utp-only`), `shoal download` with default settings;
 //! - libtorrent → libtorrent, both with TCP off.
 //!
-//! Part MSE (1 GiB, 1 MiB pieces): a libtorrent seeder with `high_performance_seed()` settings
-//! over TCP, encryption `forced-rc4` against `off`, and `shoal download` with default settings
-//! (`--encryption prefer`: RC4 against the forced seeder, a plaintext redial against the other).
+//! Part MSE (1 GiB, 1 MiB pieces), plaintext against RC4, each pair alternating run by run:
+//! - from one libtorrent seeder with `high_performance_seed()` settings over TCP that accepts
+//!   both (`--encryption enabled`): `shoal download --encryption off` and `require`, and a
+//!   libtorrent downloader (`lt_utp_mse.py download`, default settings plus the loopback ones)
+//!   `off` and `forced-rc4`. libtorrent's own RC4/plaintext rate ratio, against its own seeder,
+//!   is the reference for shoal's (libtorrent's seeder encrypts on one thread with a byte loop,
+//!   which caps both);
+//! - shoal → shoal: `shoal seed --encryption prefer` (accepts both) and `shoal download
+//!   --encryption off` and `require`: our RC4 on both ends, where the cost is ours alone.
+//!
+//! After each table, a line per pair: the RC4/plaintext rate ratio (wall and from the first
+//! connection) and the CPU s/GiB RC4 adds to each side.
 //!
 //! Every downloader is its own process: its CPU time (user + system, all threads) comes from
 //! `wait4`, the seeder's from `/proc/<pid>/stat` before and after, and the seeder's busiest
@@ -47,8 +56,9 @@ const SHOAL_DONE: &str = "is complete";
 /// Piece size of both parts.
 const PIECE: u32 = 1 << 20;
 
-/// One variant of a case: its label, and the download command for an output folder.
-type Variant<'a> = (String, &'a dyn Fn(&Path) -> Command);
+/// One variant of a case: its label, the download command for an output folder, and the
+/// downloader's completion line (`SHOAL_DONE`, or libtorrent's "complete ").
+type Variant<'a> = (String, &'a dyn Fn(&Path) -> Command, &'static str);
 
 /// One measured download.
 struct Sample {
@@ -62,6 +72,42 @@ struct Sample {
     cpu_seed_top: f64,
 }
 
+/// A case's medians over its runs.
+struct Medians {
+    /// Wall MB/s, from spawning the downloader.
+    rate: f64,
+    /// MB/s from the first connection, when known.
+    connected: Option<f64>,
+    /// The downloader's CPU s/GiB.
+    cpu_down: f64,
+    /// The seeder's CPU s/GiB.
+    cpu_seed: f64,
+}
+
+/// Prints what RC4 costs against plaintext, from two cases' medians of one run.
+fn rc4_cost(what: &str, plain: &Option<Medians>, rc4: &Option<Medians>) {
+    let (Some(p), Some(r)) = (plain, rc4) else {
+        println!("- {what}: a case failed, no ratio");
+        return;
+    };
+    let connected = match (p.connected, r.connected) {
+        (Some(p), Some(r)) => format!(
+            ", connected {:.2} ({:.0}% slower)",
+            r / p,
+            100.0 * (1.0 - r / p)
+        ),
+        _ => String::new(),
+    };
+    println!(
+        "- {what}: RC4/plaintext rate {:.2} ({:.0}% slower){connected}; RC4 adds {:.2} CPU s/GiB \
+         to the downloader, {:.2} to the seeder",
+        r.rate / p.rate,
+        100.0 * (1.0 - r.rate / p.rate),
+        r.cpu_down - p.cpu_down,
+        r.cpu_seed - p.cpu_seed,
+    );
+}
+
 /// The bench's shared state.
 struct Bench {
     shoal: PathBuf,
@@ -71,6 +117,7 @@ struct Bench {
 impl Bench {
     /// Runs one download into `out` (which it deletes after) and measures it; `None` (said on
     /// stderr) when it fails, times out or the output has the wrong size.
+    #[allow(clippy::too_many_arguments)]
     fn download(
         &self,
         label: &str,
@@ -178,16 +225,15 @@ impl Bench {
         bytes: u64,
         file_name: &str,
         seeder_pid: u32,
-        marker: &str,
+        marker: &'static str,
         make: impl Fn(&Path) -> Command,
     ) {
         self.cases(
-            &[(label.to_string(), &make)],
+            &[(label.to_string(), &make, marker)],
             runs,
             bytes,
             file_name,
             seeder_pid,
-            marker,
         );
     }
 
@@ -201,27 +247,29 @@ impl Bench {
         bytes: u64,
         file_name: &str,
         seeder_pid: u32,
-        marker: &str,
-    ) {
+    ) -> Vec<Option<Medians>> {
         let mut samples: Vec<Vec<Sample>> = variants.iter().map(|_| Vec::new()).collect();
         for run in 0..runs {
-            for ((label, make), got) in variants.iter().zip(&mut samples) {
+            for ((label, make, marker), got) in variants.iter().zip(&mut samples) {
                 let out = self.fresh_out(&format!("{}-{run}", label.replace(' ', "_")));
                 let cmd = make(&out);
                 let s = self.download(label, cmd, marker, &out, file_name, bytes, seeder_pid);
                 got.extend(s);
             }
         }
-        for ((label, _), samples) in variants.iter().zip(samples) {
-            self.row(label, runs, bytes, samples);
-        }
+        variants
+            .iter()
+            .zip(samples)
+            .map(|((label, _, _), samples)| self.row(label, runs, bytes, samples))
+            .collect()
     }
 
-    /// Prints one case's row from its samples.
-    fn row(&self, label: &str, runs: usize, bytes: u64, samples: Vec<Sample>) {
+    /// Prints one case's row from its samples, and returns its medians (`None` if every run
+    /// failed).
+    fn row(&self, label: &str, runs: usize, bytes: u64, samples: Vec<Sample>) -> Option<Medians> {
         if samples.is_empty() {
             println!("| {label} | failed | | | | | |");
-            return;
+            return None;
         }
         let gib = bytes as f64 / (1u64 << 30) as f64;
         let rates: Vec<f64> = samples
@@ -238,19 +286,23 @@ impl Bench {
             .filter_map(|s| s.connected_secs)
             .map(|c| bytes as f64 / 1e6 / c.max(1e-3))
             .collect();
-        let connected = if connected.is_empty() {
-            "?".to_string()
-        } else {
-            format!("{:.0}", median(connected))
+        let connected = (!connected.is_empty()).then(|| median(connected));
+        let m = Medians {
+            rate: median(rates),
+            connected,
+            cpu_down: median(samples.iter().map(|s| s.cpu_down / gib).collect()),
+            cpu_seed: median(samples.iter().map(|s| s.cpu_seed / gib).collect()),
         };
         println!(
-            "| {label} | {:.0} ({rate_list}) | {connected} | {:.2} | {:.2} | {:.2} | {}/{runs} |",
-            median(rates.clone()),
-            median(samples.iter().map(|s| s.cpu_down / gib).collect()),
-            median(samples.iter().map(|s| s.cpu_seed / gib).collect()),
+            "| {label} | {:.0} ({rate_list}) | {} | {:.2} | {:.2} | {:.2} | {}/{runs} |",
+            m.rate,
+            connected.map_or("?".to_string(), |c| format!("{c:.0}")),
+            m.cpu_down,
+            m.cpu_seed,
             median(samples.iter().map(|s| s.cpu_seed_top / gib).collect()),
             samples.len(),
         );
+        Some(m)
     }
 }
 
@@ -467,32 +519,93 @@ fn main() {
         support::warm(&data);
         println!(
             "\nMSE: {mib} MiB, 1 MiB pieces, {runs} runs, libtorrent high_performance_seed \
-             seeder over TCP → shoal download (default --encryption prefer)"
+             seeder over TCP accepting plaintext and RC4 (--encryption enabled); its downloaders \
+             alternate run by run: shoal download --encryption off / require, libtorrent \
+             downloader (lt_utp_mse.py download, default settings) off / forced-rc4"
         );
         header();
-        for enc in ["off", "forced-rc4"] {
-            let port = support::free_port();
-            let seed = lt_seed(
-                &torrent,
-                &bench.dir,
-                port,
-                &["--high-performance", "--encryption", enc],
-            );
-            let this = |out: &Path| {
-                bench.shoal_download(&bench.shoal, None, &torrent, out, port, "prefer")
-            };
-            let base = |out: &Path| {
-                let bin = baseline.as_deref().expect("baseline");
-                bench.shoal_download(bin, None, &torrent, out, port, "prefer")
-            };
-            let mut variants: Vec<Variant<'_>> = Vec::new();
-            if baseline.is_some() {
-                variants.push((format!("seeder {enc}, baseline"), &base));
+        let port = support::free_port();
+        let seed = lt_seed(
+            &torrent,
+            &bench.dir,
+            port,
+            &["--high-performance", "--encryption", "enabled"],
+        );
+        let bench = &bench;
+        let shoal_with = |bin: PathBuf, enc: &'static str| {
+            let torrent = torrent.clone();
+            move |out: &Path| bench.shoal_download(&bin, None, &torrent, out, port, enc)
+        };
+        let lt_with = |enc: &'static str| {
+            let torrent = torrent.clone();
+            move |out: &Path| {
+                let mut c = Command::new("/usr/bin/python3");
+                c.arg(support::helpers_dir().join("lt_utp_mse.py"))
+                    .arg("download")
+                    .arg(&torrent)
+                    .arg(out)
+                    .arg(format!("127.0.0.1:{port}"))
+                    .args(["--encryption", enc]);
+                c
             }
-            variants.push((format!("seeder {enc}"), &this));
-            bench.cases(&variants, runs, bytes, &name, seed.pid(), SHOAL_DONE);
-            drop(seed);
+        };
+        let shoal_off = shoal_with(bench.shoal.clone(), "off");
+        let shoal_rc4 = shoal_with(bench.shoal.clone(), "require");
+        let lt_off = lt_with("off");
+        let lt_rc4 = lt_with("forced-rc4");
+        let base_bin = baseline.clone().unwrap_or_default();
+        let base_off = shoal_with(base_bin.clone(), "off");
+        let base_rc4 = shoal_with(base_bin, "require");
+        let mut variants: Vec<Variant<'_>> = vec![
+            ("libtorrent → shoal off".into(), &shoal_off, SHOAL_DONE),
+            ("libtorrent → shoal RC4".into(), &shoal_rc4, SHOAL_DONE),
+            ("libtorrent → libtorrent off".into(), &lt_off, "complete "),
+            ("libtorrent → libtorrent RC4".into(), &lt_rc4, "complete "),
+        ];
+        if baseline.is_some() {
+            variants.push(("libtorrent → baseline off".into(), &base_off, SHOAL_DONE));
+            variants.push(("libtorrent → baseline RC4".into(), &base_rc4, SHOAL_DONE));
         }
+        // shoal prints SHOAL_DONE, libtorrent "complete SECONDS": the marker is per variant.
+        let m = bench.cases(&variants, runs, bytes, &name, seed.pid());
+        drop(seed);
+        rc4_cost("libtorrent → shoal", &m[0], &m[1]);
+        rc4_cost("libtorrent → libtorrent (the reference)", &m[2], &m[3]);
+        if baseline.is_some() {
+            rc4_cost("libtorrent → baseline", &m[4], &m[5]);
+        }
+        println!("load {}", support::load());
+
+        // shoal → shoal: our RC4 on both ends.
+        println!(
+            "\nMSE: {mib} MiB, shoal seed (--encryption prefer: accepts both) over TCP → shoal \
+             download --encryption off / require, alternating"
+        );
+        header();
+        let port = support::free_port();
+        let mut c = Command::new(&bench.shoal);
+        c.arg("seed").arg(&torrent).arg(&data).args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--no-trackers",
+            "--no-dht",
+            "--no-lsd",
+            "--encryption",
+            "prefer",
+        ]);
+        let mut seed = Proc::spawn(c);
+        seed.wait_line("shoal: seeding", SEEDER_LIMIT)
+            .expect("shoal seeder started");
+        let off = |out: &Path| bench.shoal_download(&bench.shoal, None, &torrent, out, port, "off");
+        let rc4 =
+            |out: &Path| bench.shoal_download(&bench.shoal, None, &torrent, out, port, "require");
+        let variants: Vec<Variant<'_>> = vec![
+            ("shoal → shoal off".into(), &off, SHOAL_DONE),
+            ("shoal → shoal RC4".into(), &rc4, SHOAL_DONE),
+        ];
+        let m = bench.cases(&variants, runs, bytes, &name, seed.pid());
+        drop(seed);
+        rc4_cost("shoal → shoal", &m[0], &m[1]);
         println!("load {}", support::load());
     }
 }

@@ -1,17 +1,20 @@
 #!/usr/bin/python3
 """libtorrent seeder and downloader for the uTP and MSE bench (run with Debian's /usr/bin/python3).
 
-    lt_utp_mse.py seed FILE.torrent SAVE_PATH PORT [--utp-only] [--encryption off|forced-rc4]
-                  [--high-performance]
+    lt_utp_mse.py seed FILE.torrent SAVE_PATH PORT [--utp-only]
+                  [--encryption off|forced-rc4|enabled] [--high-performance]
         checks the data in SAVE_PATH, prints "ready" once seeding on 127.0.0.1:PORT, then seeds
         until killed.
     lt_utp_mse.py download FILE.torrent SAVE_PATH PEER_HOST:PORT [--utp-only]
+                  [--encryption off|forced-rc4]
         downloads from that one peer, prints "complete SECONDS" (from the first connection
         attempt to the last piece) and exits; exit status 1 after 600 s.
 
 Loopback settings as in lt_bench.py (DHT, LSD, UPnP, NAT-PMP off, several connections per IP).
 --utp-only: uTP in and out, TCP off (as tests/helpers/lt_peer.py --utp-only); otherwise TCP
-only. --encryption forced-rc4: in and out policies forced, RC4 only; off (the default): no MSE.
+only. --encryption forced-rc4: in and out policies forced, RC4 only; off (the default): no MSE;
+enabled (for a seeder serving both kinds in one run): in and out policies enabled, RC4 only,
+so a peer that opens plaintext gets plaintext and one that opens MSE gets RC4.
 --high-performance: libtorrent's own high_performance_seed() settings underneath.
 """
 import argparse
@@ -42,6 +45,10 @@ def session(port, utp_only, encryption, high_performance):
         settings["out_enc_policy"] = int(lt.enc_policy.forced)
         settings["in_enc_policy"] = int(lt.enc_policy.forced)
         settings["allowed_enc_level"] = int(lt.enc_level.rc4)
+    elif encryption == "enabled":
+        settings["out_enc_policy"] = int(lt.enc_policy.enabled)
+        settings["in_enc_policy"] = int(lt.enc_policy.enabled)
+        settings["allowed_enc_level"] = int(lt.enc_level.rc4)
     return lt.session(settings)
 
 
@@ -61,7 +68,7 @@ def main():
     ap.add_argument("save_path")
     ap.add_argument("where", help="seed: PORT; download: PEER_HOST:PORT")
     ap.add_argument("--utp-only", action="store_true")
-    ap.add_argument("--encryption", choices=["off", "forced-rc4"], default="off")
+    ap.add_argument("--encryption", choices=["off", "forced-rc4", "enabled"], default="off")
     ap.add_argument("--high-performance", action="store_true")
     args = ap.parse_args()
     if args.cmd == "seed":
