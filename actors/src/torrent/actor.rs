@@ -219,6 +219,9 @@ pub(super) async fn run(
             Ev::Msg(Some(TorrentMsg::SetSequential(on))) => {
                 let _ = st.picker.send(PickerMsg::SetSequential { on }).await;
             }
+            Ev::Msg(Some(TorrentMsg::SetSuperSeed(on))) => {
+                let _ = st.picker.send(PickerMsg::SetSuperSeed { on }).await;
+            }
             Ev::Msg(Some(TorrentMsg::SetDeadline(pieces))) => {
                 let _ = st.picker.send(PickerMsg::SetDeadline { pieces }).await;
             }
