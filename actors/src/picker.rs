@@ -551,6 +551,7 @@ impl State {
             match ev {
                 superseed::Event::Offer { peer, piece } => {
                     if let Some(slot) = self.peers.get(&peer) {
+                        log::debug!("super-seeding: piece {piece} offered to {}", slot.addr);
                         // Cannot be full in practice (a seed's peer gets no grants or cancels);
                         // a lost offer is replaced after `superseed::STALL`.
                         if slot.notes.try_send(PeerNote::Offer(piece)).is_err() {

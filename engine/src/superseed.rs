@@ -13,14 +13,17 @@
 //!   being offered (chosen at random among those); when none is left, the piece offered to the
 //!   fewest peers now, then the one fewest peers have, then the one offered least often so far.
 //! - **When the next.** A peer holds at most `offers_per_peer` offers. An offer is retired (and
-//!   the next made) when the peer has the piece and another peer has it too: the piece has
-//!   spread, whichever of the two announced it last. When the peer is the only downloader
-//!   connected, its own HAVE is enough (nobody could spread it). An offer the peer had already
-//!   (its bitfield came after the offer) is retired at once.
+//!   the next made) when another peer announces the piece: it has been seen spreading (BEP 16:
+//!   "present on at least one other client"). The holder's own HAVE is not needed, since many
+//!   clients (shoal before this module among them) do not send a HAVE for a piece the remote
+//!   says it has; when it comes after the other peer's, the offer is retired then. When the
+//!   peer is the only downloader connected, its own HAVE is enough (nobody could spread it).
+//!   An offer the peer had already (its bitfield came after the offer) is retired at once.
 //! - **Stalls.** A peer whose offers have not moved for [`STALL`] has the offers it completed
-//!   retired (they will spread later through the normal exchange), or, when it completed none,
-//!   one more offer, up to [`MAX_OFFERS`]: a slow spread or a peer that never asks cannot
-//!   stop the swarm.
+//!   retired (they will spread later through the normal exchange), or, when it completed none
+//!   (or never said so), one more offer; past [`MAX_OFFERS`] its oldest offer is retired
+//!   first. A slow spread, a lone peer that sends no HAVE or a peer that never asks cannot
+//!   stop the swarm; such a peer gets a piece per [`STALL`] at worst.
 //! - **Seeds** get no offers.
 //! - **The end.** Super-seeding ends for good when a downloader becomes a seed (its HAVEs
 //!   complete it): the swarm has spawned a new seed, which is what BEP 16 super-seeding is for,
@@ -297,9 +300,10 @@ impl SuperSeed {
             p.moved = now;
             let done: Vec<u32> = p.offers.iter().copied().filter(|&i| p.has.get(i)).collect();
             if done.is_empty() {
-                if p.offers.len() < MAX_OFFERS {
-                    self.offer_one(k, now);
+                if let Some(&oldest) = p.offers.first().filter(|_| p.offers.len() >= MAX_OFFERS) {
+                    self.retire(k, oldest, now);
                 }
+                self.offer_one(k, now);
             } else {
                 for i in done {
                     self.retire(k, i, now);
@@ -309,17 +313,12 @@ impl SuperSeed {
         }
     }
 
-    /// `piece` was just seen at `by`: every other holder of an offer of it that has it too
-    /// has seen it spread.
+    /// `piece` was just seen at `by`: it has spread, for every other holder of an offer of it.
     fn spread_check(&mut self, piece: u32, by: PeerKey, now: Instant) {
         let Some(hs) = self.holders.get(&piece) else {
             return;
         };
-        let spread: Vec<PeerKey> = hs
-            .iter()
-            .copied()
-            .filter(|&k| k != by && self.peers.get(&k).is_some_and(|p| p.has.get(piece)))
-            .collect();
+        let spread: Vec<PeerKey> = hs.iter().copied().filter(|&k| k != by).collect();
         for k in spread {
             self.retire(k, piece, now);
             self.refill(k, now);
@@ -531,20 +530,23 @@ mod tests {
     }
 
     #[test]
-    fn the_peer_announcing_last_also_counts_as_spread() {
+    fn another_peer_announcing_the_piece_is_enough() {
         let t = Instant::now();
         let mut ss = SuperSeed::new(16, 1, 3);
         ss.handle_join(A, true, t);
         ss.handle_join(B, true, t);
         let pa = ss.offers(A)[0];
         offers(&mut ss);
-        // B announced A's piece first (got it from someone else), then A completes it.
+        // B announces A's piece while A never said it has it (it skips HAVEs for pieces we
+        // announced): the piece is at another client, so A gets its next one.
         ss.handle_have(B, pa, t);
-        assert!(offers(&mut ss).is_empty(), "A does not have it yet");
-        ss.handle_have(A, pa, t);
         let o = offers(&mut ss);
         assert_eq!(o.len(), 1);
         assert_eq!(o[0].0, A);
+        assert_ne!(o[0].1, pa);
+        // A's late HAVE changes nothing.
+        ss.handle_have(A, pa, t);
+        assert!(offers(&mut ss).is_empty());
     }
 
     #[test]
@@ -613,8 +615,8 @@ mod tests {
             now += STALL;
             ss.handle_tick(now);
         }
-        assert_eq!(ss.offers(A).len(), MAX_OFFERS);
-        assert!(ss.offers(A).contains(&pa));
+        assert_eq!(ss.offers(A).len(), MAX_OFFERS, "never more than MAX_OFFERS");
+        assert!(!ss.offers(A).contains(&pa), "the oldest made room");
         // A completed its piece but nobody took it: after STALL it is retired and replaced.
         let mut ss = SuperSeed::new(32, 1, 4);
         ss.handle_join(A, true, t);

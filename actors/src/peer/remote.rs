@@ -133,7 +133,10 @@ impl Remote {
 
     /// We have new pieces (from the have-log): each joins what the peer is told, with a HAVE
     /// if `announce` (false before our bitfield goes out: it will carry them, and nothing may
-    /// precede it). The HAVE is skipped when the peer has the piece: it will not want it.
+    /// precede it). The HAVE is skipped only when the peer is a seed: a peer that has the
+    /// piece but not every piece may be a super-seeder (BEP 16), which hides its pieces and
+    /// learns from our HAVE that the piece it offered us arrived (libtorrent too sends these
+    /// by default, `send_redundant_have`).
     /// While pieces are hidden (super-seeding), they are only added to the hidden ones.
     pub(super) fn add_our_pieces(&mut self, pieces: &[u32], announce: bool, out: &mut WriteBuf) {
         if let Some(hidden) = self.hidden.as_mut() {
@@ -147,7 +150,7 @@ impl Remote {
         for &piece in pieces {
             if !self.our_have.get(piece) {
                 self.our_have.set(piece);
-                if announce && !self.has.get(piece) {
+                if announce && !self.has.all() {
                     out.push(Message::Have(piece));
                 }
             }
@@ -321,7 +324,10 @@ mod tests {
         r.send_our_pieces(true, &mut out);
         assert_eq!(sent(&mut out), vec![Some(15)], "HAVE NONE, not HAVE ALL");
         r.send_our_pieces(false, &mut out);
-        assert!(sent(&mut out).is_empty(), "no bitfield at all without the fast extension");
+        assert!(
+            sent(&mut out).is_empty(),
+            "no bitfield at all without the fast extension"
+        );
         r.unchoke(&mut out);
         sent(&mut out);
         assert!(!r.may_serve(2));
@@ -365,7 +371,11 @@ mod tests {
         r.handle_unchoke();
         assert!(r.may_request());
         r.add_our_pieces(&[1], true, &mut out);
-        assert_eq!(sent(&mut out), vec![], "no HAVE for a piece the peer has");
+        assert_eq!(
+            sent(&mut out),
+            vec![Some(4)],
+            "a HAVE for a piece the peer has: it may be a super-seeder waiting for it"
+        );
         r.update_interest(&mut out);
         assert_eq!(sent(&mut out), vec![Some(3)], "NOT INTERESTED");
         assert!(!r.may_request());
