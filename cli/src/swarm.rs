@@ -122,7 +122,7 @@ pub struct SeedArgs {
     pub stop_after_one_copy: bool,
     /// Super-seed (BEP 16): hide our pieces and offer each downloader one piece nobody has
     /// yet, the next once the last has been seen at another peer, so the swarm gets a whole
-    /// copy from about one copy uploaded. Ends by itself once a downloader completes.
+    /// copy from about one copy uploaded. Ends by itself once every piece is at two peers.
     #[arg(long)]
     pub super_seed: bool,
     #[command(flatten)]

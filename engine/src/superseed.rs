@@ -25,12 +25,15 @@
 //!   first. A slow spread, a lone peer that sends no HAVE or a peer that never asks cannot
 //!   stop the swarm; such a peer gets a piece per [`STALL`] at worst.
 //! - **Seeds** get no offers.
-//! - **The end.** Super-seeding ends for good when a downloader becomes a seed (its HAVEs
-//!   complete it): the swarm has spawned a new seed, which is what BEP 16 super-seeding is for,
-//!   and from then on hiding pieces would only slow the rest. [`Event::End`] tells the caller
-//!   to reveal every piece to every peer (a HAVE each). libtorrent keeps super-seeding until
-//!   it is turned off and ends it only when the torrent stops being a seed; the caller ends it
-//!   then too, by dropping this state.
+//! - **The end.** Super-seeding ends for good once every piece is at two connected peers or
+//!   more: the swarm then holds two copies without us, and no piece depends on one peer, so
+//!   hiding pieces from then on would only slow the last downloaders. [`Event::End`] tells the
+//!   caller to reveal every piece to every peer (a HAVE each). Ending at the first full copy
+//!   instead would put the seeder back to normal seeding at the very moment it was needed
+//!   least, and ending when the first downloader completes did so too when that downloader
+//!   had been alone long enough to take everything from us. libtorrent keeps super-seeding
+//!   until it is turned off and ends it only when the torrent stops being a seed; the caller
+//!   ends it then too, by dropping this state.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -65,8 +68,9 @@ pub enum Event {
 /// Why super-seeding ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EndReason {
-    /// This peer completed the torrent: a new seed exists.
-    NewSeed(PeerKey),
+    /// Every piece is at two connected peers or more: the swarm no longer needs us for any
+    /// piece, even if one peer holding it leaves.
+    EveryPieceAtTwoPeers,
 }
 
 /// One connected peer.
@@ -104,6 +108,8 @@ pub struct SuperSeed {
     peers: HashMap<PeerKey, PeerState>,
     /// Connected peers that are not seeds.
     downloaders: usize,
+    /// Pieces that two connected peers or more have.
+    at_two: u32,
     /// The random state (xorshift64*).
     rng: u64,
     /// What the caller must do, in order.
@@ -127,6 +133,7 @@ impl SuperSeed {
             in_fresh: Bitfield::full(num_pieces),
             peers: HashMap::new(),
             downloaders: 0,
+            at_two: 0,
             rng: seed | 1,
             events: VecDeque::new(),
             ended: false,
@@ -185,14 +192,14 @@ impl SuperSeed {
         let was_seed = p.has.all();
         let old = std::mem::replace(&mut p.has, bitfield.clone());
         for i in old.iter_ones() {
-            self.availability[i as usize] -= 1;
+            self.avail_dec(i);
             if self.availability[i as usize] == 0 {
                 self.maybe_fresh(i);
             }
         }
         let mut news = Vec::new();
         for i in bitfield.iter_ones() {
-            self.availability[i as usize] += 1;
+            self.avail_inc(i);
             if !old.get(i) {
                 news.push(i);
             }
@@ -215,6 +222,7 @@ impl SuperSeed {
             self.spread_check(i, peer, now);
         }
         self.refill(peer, now);
+        self.maybe_end();
     }
 
     /// The peer announced `piece`. Ignored for pieces out of range.
@@ -229,18 +237,26 @@ impl SuperSeed {
             return;
         }
         p.has.set(piece);
-        self.availability[piece as usize] += 1;
-        if p.has.all() {
-            self.downloaders -= 1;
-            self.end(EndReason::NewSeed(peer));
-            return;
-        }
+        let now_seed = p.has.all();
         let offered = p.offers.contains(&piece);
-        if offered && (self.availability[piece as usize] >= 2 || self.downloaders <= 1) {
+        self.avail_inc(piece);
+        if now_seed {
+            // A seed holds no offers.
+            self.downloaders -= 1;
+            let held = self
+                .peers
+                .get(&peer)
+                .map(|p| p.offers.clone())
+                .unwrap_or_default();
+            for i in held {
+                self.retire(peer, i, now);
+            }
+        } else if offered && (self.availability[piece as usize] >= 2 || self.downloaders <= 1) {
             self.retire(peer, piece, now);
             self.refill(peer, now);
         }
         self.spread_check(piece, peer, now);
+        self.maybe_end();
     }
 
     /// The peer's connection ended.
@@ -252,7 +268,7 @@ impl SuperSeed {
             self.downloaders -= 1;
         }
         for i in p.has.iter_ones() {
-            self.availability[i as usize] -= 1;
+            self.avail_dec(i);
         }
         for &i in &p.offers {
             self.unhold(i, peer);
@@ -325,10 +341,31 @@ impl SuperSeed {
         }
     }
 
-    /// Ends super-seeding.
-    fn end(&mut self, why: EndReason) {
-        self.ended = true;
-        self.events.push_back(Event::End(why));
+    /// One more peer has `piece`.
+    fn avail_inc(&mut self, piece: u32) {
+        let a = &mut self.availability[piece as usize];
+        *a += 1;
+        if *a == 2 {
+            self.at_two += 1;
+        }
+    }
+
+    /// One peer fewer has `piece`.
+    fn avail_dec(&mut self, piece: u32) {
+        let a = &mut self.availability[piece as usize];
+        if *a == 2 {
+            self.at_two -= 1;
+        }
+        *a = a.saturating_sub(1);
+    }
+
+    /// Ends super-seeding once every piece is at two peers or more.
+    fn maybe_end(&mut self) {
+        if !self.ended && self.at_two == self.num_pieces {
+            self.ended = true;
+            self.events
+                .push_back(Event::End(EndReason::EveryPieceAtTwoPeers));
+        }
     }
 
     /// Takes `piece` out of `peer`'s offers.
@@ -565,8 +602,37 @@ mod tests {
         assert_eq!(o.len(), 1);
         assert!(!got.contains(&o[0].1));
         ss.handle_have(A, o[0].1, t);
-        assert_eq!(ss.poll_event(), Some(Event::End(EndReason::NewSeed(A))));
+        assert_eq!(
+            ss.poll_event(),
+            None,
+            "a seed now: no more offers, and one copy only"
+        );
+        assert!(!ss.is_ended());
+        assert!(ss.offers(A).is_empty());
+    }
+
+    #[test]
+    fn it_ends_once_every_piece_is_at_two_peers() {
+        let t = Instant::now();
+        let mut ss = SuperSeed::new(3, 1, 5);
+        ss.handle_join(A, true, t);
+        ss.handle_join(B, true, t);
+        ss.handle_bitfield(A, &Bitfield::full(3), t);
+        let mut bf = Bitfield::new(3);
+        bf.set(0);
+        bf.set(1);
+        ss.handle_bitfield(B, &bf, t);
+        assert!(!ss.is_ended());
+        // A is a seed, B lacks piece 2 only: its HAVE puts every piece at two peers.
+        ss.handle_have(B, 2, t);
+        let ended: Vec<_> = std::iter::from_fn(|| ss.poll_event())
+            .filter(|e| matches!(e, Event::End(_)))
+            .collect();
+        assert_eq!(ended, vec![Event::End(EndReason::EveryPieceAtTwoPeers)]);
         assert!(ss.is_ended());
+        // Nothing more happens once ended.
+        ss.handle_join(C, true, t);
+        assert_eq!(ss.poll_event(), None);
     }
 
     #[test]

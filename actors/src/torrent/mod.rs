@@ -82,7 +82,7 @@ pub struct TorrentSettings {
     /// Super-seeding (BEP 16), for a torrent that is a seed when it starts: each downloader
     /// is told none of our pieces, then offered one piece nobody has at a time, the next once
     /// the last has been seen at another peer; requests for pieces not offered are refused.
-    /// It ends by itself once a downloader completes (see `shoal_engine::superseed`).
+    /// It ends by itself once every piece is at two peers (see `shoal_engine::superseed`).
     pub super_seed: bool,
 }
 
