@@ -10,8 +10,11 @@
 //!   extension), then one HAVE per piece offered to it. It may request only pieces it has been
 //!   offered (the caller refuses the rest).
 //! - **Which piece.** The piece offered is one the peer lacks that nobody has and nobody is
-//!   being offered (chosen at random among those); when none is left, the piece offered to the
-//!   fewest peers now, then the one fewest peers have, then the one offered least often so far.
+//!   being offered (chosen at random among those). When none is left, nothing is offered: the
+//!   peer gets its pieces from the others. Only on a stall (below) may a piece nobody has be
+//!   offered to a second peer while the first still holds it. A piece some peer has is never
+//!   offered again; the BEP's "very rare" piece is, here, one that no connected peer has (its
+//!   only holder left, say), which becomes fresh again.
 //! - **When the next.** A peer holds at most `offers_per_peer` offers. An offer is retired (and
 //!   the next made) when another peer announces the piece: it has been seen spreading (BEP 16:
 //!   "present on at least one other client"). The holder's own HAVE is not needed, since many
@@ -47,6 +50,11 @@ pub const STALL: Duration = Duration::from_secs(10);
 /// The most offers a peer may hold at once, stall offers included. A peer can grow its offers
 /// only by not completing them, so this bounds what one slow or silent peer can be told.
 pub const MAX_OFFERS: usize = 4;
+
+/// The most peers a piece is offered to at once. A second offer happens only on a stall, when
+/// the first holder has not delivered the piece for [`STALL`]; more would upload the piece
+/// many times over at the end, when every peer waits for the last pieces.
+const MAX_HOLDERS: usize = 2;
 
 /// How many random draws among the fresh pieces are tried before a full scan.
 const FRESH_DRAWS: usize = 64;
@@ -319,7 +327,7 @@ impl SuperSeed {
                 if let Some(&oldest) = p.offers.first().filter(|_| p.offers.len() >= MAX_OFFERS) {
                     self.retire(k, oldest, now);
                 }
-                self.offer_one(k, now);
+                self.offer_one(k, now, true);
             } else {
                 for i in done {
                     self.retire(k, i, now);
@@ -406,15 +414,16 @@ impl SuperSeed {
         while self.peers.get(&peer).is_some_and(|p| {
             p.super_seeded && !p.has.all() && p.offers.len() < self.offers_per_peer
         }) {
-            if !self.offer_one(peer, now) {
+            if !self.offer_one(peer, now, false) {
                 break;
             }
         }
     }
 
-    /// Offers `peer` one more piece; false if there is none to offer.
-    fn offer_one(&mut self, peer: PeerKey, now: Instant) -> bool {
-        let Some(piece) = self.choose(peer) else {
+    /// Offers `peer` one more piece; false if there is none to offer. `again`: a piece
+    /// offered to another peer that has not delivered it may be offered again (a stall).
+    fn offer_one(&mut self, peer: PeerKey, now: Instant, again: bool) -> bool {
+        let Some(piece) = self.choose(peer, again) else {
             return false;
         };
         let p = self.peers.get_mut(&peer).expect("present");
@@ -427,16 +436,16 @@ impl SuperSeed {
     }
 
     /// The piece to offer `peer` next (see the module documentation).
-    fn choose(&mut self, peer: PeerKey) -> Option<u32> {
+    fn choose(&mut self, peer: PeerKey, again: bool) -> Option<u32> {
         // Out of the map while the random state is drawn from; put back below.
         let p = self.peers.remove(&peer)?;
-        let piece = self.choose_for(&p);
+        let piece = self.choose_for(&p, again);
         self.peers.insert(peer, p);
         piece
     }
 
     /// [`Self::choose`] for a peer taken out of the map.
-    fn choose_for(&mut self, p: &PeerState) -> Option<u32> {
+    fn choose_for(&mut self, p: &PeerState, again: bool) -> Option<u32> {
         // A fresh piece, drawn at random; stale entries are dropped as they are met.
         let mut draws = 0;
         while !self.fresh.is_empty() && draws < FRESH_DRAWS {
@@ -455,18 +464,21 @@ impl SuperSeed {
             self.in_fresh.clear(piece);
             return Some(piece);
         }
-        // Otherwise the rarest, by (offered now, have it, offered so far), ties at random.
-        let mut best: Option<((usize, u32, u32), u32)> = None;
+        // Otherwise a piece no peer has: offered to nobody now, or (`again`) to fewer than
+        // [`MAX_HOLDERS`] peers; fewest holders, then fewest offers so far, ties at random.
+        // A piece some peer has is never offered: the others get it from that peer.
+        let most_holders = if again { MAX_HOLDERS } else { 1 };
+        let mut best: Option<((usize, u32), u32)> = None;
         let mut ties = 0u64;
         for i in 0..self.num_pieces {
-            if p.has.get(i) || p.offers.contains(&i) {
+            if p.has.get(i) || p.offers.contains(&i) || self.availability[i as usize] > 0 {
                 continue;
             }
-            let key = (
-                self.holders.get(&i).map_or(0, Vec::len),
-                self.availability[i as usize],
-                self.offered_count[i as usize],
-            );
+            let holders = self.holders.get(&i).map_or(0, Vec::len);
+            if holders >= most_holders {
+                continue;
+            }
+            let key = (holders, self.offered_count[i as usize]);
             match best {
                 Some((k, _)) if key > k => {}
                 Some((k, _)) if key == k => {
@@ -532,11 +544,29 @@ mod tests {
         }
         seen.sort_unstable();
         assert_eq!(seen, (0..8).collect::<Vec<_>>(), "no piece offered twice");
-        // A ninth peer gets a piece too (all were offered once), never one it has.
-        let mut ss2 = ss;
-        ss2.handle_join(PeerKey(9), true, t);
-        let o = offers(&mut ss2);
+        // A ninth peer gets nothing at once: every piece is on its way to someone.
+        ss.handle_join(PeerKey(9), true, t);
+        assert!(offers(&mut ss).is_empty());
+        // After a stall it gets one of the pieces nobody has delivered yet.
+        ss.handle_tick(t + STALL);
+        let o: Vec<_> = offers(&mut ss)
+            .into_iter()
+            .filter(|(k, _)| *k == PeerKey(9))
+            .collect();
         assert_eq!(o.len(), 1);
+        // Never a piece some peer has.
+        let mut ss = SuperSeed::new(2, 1, 1);
+        ss.handle_join(A, true, t);
+        ss.handle_join(B, true, t);
+        let pa = ss.offers(A)[0];
+        ss.handle_have(A, pa, t);
+        ss.handle_have(B, 1 - pa, t);
+        ss.handle_join(C, true, t);
+        ss.handle_tick(t + STALL);
+        assert!(
+            offers(&mut ss).iter().all(|(k, _)| *k != C),
+            "both pieces are in the swarm"
+        );
     }
 
     #[test]
@@ -661,8 +691,11 @@ mod tests {
         assert!(ss.offers(A).is_empty());
         assert!(offers(&mut ss).is_empty());
         assert!(!ss.is_ended());
+        // Every piece is at A: B gets them from A, not from us.
         ss.handle_join(B, true, t);
-        assert_eq!(offers(&mut ss).len(), 1);
+        assert!(offers(&mut ss).is_empty());
+        ss.handle_tick(t + STALL);
+        assert!(offers(&mut ss).is_empty());
     }
 
     #[test]
