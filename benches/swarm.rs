@@ -12,7 +12,8 @@
 //!
 //! Knobs: `SHOAL_BENCH_MIB` (64), `SHOAL_SWARM_PIECE_KIB` (256), `SHOAL_SWARM_TIMEOUT` (s, 600),
 //! `SHOAL_SWARM_IDLE` (idle connections to measure, 500), `SHOAL_SWARM_DIRECT=1` (also give
-//! every downloader the seeder's address directly).
+//! every downloader the seeder's address directly), `SHOAL_SWARM_SUPER_SEED=1` (the seeder
+//! super-seeds, BEP 16: compare the copies it uploads before the swarm holds a full copy).
 
 #[path = "support/mod.rs"]
 mod support;
@@ -248,6 +249,8 @@ fn swarm(n: usize) {
     let mut seed = AddTorrent::seed(meta.clone(), PathBuf::new());
     seed.content = Some(data.clone());
     seed.settings.max_peers = max_peers;
+    let seed_super = std::env::var_os("SHOAL_SWARM_SUPER_SEED").is_some();
+    seed.settings.super_seed = seed_super;
     let seeder = rt
         .block_on(seeder_session.add_torrent(seed))
         .expect("seeder starts");
@@ -316,6 +319,7 @@ fn swarm(n: usize) {
     // Watch: availability, completion, resources.
     let mut counts = vec![0u32; pieces];
     let mut first_zero: Option<Duration> = None;
+    let mut uploaded_at_full_copy = 0u64;
     let mut max_after_zero = 0usize;
     let mut peak_conns = 0u64;
     let mut heap_at_peak_conns = 0usize;
@@ -367,6 +371,8 @@ fn swarm(n: usize) {
         peak_fds = peak_fds.max(open_fds());
         if only_seeder == 0 && first_zero.is_none() {
             first_zero = Some(t);
+            // The downloaders between them hold a full copy: what did that cost the seeder?
+            uploaded_at_full_copy = seeder.progress().uploaded;
         }
         if first_zero.is_some() {
             max_after_zero = max_after_zero.max(only_seeder);
@@ -454,6 +460,12 @@ fn swarm(n: usize) {
         first_zero.map_or("never".into(), |d| format!("{:.1} s", d.as_secs_f64())),
         max_after_zero,
         series.join(" "),
+        seeder.progress().uploaded as f64 / meta.total_length() as f64
+    );
+    println!(
+        "  seeder n={n} ({}): uploaded {:.2} copies before the swarm held a full copy, {:.2} in all",
+        if seed_super { "super-seeding" } else { "normal seeding" },
+        uploaded_at_full_copy as f64 / meta.total_length() as f64,
         seeder.progress().uploaded as f64 / meta.total_length() as f64
     );
     let t = Instant::now();

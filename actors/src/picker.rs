@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use async_channel::{Receiver, Sender};
 use futures_lite::future;
@@ -22,6 +23,7 @@ use shoal_engine::bitfield::Bitfield;
 use shoal_engine::lengths::{BlockInfo, Lengths};
 use shoal_engine::merkle::PieceHash;
 use shoal_engine::picker::{PeerKey, Picker, Priority, Received};
+use shoal_engine::superseed::{self, SuperSeed};
 
 use crate::buffers::Block;
 use crate::disk::{PieceDone, PieceOutcome, Storage};
@@ -55,6 +57,20 @@ const DEPARTED_REMEMBERED: usize = 256;
 /// The most failed pieces remembered block by block for blame (each holds 20 bytes a block).
 const MAX_SUSPECTS: usize = 1024;
 
+/// Pieces offered to a super-seeded peer at a time (BEP 16; libtorrent offers two). One: the
+/// seeder uploads each piece about once, and a peer's next piece follows as soon as its last
+/// has spread.
+const SUPER_SEED_OFFERS: usize = 1;
+
+/// The super-seeding policy for a torrent of these lengths, its random choices seeded from
+/// the clock (they need only differ between runs, not be secret).
+fn new_superseed(lengths: &Lengths) -> SuperSeed {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    SuperSeed::new(lengths.num_pieces(), SUPER_SEED_OFFERS, seed)
+}
+
 /// How many pieces a peer may corrupt before it is banned.
 pub const BAN_STRIKES: u32 = 2;
 
@@ -80,6 +96,10 @@ pub enum PeerNote {
     Wake,
     /// The peer sent data for too many failed pieces: disconnect and ban it.
     Ban,
+    /// Super-seeding (BEP 16): tell the peer we have this piece (a HAVE) and serve it.
+    Offer(u32),
+    /// Super-seeding is over: tell the peer every piece we have, and serve them all.
+    Reveal,
 }
 
 /// Messages to the picker.
@@ -93,6 +113,9 @@ pub enum PickerMsg {
         addr: SocketAddr,
         /// Where notes for it go.
         notes: Sender<PeerNote>,
+        /// Whether it was told none of our pieces because the torrent super-seeds: it then
+        /// gets [`PeerNote::Offer`]s, and a [`PeerNote::Reveal`] when super-seeding ends.
+        super_seeded: bool,
     },
     /// The peer's bitfield (or have-all / have-none turned into one).
     Bitfield {
@@ -164,6 +187,12 @@ pub enum PickerMsg {
         /// The pieces, cut to `shoal_engine::picker::MAX_DEADLINE_PIECES`.
         pieces: Option<std::ops::RangeInclusive<u32>>,
     },
+    /// Super-seeding (BEP 16) on or off. Turning it on affects the peers that connect from
+    /// then on (the others already know our pieces); it only takes while we have every piece.
+    SetSuperSeed {
+        /// Whether it is on.
+        on: bool,
+    },
     /// Which pieces are verified now.
     Verified {
         /// The answer.
@@ -209,6 +238,9 @@ pub struct PickerSetup {
     /// Whether to fetch missing pieces at all. Seeding data the user gave us read-only does not:
     /// there is nowhere to write them, so every pick is answered with nothing.
     pub download: bool,
+    /// Whether to super-seed (BEP 16); the caller has set `Shared`'s flag to match. Only
+    /// honoured when `have` is every piece.
+    pub super_seed: bool,
 }
 
 /// One peer as the picker sees it.
@@ -222,6 +254,9 @@ struct PeerSlot {
     notes: Sender<PeerNote>,
     /// Whether its last grant was empty: it waits for a wake-up.
     starved: bool,
+    /// Whether it was told none of our pieces (super-seeding): it needs a
+    /// [`PeerNote::Reveal`] when super-seeding ends.
+    super_seeded: bool,
 }
 
 /// The picker actor's state.
@@ -264,6 +299,8 @@ struct State {
     paused: Option<std::time::Instant>,
     /// Whether missing pieces are fetched (see [`PickerSetup::download`]).
     download: bool,
+    /// The super-seeding policy while we super-seed (BEP 16).
+    superseed: Option<SuperSeed>,
 }
 
 /// Runs the picker actor until shutdown or until every handle is dropped.
@@ -279,7 +316,10 @@ pub async fn run(setup: PickerSetup, mut inbox: Mailbox<PickerMsg>) {
         shared,
         storage,
         download,
+        super_seed,
     } = setup;
+    let superseed = (super_seed && have.all()).then(|| new_superseed(&lengths));
+    shared.set_super_seeding(superseed.is_some());
     let mut st = State {
         policy: Picker::new(lengths, have),
         lengths,
@@ -298,6 +338,7 @@ pub async fn run(setup: PickerSetup, mut inbox: Mailbox<PickerMsg>) {
         paused: None,
         storage,
         download,
+        superseed,
     };
     let mut shutdown: Option<ReplyTo<Bitfield>> = None;
     // Complete pieces from the message at hand, to hand to the hasher.
@@ -348,7 +389,12 @@ impl State {
     /// Handles one message; pieces it completes go to `jobs`, to be hashed.
     fn handle(&mut self, msg: PickerMsg, jobs: &mut Vec<HashJob>) {
         match msg {
-            PickerMsg::Join { peer, addr, notes } => {
+            PickerMsg::Join {
+                peer,
+                addr,
+                notes,
+                super_seeded,
+            } => {
                 let struck_out = self
                     .strikes
                     .get(&BanKey::of(addr))
@@ -361,8 +407,21 @@ impl State {
                         has,
                         notes,
                         starved: false,
+                        super_seeded,
                     },
                 );
+                match self.superseed.as_mut() {
+                    Some(ss) => ss.handle_join(peer, super_seeded, Instant::now()),
+                    None if super_seeded => {
+                        // Super-seeding ended between its start and its joining.
+                        if let Some(slot) = self.peers.get_mut(&peer) {
+                            slot.super_seeded = false;
+                            let _ = slot.notes.try_send(PeerNote::Reveal);
+                        }
+                    }
+                    None => {}
+                }
+                self.drive_superseed();
                 if struck_out {
                     // A host banned while away, back under a new connection.
                     self.ban(peer);
@@ -373,8 +432,12 @@ impl State {
                     // A second bitfield replaces the first (have-all after a bitfield, say).
                     self.policy.peer_lost(&slot.has);
                     self.policy.peer_bitfield(&bitfield);
+                    if let Some(ss) = self.superseed.as_mut() {
+                        ss.handle_bitfield(peer, &bitfield, Instant::now());
+                    }
                     slot.has = bitfield;
                     self.wake(Some(peer));
+                    self.drive_superseed();
                 }
             }
             PickerMsg::Have { peer, piece } => {
@@ -382,7 +445,11 @@ impl State {
                     if self.lengths.contains(piece) && !slot.has.get(piece) {
                         slot.has.set(piece);
                         self.policy.peer_have(piece);
+                        if let Some(ss) = self.superseed.as_mut() {
+                            ss.handle_have(peer, piece, Instant::now());
+                        }
                         self.wake(Some(peer));
+                        self.drive_superseed();
                     }
                 }
             }
@@ -422,10 +489,18 @@ impl State {
                         self.departed.pop_front();
                     }
                     self.departed.push_back((peer, slot.addr));
+                    if let Some(ss) = self.superseed.as_mut() {
+                        ss.handle_leave(peer, Instant::now());
+                    }
                     self.wake(None);
+                    self.drive_superseed();
                 }
             }
             PickerMsg::Tick => {
+                if let Some(ss) = self.superseed.as_mut() {
+                    ss.handle_tick(Instant::now());
+                    self.drive_superseed();
+                }
                 if self
                     .paused
                     .is_some_and(|t| t.elapsed() >= PAUSE_AFTER_WRITE_FAILURE)
@@ -454,8 +529,66 @@ impl State {
                 self.policy.set_deadline(pieces);
                 self.wake(None);
             }
+            PickerMsg::SetSuperSeed { on } => {
+                if !on {
+                    if self.superseed.take().is_some() {
+                        self.reveal_all();
+                    }
+                } else if self.superseed.is_none() && self.policy.have().all() {
+                    // Peers connected before know every piece already: they only count for
+                    // availability, from what they tell us next.
+                    let mut ss = new_superseed(&self.lengths);
+                    let now = Instant::now();
+                    for (&k, slot) in &self.peers {
+                        ss.handle_join(k, false, now);
+                        ss.handle_bitfield(k, &slot.has, now);
+                    }
+                    self.superseed = Some(ss);
+                    self.shared.set_super_seeding(true);
+                }
+            }
             PickerMsg::Verified { reply } => reply.send(self.policy.have().clone()),
             PickerMsg::Shutdown { .. } => unreachable!("handled by the loop"),
+        }
+    }
+
+    /// Carries out what the super-seeding policy asks: HAVEs to offer, or its end.
+    fn drive_superseed(&mut self) {
+        let Some(ss) = self.superseed.as_mut() else {
+            return;
+        };
+        let mut ended = false;
+        while let Some(ev) = ss.poll_event() {
+            match ev {
+                superseed::Event::Offer { peer, piece } => {
+                    if let Some(slot) = self.peers.get(&peer) {
+                        log::debug!("super-seeding: piece {piece} offered to {}", slot.addr);
+                        // Cannot be full in practice (a seed's peer gets no grants or cancels);
+                        // a lost offer is replaced after `superseed::STALL`.
+                        if slot.notes.try_send(PeerNote::Offer(piece)).is_err() {
+                            log::debug!("peer {}: super-seeding offer lost", slot.addr);
+                        }
+                    }
+                }
+                superseed::Event::End(why) => {
+                    log::info!("super-seeding ends: {why:?}");
+                    ended = true;
+                }
+            }
+        }
+        if ended {
+            self.superseed = None;
+            self.reveal_all();
+        }
+    }
+
+    /// Ends super-seeding: peers that connect from now on see every piece, and those told
+    /// none get every one now.
+    fn reveal_all(&mut self) {
+        self.shared.set_super_seeding(false);
+        for slot in self.peers.values_mut().filter(|s| s.super_seeded) {
+            slot.super_seeded = false;
+            let _ = slot.notes.try_send(PeerNote::Reveal);
         }
     }
 

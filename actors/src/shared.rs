@@ -170,6 +170,10 @@ pub struct Shared {
     /// flags), rebuilt by the torrent each second and read by each peer when its PEX message
     /// is due (BEP 11). At most the torrent's `max_peers` entries.
     pex_view: Mutex<Arc<Vec<shoal_engine::pex::PexPeer>>>,
+    /// Whether the torrent super-seeds (BEP 16): a peer that connects now is told none of our
+    /// pieces, and is offered them one at a time by the picker. Set before the picker starts,
+    /// cleared by the picker when super-seeding ends.
+    super_seeding: AtomicBool,
 }
 
 impl fmt::Debug for Shared {
@@ -247,6 +251,7 @@ impl Shared {
             error: Mutex::new(None),
             subscribers: Mutex::new(Vec::new()),
             pex_view: Mutex::new(Arc::new(Vec::new())),
+            super_seeding: AtomicBool::new(false),
         }
     }
 
@@ -402,6 +407,16 @@ impl Shared {
             self.emit(TorrentEvent::Complete);
             self.finished.notify(usize::MAX);
         }
+    }
+
+    /// Whether the torrent super-seeds now (BEP 16; see `shoal_engine::superseed`).
+    pub fn is_super_seeding(&self) -> bool {
+        self.super_seeding.load(Ordering::Acquire)
+    }
+
+    /// Super-seeding starts or ends for the peers that connect from now on.
+    pub(crate) fn set_super_seeding(&self, on: bool) {
+        self.super_seeding.store(on, Ordering::Release);
     }
 
     /// A copy of the pieces verified and on disk.

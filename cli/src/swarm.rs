@@ -120,6 +120,11 @@ pub struct SeedArgs {
     /// us; for tests and demonstrations).
     #[arg(long)]
     pub stop_after_one_copy: bool,
+    /// Super-seed (BEP 16): hide our pieces and offer each downloader one piece nobody has
+    /// yet, the next once the last has been seen at another peer, so the swarm gets a whole
+    /// copy from about one copy uploaded. Ends by itself once every piece is at two peers.
+    #[arg(long)]
+    pub super_seed: bool,
     #[command(flatten)]
     pub swarm: SwarmOptions,
 }
@@ -541,6 +546,7 @@ pub fn seed(args: SeedArgs) -> CliResult {
     add.content = Some(content.clone());
     add.peers = peers.clone();
     add.settings = torrent_settings(&args.swarm);
+    add.settings.super_seed = args.super_seed;
     let one_copy = args
         .stop_after_one_copy
         .then(|| Arc::new(OneCopy::new(meta.info.lengths)));

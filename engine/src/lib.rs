@@ -23,6 +23,7 @@
 //! - [`dht`]: a mainline DHT node (BEP 5) as a sans-IO state machine: KRPC, routing table,
 //!   lookups, tokens, peer store.
 //! - [`mse`]: message stream encryption (the Diffie-Hellman and RC4 handshake), both sides.
+//! - [`superseed`]: super-seeding (BEP 16): which piece to offer which peer, and when.
 //!
 //! # Examples
 //! ```
@@ -50,6 +51,7 @@ pub mod picker;
 pub mod pipeline;
 pub mod rate;
 pub mod storage;
+pub mod superseed;
 pub mod tracker;
 pub mod utp;
 pub mod wire;

@@ -14,8 +14,12 @@ use super::Stop;
 /// Both sides' state of one connection.
 #[derive(Debug)]
 pub(super) struct Remote {
-    /// Our pieces, as this peer has been told about them (our bitfield, then each HAVE).
+    /// Our pieces, as this peer has been told about them (our bitfield, then each HAVE). Only
+    /// these are served.
     our_have: Bitfield,
+    /// While super-seeding (BEP 16): every piece we have, most of them not told to this peer
+    /// (`our_have` holds those offered to it).
+    hidden: Option<Bitfield>,
     /// The peer's pieces.
     has: Bitfield,
     /// Whether we refuse the peer's requests.
@@ -35,6 +39,7 @@ impl Remote {
         Self {
             has: Bitfield::new(our_have.len()),
             our_have,
+            hidden: None,
             am_choking: true,
             am_interested: false,
             peer_choking: true,
@@ -50,6 +55,52 @@ impl Remote {
     /// Whether we would serve a request for `piece`: we unchoke the peer and have it.
     pub(super) fn may_serve(&self, piece: u32) -> bool {
         !self.am_choking && self.our_have.get(piece)
+    }
+
+    /// Our pieces, told to the peer or not.
+    fn ours(&self) -> &Bitfield {
+        self.hidden.as_ref().unwrap_or(&self.our_have)
+    }
+
+    /// Whether we have every piece (told to the peer or not).
+    pub(super) fn we_are_seed(&self) -> bool {
+        self.ours().all()
+    }
+
+    /// Super-seeding (BEP 16): the peer is told none of our pieces (before our first message),
+    /// then only those offered to it ([`Self::offer`]), until [`Self::reveal`].
+    pub(super) fn hide(&mut self) {
+        if self.hidden.is_none() {
+            let none = Bitfield::new(self.our_have.len());
+            self.hidden = Some(std::mem::replace(&mut self.our_have, none));
+        }
+    }
+
+    /// Super-seeding offers the peer `piece`: a HAVE, and its requests for it are served. An
+    /// index out of range or a piece we lack is ignored.
+    pub(super) fn offer(&mut self, piece: u32, out: &mut WriteBuf) {
+        if self.ours().get(piece) && !self.our_have.get(piece) {
+            self.our_have.set(piece);
+            if !self.has.get(piece) {
+                out.push(Message::Have(piece));
+            }
+        }
+    }
+
+    /// Super-seeding is over: the peer is told every piece it was not (a HAVE each, since
+    /// a bitfield may only come first).
+    pub(super) fn reveal(&mut self, out: &mut WriteBuf) {
+        let Some(all) = self.hidden.take() else {
+            return;
+        };
+        for piece in all.iter_ones() {
+            if !self.our_have.get(piece) {
+                self.our_have.set(piece);
+                if !self.has.get(piece) {
+                    out.push(Message::Have(piece));
+                }
+            }
+        }
     }
 
     /// Whether we choke the peer.
@@ -82,12 +133,24 @@ impl Remote {
 
     /// We have new pieces (from the have-log): each joins what the peer is told, with a HAVE
     /// if `announce` (false before our bitfield goes out: it will carry them, and nothing may
-    /// precede it). The HAVE is skipped when the peer has the piece: it will not want it.
+    /// precede it). The HAVE is skipped only when the peer is a seed: a peer that has the
+    /// piece but not every piece may be a super-seeder (BEP 16), which hides its pieces and
+    /// learns from our HAVE that the piece it offered us arrived (libtorrent too sends these
+    /// by default, `send_redundant_have`).
+    /// While pieces are hidden (super-seeding), they are only added to the hidden ones.
     pub(super) fn add_our_pieces(&mut self, pieces: &[u32], announce: bool, out: &mut WriteBuf) {
+        if let Some(hidden) = self.hidden.as_mut() {
+            for &piece in pieces {
+                if piece < hidden.len() {
+                    hidden.set(piece);
+                }
+            }
+            return;
+        }
         for &piece in pieces {
             if !self.our_have.get(piece) {
                 self.our_have.set(piece);
-                if announce && !self.has.get(piece) {
+                if announce && !self.has.all() {
                     out.push(Message::Have(piece));
                 }
             }
@@ -102,7 +165,7 @@ impl Remote {
     /// Tells the peer when our interest changed: we are interested while it has a piece we
     /// lack.
     pub(super) fn update_interest(&mut self, out: &mut WriteBuf) {
-        let want = self.has.has_any_not_in(&self.our_have);
+        let want = self.has.has_any_not_in(self.ours());
         if want != self.am_interested {
             self.am_interested = want;
             out.push(if want {
@@ -189,7 +252,7 @@ impl Remote {
     /// Two seeds have nothing to say to each other: that ends the connection.
     fn set_has(&mut self, bf: Bitfield) -> Result<(), Stop> {
         self.has = bf;
-        if self.our_have.all() && self.has.all() {
+        if self.ours().all() && self.has.all() {
             return Err(Stop::Local("both sides are seeds".into()));
         }
         Ok(())
@@ -253,6 +316,37 @@ mod tests {
     }
 
     #[test]
+    fn super_seeding_tells_only_offered_pieces_and_serves_only_those() {
+        let mut r = Remote::new(Bitfield::full(6));
+        r.hide();
+        assert!(r.we_are_seed());
+        let mut out = WriteBuf::default();
+        r.send_our_pieces(true, &mut out);
+        assert_eq!(sent(&mut out), vec![Some(15)], "HAVE NONE, not HAVE ALL");
+        r.send_our_pieces(false, &mut out);
+        assert!(
+            sent(&mut out).is_empty(),
+            "no bitfield at all without the fast extension"
+        );
+        r.unchoke(&mut out);
+        sent(&mut out);
+        assert!(!r.may_serve(2));
+        r.offer(2, &mut out);
+        r.offer(2, &mut out);
+        r.offer(9, &mut out);
+        assert_eq!(sent(&mut out), vec![Some(4)], "one HAVE, once");
+        assert!(r.may_serve(2) && !r.may_serve(3));
+        // Never interested in a peer that has pieces we did not tell it of.
+        r.handle_have(3).unwrap();
+        r.update_interest(&mut out);
+        assert!(!r.am_interested());
+        // The end: every piece told, except the one the peer has.
+        r.reveal(&mut out);
+        assert_eq!(sent(&mut out), vec![Some(4); 4]);
+        assert!((0..6).all(|p| r.may_serve(p)));
+    }
+
+    #[test]
     fn two_seeds_part() {
         let mut r = Remote::new(Bitfield::full(4));
         assert!(matches!(r.handle_have_all(), Err(Stop::Local(_))));
@@ -277,7 +371,11 @@ mod tests {
         r.handle_unchoke();
         assert!(r.may_request());
         r.add_our_pieces(&[1], true, &mut out);
-        assert_eq!(sent(&mut out), vec![], "no HAVE for a piece the peer has");
+        assert_eq!(
+            sent(&mut out),
+            vec![Some(4)],
+            "a HAVE for a piece the peer has: it may be a super-seeder waiting for it"
+        );
         r.update_interest(&mut out);
         assert_eq!(sent(&mut out), vec![Some(3)], "NOT INTERESTED");
         assert!(!r.may_request());

@@ -225,11 +225,18 @@ where
         remote: Remote::new((*initial_have).clone()),
         upload: Upload::new(),
     };
+    // Our pieces so far; a super-seeding seed hides them before its first message.
+    peer.catch_up_haves(false);
+    let super_seeded = peer.shared.is_super_seeding() && peer.remote.we_are_seed();
+    if super_seeded {
+        peer.remote.hide();
+    }
     let stop = if picker
         .send(PickerMsg::Join {
             peer: key,
             addr,
             notes: notes_tx,
+            super_seeded,
         })
         .await
         .is_err()
@@ -423,6 +430,8 @@ impl Peer {
             PeerNote::Cancel(block) => self.download.handle_cancel(block, &mut self.out),
             PeerNote::Wake => self.download.handle_wake(),
             PeerNote::Ban => return Err(Stop::Banned),
+            PeerNote::Offer(piece) => self.remote.offer(piece, &mut self.out),
+            PeerNote::Reveal => self.remote.reveal(&mut self.out),
         }
         Ok(())
     }

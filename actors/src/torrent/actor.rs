@@ -221,6 +221,9 @@ pub(super) async fn run(
             Ev::Msg(Some(TorrentMsg::SetSequential(on))) => {
                 let _ = st.picker.send(PickerMsg::SetSequential { on }).await;
             }
+            Ev::Msg(Some(TorrentMsg::SetSuperSeed(on))) => {
+                let _ = st.picker.send(PickerMsg::SetSuperSeed { on }).await;
+            }
             Ev::Msg(Some(TorrentMsg::SetDeadline(pieces))) => {
                 let _ = st.picker.send(PickerMsg::SetDeadline { pieces }).await;
             }
@@ -762,7 +765,15 @@ impl State {
     /// Unchokes interested peers while slots are free, between full rounds.
     fn fill_slots(&mut self) {
         let candidates = self.candidates(false);
-        for key in self.choker.fill(&candidates) {
+        let fill = if self.shared.is_super_seeding() {
+            super_seed_unchokes(&candidates)
+                .into_iter()
+                .filter(|k| candidates.iter().any(|c| c.key == *k && c.choked))
+                .collect()
+        } else {
+            self.choker.fill(&candidates)
+        };
+        for key in fill {
             if let Some(e) = self.entries.get_mut(&key) {
                 if e.control.try_send(PeerControl::Unchoke).is_ok() {
                     e.choked = false;
@@ -774,9 +785,12 @@ impl State {
     /// A full round of the choker (see [`Choker::rechoke`]).
     fn rechoke(&mut self) {
         let candidates = self.candidates(true);
-        let unchoke: HashSet<PeerKey> = self
-            .choker
-            .rechoke(Instant::now(), &candidates, |n| fastrand::usize(..n));
+        let unchoke: HashSet<PeerKey> = if self.shared.is_super_seeding() {
+            super_seed_unchokes(&candidates)
+        } else {
+            self.choker
+                .rechoke(Instant::now(), &candidates, |n| fastrand::usize(..n))
+        };
         for (key, e) in self.entries.iter_mut() {
             let want_choked = !unchoke.contains(key);
             if want_choked != e.choked {
@@ -916,4 +930,15 @@ impl State {
             log::error!("flushing {}: {e}", self.meta.info.name);
         }
     }
+}
+
+/// While super-seeding (BEP 16) every interested peer is unchoked: each can take only the
+/// pieces offered to it, so more slots cost no copy, while a choked peer would hold its offer
+/// (a piece nobody else has) until the next round and stall the spread.
+fn super_seed_unchokes(candidates: &[Candidate]) -> HashSet<PeerKey> {
+    candidates
+        .iter()
+        .filter(|c| c.interested)
+        .map(|c| c.key)
+        .collect()
 }

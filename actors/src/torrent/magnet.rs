@@ -450,7 +450,9 @@ impl Fetcher {
                             "the files are not known before the metadata".into(),
                         )))
                     }
-                    TorrentMsg::SetSequential(_) | TorrentMsg::SetDeadline(_) => {}
+                    TorrentMsg::SetSequential(_)
+                    | TorrentMsg::SetDeadline(_)
+                    | TorrentMsg::SetSuperSeed(_) => {}
                 },
                 Ev::Peers(p) => self.swarm.add(p, now),
                 Ev::Tick => self.fetch.handle_timeout(now),

@@ -87,6 +87,11 @@ pub struct TorrentSettings {
     pub upload_limit: u64,
     /// Peer exchange (BEP 11) with peers that speak it; never for private torrents.
     pub pex: bool,
+    /// Super-seeding (BEP 16), for a torrent that is a seed when it starts: each downloader
+    /// is told none of our pieces, then offered one piece nobody has at a time, the next once
+    /// the last has been seen at another peer; requests for pieces not offered are refused.
+    /// It ends by itself once every piece is at two peers (see `shoal_engine::superseed`).
+    pub super_seed: bool,
 }
 
 impl Default for TorrentSettings {
@@ -104,6 +109,7 @@ impl Default for TorrentSettings {
             download_limit: 0,
             upload_limit: 0,
             pex: true,
+            super_seed: false,
         }
     }
 }
@@ -273,6 +279,8 @@ pub(crate) enum TorrentMsg {
     SetSequential(bool),
     /// Pieces to fetch before any other, in order (streaming); `None` clears them.
     SetDeadline(Option<RangeInclusive<u32>>),
+    /// Super-seeding on or off.
+    SetSuperSeed(bool),
     /// Stop everything, flush, then answer.
     Shutdown(ReplyTo<()>),
 }
@@ -289,6 +297,7 @@ impl fmt::Debug for TorrentMsg {
             Self::SetWanted(w, _) => write!(f, "SetWanted({} files)", w.len()),
             Self::SetSequential(on) => write!(f, "SetSequential({on})"),
             Self::SetDeadline(d) => write!(f, "SetDeadline({d:?})"),
+            Self::SetSuperSeed(on) => write!(f, "SetSuperSeed({on})"),
             Self::Shutdown(_) => write!(f, "Shutdown"),
         }
     }
@@ -483,6 +492,21 @@ impl Torrent {
             .send(TorrentMsg::SetSequential(on))
             .await
             .map_err(|_| Error::Stopped)
+    }
+
+    /// Super-seeding (BEP 16, see [`TorrentSettings::super_seed`]) on or off. Off: every peer
+    /// is told every piece at once. On: only while we have every piece, and for the peers
+    /// that connect from then on (those connected already know our pieces).
+    pub async fn set_super_seed(&self, on: bool) -> Result<()> {
+        self.addr
+            .send(TorrentMsg::SetSuperSeed(on))
+            .await
+            .map_err(|_| Error::Stopped)
+    }
+
+    /// Whether the torrent super-seeds now (it may have ended by itself).
+    pub fn is_super_seeding(&self) -> bool {
+        self.shared.is_super_seeding()
     }
 
     /// Streaming: these pieces are fetched before any other, in order, from several peers at

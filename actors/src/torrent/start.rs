@@ -87,6 +87,8 @@ struct Pending {
     sequential: Option<bool>,
     /// Streaming pieces, when set meanwhile.
     deadline: Option<Option<std::ops::RangeInclusive<u32>>>,
+    /// Super-seeding, when set meanwhile.
+    super_seed: Option<bool>,
 }
 
 /// What a torrent started from a magnet link brings from its metadata phase.
@@ -164,6 +166,7 @@ pub(super) async fn launch(
         wanted: None,
         sequential: None,
         deadline: None,
+        super_seed: None,
     };
     let checked = loop {
         let ev = future::or(async { Ok((&mut check).await) }, async {
@@ -197,6 +200,7 @@ pub(super) async fn launch(
                 }
                 TorrentMsg::SetSequential(on) => pending.sequential = Some(on),
                 TorrentMsg::SetDeadline(d) => pending.deadline = Some(d),
+                TorrentMsg::SetSuperSeed(on) => pending.super_seed = Some(on),
                 // Not started yet: an incoming peer is turned away (it will retry).
                 TorrentMsg::Incoming(_) => {}
             },
@@ -222,7 +226,8 @@ pub(super) async fn launch(
                     TorrentMsg::AddPeers(_)
                     | TorrentMsg::Incoming(_)
                     | TorrentMsg::SetSequential(_)
-                    | TorrentMsg::SetDeadline(_) => {}
+                    | TorrentMsg::SetDeadline(_)
+                    | TorrentMsg::SetSuperSeed(_) => {}
                 }
             }
             return;
@@ -277,6 +282,9 @@ pub(super) async fn launch(
     let done_capacity = HASH_QUEUE + hasher.threads() + DISK_QUEUE + disk.threads().max(1) + 1;
     let (done_tx, done_rx) = async_channel::bounded(done_capacity);
     let (picker_addr, picker_inbox) = mailbox(PICKER_MAILBOX);
+    // Before any peer can start: each reads it to choose what to tell its peer first.
+    let super_seed = pending.super_seed.unwrap_or(add.settings.super_seed) && have.all();
+    shared.set_super_seeding(super_seed);
     let picker_task = ctx.spawner.spawn(picker::run(
         PickerSetup {
             lengths,
@@ -289,6 +297,7 @@ pub(super) async fn launch(
             done_rx,
             shared: shared.clone(),
             download: mode == Mode::ReadWrite,
+            super_seed,
         },
         picker_inbox,
     ));

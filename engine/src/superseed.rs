@@ -1,0 +1,830 @@
+//! Super-seeding (BEP 16): a seed that hides its pieces and offers each downloader one piece
+//! nobody has yet, then the next once the last has been seen spreading.
+//!
+//! The policy only; the caller tells it who joined, left and announced what, and sends the
+//! HAVEs it asks for ([`SuperSeed::poll_event`]). Time and randomness are passed in, so tests
+//! drive it with a fake clock and a fixed seed.
+//!
+//! # The rules
+//! - **What a peer is told.** A super-seeded peer gets no bitfield (HAVE NONE with the fast
+//!   extension), then one HAVE per piece offered to it. It may request only pieces it has been
+//!   offered (the caller refuses the rest).
+//! - **Which piece.** The piece offered is one the peer lacks that nobody has and nobody is
+//!   being offered (chosen at random among those). When none is left, nothing is offered: the
+//!   peer gets its pieces from the others. Only on a stall (below) may a piece nobody has be
+//!   offered to a second peer while the first still holds it. A piece some peer has is never
+//!   offered again; the BEP's "very rare" piece is, here, one that no connected peer has (its
+//!   only holder left, say), which becomes fresh again.
+//! - **When the next.** A peer holds at most `offers_per_peer` offers. An offer is retired (and
+//!   the next made) when another peer announces the piece: it has been seen spreading (BEP 16:
+//!   "present on at least one other client"). The holder's own HAVE is not needed, since many
+//!   clients (shoal before this module among them) do not send a HAVE for a piece the remote
+//!   says it has; when it comes after the other peer's, the offer is retired then. When the
+//!   peer is the only downloader connected, its own HAVE is enough (nobody could spread it).
+//!   An offer the peer had already (its bitfield came after the offer) is retired at once.
+//! - **Stalls.** A peer whose offers have not moved for [`STALL`] has the offers it completed
+//!   retired (they will spread later through the normal exchange), or, when it completed none
+//!   (or never said so), one more offer; past [`MAX_OFFERS`] its oldest offer is retired
+//!   first. A slow spread, a lone peer that sends no HAVE or a peer that never asks cannot
+//!   stop the swarm; such a peer gets a piece per [`STALL`] at worst.
+//! - **Seeds** get no offers.
+//! - **The end.** Super-seeding ends for good once every piece is at two connected peers or
+//!   more: the swarm then holds two copies without us, and no piece depends on one peer, so
+//!   hiding pieces from then on would only slow the last downloaders. [`Event::End`] tells the
+//!   caller to reveal every piece to every peer (a HAVE each). Ending at the first full copy
+//!   instead would put the seeder back to normal seeding at the very moment it was needed
+//!   least, and ending when the first downloader completes did so too when that downloader
+//!   had been alone long enough to take everything from us. libtorrent keeps super-seeding
+//!   until it is turned off and ends it only when the torrent stops being a seed; the caller
+//!   ends it then too, by dropping this state.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::bitfield::Bitfield;
+use crate::picker::PeerKey;
+
+/// How long a peer's offers may stay unchanged before it gets another one anyway.
+pub const STALL: Duration = Duration::from_secs(10);
+
+/// The most offers a peer may hold at once, stall offers included. A peer can grow its offers
+/// only by not completing them, so this bounds what one slow or silent peer can be told.
+pub const MAX_OFFERS: usize = 4;
+
+/// The most peers a piece is offered to at once. A second offer happens only on a stall, when
+/// the first holder has not delivered the piece for [`STALL`]; more would upload the piece
+/// many times over at the end, when every peer waits for the last pieces.
+const MAX_HOLDERS: usize = 2;
+
+/// How many random draws among the fresh pieces are tried before a full scan.
+const FRESH_DRAWS: usize = 64;
+
+/// What the caller must do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Send `peer` a HAVE for `piece` and let it request that piece.
+    Offer {
+        /// The peer.
+        peer: PeerKey,
+        /// The piece.
+        piece: u32,
+    },
+    /// Super-seeding is over: tell every peer every piece.
+    End(EndReason),
+}
+
+/// Why super-seeding ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndReason {
+    /// Every piece is at two connected peers or more: the swarm no longer needs us for any
+    /// piece, even if one peer holding it leaves.
+    EveryPieceAtTwoPeers,
+}
+
+/// One connected peer.
+#[derive(Debug)]
+struct PeerState {
+    /// Its pieces, as its bitfield and HAVEs say.
+    has: Bitfield,
+    /// Whether it gets offers (it was told nothing of our pieces at connect).
+    super_seeded: bool,
+    /// The pieces offered to it and not retired.
+    offers: Vec<u32>,
+    /// When its offers last changed.
+    moved: Instant,
+}
+
+/// The super-seeding policy of one torrent; see the module documentation.
+#[derive(Debug)]
+pub struct SuperSeed {
+    /// Pieces in the torrent.
+    num_pieces: u32,
+    /// Offers a peer holds in the normal course.
+    offers_per_peer: usize,
+    /// How many connected peers have each piece.
+    availability: Vec<u32>,
+    /// How many times each piece was offered, in all.
+    offered_count: Vec<u32>,
+    /// The peers each piece is offered to now (only pieces with an offer).
+    holders: HashMap<u32, Vec<PeerKey>>,
+    /// Pieces nobody has and nobody is offered, as far as was known when each was added (kept
+    /// lazily: checked when drawn); `in_fresh` marks members, so each appears once.
+    fresh: Vec<u32>,
+    /// Membership of `fresh`.
+    in_fresh: Bitfield,
+    /// Connected peers.
+    peers: HashMap<PeerKey, PeerState>,
+    /// Connected peers that are not seeds.
+    downloaders: usize,
+    /// Pieces that two connected peers or more have.
+    at_two: u32,
+    /// The random state (xorshift64*).
+    rng: u64,
+    /// What the caller must do, in order.
+    events: VecDeque<Event>,
+    /// Set once super-seeding ended.
+    ended: bool,
+}
+
+impl SuperSeed {
+    /// Super-seeding of a torrent of `num_pieces` pieces, offering each peer
+    /// `offers_per_peer` pieces at a time (at least 1, at most [`MAX_OFFERS`]), with random
+    /// choices drawn from `seed`.
+    pub fn new(num_pieces: u32, offers_per_peer: usize, seed: u64) -> Self {
+        Self {
+            num_pieces,
+            offers_per_peer: offers_per_peer.clamp(1, MAX_OFFERS),
+            availability: vec![0; num_pieces as usize],
+            offered_count: vec![0; num_pieces as usize],
+            holders: HashMap::new(),
+            fresh: (0..num_pieces).collect(),
+            in_fresh: Bitfield::full(num_pieces),
+            peers: HashMap::new(),
+            downloaders: 0,
+            at_two: 0,
+            rng: seed | 1,
+            events: VecDeque::new(),
+            ended: false,
+        }
+    }
+
+    /// Whether super-seeding has ended.
+    pub fn is_ended(&self) -> bool {
+        self.ended
+    }
+
+    /// The pieces offered to `peer` now.
+    pub fn offers(&self, peer: PeerKey) -> &[u32] {
+        self.peers.get(&peer).map_or(&[], |p| &p.offers)
+    }
+
+    /// How many times `piece` was offered, in all.
+    pub fn offered_count(&self, piece: u32) -> u32 {
+        self.offered_count.get(piece as usize).copied().unwrap_or(0)
+    }
+
+    /// The next thing the caller must do.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// A peer connected. `super_seeded`: it was told none of our pieces, so it gets offers;
+    /// otherwise (it connected before super-seeding began) only its pieces count.
+    pub fn handle_join(&mut self, peer: PeerKey, super_seeded: bool, now: Instant) {
+        if self.ended || self.peers.contains_key(&peer) {
+            return;
+        }
+        self.peers.insert(
+            peer,
+            PeerState {
+                has: Bitfield::new(self.num_pieces),
+                super_seeded,
+                offers: Vec::new(),
+                moved: now,
+            },
+        );
+        self.downloaders += 1;
+        // Offer at once: a peer with nothing may never send a bitfield at all.
+        self.refill(peer, now);
+    }
+
+    /// The peer's whole bitfield (or HAVE ALL / HAVE NONE), replacing what it said before.
+    /// Ignored when its length is not the torrent's.
+    pub fn handle_bitfield(&mut self, peer: PeerKey, bitfield: &Bitfield, now: Instant) {
+        if self.ended || bitfield.len() != self.num_pieces {
+            return;
+        }
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let was_seed = p.has.all();
+        let old = std::mem::replace(&mut p.has, bitfield.clone());
+        for i in old.iter_ones() {
+            self.avail_dec(i);
+            if self.availability[i as usize] == 0 {
+                self.maybe_fresh(i);
+            }
+        }
+        let mut news = Vec::new();
+        for i in bitfield.iter_ones() {
+            self.avail_inc(i);
+            if !old.get(i) {
+                news.push(i);
+            }
+        }
+        let is_seed = bitfield.all();
+        if is_seed != was_seed {
+            if is_seed {
+                self.downloaders -= 1;
+            } else {
+                self.downloaders += 1;
+            }
+        }
+        // Offers it had already cost nothing: retire them and offer others.
+        let p = self.peers.get_mut(&peer).expect("present");
+        let had: Vec<u32> = p.offers.iter().copied().filter(|&i| p.has.get(i)).collect();
+        for i in had {
+            self.retire(peer, i, now);
+        }
+        for i in news {
+            self.spread_check(i, peer, now);
+        }
+        self.refill(peer, now);
+        self.maybe_end();
+    }
+
+    /// The peer announced `piece`. Ignored for pieces out of range.
+    pub fn handle_have(&mut self, peer: PeerKey, piece: u32, now: Instant) {
+        if self.ended || piece >= self.num_pieces {
+            return;
+        }
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        if p.has.get(piece) {
+            return;
+        }
+        p.has.set(piece);
+        let now_seed = p.has.all();
+        let offered = p.offers.contains(&piece);
+        self.avail_inc(piece);
+        if now_seed {
+            // A seed holds no offers.
+            self.downloaders -= 1;
+            let held = self
+                .peers
+                .get(&peer)
+                .map(|p| p.offers.clone())
+                .unwrap_or_default();
+            for i in held {
+                self.retire(peer, i, now);
+            }
+        } else if offered && (self.availability[piece as usize] >= 2 || self.downloaders <= 1) {
+            self.retire(peer, piece, now);
+            self.refill(peer, now);
+        }
+        self.spread_check(piece, peer, now);
+        self.maybe_end();
+    }
+
+    /// The peer's connection ended.
+    pub fn handle_leave(&mut self, peer: PeerKey, now: Instant) {
+        let Some(p) = self.peers.remove(&peer) else {
+            return;
+        };
+        if !p.has.all() {
+            self.downloaders -= 1;
+        }
+        for i in p.has.iter_ones() {
+            self.avail_dec(i);
+        }
+        for &i in &p.offers {
+            self.unhold(i, peer);
+        }
+        for i in p.has.iter_ones().chain(p.offers.iter().copied()) {
+            self.maybe_fresh(i);
+        }
+        // With one downloader fewer, a lone downloader's completed offers are now spent.
+        if self.downloaders == 1 && !self.ended {
+            let lone: Vec<(PeerKey, Vec<u32>)> = self
+                .peers
+                .iter()
+                .filter(|(_, p)| !p.has.all())
+                .map(|(&k, p)| {
+                    let done = p.offers.iter().copied().filter(|&i| p.has.get(i)).collect();
+                    (k, done)
+                })
+                .collect();
+            for (k, done) in lone {
+                if !done.is_empty() {
+                    for i in done {
+                        self.retire(k, i, now);
+                    }
+                    self.refill(k, now);
+                }
+            }
+        }
+    }
+
+    /// Time passed: peers whose offers have not moved for [`STALL`] get new ones.
+    pub fn handle_tick(&mut self, now: Instant) {
+        if self.ended {
+            return;
+        }
+        let stalled: Vec<PeerKey> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                p.super_seeded && !p.has.all() && now.saturating_duration_since(p.moved) >= STALL
+            })
+            .map(|(&k, _)| k)
+            .collect();
+        for k in stalled {
+            let p = self.peers.get_mut(&k).expect("present");
+            p.moved = now;
+            let done: Vec<u32> = p.offers.iter().copied().filter(|&i| p.has.get(i)).collect();
+            if done.is_empty() {
+                if let Some(&oldest) = p.offers.first().filter(|_| p.offers.len() >= MAX_OFFERS) {
+                    self.retire(k, oldest, now);
+                }
+                self.offer_one(k, now, true);
+            } else {
+                for i in done {
+                    self.retire(k, i, now);
+                }
+                self.refill(k, now);
+            }
+        }
+    }
+
+    /// `piece` was just seen at `by`: it has spread, for every other holder of an offer of it.
+    fn spread_check(&mut self, piece: u32, by: PeerKey, now: Instant) {
+        let Some(hs) = self.holders.get(&piece) else {
+            return;
+        };
+        let spread: Vec<PeerKey> = hs.iter().copied().filter(|&k| k != by).collect();
+        for k in spread {
+            self.retire(k, piece, now);
+            self.refill(k, now);
+        }
+    }
+
+    /// One more peer has `piece`.
+    fn avail_inc(&mut self, piece: u32) {
+        let a = &mut self.availability[piece as usize];
+        *a += 1;
+        if *a == 2 {
+            self.at_two += 1;
+        }
+    }
+
+    /// One peer fewer has `piece`.
+    fn avail_dec(&mut self, piece: u32) {
+        let a = &mut self.availability[piece as usize];
+        if *a == 2 {
+            self.at_two -= 1;
+        }
+        *a = a.saturating_sub(1);
+    }
+
+    /// Ends super-seeding once every piece is at two peers or more.
+    fn maybe_end(&mut self) {
+        if !self.ended && self.at_two == self.num_pieces {
+            self.ended = true;
+            self.events
+                .push_back(Event::End(EndReason::EveryPieceAtTwoPeers));
+        }
+    }
+
+    /// Takes `piece` out of `peer`'s offers.
+    fn retire(&mut self, peer: PeerKey, piece: u32, now: Instant) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            if let Some(at) = p.offers.iter().position(|&i| i == piece) {
+                p.offers.swap_remove(at);
+                p.moved = now;
+            }
+        }
+        self.unhold(piece, peer);
+        self.maybe_fresh(piece);
+    }
+
+    /// Removes `peer` from the holders of an offer of `piece`.
+    fn unhold(&mut self, piece: u32, peer: PeerKey) {
+        if let Some(hs) = self.holders.get_mut(&piece) {
+            hs.retain(|&k| k != peer);
+            if hs.is_empty() {
+                self.holders.remove(&piece);
+            }
+        }
+    }
+
+    /// Puts `piece` back among the fresh ones if nobody has it and nobody is offered it.
+    fn maybe_fresh(&mut self, piece: u32) {
+        if self.availability[piece as usize] == 0
+            && !self.holders.contains_key(&piece)
+            && !self.in_fresh.get(piece)
+        {
+            self.in_fresh.set(piece);
+            self.fresh.push(piece);
+        }
+    }
+
+    /// Offers `peer` pieces until it holds `offers_per_peer`.
+    fn refill(&mut self, peer: PeerKey, now: Instant) {
+        while self.peers.get(&peer).is_some_and(|p| {
+            p.super_seeded && !p.has.all() && p.offers.len() < self.offers_per_peer
+        }) {
+            if !self.offer_one(peer, now, false) {
+                break;
+            }
+        }
+    }
+
+    /// Offers `peer` one more piece; false if there is none to offer. `again`: a piece
+    /// offered to another peer that has not delivered it may be offered again (a stall).
+    fn offer_one(&mut self, peer: PeerKey, now: Instant, again: bool) -> bool {
+        let Some(piece) = self.choose(peer, again) else {
+            return false;
+        };
+        let p = self.peers.get_mut(&peer).expect("present");
+        p.offers.push(piece);
+        p.moved = now;
+        self.holders.entry(piece).or_default().push(peer);
+        self.offered_count[piece as usize] += 1;
+        self.events.push_back(Event::Offer { peer, piece });
+        true
+    }
+
+    /// The piece to offer `peer` next (see the module documentation).
+    fn choose(&mut self, peer: PeerKey, again: bool) -> Option<u32> {
+        // Out of the map while the random state is drawn from; put back below.
+        let p = self.peers.remove(&peer)?;
+        let piece = self.choose_for(&p, again);
+        self.peers.insert(peer, p);
+        piece
+    }
+
+    /// [`Self::choose`] for a peer taken out of the map.
+    fn choose_for(&mut self, p: &PeerState, again: bool) -> Option<u32> {
+        // A fresh piece, drawn at random; stale entries are dropped as they are met.
+        let mut draws = 0;
+        while !self.fresh.is_empty() && draws < FRESH_DRAWS {
+            draws += 1;
+            let at = (self.next_random() % self.fresh.len() as u64) as usize;
+            let piece = self.fresh[at];
+            if self.availability[piece as usize] > 0 || self.holders.contains_key(&piece) {
+                self.fresh.swap_remove(at);
+                self.in_fresh.clear(piece);
+                continue;
+            }
+            if p.has.get(piece) {
+                continue;
+            }
+            self.fresh.swap_remove(at);
+            self.in_fresh.clear(piece);
+            return Some(piece);
+        }
+        // Otherwise a piece no peer has: offered to nobody now, or (`again`) to fewer than
+        // [`MAX_HOLDERS`] peers; fewest holders, then fewest offers so far, ties at random.
+        // A piece some peer has is never offered: the others get it from that peer.
+        let most_holders = if again { MAX_HOLDERS } else { 1 };
+        let mut best: Option<((usize, u32), u32)> = None;
+        let mut ties = 0u64;
+        for i in 0..self.num_pieces {
+            if p.has.get(i) || p.offers.contains(&i) || self.availability[i as usize] > 0 {
+                continue;
+            }
+            let holders = self.holders.get(&i).map_or(0, Vec::len);
+            if holders >= most_holders {
+                continue;
+            }
+            let key = (holders, self.offered_count[i as usize]);
+            match best {
+                Some((k, _)) if key > k => {}
+                Some((k, _)) if key == k => {
+                    ties += 1;
+                    if self.next_random() % ties == 0 {
+                        best = Some((key, i));
+                    }
+                }
+                _ => {
+                    best = Some((key, i));
+                    ties = 1;
+                }
+            }
+        }
+        let piece = best.map(|(_, i)| i)?;
+        if self.in_fresh.get(piece) {
+            self.in_fresh.clear(piece);
+            self.fresh.retain(|&f| f != piece);
+        }
+        Some(piece)
+    }
+
+    /// xorshift64*: enough to spread choices; nothing here needs to be unpredictable.
+    fn next_random(&mut self) -> u64 {
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offers(ss: &mut SuperSeed) -> Vec<(PeerKey, u32)> {
+        let mut v = Vec::new();
+        while let Some(e) = ss.poll_event() {
+            if let Event::Offer { peer, piece } = e {
+                v.push((peer, piece));
+            }
+        }
+        v
+    }
+
+    const A: PeerKey = PeerKey(1);
+    const B: PeerKey = PeerKey(2);
+    const C: PeerKey = PeerKey(3);
+
+    #[test]
+    fn each_peer_is_offered_a_distinct_piece_at_join() {
+        let t = Instant::now();
+        let mut ss = SuperSeed::new(8, 1, 7);
+        let mut seen = Vec::new();
+        for k in 0..8 {
+            ss.handle_join(PeerKey(k), true, t);
+            let o = offers(&mut ss);
+            assert_eq!(o.len(), 1);
+            assert_eq!(o[0].0, PeerKey(k));
+            seen.push(o[0].1);
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, (0..8).collect::<Vec<_>>(), "no piece offered twice");
+        // A ninth peer gets nothing at once: every piece is on its way to someone.
+        ss.handle_join(PeerKey(9), true, t);
+        assert!(offers(&mut ss).is_empty());
+        // After a stall it gets one of the pieces nobody has delivered yet.
+        ss.handle_tick(t + STALL);
+        let o: Vec<_> = offers(&mut ss)
+            .into_iter()
+            .filter(|(k, _)| *k == PeerKey(9))
+            .collect();
+        assert_eq!(o.len(), 1);
+        // Never a piece some peer has.
+        let mut ss = SuperSeed::new(2, 1, 1);
+        ss.handle_join(A, true, t);
+        ss.handle_join(B, true, t);
+        let pa = ss.offers(A)[0];
+        ss.handle_have(A, pa, t);
+        ss.handle_have(B, 1 - pa, t);
+        ss.handle_join(C, true, t);
+        ss.handle_tick(t + STALL);
+        assert!(
+            offers(&mut ss).iter().all(|(k, _)| *k != C),
+            "both pieces are in the swarm"
+        );
+    }
+
+    #[test]
+    fn next_offer_waits_until_the_piece_is_seen_elsewhere() {
+        let t = Instant::now();
+        let mut ss = SuperSeed::new(16, 1, 1);
+        ss.handle_join(A, true, t);
+        ss.handle_join(B, true, t);
+        let o = offers(&mut ss);
+        let pa = o.iter().find(|(k, _)| *k == A).unwrap().1;
+        let pb = o.iter().find(|(k, _)| *k == B).unwrap().1;
+        assert_ne!(pa, pb);
+        // A completes its piece: not spread yet, so nothing new for A.
+        ss.handle_have(A, pa, t);
+        assert!(offers(&mut ss).is_empty());
+        assert_eq!(ss.offers(A), &[pa]);
+        // B gets it from A: A's piece spread, A gets a new offer; B's own offer stands.
+        ss.handle_have(B, pa, t);
+        let o = offers(&mut ss);
+        assert_eq!(o.len(), 1);
+        assert_eq!(o[0].0, A);
+        assert_ne!(o[0].1, pa);
+        assert_ne!(
+            o[0].1, pb,
+            "never a piece offered to someone else while fresh ones remain"
+        );
+        assert_eq!(ss.offers(B), &[pb]);
+    }
+
+    #[test]
+    fn another_peer_announcing_the_piece_is_enough() {
+        let t = Instant::now();
+        let mut ss = SuperSeed::new(16, 1, 3);
+        ss.handle_join(A, true, t);
+        ss.handle_join(B, true, t);
+        let pa = ss.offers(A)[0];
+        offers(&mut ss);
+        // B announces A's piece while A never said it has it (it skips HAVEs for pieces we
+        // announced): the piece is at another client, so A gets its next one.
+        ss.handle_have(B, pa, t);
+        let o = offers(&mut ss);
+        assert_eq!(o.len(), 1);
+        assert_eq!(o[0].0, A);
+        assert_ne!(o[0].1, pa);
+        // A's late HAVE changes nothing.
+        ss.handle_have(A, pa, t);
+        assert!(offers(&mut ss).is_empty());
+    }
+
+    #[test]
+    fn a_lone_downloader_is_not_held_back() {
+        let t = Instant::now();
+        let mut ss = SuperSeed::new(4, 1, 5);
+        ss.handle_join(A, true, t);
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            let o = offers(&mut ss);
+            assert_eq!(o.len(), 1);
+            got.push(o[0].1);
+            ss.handle_have(A, o[0].1, t);
+        }
+        let o = offers(&mut ss);
+        assert_eq!(o.len(), 1);
+        assert!(!got.contains(&o[0].1));
+        ss.handle_have(A, o[0].1, t);
+        assert_eq!(
+            ss.poll_event(),
+            None,
+            "a seed now: no more offers, and one copy only"
+        );
+        assert!(!ss.is_ended());
+        assert!(ss.offers(A).is_empty());
+    }
+
+    #[test]
+    fn it_ends_once_every_piece_is_at_two_peers() {
+        let t = Instant::now();
+        let mut ss = SuperSeed::new(3, 1, 5);
+        ss.handle_join(A, true, t);
+        ss.handle_join(B, true, t);
+        ss.handle_bitfield(A, &Bitfield::full(3), t);
+        let mut bf = Bitfield::new(3);
+        bf.set(0);
+        bf.set(1);
+        ss.handle_bitfield(B, &bf, t);
+        assert!(!ss.is_ended());
+        // A is a seed, B lacks piece 2 only: its HAVE puts every piece at two peers.
+        ss.handle_have(B, 2, t);
+        let ended: Vec<_> = std::iter::from_fn(|| ss.poll_event())
+            .filter(|e| matches!(e, Event::End(_)))
+            .collect();
+        assert_eq!(ended, vec![Event::End(EndReason::EveryPieceAtTwoPeers)]);
+        assert!(ss.is_ended());
+        // Nothing more happens once ended.
+        ss.handle_join(C, true, t);
+        assert_eq!(ss.poll_event(), None);
+    }
+
+    #[test]
+    fn never_offers_a_piece_the_peer_has_and_replaces_one_its_bitfield_shows() {
+        let t = Instant::now();
+        let mut ss = SuperSeed::new(8, 1, 9);
+        ss.handle_join(A, true, t);
+        let first = ss.offers(A)[0];
+        offers(&mut ss);
+        // It has everything but the piece after the one offered.
+        let missing = (first + 1) % 8;
+        let mut bf = Bitfield::full(8);
+        bf.clear(missing);
+        ss.handle_bitfield(A, &bf, t);
+        assert_eq!(offers(&mut ss), vec![(A, missing)]);
+        assert_eq!(ss.offers(A), &[missing]);
+    }
+
+    #[test]
+    fn seeds_get_nothing_and_a_seed_arriving_does_not_end_it() {
+        let t = Instant::now();
+        let mut ss = SuperSeed::new(8, 1, 2);
+        ss.handle_join(A, true, t);
+        offers(&mut ss);
+        ss.handle_bitfield(A, &Bitfield::full(8), t);
+        assert!(ss.offers(A).is_empty());
+        assert!(offers(&mut ss).is_empty());
+        assert!(!ss.is_ended());
+        // Every piece is at A: B gets them from A, not from us.
+        ss.handle_join(B, true, t);
+        assert!(offers(&mut ss).is_empty());
+        ss.handle_tick(t + STALL);
+        assert!(offers(&mut ss).is_empty());
+    }
+
+    #[test]
+    fn a_stalled_peer_gets_more_after_the_stall_time() {
+        let t = Instant::now();
+        let mut ss = SuperSeed::new(32, 1, 4);
+        ss.handle_join(A, true, t);
+        ss.handle_join(B, true, t);
+        offers(&mut ss);
+        let pa = ss.offers(A)[0];
+        // A never asks for its piece: after STALL it gets a second one, up to MAX_OFFERS.
+        ss.handle_tick(t + STALL / 2);
+        assert!(offers(&mut ss).iter().all(|(k, _)| *k != A));
+        let mut now = t;
+        for _ in 0..10 {
+            now += STALL;
+            ss.handle_tick(now);
+        }
+        assert_eq!(ss.offers(A).len(), MAX_OFFERS, "never more than MAX_OFFERS");
+        assert!(!ss.offers(A).contains(&pa), "the oldest made room");
+        // A completed its piece but nobody took it: after STALL it is retired and replaced.
+        let mut ss = SuperSeed::new(32, 1, 4);
+        ss.handle_join(A, true, t);
+        ss.handle_join(B, true, t);
+        let pa = ss.offers(A)[0];
+        ss.handle_have(A, pa, t);
+        offers(&mut ss);
+        ss.handle_tick(t + STALL);
+        let o: Vec<_> = offers(&mut ss)
+            .into_iter()
+            .filter(|(k, _)| *k == A)
+            .collect();
+        assert_eq!(o.len(), 1);
+        assert_eq!(ss.offers(A).len(), 1);
+        assert!(!ss.offers(A).contains(&pa));
+    }
+
+    #[test]
+    fn a_peer_leaving_frees_its_offer_for_others() {
+        let t = Instant::now();
+        let mut ss = SuperSeed::new(2, 1, 8);
+        ss.handle_join(A, true, t);
+        ss.handle_join(B, true, t);
+        let pa = ss.offers(A)[0];
+        offers(&mut ss);
+        ss.handle_leave(A, t);
+        ss.handle_join(C, true, t);
+        let o = offers(&mut ss);
+        assert_eq!(o, vec![(C, pa)], "the piece nobody has now goes first");
+    }
+
+    #[test]
+    fn peers_not_super_seeded_only_count_for_availability() {
+        let t = Instant::now();
+        let mut ss = SuperSeed::new(4, 1, 6);
+        ss.handle_join(A, false, t);
+        assert!(offers(&mut ss).is_empty());
+        let mut bf = Bitfield::new(4);
+        bf.set(0);
+        bf.set(1);
+        bf.set(2);
+        ss.handle_bitfield(A, &bf, t);
+        assert!(offers(&mut ss).is_empty());
+        ss.handle_join(B, true, t);
+        assert_eq!(offers(&mut ss), vec![(B, 3)], "the one piece nobody has");
+    }
+
+    #[test]
+    fn offers_per_peer_are_kept_and_out_of_range_input_is_ignored() {
+        let t = Instant::now();
+        let mut ss = SuperSeed::new(10, 2, 11);
+        ss.handle_join(A, true, t);
+        assert_eq!(offers(&mut ss).len(), 2);
+        ss.handle_have(A, 99, t);
+        ss.handle_bitfield(A, &Bitfield::new(3), t);
+        ss.handle_have(C, 1, t);
+        ss.handle_leave(C, t);
+        assert_eq!(ss.offers(A).len(), 2);
+    }
+
+    #[test]
+    fn a_swarm_gets_one_copy_of_each_piece_from_the_seed() {
+        // 6 peers, 60 pieces; each peer fetches its offer from us, then peers trade: every
+        // completed piece is taken by one other peer at once. The seed must upload each piece
+        // about once.
+        let t = Instant::now();
+        let n = 6u64;
+        let pieces = 60u32;
+        let mut ss = SuperSeed::new(pieces, 1, 12);
+        let mut has = vec![Bitfield::new(pieces); n as usize];
+        for k in 0..n {
+            ss.handle_join(PeerKey(k), true, t);
+        }
+        let mut uploads = 0u32;
+        let mut queue: VecDeque<(PeerKey, u32)> = VecDeque::new();
+        for _ in 0..10_000 {
+            while let Some(e) = ss.poll_event() {
+                if let Event::Offer { peer, piece } = e {
+                    queue.push_back((peer, piece));
+                }
+            }
+            let Some((peer, piece)) = queue.pop_front() else {
+                break;
+            };
+            if has[peer.0 as usize].get(piece) {
+                continue;
+            }
+            uploads += 1;
+            has[peer.0 as usize].set(piece);
+            ss.handle_have(peer, piece, t);
+            // Another peer lacking it takes it from this one.
+            if let Some(other) = (0..n).find(|&o| !has[o as usize].get(piece)) {
+                has[other as usize].set(piece);
+                ss.handle_have(PeerKey(other), piece, t);
+            }
+            if ss.is_ended() {
+                break;
+            }
+        }
+        let mut union = Bitfield::new(pieces);
+        for h in &has {
+            for i in h.iter_ones() {
+                union.set(i);
+            }
+        }
+        assert!(union.all(), "every piece reached the swarm");
+        assert!(
+            uploads <= pieces + n as u32,
+            "seed uploaded {uploads} pieces of {pieces}"
+        );
+    }
+}
