@@ -407,6 +407,8 @@ impl Task {
             peer: self.key,
             addr: self.addr,
             notes: notes_tx,
+            // A web seed only downloads: nothing is ever offered to it.
+            super_seeded: false,
         };
         if self.picker.send(join).await.is_err() {
             return;
@@ -449,7 +451,8 @@ impl Task {
             let mut blocks = match note {
                 None => return End::Stopped,
                 Some(PeerNote::Ban) => return End::Disabled(BANNED.into()),
-                Some(PeerNote::Cancel(_)) => continue,
+                // Offers and reveals are for peers we upload to; a web seed never downloads.
+                Some(PeerNote::Cancel(_) | PeerNote::Offer(_) | PeerNote::Reveal) => continue,
                 Some(PeerNote::Wake) => {
                     if starved {
                         starved = false;
