@@ -182,15 +182,8 @@ impl Upload {
         if self.queue.is_empty() || out.unsent() >= self.write_high_water {
             return;
         }
-        // Room for what the mark allows, exactly: a `Vec` left to grow by doubling would
-        // hold twice that, and one that held more for a faster rate gives it back.
-        let cap = self.write_capacity();
-        let buf = out.bytes_mut();
-        if buf.is_empty() && buf.capacity() > cap {
-            *buf = Vec::with_capacity(cap);
-        } else {
-            buf.reserve_exact(cap.saturating_sub(buf.len()));
-        }
+        // Room for what the mark allows, exactly (see `WriteBuf::make_room`).
+        out.make_room(self.write_capacity());
         while out.unsent() < self.write_high_water {
             let Some(&block) = self.queue.front() else {
                 break;
