@@ -375,7 +375,9 @@ impl Peer {
             // on to the socket it wraps).
             stream.close().await?;
             // Read (and drop) until the peer closes, so unread input does not turn into a reset.
-            let mut sink = [0u8; 4096];
+            // On the heap: an array here would be part of every peer task's state, for the
+            // whole life of the connection (4 KiB each, two per connection in one process).
+            let mut sink = vec![0u8; 4096];
             while stream.read(&mut sink).await? > 0 {}
             Ok::<(), io::Error>(())
         };
