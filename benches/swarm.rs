@@ -13,7 +13,9 @@
 //! Knobs: `SHOAL_BENCH_MIB` (64), `SHOAL_SWARM_PIECE_KIB` (256), `SHOAL_SWARM_TIMEOUT` (s, 600),
 //! `SHOAL_SWARM_IDLE` (idle connections to measure, 500), `SHOAL_SWARM_DIRECT=1` (also give
 //! every downloader the seeder's address directly), `SHOAL_SWARM_SUPER_SEED=1` (the seeder
-//! super-seeds, BEP 16: compare the copies it uploads before the swarm holds a full copy).
+//! super-seeds, BEP 16: compare the copies it uploads before the swarm holds a full copy),
+//! `SHOAL_SWARM_LINGER` (s to watch the
+//! connections close once all are complete, 10).
 
 #[path = "support/mod.rs"]
 mod support;
@@ -468,6 +470,7 @@ fn swarm(n: usize) {
         uploaded_at_full_copy as f64 / meta.total_length() as f64,
         seeder.progress().uploaded as f64 / meta.total_length() as f64
     );
+    after_completion(&peers, &seeder, heap0);
     let t = Instant::now();
     rt.block_on(async {
         for p in &peers {
@@ -487,6 +490,35 @@ fn swarm(n: usize) {
         let _ = std::fs::remove_dir_all(dir.join(format!("dl-{i}")));
     }
     tracker.shutdown();
+}
+
+/// What the swarm still holds once every download is over: connections between seeds are of
+/// no use and should close within seconds. Reports connections and heap each second for
+/// `SHOAL_SWARM_LINGER` seconds (10), or until no connection is left.
+fn after_completion(peers: &[Peer], seeder: &Torrent, heap0: usize) {
+    let secs = env_u64("SHOAL_SWARM_LINGER", 10);
+    let conns = || {
+        peers
+            .iter()
+            .map(|p| u64::from(p.torrent.progress().peers))
+            .sum::<u64>()
+            + u64::from(seeder.progress().peers)
+    };
+    let mut series = Vec::new();
+    for i in 0..=secs {
+        let c = conns();
+        let heap = LIVE.load(Ordering::Relaxed).saturating_sub(heap0);
+        series.push(format!("{i}s:{c}/{:.0}MiB", mib(heap as u64)));
+        if c == 0 || i == secs {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    println!(
+        "  after completion: connections/heap each second {}; RSS {:.0} MiB",
+        series.join(" "),
+        status("VmRSS:") as f64 / 1024.0
+    );
 }
 
 /// The memory of idle peer connections: one downloading torrent, `k` raw TCP peers that

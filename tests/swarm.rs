@@ -440,3 +440,125 @@ fn a_peer_sending_corrupt_blocks_is_banned_and_the_download_completes() {
     );
     shutdown_all(&rt, &[&leecher, &seeder]);
 }
+
+/// Collects a torrent's connect and disconnect events so far: (connected, disconnected).
+fn connection_events(events: &async_channel::Receiver<TorrentEvent>) -> (usize, usize) {
+    let (mut up, mut down) = (0, 0);
+    while let Ok(ev) = events.try_recv() {
+        match ev {
+            TorrentEvent::PeerConnected(_) => up += 1,
+            TorrentEvent::PeerDisconnected { .. } => down += 1,
+            _ => {}
+        }
+    }
+    (up, down)
+}
+
+/// Waits until none of `torrents` has a connection, failing the test after `limit`.
+fn wait_no_peers(torrents: &[&Torrent], limit: Duration, what: &str) {
+    let start = Instant::now();
+    while torrents.iter().any(|t| t.progress().peers > 0) {
+        assert!(
+            start.elapsed() < limit,
+            "{what}: still connected after {limit:?}: {:?}",
+            torrents
+                .iter()
+                .map(|t| t.progress().peers)
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn seeds_part_are_not_redialled_and_still_serve_a_downloader() {
+    let dir = common::tempdir();
+    let content = make_content(dir.path(), "content", 4 * 1024 * 1024 + 999);
+    let meta = make_torrent(&content, 64 * 1024, vec![]);
+    let rt = Runtime::new(2);
+    let (sa, sb, sc) = (session(&rt), session(&rt), session(&rt));
+    let seed = |s: &Session, peers: Vec<SocketAddr>| {
+        let mut add = AddTorrent::seed(meta.clone(), PathBuf::new());
+        add.content = Some(content.clone());
+        add.peers = peers;
+        rt.block_on(s.add_torrent(add)).expect("seed")
+    };
+    // Then A is told of B (after subscribing, so no event is missed): A dials it.
+    let b = seed(&sb, vec![]);
+    let b_events = b.subscribe();
+    let a = seed(&sa, vec![]);
+    let a_events = a.subscribe();
+    rt.block_on(a.add_peers(vec![sb.local_addr()]));
+    // They meet (each side sees the connection), find each other complete, and part.
+    let start = Instant::now();
+    let (mut a_up, mut b_up) = (0, 0);
+    while a_up == 0 || b_up == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the seeds never connected: {a_up} {b_up}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        a_up += connection_events(&a_events).0;
+        b_up += connection_events(&b_events).0;
+    }
+    wait_no_peers(&[&a, &b], Duration::from_secs(5), "two seeds");
+    let parted = start.elapsed();
+    // A dialled once (B may have seen both transports of that dial before A dropped one).
+    a_up += connection_events(&a_events).0;
+    connection_events(&b_events);
+    assert_eq!(a_up, 1, "A dialled once");
+    // A keeps B's address but does not dial it again while both seed (a redial would come
+    // after 2 s otherwise).
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        connection_events(&a_events).0,
+        0,
+        "A dialled the other seed again"
+    );
+    assert_eq!(
+        connection_events(&b_events).0,
+        0,
+        "B saw a second connection"
+    );
+    assert_eq!((a.progress().peers, b.progress().peers), (0, 0));
+
+    // Two downloaders told of both seeds and of each other are served, then part from the
+    // seeds and from each other: each finishes with pieces the other already had, so neither
+    // hears the other's last HAVEs, and only their lack of interest tells.
+    let sd = session(&rt);
+    let download = |s: &Session, name: &str, peers: Vec<SocketAddr>| {
+        let mut add = AddTorrent::download(meta.clone(), dir.path().join(name));
+        add.peers = peers;
+        rt.block_on(s.add_torrent(add)).expect("download")
+    };
+    let c = download(&sc, "dl-c", vec![sa.local_addr(), sb.local_addr()]);
+    let d = download(
+        &sd,
+        "dl-d",
+        vec![sa.local_addr(), sb.local_addr(), sc.local_addr()],
+    );
+    wait_all(&rt, &[c.clone(), d.clone()], Duration::from_secs(60));
+    for name in ["dl-c", "dl-d"] {
+        assert_same_tree(&content, &dir.path().join(name).join("content"));
+    }
+    assert!(
+        a.progress().uploaded + b.progress().uploaded >= meta.total_length(),
+        "the seeds served the downloads"
+    );
+    let done = Instant::now();
+    wait_no_peers(
+        &[&a, &b, &c, &d],
+        REDUNDANT_GRACE_BOUND,
+        "after the downloads",
+    );
+    eprintln!(
+        "two seeds parted {parted:?} after they first met; every connection closed {:?} after \
+         both downloads completed",
+        done.elapsed()
+    );
+    shutdown_all(&rt, &[&sa, &sb, &sc, &sd]);
+}
+
+/// How long connections between peers that all completed may take to close: the peer's 5 s
+/// grace for a lack of interest, its 1 s tick, and slack for a loaded machine.
+const REDUNDANT_GRACE_BOUND: Duration = Duration::from_secs(15);

@@ -190,6 +190,23 @@ impl WriteBuf {
         &mut self.buf
     }
 
+    /// Makes room to fill the buffer up to `cap` bytes without the `Vec` growing past `cap`
+    /// (doubling, it would hold up to twice what is needed, for as long as the connection
+    /// stays busy): bytes already sent are dropped from the front when the rest would not fit
+    /// (each move copies fewer bytes than were sent since the last one), and an empty buffer
+    /// bigger than `cap` (the mark fell with the rate) is given back.
+    pub(super) fn make_room(&mut self, cap: usize) {
+        if self.buf.is_empty() {
+            if self.buf.capacity() > cap {
+                self.buf = Vec::with_capacity(cap);
+            }
+        } else if self.pos > 0 && self.buf.capacity() < cap + self.pos {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        self.buf.reserve_exact(cap.saturating_sub(self.buf.len()));
+    }
+
     /// Forgets everything queued.
     pub(super) fn clear(&mut self) {
         self.buf.clear();
@@ -460,6 +477,26 @@ mod tests {
         out.advance(5);
         assert!(out.is_empty());
         assert_eq!(out.unsent(), 0);
+    }
+
+    #[test]
+    fn the_write_buffer_stays_within_its_room_while_partly_sent() {
+        let mut out = WriteBuf::default();
+        let cap = 64 * 1024;
+        for round in 0..100 {
+            out.make_room(cap);
+            // Fill up to the mark, as uploads do, then the socket takes a part of it.
+            while out.unsent() < cap - 20_000 {
+                out.bytes_mut().extend_from_slice(&[round as u8; 16_397]);
+            }
+            assert!(out.bytes_mut().capacity() <= cap, "round {round}");
+            out.advance(out.unsent() / 3);
+        }
+        let left = out.unsent();
+        out.advance(left);
+        assert!(out.is_empty());
+        out.make_room(cap / 4);
+        assert!(out.bytes_mut().capacity() <= cap / 4, "given back");
     }
 
     #[test]

@@ -63,8 +63,13 @@ impl std::str::FromStr for Encryption {
 pub(crate) const MAX_MSE_HANDSHAKES: usize = 32;
 
 /// Bytes encrypted per write call: the peer loop writes its whole queue at once, and one
-/// chunk at a time keeps the wrapper's buffer (reused, never shrunk below it) small.
+/// chunk at a time keeps the wrapper's buffer small (and it is freed once sent, see
+/// [`KEEP_OUT`]).
 const WRITE_CHUNK: usize = 64 * 1024;
+
+/// An encryption buffer up to this size is kept between writes (the HAVEs and requests of a
+/// quiet connection); a bigger one is freed once all of it is sent.
+const KEEP_OUT: usize = 4 * 1024;
 
 /// Bytes read from the socket per step of the handshake (the handshake itself buffers at most
 /// `mse::MAX_BUFFERED`).
@@ -202,6 +207,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for MseStream<S> {
         }
         let n = ready!(Pin::new(&mut this.inner).poll_write(cx, &this.out[this.out_at..]))?;
         this.out_at += n;
+        if this.out_at == this.out.len() && this.out.capacity() > KEEP_OUT {
+            // All of it went out: give the memory back. Thousands of connections that once
+            // sent a burst would otherwise each keep a whole chunk (8 KiB each in the swarm
+            // bench); allocating it again costs far less than encrypting it.
+            this.out = Vec::new();
+            this.out_at = 0;
+        }
         Poll::Ready(Ok(n))
     }
 

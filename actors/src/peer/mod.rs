@@ -107,6 +107,9 @@ pub(crate) struct PeerStats {
     pub(crate) peer_interested: AtomicBool,
     /// Whether the peer has every piece.
     pub(crate) peer_is_seed: AtomicBool,
+    /// Whether we closed the connection as useless to both sides (see `remote::Redundancy`):
+    /// like a seed's, the address is not dialled again while we want nothing more.
+    pub(crate) redundant: AtomicBool,
     /// Whether the handshake is done (the connection is up).
     pub(crate) connected: AtomicBool,
     /// Whether the peer ever sent a bitfield, have, interest or request (the admission policy

@@ -5,6 +5,8 @@
 //! messages they imply (INTERESTED, HAVE, CHOKE...) into the write buffer; telling the picker
 //! is the run loop's job.
 
+use std::time::{Duration, Instant};
+
 use shoal_engine::bitfield::Bitfield;
 use shoal_engine::wire::Message;
 
@@ -30,6 +32,9 @@ pub(super) struct Remote {
     peer_choking: bool,
     /// Whether the peer wants some of our pieces.
     peer_interested: bool,
+    /// Whether the peer told us its pieces (a bitfield, HAVE ALL, HAVE NONE or a HAVE): until
+    /// then an empty `has` says nothing (a peer fetching the metadata from us sends none).
+    heard: bool,
 }
 
 impl Remote {
@@ -44,6 +49,7 @@ impl Remote {
             am_interested: false,
             peer_choking: true,
             peer_interested: false,
+            heard: false,
         }
     }
 
@@ -222,6 +228,7 @@ impl Remote {
         if piece >= n {
             return Err(Stop::Misbehaved(format!("have for piece {piece} of {n}")));
         }
+        self.heard = true;
         if self.has.get(piece) {
             return Ok(false);
         }
@@ -249,13 +256,83 @@ impl Remote {
         self.set_has(Bitfield::new(self.has.len()))
     }
 
+    /// Whether the peer has every piece we have (so it will never want one of ours), as far
+    /// as it told us.
+    fn has_all_of_ours(&self) -> bool {
+        self.heard && !self.ours().has_any_not_in(&self.has)
+    }
+
+    /// Whether the peer told us of some piece and does not want any of ours.
+    fn quiet_partner(&self) -> bool {
+        self.heard && !self.peer_interested && !self.has.none()
+    }
+
     /// Two seeds have nothing to say to each other: that ends the connection.
     fn set_has(&mut self, bf: Bitfield) -> Result<(), Stop> {
         self.has = bf;
+        self.heard = true;
         if self.ours().all() && self.has.all() {
             return Err(Stop::Local("both sides are seeds".into()));
         }
         Ok(())
+    }
+}
+
+/// How long a connection that looks useless is kept before it is closed, when only the peer's
+/// lack of interest says so: the INTERESTED that our last HAVE may bring takes a round trip.
+pub(super) const REDUNDANT_GRACE: Duration = Duration::from_secs(5);
+
+/// Tells when a connection has become useless to both sides, so it can be closed (as libtorrent
+/// closes "redundant" connections): we want nothing more (every wanted piece is verified) and
+/// the peer wants none of our pieces.
+///
+/// Either the peer has every piece we have (by its bitfield and HAVEs: at once), or it has
+/// some pieces and stayed not interested for [`REDUNDANT_GRACE`] since the connection began
+/// and since we completed. The second catches a peer that completed without our knowing: a
+/// HAVE is not sent for a piece the other side has, so two downloaders that finish one after
+/// the other never see each other's last pieces. A peer that told us of no piece is kept: it
+/// may be fetching the metadata from us.
+#[derive(Debug)]
+pub(super) struct Redundancy {
+    /// When the connection began.
+    since: Instant,
+    /// Since when we have wanted nothing more; `None` while we still download.
+    complete_since: Option<Instant>,
+}
+
+impl Redundancy {
+    /// A connection that begins at `now`.
+    pub(super) fn new(now: Instant) -> Self {
+        Self {
+            since: now,
+            complete_since: None,
+        }
+    }
+
+    /// The once-a-second check: `Some(why)` when the connection should be closed.
+    /// `complete`: every piece we want is verified (and `remote` knows of all our pieces).
+    pub(super) fn check(
+        &mut self,
+        now: Instant,
+        complete: bool,
+        remote: &Remote,
+    ) -> Option<&'static str> {
+        if !complete {
+            self.complete_since = None;
+            return None;
+        }
+        let complete_since = *self.complete_since.get_or_insert(now);
+        if remote.hidden.is_some() {
+            // Super-seeding: the peer waits, not interested, for its next offer; it is the
+            // point of the connection, never redundant.
+            return None;
+        }
+        if remote.has_all_of_ours() {
+            return Some("redundant: the peer has every piece we have and we want no more");
+        }
+        let waited = |t: Instant| now.saturating_duration_since(t) >= REDUNDANT_GRACE;
+        (remote.quiet_partner() && waited(self.since) && waited(complete_since))
+            .then_some("redundant: we want no more and the peer wants none of ours")
     }
 }
 
@@ -344,6 +421,62 @@ mod tests {
         r.reveal(&mut out);
         assert_eq!(sent(&mut out), vec![Some(4); 4]);
         assert!((0..6).all(|p| r.may_serve(p)));
+    }
+
+    #[test]
+    fn a_connection_useless_to_both_sides_is_found() {
+        let t0 = Instant::now();
+        let secs = |s: u64| t0 + Duration::from_secs(s);
+        // We seed; the peer has told us nothing yet (it may want the metadata): kept.
+        let mut r = Remote::new(Bitfield::full(8));
+        let mut red = Redundancy::new(t0);
+        assert_eq!(red.check(secs(60), true, &r), None);
+        // A downloader that wants our pieces: kept, however long.
+        r.handle_bitfield(&[0x0f]).unwrap();
+        r.handle_interested();
+        assert_eq!(red.check(secs(61), true, &r), None);
+        // It completes by HAVEs: closed at the next check.
+        for p in 0..4 {
+            r.handle_have(p).unwrap();
+        }
+        assert!(red.check(secs(62), true, &r).is_some());
+
+        // A partial download (skipped files) complete in what it wants: a peer with every
+        // piece we have is of no use, nor are we to it.
+        let mut r = Remote::new(have(8, &[0, 1]));
+        let mut red = Redundancy::new(t0);
+        r.handle_bitfield(&[0xc1]).unwrap();
+        assert_eq!(red.check(t0, false, &r), None, "still downloading");
+        assert!(red.check(t0, true, &r).is_some());
+
+        // A peer that lacks pieces we have (as far as it told us) and stays not interested:
+        // closed once both it and our completion are old enough.
+        let mut r = Remote::new(Bitfield::full(8));
+        r.handle_bitfield(&[0x0f]).unwrap();
+        let mut red = Redundancy::new(t0);
+        assert_eq!(red.check(secs(1), false, &r), None);
+        assert_eq!(red.check(secs(10), true, &r), None, "we just completed");
+        assert_eq!(red.check(secs(14), true, &r), None);
+        assert!(red.check(secs(15), true, &r).is_some());
+        // An interested one is kept.
+        r.handle_interested();
+        assert_eq!(red.check(secs(30), true, &r), None);
+        // Downloading again (more files wanted): kept, and the wait starts over.
+        r.handle_not_interested();
+        assert_eq!(red.check(secs(31), false, &r), None);
+        assert_eq!(red.check(secs(32), true, &r), None);
+        assert!(red.check(secs(37), true, &r).is_some());
+
+        // Super-seeding: a peer that holds every piece offered to it, not interested, waits
+        // for its next offer: never redundant.
+        let mut r = Remote::new(Bitfield::full(8));
+        r.hide();
+        let mut out = WriteBuf::default();
+        r.offer(0, &mut out);
+        r.handle_have(0).unwrap();
+        let mut red = Redundancy::new(t0);
+        assert_eq!(red.check(secs(1), true, &r), None);
+        assert_eq!(red.check(secs(60), true, &r), None);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use shoal_engine::wire::{Handshake, Message};
 
 use super::conn::{RateMeter, ReadBuf, Silent, Traffic, WriteBuf, FAST_PEER_RATE, IDLE_TIMEOUT};
 use super::download::Download;
-use super::remote::Remote;
+use super::remote::{Redundancy, Remote};
 use super::upload::{self, BlockSource, Upload, MAX_READS, MAX_SERVE_QUEUE};
 use super::{PeerControl, PeerExit, PeerSettings, PeerSetup, PeerStats, ServeFilter, Stop};
 use crate::buffers::BlockPool;
@@ -124,6 +124,8 @@ struct Peer {
     rates: RateMeter,
     /// Both sides' pieces, choke and interest.
     remote: Remote,
+    /// When the connection has become useless to both sides.
+    redundancy: Redundancy,
     /// The request pipeline.
     download: Download,
     /// The peer's requests.
@@ -223,6 +225,7 @@ where
         traffic: Traffic::new(now),
         rates: RateMeter::new(now),
         remote: Remote::new((*initial_have).clone()),
+        redundancy: Redundancy::new(now),
         upload: Upload::new(),
     };
     // Our pieces so far; a super-seeding seed hides them before its first message.
@@ -379,7 +382,9 @@ impl Peer {
             // on to the socket it wraps).
             stream.close().await?;
             // Read (and drop) until the peer closes, so unread input does not turn into a reset.
-            let mut sink = [0u8; 4096];
+            // On the heap: an array here would be part of every peer task's state, for the
+            // whole life of the connection (4 KiB each, two per connection in one process).
+            let mut sink = vec![0u8; 4096];
             while stream.read(&mut sink).await? > 0 {}
             Ok::<(), io::Error>(())
         };
@@ -808,7 +813,23 @@ impl Peer {
             log::debug!("peer {}: {} requests timed out", self.addr, blocks.len());
             self.release(blocks).await?;
         }
-        Ok(())
+        self.close_if_redundant(now)
+    }
+
+    /// Ends a connection that is of no use to either side any more (see [`Redundancy`]).
+    fn close_if_redundant(&mut self, now: Instant) -> Result<(), Stop> {
+        let complete = self.shared.is_complete();
+        if complete {
+            // The peer is judged against every piece we have.
+            self.catch_up_haves(true);
+        }
+        match self.redundancy.check(now, complete, &self.remote) {
+            Some(why) => {
+                self.stats.redundant.store(true, Ordering::Relaxed);
+                Err(Stop::Local(why.into()))
+            }
+            None => Ok(()),
+        }
     }
 
     /// Sets the request queue depth and the read buffer's size from the download rate since

@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 use std::io;
 
-use shoal_engine::lengths::BlockInfo;
+use shoal_engine::lengths::{BlockInfo, BLOCK_LEN};
 use shoal_engine::picker::PeerKey;
 use shoal_engine::wire::{piece_header, Message};
 
@@ -31,8 +31,14 @@ const MAX_READ_RUN: usize = 64;
 /// Bytes before a block's data in a PIECE message (`piece_header`): length, id, index, begin.
 const PIECE_HEADER_LEN: usize = 13;
 
-/// Stop reading blocks for this peer while this many bytes wait to be sent: at least this...
+/// Stop reading blocks for this peer while this many bytes wait to be sent: this much until
+/// its upload rate is measured...
 const WRITE_HIGH_WATER: usize = 256 * 1024;
+
+/// ...at least this once it is (a quarter second of a slow peer's rate is less): four blocks,
+/// enough for one vectored read and one write per wake-up. Thousands of unchoked connections
+/// each holding 256 KiB (and a doubled `Vec` of 512 KiB) were most of the swarm bench's memory.
+const MIN_WRITE_HIGH_WATER: usize = 64 * 1024;
 
 /// ...and up to this for a fast peer (a quarter second of its upload rate): fewer, larger
 /// writes and wake-ups per byte (5% less CPU on both sides at 600 MB/s), while slow peers keep
@@ -153,7 +159,15 @@ impl Upload {
     pub(super) fn handle_rate(&mut self, up_rate: u64) {
         self.write_high_water = usize::try_from(up_rate / 4)
             .unwrap_or(usize::MAX)
-            .clamp(WRITE_HIGH_WATER, MAX_WRITE_HIGH_WATER);
+            .clamp(MIN_WRITE_HIGH_WATER, MAX_WRITE_HIGH_WATER);
+    }
+
+    /// The most the write buffer holds once filled to the mark: the mark, the last block read
+    /// past it, and a header per block.
+    fn write_capacity(&self) -> usize {
+        let block = BLOCK_LEN as usize;
+        let blocks = self.write_high_water / block + 2;
+        self.write_high_water + block + blocks * PIECE_HEADER_LEN
     }
 
     /// Serves queued requests while the write buffer is below the mark: straight from the page
@@ -165,6 +179,11 @@ impl Upload {
         out: &mut WriteBuf,
         mut uploaded: impl FnMut(BlockInfo),
     ) {
+        if self.queue.is_empty() || out.unsent() >= self.write_high_water {
+            return;
+        }
+        // Room for what the mark allows, exactly (see `WriteBuf::make_room`).
+        out.make_room(self.write_capacity());
         while out.unsent() < self.write_high_water {
             let Some(&block) = self.queue.front() else {
                 break;
@@ -439,6 +458,30 @@ mod tests {
         up.serve(&src, &mut out, |_| {});
         assert_eq!(out.unsent(), 64 * (16384 + 13), "a fast peer: 1 MiB queued");
         assert!(!up.is_idle());
+    }
+
+    #[test]
+    fn a_slow_peer_gets_a_small_mark_and_the_buffer_never_doubles() {
+        let src = Memory::default();
+        let mut up = Upload::new();
+        let mut out = WriteBuf::default();
+        for i in 0..128 {
+            up.handle_request(block(i / 16, i % 16), true, true, &mut out)
+                .unwrap();
+        }
+        up.serve(&src, &mut out, |_| {});
+        let cap = out.bytes_mut().capacity();
+        assert!(
+            cap < 256 * 1024 + 32 * 1024,
+            "no doubling past the mark: {cap}"
+        );
+        out.advance(out.unsent());
+        // 100 KiB/s: a quarter second is less than the floor.
+        up.handle_rate(100 << 10);
+        up.serve(&src, &mut out, |_| {});
+        assert_eq!(out.unsent(), 4 * (16384 + 13), "64 KiB queued");
+        let cap = out.bytes_mut().capacity();
+        assert!(cap < 96 * 1024, "the bigger buffer was given back: {cap}");
     }
 
     #[test]

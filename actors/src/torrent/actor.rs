@@ -600,7 +600,9 @@ impl State {
         if failed_to_connect {
             self.swarm.connect_failed(entry.addr, Instant::now());
         } else {
-            let seed = entry.stats.peer_is_seed.load(Ordering::Relaxed);
+            // A peer we parted from as useless is skipped like a seed while we want no more.
+            let seed = entry.stats.peer_is_seed.load(Ordering::Relaxed)
+                || entry.stats.redundant.load(Ordering::Relaxed);
             self.swarm.disconnected(entry.addr, Instant::now(), seed);
         }
         if !failed_to_connect {
