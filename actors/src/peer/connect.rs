@@ -473,16 +473,18 @@ mod tests {
     }
 
     #[test]
-    fn encrypted_both_ways_when_both_allow_it() {
-        for (dial, answer) in [
-            (Encryption::Prefer, Encryption::Prefer),
-            (Encryption::Require, Encryption::Prefer),
-            (Encryption::Prefer, Encryption::Require),
-            (Encryption::Require, Encryption::Require),
+    fn encrypted_both_ways_when_either_side_requires_it() {
+        // Prefer to prefer: the MSE handshake, then plaintext (the answer selects plaintext
+        // when offered both, as libtorrent does by default): RC4 only for peers that insist.
+        for (dial, answer, rc4) in [
+            (Encryption::Prefer, Encryption::Prefer, false),
+            (Encryption::Require, Encryption::Prefer, true),
+            (Encryption::Prefer, Encryption::Require, true),
+            (Encryption::Require, Encryption::Require, true),
         ] {
             let (out, inc) = pair_with(hs(1, 2), hs(1, 3), dial, answer);
             let (out, inc) = (out.unwrap(), inc.unwrap());
-            assert_eq!((out.0, inc.0), (true, true), "{dial:?} -> {answer:?}");
+            assert_eq!((out.0, inc.0), (rc4, rc4), "{dial:?} -> {answer:?}");
             assert_eq!(out.1.peer_id, PeerId([3; 20]));
             assert_eq!(inc.1.peer_id, PeerId([2; 20]));
         }
