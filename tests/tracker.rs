@@ -213,14 +213,7 @@ fn a_loopback_session_announces_only_to_trackers_on_this_machine() {
     use shoal_engine::metainfo::Metainfo;
 
     let local = server(3600);
-    // This host's outward IPv4 address: the source address of a route to a documentation
-    // address (a UDP connect sends nothing).
-    let outward = std::net::UdpSocket::bind("0.0.0.0:0")
-        .and_then(|u| u.connect("192.0.2.1:9").map(|()| u))
-        .and_then(|u| u.local_addr())
-        .map(|a| a.ip())
-        .ok()
-        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified());
+    let outward = common::outward_ipv4();
     let watch =
         outward.map(|ip| TcpListener::bind((ip, 0)).expect("listen on the outward address"));
     let remote = match &watch {

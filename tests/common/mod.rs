@@ -157,6 +157,18 @@ impl Drop for ChildGuard {
     }
 }
 
+/// This host's outward IPv4 address, if it has one: the source address of a route to a
+/// documentation address (a UDP connect sends nothing). A listener there stands for a remote
+/// host that a loopback session must never contact: a contact would be seen.
+pub fn outward_ipv4() -> Option<std::net::IpAddr> {
+    std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|u| u.connect("192.0.2.1:9").map(|()| u))
+        .and_then(|u| u.local_addr())
+        .map(|a| a.ip())
+        .ok()
+        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+}
+
 /// A fresh temporary folder, removed when dropped.
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::Builder::new()
