@@ -181,14 +181,7 @@ impl DhtNode {
     }
 
     fn tell(&self, msg: DhtMsg) {
-        if let Err(TrySendError::Full(msg)) = self.addr.try_send(msg) {
-            let addr = self.addr.clone();
-            self.spawner
-                .spawn(async move {
-                    let _ = addr.send(msg).await;
-                })
-                .detach();
-        }
+        self.addr.tell(msg, &self.spawner);
     }
 
     /// The node's counters (`None` once it has stopped).

@@ -146,14 +146,7 @@ impl Lsd {
     }
 
     fn tell(&self, msg: LsdMsg) {
-        if let Err(TrySendError::Full(msg)) = self.addr.try_send(msg) {
-            let addr = self.addr.clone();
-            self.spawner
-                .spawn(async move {
-                    let _ = addr.send(msg).await;
-                })
-                .detach();
-        }
+        self.addr.tell(msg, &self.spawner);
     }
 
     /// Stops the actor.

@@ -121,6 +121,23 @@ impl<M> Addr<M> {
         })
     }
 
+    /// Sends without waiting: when the mailbox is full, a task on `spawner` waits to deliver
+    /// it (so a caller that must not block, such as the session adding a torrent, never does).
+    /// A message to an ended actor is dropped.
+    pub fn tell(&self, msg: M, spawner: &Spawner)
+    where
+        M: Send + 'static,
+    {
+        if let Err(TrySendError::Full(msg)) = self.try_send(msg) {
+            let addr = self.clone();
+            spawner
+                .spawn(async move {
+                    let _ = addr.send(msg).await;
+                })
+                .detach();
+        }
+    }
+
     /// Sends a request built by `make` around a fresh reply port and waits for the answer.
     pub async fn call<R>(&self, make: impl FnOnce(ReplyTo<R>) -> M) -> Result<R, Gone> {
         let (reply, answer) = reply_port();
