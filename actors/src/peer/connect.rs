@@ -474,10 +474,8 @@ mod tests {
 
     #[test]
     fn encrypted_both_ways_when_either_side_requires_it() {
-        // Prefer to prefer: the MSE handshake, then plaintext (the answer selects plaintext
-        // when offered both, as libtorrent does by default): RC4 only for peers that insist.
         for (dial, answer, rc4) in [
-            (Encryption::Prefer, Encryption::Prefer, false),
+            (Encryption::Prefer, Encryption::Prefer, true),
             (Encryption::Require, Encryption::Prefer, true),
             (Encryption::Prefer, Encryption::Require, true),
             (Encryption::Require, Encryption::Require, true),

@@ -16,10 +16,7 @@ use shoal_engine::InfoHash;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Encryption {
     /// Dial encrypted and fall back to plaintext (one plain redial) when the peer refuses;
-    /// accept both. The handshake is always obfuscated when MSE is spoken; the stream after it
-    /// is RC4 only when the peer offers nothing else (answering, we select plaintext when
-    /// offered both, as libtorrent does by default; dialling, we offer both and the peer
-    /// chooses).
+    /// accept both. RC4 is chosen whenever the other side offers it.
     #[default]
     Prefer,
     /// Only RC4-encrypted connections, both ways: plaintext peers are neither dialled nor
@@ -33,7 +30,7 @@ impl Encryption {
     /// The engine's policy for a handshake under this setting (`None`: no MSE at all).
     pub(crate) fn policy(self) -> Option<Policy> {
         match self {
-            Encryption::Prefer => Some(Policy::Either),
+            Encryption::Prefer => Some(Policy::PreferRc4),
             Encryption::Require => Some(Policy::RequireRc4),
             Encryption::Off => None,
         }
