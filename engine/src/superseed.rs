@@ -319,6 +319,10 @@ impl SuperSeed {
             })
             .map(|(&k, _)| k)
             .collect();
+        // Those holding the fewest offers first (a peer with none before one with a spare),
+        // in a fixed order: the map's own order is random.
+        let mut stalled = stalled;
+        stalled.sort_by_key(|k| (self.peers[k].offers.len(), k.0));
         for k in stalled {
             let p = self.peers.get_mut(&k).expect("present");
             p.moved = now;
