@@ -4,6 +4,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -92,6 +93,20 @@ fn the_tracker_survives_running_out_of_file_descriptors() {
 
 #[test]
 fn downloaders_finish_after_a_one_copy_seeder_leaves() {
+    let (dir, torrent) = one_copy_swarm("prefer");
+    verify_finds_a_damaged_piece(&dir, &torrent);
+}
+
+/// The same swarm with every connection MSE-handshaken, then plaintext (`--encryption allow`
+/// on all four).
+#[test]
+fn downloaders_finish_after_a_one_copy_seeder_leaves_with_plaintext_after_mse() {
+    one_copy_swarm("allow");
+}
+
+/// Three downloaders, then a `--stop-after-one-copy` seeder, all under `--encryption
+/// encryption`; each downloader finishes byte-exact. Returns the folder and the torrent.
+fn one_copy_swarm(encryption: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = common::tempdir();
     let content = dir.path().join("album");
     common::write_random_file(&content.join("one.bin"), 5 * 1024 * 1024 + 3, 11);
@@ -121,7 +136,7 @@ fn downloaders_finish_after_a_one_copy_seeder_leaves() {
             let mut cmd = Command::new(shoal_bin());
             cmd.args(["download", torrent.to_str().unwrap(), "-o"])
                 .arg(dir.path().join(format!("dl{i}")))
-                .args(["--listen", "127.0.0.1:0"])
+                .args(["--listen", "127.0.0.1:0", "--encryption", encryption])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
             ChildGuard::spawn(cmd)
@@ -135,7 +150,7 @@ fn downloaders_finish_after_a_one_copy_seeder_leaves() {
         content.to_str().unwrap(),
         "--stop-after-one-copy",
     ])
-    .args(["--listen", "127.0.0.1:0"])
+    .args(["--listen", "127.0.0.1:0", "--encryption", encryption])
     .stdout(Stdio::null())
     .stderr(Stdio::piped());
     let mut seeder = ChildGuard::spawn(seed);
@@ -155,8 +170,12 @@ fn downloaders_finish_after_a_one_copy_seeder_leaves() {
             assert!(a == b, "downloader {i}: {f} differs");
         }
     }
+    (dir, torrent)
+}
 
-    // `verify` agrees, and points at a piece we damage.
+/// `verify` agrees with a finished download of [`one_copy_swarm`], and points at a piece we
+/// damage.
+fn verify_finds_a_damaged_piece(dir: &tempfile::TempDir, torrent: &Path) {
     let copy = dir.path().join("dl0/album");
     let ok = shoal(&["verify", torrent.to_str().unwrap(), copy.to_str().unwrap()]);
     assert!(

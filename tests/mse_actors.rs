@@ -215,6 +215,61 @@ fn shoal_requiring_encryption_serves_only_rc4_libtorrent() {
     assert_same_content(&setup.content, &out.join(setup.name()));
 }
 
+/// A libtorrent downloader with its default policy (MSE offered with both levels) against
+/// `shoal seed` under `policy`: byte-exact, and whether libtorrent saw an RC4 peer, a peer
+/// whose MSE handshake chose plaintext, or neither.
+fn lt_enabled_from_shoal(name: &str, policy: &str, seed: u64) -> (u64, u64) {
+    let setup = Setup::new(name, 3 * MIB + 99, 32 * KIB, seed, None);
+    let (_shoal, listen, shoal_log) =
+        shoal_seeder(&setup, &["--no-trackers", "--encryption", policy]);
+    let peers = [listen];
+    let out = setup.out();
+    let lt_log = setup.path("libtorrent-enabled.log");
+    let mut lt = Libtorrent {
+        peers: &peers,
+        encryption: LtEncryption::Enabled,
+        // 3 MiB/s: the transfer lasts long enough for libtorrent to sample its peers.
+        download_limit: 3 * MIB,
+        ..Libtorrent::default()
+    }
+    .spawn(&setup.torrent, &out, free_port(), &lt_log);
+    wait_success(
+        &mut lt,
+        FAST_CLIENT,
+        "libtorrent download",
+        &[&lt_log, &shoal_log],
+    );
+    assert_same_content(&setup.content, &out.join(setup.name()));
+    let text = std::fs::read_to_string(&lt_log).unwrap();
+    let seen = |key: &str| {
+        let at = text
+            .rfind(&format!("\"{key}\": "))
+            .unwrap_or_else(|| panic!("no {key} in the libtorrent log:\n{text}"));
+        text[at + key.len() + 4..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{key} is not a number in:\n{text}"))
+    };
+    (seen("rc4_seen"), seen("obfuscated_seen"))
+}
+
+/// `prefer` (the default) chooses RC4 when a default libtorrent offers both; `allow` chooses
+/// plaintext after the MSE handshake, as libtorrent itself does.
+#[test]
+fn prefer_answers_a_default_libtorrent_with_rc4_and_allow_with_plaintext() {
+    let (rc4, obfuscated) = lt_enabled_from_shoal("lt-prefer", "prefer", 23);
+    assert!(
+        rc4 >= 1 && obfuscated == 0,
+        "prefer: rc4_seen {rc4}, obfuscated_seen {obfuscated}"
+    );
+    let (rc4, obfuscated) = lt_enabled_from_shoal("lt-allow", "allow", 24);
+    assert!(
+        rc4 == 0 && obfuscated >= 1,
+        "allow: rc4_seen {rc4}, obfuscated_seen {obfuscated}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Transmission and aria2, through opentracker
 

@@ -193,6 +193,12 @@ pub enum PickerMsg {
         /// Whether it is on.
         on: bool,
     },
+    /// How many of our verified pieces no connected peer has, while some peer is connected
+    /// (0 when none is): a finished download stays while this is above 0, to hand them over.
+    SoleCopies {
+        /// The answer.
+        reply: ReplyTo<u32>,
+    },
     /// Which pieces are verified now.
     Verified {
         /// The answer.
@@ -548,6 +554,11 @@ impl State {
                 }
             }
             PickerMsg::Verified { reply } => reply.send(self.policy.have().clone()),
+            PickerMsg::SoleCopies { reply } => reply.send(if self.peers.is_empty() {
+                0
+            } else {
+                self.policy.sole_copies()
+            }),
             PickerMsg::Shutdown { .. } => unreachable!("handled by the loop"),
         }
     }

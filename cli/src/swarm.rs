@@ -69,7 +69,9 @@ pub struct SwarmOptions {
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub announce_interval: Option<u64>,
     /// Message stream encryption (MSE/PE): prefer (dial encrypted, fall back to plaintext,
-    /// accept both), require (encrypted only, both ways) or off (plaintext only).
+    /// accept both, choose RC4 when offered), allow (as prefer, but choose plaintext when
+    /// offered both, as libtorrent does: an obfuscated handshake, no RC4 cost), require
+    /// (encrypted only, both ways) or off (plaintext only).
     #[arg(long, default_value = "prefer", value_name = "POLICY")]
     pub encryption: Encryption,
 }
@@ -775,6 +777,73 @@ const NO_PEERS_AGAIN: Duration = Duration::from_secs(60);
 /// can hand out thousands of dead addresses).
 const FAILURES_REMEMBERED: usize = 256;
 
+/// The longest a finished download stays to hand over pieces that only it holds.
+const HAND_OVER_MAX: Duration = Duration::from_secs(10);
+
+/// The hand-over ends early once nothing has been uploaded for this long: the peers that
+/// lack those pieces are not asking for them (they skip those files, or choke us).
+const HAND_OVER_IDLE: Duration = Duration::from_secs(2);
+
+/// Before a finished download exits: while some of our pieces are held by none of the
+/// connected peers, stay (up to [`HAND_OVER_MAX`]) and serve them. Without it, a downloader
+/// that took a piece from a seeder that has since left would take the swarm's only copy with
+/// it. Ends at once when no such piece exists (a download from a seed), and on a signal
+/// (the download is complete either way).
+async fn hand_over(torrent: &Torrent, signals: &mut Signals) {
+    let start = Instant::now();
+    let mut said = false;
+    let mut uploaded = (torrent.progress().uploaded, start);
+    loop {
+        let sole = torrent.sole_copies().await;
+        let now = Instant::now();
+        let up = torrent.progress().uploaded;
+        if up != uploaded.0 {
+            uploaded = (up, now);
+        }
+        if sole == 0
+            || now.duration_since(start) >= HAND_OVER_MAX
+            || now.duration_since(uploaded.1) >= HAND_OVER_IDLE
+        {
+            if said {
+                say(&format!(
+                    "shoal: leaving after {:.1} s{}",
+                    now.duration_since(start).as_secs_f64(),
+                    if sole == 0 {
+                        String::new()
+                    } else {
+                        format!(
+                            ", {} still held only here",
+                            count(u64::from(sole), "piece", "pieces")
+                        )
+                    }
+                ));
+            }
+            return;
+        }
+        if !said {
+            say(&format!(
+                "shoal: {} held by none of the connected peers; staying up to {} s to pass \
+                 them on (Ctrl-C leaves now)",
+                count(u64::from(sole), "piece", "pieces"),
+                HAND_OVER_MAX.as_secs()
+            ));
+            said = true;
+        }
+        let signal = async {
+            smol::Timer::after(Duration::from_millis(50)).await;
+            false
+        }
+        .or(async {
+            next_signal(signals).await;
+            true
+        })
+        .await;
+        if signal {
+            return;
+        }
+    }
+}
+
 /// Shows progress until the torrent completes (for [`Goal::Download`]), stops, or a signal
 /// comes; says which peers cannot be reached and why, and when there are none.
 async fn watch(
@@ -880,6 +949,7 @@ async fn watch(
             }
             say(&complete_line(torrent, name, &start, &p));
             if goal == Goal::Download {
+                hand_over(torrent, signals).await;
                 break Ok(End::Complete);
             }
             say("shoal: seeding until interrupted (Ctrl-C)");

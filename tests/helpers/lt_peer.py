@@ -17,7 +17,8 @@ unless --no-trackers.
 Prints one JSON object a line on stdout, flushed:
     {"event": "status", "state", "progress", "pieces", "num_pieces", "peers", "down", "up",
      "clients": names of the connected peers' clients,
-     "rc4": how many connected peers use RC4, "rc4_seen": the most at once so far}
+     "rc4": how many connected peers use RC4, "rc4_seen": the most at once so far,
+     "obfuscated_seen": the most peers at once whose MSE handshake chose plaintext}
       every half second;
     (status also has "pex_peers": connected peers libtorrent learned through peer exchange,
      "pex_seen": the most at once so far, and "metadata": whether the metadata is here);
@@ -68,6 +69,11 @@ def peer_clients(h):
 def rc4_peers(h):
     """How many connected peers libtorrent reports as RC4-encrypted."""
     return sum(1 for p in h.get_peer_info() if p.flags & lt.peer_info.rc4_encrypted)
+
+
+def obfuscated_peers(h):
+    """How many connected peers libtorrent reports as MSE-handshaken, then plaintext."""
+    return sum(1 for p in h.get_peer_info() if p.flags & lt.peer_info.plaintext_encrypted)
 
 
 def utp_peers(h):
@@ -184,6 +190,7 @@ def main():
     # Client names of every peer seen, sampled often: a transfer can be over in a second.
     seen = set()
     rc4_seen = 0
+    obfuscated_seen = 0
     utp_seen = 0
     pex_seen = 0
     said_metadata = False
@@ -211,6 +218,7 @@ def main():
         seen.update(c for c in clients if c)
         rc4 = rc4_peers(h)
         rc4_seen = max(rc4_seen, rc4)
+        obfuscated_seen = max(obfuscated_seen, obfuscated_peers(h))
         utp_seen = max(utp_seen, utp_peers(h))
         pex = pex_peers(h)
         pex_seen = max(pex_seen, pex)
@@ -224,6 +232,7 @@ def main():
                     event="finished",
                     clients_seen=sorted(seen),
                     rc4_seen=rc4_seen,
+                    obfuscated_seen=obfuscated_seen,
                     utp_seen=utp_seen,
                     pex_peers=pex,
                     pex_seen=pex_seen,
@@ -239,6 +248,7 @@ def main():
                     clients=clients,
                     rc4=rc4,
                     rc4_seen=rc4_seen,
+                    obfuscated_seen=obfuscated_seen,
                     utp_seen=utp_seen,
                     pex_peers=pex,
                     pex_seen=pex_seen,

@@ -209,7 +209,7 @@ pub(crate) async fn accept<S: PeerStream>(
 /// `encryption` says), then exchanges handshakes. `ours` names the torrent and our peer id; the
 /// remote handshake must name the same torrent and another peer id.
 ///
-/// Under [`Encryption::Prefer`] a dial that connects but whose MSE handshake fails (the peer
+/// Under [`Encryption::Prefer`] and [`Encryption::Allow`] a dial that connects but whose MSE handshake fails (the peer
 /// hangs up on it, or speaks no MSE) is tried once more in plaintext.
 pub(crate) async fn establish(
     start: Start,
@@ -284,7 +284,7 @@ async fn dial_and_greet(
                     transport,
                 });
             }
-            Err(e) if encryption == Encryption::Prefer => {
+            Err(e) if encryption.redials_plain() => {
                 log::debug!(
                     "{addr}: mse over {} failed ({e}); redialling in plaintext",
                     transport.as_str()
@@ -439,7 +439,7 @@ mod tests {
                     let (tcp, from) = listener.accept().await?;
                     let accepted = match accept(tcp, from, Transport::Tcp, &known).await {
                         Ok(a) => a,
-                        Err(e) if dial == Encryption::Prefer => {
+                        Err(e) if dial.redials_plain() => {
                             let _ = e;
                             continue;
                         }
@@ -473,12 +473,17 @@ mod tests {
     }
 
     #[test]
-    fn encrypted_both_ways_when_either_side_requires_it() {
+    fn rc4_when_either_side_requires_or_the_answerer_prefers_it() {
         for (dial, answer, rc4) in [
             (Encryption::Prefer, Encryption::Prefer, true),
             (Encryption::Require, Encryption::Prefer, true),
             (Encryption::Prefer, Encryption::Require, true),
             (Encryption::Require, Encryption::Require, true),
+            (Encryption::Allow, Encryption::Require, true),
+            (Encryption::Require, Encryption::Allow, true),
+            (Encryption::Allow, Encryption::Prefer, true),
+            (Encryption::Allow, Encryption::Allow, false),
+            (Encryption::Prefer, Encryption::Allow, false),
         ] {
             let (out, inc) = pair_with(hs(1, 2), hs(1, 3), dial, answer);
             let (out, inc) = (out.unwrap(), inc.unwrap());

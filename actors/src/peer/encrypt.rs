@@ -19,6 +19,10 @@ pub enum Encryption {
     /// accept both. RC4 is chosen whenever the other side offers it.
     #[default]
     Prefer,
+    /// As [`Encryption::Prefer`], except that plaintext is chosen when the other side offers
+    /// both (libtorrent's default): the handshake and the info hash are hidden, the stream is
+    /// not, and no CPU goes to RC4.
+    Allow,
     /// Only RC4-encrypted connections, both ways: plaintext peers are neither dialled nor
     /// accepted.
     Require,
@@ -27,10 +31,16 @@ pub enum Encryption {
 }
 
 impl Encryption {
+    /// Whether a dial whose MSE handshake fails is tried once more in plaintext.
+    pub(crate) fn redials_plain(self) -> bool {
+        matches!(self, Encryption::Prefer | Encryption::Allow)
+    }
+
     /// The engine's policy for a handshake under this setting (`None`: no MSE at all).
     pub(crate) fn policy(self) -> Option<Policy> {
         match self {
             Encryption::Prefer => Some(Policy::PreferRc4),
+            Encryption::Allow => Some(Policy::Either),
             Encryption::Require => Some(Policy::RequireRc4),
             Encryption::Off => None,
         }
@@ -43,10 +53,11 @@ impl std::str::FromStr for Encryption {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "prefer" => Ok(Encryption::Prefer),
+            "allow" => Ok(Encryption::Allow),
             "require" => Ok(Encryption::Require),
             "off" => Ok(Encryption::Off),
             other => Err(format!(
-                "unknown encryption policy {other:?} (prefer, require or off)"
+                "unknown encryption policy {other:?} (prefer, allow, require or off)"
             )),
         }
     }
@@ -454,6 +465,7 @@ mod tests {
     #[test]
     fn policies_parse() {
         assert_eq!("prefer".parse::<Encryption>(), Ok(Encryption::Prefer));
+        assert_eq!("allow".parse::<Encryption>(), Ok(Encryption::Allow));
         assert_eq!("require".parse::<Encryption>(), Ok(Encryption::Require));
         assert_eq!("off".parse::<Encryption>(), Ok(Encryption::Off));
         assert!("rc4".parse::<Encryption>().is_err());

@@ -232,6 +232,10 @@ pub(super) async fn run(
                 st.dial();
             }
             Ev::Msg(Some(TorrentMsg::Peers(reply))) => reply.send(st.peer_infos()),
+            Ev::Msg(Some(TorrentMsg::SoleCopies(reply))) => {
+                // The picker answers the caller itself: the torrent does not wait on it.
+                let _ = st.picker.send(PickerMsg::SoleCopies { reply }).await;
+            }
             Ev::Msg(Some(TorrentMsg::Trackers(reply))) => {
                 reply.send(st.tracker.as_ref().map(|t| t.status()).unwrap_or_default())
             }

@@ -436,6 +436,7 @@ impl Fetcher {
                         self.spawn(addr, Start::Accepted(accepted));
                     }
                     TorrentMsg::Peers(reply) => reply.send(Vec::new()),
+                    TorrentMsg::SoleCopies(reply) => reply.send(0),
                     TorrentMsg::Trackers(reply) => reply.send(Vec::new()),
                     TorrentMsg::Pause(reply) => {
                         self.paused = true;

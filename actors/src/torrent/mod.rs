@@ -267,6 +267,8 @@ pub(crate) enum TorrentMsg {
     AddPeers(Vec<SocketAddr>),
     /// The connected peers.
     Peers(ReplyTo<Vec<PeerInfo>>),
+    /// How many of our pieces no connected peer has (see [`Torrent::sole_copies`]).
+    SoleCopies(ReplyTo<u32>),
     /// The trackers' status (empty while the tracker client does not run).
     Trackers(ReplyTo<Vec<crate::tracker::TrackerStatus>>),
     /// Stop the peers and trackers, keep every piece.
@@ -291,6 +293,7 @@ impl fmt::Debug for TorrentMsg {
             Self::Incoming(a) => write!(f, "Incoming({})", a.addr()),
             Self::AddPeers(p) => write!(f, "AddPeers({})", p.len()),
             Self::Peers(_) => write!(f, "Peers"),
+            Self::SoleCopies(_) => write!(f, "SoleCopies"),
             Self::Trackers(_) => write!(f, "Trackers"),
             Self::Pause(_) => write!(f, "Pause"),
             Self::Resume(_) => write!(f, "Resume"),
@@ -563,6 +566,14 @@ impl Torrent {
     /// The connected peers.
     pub async fn peers(&self) -> Vec<PeerInfo> {
         self.addr.call(TorrentMsg::Peers).await.unwrap_or_default()
+    }
+
+    /// How many of our verified pieces none of the connected peers has (0 when no peer is
+    /// connected). A download that leaves the swarm while this is above 0 takes the only copy
+    /// those peers know of with it: `shoal download` waits a few seconds for it to reach 0
+    /// before exiting (see DESIGN.md, "Leaving the swarm").
+    pub async fn sole_copies(&self) -> u32 {
+        self.addr.call(TorrentMsg::SoleCopies).await.unwrap_or(0)
     }
 
     /// Stops the torrent: tells the trackers, closes the peers, writes what is in flight and

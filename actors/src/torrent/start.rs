@@ -191,6 +191,7 @@ pub(super) async fn launch(
                     reply.send(());
                 }
                 TorrentMsg::Peers(reply) => reply.send(Vec::new()),
+                TorrentMsg::SoleCopies(reply) => reply.send(0),
                 TorrentMsg::Trackers(reply) => reply.send(Vec::new()),
                 TorrentMsg::SetWanted(w, reply) => {
                     // A later selection replaces an earlier one, whose caller is done.
@@ -221,6 +222,7 @@ pub(super) async fn launch(
                         r.send(())
                     }
                     TorrentMsg::Peers(r) => r.send(Vec::new()),
+                    TorrentMsg::SoleCopies(r) => r.send(0),
                     TorrentMsg::Trackers(r) => r.send(Vec::new()),
                     TorrentMsg::SetWanted(_, r) => r.send(Err(crate::error::Error::Stopped)),
                     TorrentMsg::AddPeers(_)

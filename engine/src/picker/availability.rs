@@ -54,9 +54,8 @@ impl Availability {
         }
     }
 
-    /// How many connected peers have `piece` (0 out of range); for tests.
-    #[cfg(test)]
-    pub(super) fn get(&self, piece: u32) -> u32 {
+    /// How many connected peers have `piece` (0 out of range).
+    pub(super) fn count(&self, piece: u32) -> u32 {
         self.avail.get(piece as usize).copied().unwrap_or(0)
     }
 
@@ -272,8 +271,8 @@ mod tests {
         assert_eq!(av.rarest(0, &mut rng, |p| p == 2 || p == 0), Some(0));
         assert_eq!(av.rarest(0, &mut rng, |p| p == 2), Some(2));
         av.dec(2); // below zero: ignored
-        assert_eq!(av.get(2), 0);
-        assert_eq!(av.get(99), 0);
+        assert_eq!(av.count(2), 0);
+        assert_eq!(av.count(99), 0);
         av.check();
     }
 

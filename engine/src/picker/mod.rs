@@ -263,6 +263,16 @@ impl Picker {
             .all(|p| self.avail.class_len(p.class()) == 0)
     }
 
+    /// How many of our verified pieces no connected peer has: were we to leave now, the peers
+    /// that lack them could not get them from anyone they know. O(pieces); a finished download
+    /// asks it while it hands over such pieces before exiting.
+    pub fn sole_copies(&self) -> u32 {
+        self.have
+            .iter_ones()
+            .filter(|&p| self.avail.count(p) == 0)
+            .count() as u32
+    }
+
     /// The priority of `piece` ([`Priority::Skip`] out of range).
     pub fn piece_priority(&self, piece: u32) -> Priority {
         self.priority

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 impl Picker {
     /// How many connected peers have `piece` (0 out of range).
     fn availability(&self, piece: u32) -> u32 {
-        self.avail.get(piece)
+        self.avail.count(piece)
     }
 
     /// Blocks of wanted (not skipped) unverified pieces that have not been received.
@@ -782,4 +782,24 @@ proptest! {
             prop_assert_eq!(pk.is_complete_wanted(), !wanted_left);
         }
     }
+}
+
+#[test]
+fn sole_copies_are_our_pieces_no_connected_peer_has() {
+    let l = lengths(10, 1);
+    let mut pk = Picker::with_seed(l, bf(10, 0..6), 1);
+    assert_eq!(pk.sole_copies(), 6, "nobody connected has any");
+    pk.peer_bitfield(&bf(10, [0, 1, 7]));
+    pk.peer_bitfield(&bf(10, [1, 2]));
+    assert_eq!(pk.sole_copies(), 3, "pieces 3, 4, 5");
+    pk.peer_have(3);
+    assert_eq!(pk.sole_copies(), 2);
+    pk.peer_gone(PeerKey(9), &bf(10, [0, 1, 7]));
+    assert_eq!(
+        pk.sole_copies(),
+        3,
+        "piece 0 left with its only other holder"
+    );
+    pk.peer_bitfield(&Bitfield::full(10));
+    assert_eq!(pk.sole_copies(), 0, "a seed holds every piece");
 }
