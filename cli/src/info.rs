@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 use shoal_engine::metainfo::{MetaVersion, Metainfo, MAX_METAINFO_LEN};
 
-use crate::display::printable;
+use crate::display::{count, printable};
 use crate::{outln, CliResult};
 
 /// Arguments of `shoal info`.
@@ -204,9 +204,17 @@ pub fn run(args: Args) -> CliResult {
     for url in &meta.url_list {
         outln!("web seed:      {}", printable(url))?;
     }
-    let pads = info.files.iter().filter(|f| f.pad).count();
-    if pads > 0 {
-        outln!("files ({}, and {pads} pad files):", info.files.len() - pads)?;
+    let pads = info.files.iter().filter(|f| f.pad).count() as u64;
+    // A v2-only torrent lists no pad files: its files start at piece boundaries by rule, and
+    // the pads we hold for that are our own bookkeeping.
+    if pads > 0 && info.version.has_v1() {
+        outln!(
+            "files ({}, and {}):",
+            info.files.len() as u64 - pads,
+            count(pads, "pad file", "pad files")
+        )?;
+    } else if pads > 0 {
+        outln!("files ({}):", info.files.len() as u64 - pads)?;
     } else {
         outln!("files ({}):", info.files.len())?;
     }
