@@ -321,11 +321,11 @@ impl Session {
     /// [`Progress::checked_pieces`]: crate::shared::Progress::checked_pieces
     pub fn start_torrent(&self, add: AddTorrent) -> Result<Torrent> {
         if add.metainfo.piece_hashes().is_none() {
-            // A v2-only torrent's pieces are checked against its piece layers; without them
-            // (peers would have to send them: hash requests are not spoken yet) nothing can be.
+            // A v2-only torrent's pieces are checked against its piece layers; a `.torrent`
+            // without them is refused (its magnet fetches them from peers, proved).
             return Err(Error::Failed(
-                "this v2 torrent (BEP 52) has no piece layers, and fetching them from peers is \
-                 not supported yet"
+                "this v2 torrent (BEP 52) has no piece layers: add it by its magnet link \
+                 (urn:btmh), which fetches them from peers"
                     .into(),
             ));
         }

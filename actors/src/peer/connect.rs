@@ -435,6 +435,17 @@ mod tests {
         dial: Encryption,
         answer: Encryption,
     ) -> (io::Result<(bool, Handshake)>, io::Result<(bool, Handshake)>) {
+        pair_also(ours_out, ours_in, (None, None), dial, answer)
+    }
+
+    /// Like [`pair_with`], each side also accepting a second info hash (a hybrid's other one).
+    fn pair_also(
+        ours_out: Handshake,
+        ours_in: Handshake,
+        (also_out, also_in): (Option<InfoHash>, Option<InfoHash>),
+        dial: Encryption,
+        answer: Encryption,
+    ) -> (io::Result<(bool, Handshake)>, io::Result<(bool, Handshake)>) {
         smol::block_on(async {
             let listener = smol::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
@@ -453,7 +464,8 @@ mod tests {
                     };
                     assert_eq!(accepted.addr(), from);
                     let mut e =
-                        establish(Start::Accepted(accepted), ours_in, None, answer, None).await?;
+                        establish(Start::Accepted(accepted), ours_in, also_in, answer, None)
+                            .await?;
                     e.stream.write_all(b"ping").await?;
                     e.stream.flush().await?;
                     let mut got = [0u8; 4];
@@ -463,7 +475,7 @@ mod tests {
                 }
             };
             let client = async {
-                let mut e = establish(Start::Dial(addr), ours_out, None, dial, None).await?;
+                let mut e = establish(Start::Dial(addr), ours_out, also_out, dial, None).await?;
                 let mut got = [0u8; 4];
                 e.stream.read_exact(&mut got).await?;
                 assert_eq!(&got, b"ping");
@@ -532,6 +544,32 @@ mod tests {
         let (out, inc) = pair(hs(1, 2), hs(1, 2));
         assert!(out.unwrap_err().to_string().contains("ourselves"));
         assert!(inc.unwrap_err().to_string().contains("ourselves"));
+    }
+
+    #[test]
+    fn a_hybrid_accepts_an_answer_naming_its_other_hash() {
+        // Dialled by the v1 hash (1) with the v2 bit, answered with the v2 hash (7): the BEP 52
+        // upgrade. Each side knows both hashes of the hybrid.
+        let (h1, h7) = (InfoHash([1; 20]), InfoHash([7; 20]));
+        let (out, inc) = pair_also(
+            hs(1, 2).with_v2(),
+            hs(7, 3).with_v2(),
+            (Some(h7), Some(h1)),
+            Encryption::Off,
+            Encryption::Prefer,
+        );
+        let (out, inc) = (out.unwrap().1, inc.unwrap().1);
+        assert_eq!((out.info_hash, inc.info_hash), (h7, h1));
+        assert!(out.supports_v2() && inc.supports_v2());
+        // Without the second hash, the same answer names another torrent.
+        let (out, _) = pair_also(
+            hs(1, 2).with_v2(),
+            hs(7, 3),
+            (None, Some(h1)),
+            Encryption::Off,
+            Encryption::Prefer,
+        );
+        assert!(out.unwrap_err().to_string().contains("info hash"));
     }
 
     #[test]
