@@ -351,6 +351,9 @@ fn libtorrent_downloads_v2_magnet(shape: Shape, name: &str, seed: u64) {
     let text = std::fs::read_to_string(&lt_log).unwrap();
     assert!(text.contains("\"event\": \"metadata\""), "{text}");
     assert_same_content(&src, &out.join(name));
+    // libtorrent had no piece layers: it asked shoal for them, and shoal answered.
+    let ours = std::fs::read_to_string(&log).unwrap();
+    assert!(ours.contains("answered a hash request"), "{ours}");
 }
 
 #[test]
@@ -506,6 +509,79 @@ fn lying_piece_layer_hashes_get_the_peer_banned_and_the_download_completes() {
             panic!("timed out in state {}", t.state());
         })
         .await;
+        leecher.shutdown().await;
+        seeder.shutdown().await;
+    });
+    assert_same_content(&src, &dir.path().join("out").join(name));
+}
+
+/// A hybrid magnet (btih and btmh) whose btmh hash is not the torrent's: the metadata the
+/// seeder sends matches the btih hash only, so the magnet is wrong, and the torrent says so in
+/// state `error` rather than starting. With the right btmh hash the same magnet downloads.
+#[test]
+fn a_hybrid_magnet_is_checked_against_both_hashes() {
+    use futures_lite::future;
+    use shoal::{AddMagnet, AddTorrent, Magnet, Metainfo, Session, SessionSettings, TorrentState};
+    use std::sync::Arc;
+    let dir = tempdir();
+    let name = "both.bin";
+    let src = content(dir.path(), name, Shape::Single, 42);
+    let torrent = dir.path().join("both.torrent");
+    shoal_create(&src, &torrent, "hybrid");
+    let meta = Arc::new(Metainfo::from_bytes(&std::fs::read(&torrent).unwrap()).unwrap());
+    let session = || {
+        Session::new(SessionSettings {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            threads: 1,
+            hasher_threads: 1,
+            disk_threads: 1,
+            ..SessionSettings::default()
+        })
+        .unwrap()
+    };
+    let seeder = session();
+    let seed = seeder
+        .add(AddTorrent::seed(meta.clone(), dir.path().join("src")))
+        .unwrap();
+    let good = Magnet::from_metainfo(&meta);
+    assert!(good.info_hash_v2.is_some() && !good.is_v2_only());
+    let mut wrong = good.clone();
+    wrong.info_hash_v2.as_mut().unwrap()[5] ^= 0x40;
+    let leecher = session();
+    let mut add = AddMagnet::new(wrong, dir.path().join("bad"));
+    add.peers = vec![seeder.local_addr()];
+    let t = leecher.add_magnet_with(add).unwrap();
+    leecher.block_on(async {
+        let run = async {
+            seed.wait_checked().await.unwrap();
+            while t.state() != TorrentState::Error {
+                smol::Timer::after(Duration::from_millis(50)).await;
+            }
+        };
+        future::or(run, async {
+            smol::Timer::after(TRANSFER).await;
+            panic!("timed out in state {}", t.state());
+        })
+        .await;
+    });
+    let err = t.error().expect("an error");
+    assert!(
+        err.contains("urn:btmh") && err.contains("magnet is wrong"),
+        "{err}"
+    );
+    assert!(!dir.path().join("bad").join(name).exists());
+    // The right pair of hashes downloads.
+    let other = session();
+    let mut add = AddMagnet::new(good, dir.path().join("out"));
+    add.peers = vec![seeder.local_addr()];
+    let t = other.add_magnet_with(add).unwrap();
+    other.block_on(async {
+        future::or(async { t.wait_complete().await.unwrap() }, async {
+            smol::Timer::after(TRANSFER).await;
+            panic!("timed out in state {}", t.state());
+        })
+        .await;
+        other.shutdown().await;
         leecher.shutdown().await;
         seeder.shutdown().await;
     });

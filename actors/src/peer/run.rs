@@ -732,6 +732,13 @@ impl Peer {
         };
         match answer {
             Some(hashes) => {
+                log::debug!(
+                    "peer {}: answered a hash request: {} hashes from {} of layer {}",
+                    self.addr,
+                    hashes.len(),
+                    req.index,
+                    req.base_layer
+                );
                 self.scratch.clear();
                 for h in &hashes {
                     self.scratch.extend_from_slice(h);

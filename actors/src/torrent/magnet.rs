@@ -328,7 +328,10 @@ struct Fetcher {
     paused: bool,
     /// Set when paused or resumed during the fetch: overrides [`AddMagnet::paused`] at start.
     pause_override: Option<bool>,
-    /// Whether the magnet names a v2 hash: our handshakes carry the v2 bit.
+    /// Whether the magnet is v2-only: our handshakes carry the v2 bit. A hybrid magnet's do
+    /// not: the metadata is fetched by the v1 hash, not upgraded (a peer answering with the v2
+    /// hash of the torrent it has, when the magnet's btmh is wrong, would otherwise be refused
+    /// before the metadata could show that the magnet is wrong).
     v2: bool,
     /// A hybrid magnet's v2 hash cut to 20 bytes, which peers may answer with.
     also: Option<InfoHash>,
@@ -375,7 +378,7 @@ impl Fetcher {
             events,
             paused: false,
             pause_override: None,
-            v2: add.magnet.info_hash_v2.is_some(),
+            v2: add.magnet.is_v2_only(),
             also: add
                 .magnet
                 .info_hash_v2
