@@ -39,6 +39,10 @@ pub const MAX_HASH_REQUESTS_PER_PEER: usize = 2;
 /// be asked again, which is harmless. Bounds what peers that refuse everything can make us keep.
 const MAX_REFUSALS: usize = 4096;
 
+/// How long a peer that refused a run (or let it time out) is not asked for it again: it may
+/// get the layers meanwhile (a peer that came from a magnet too).
+pub const REFUSAL_REST: Duration = Duration::from_secs(30);
+
 /// A hash request or answer that cannot be served or accepted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HashError {
@@ -319,8 +323,9 @@ pub struct HashPicker<P> {
     files: Vec<Wanted>,
     /// Requests outstanding.
     in_flight: Vec<InFlight<P>>,
-    /// (peer, file, run) a peer refused or timed out on: not asked again of it.
-    refused: std::collections::VecDeque<(P, usize, usize)>,
+    /// (peer, file, run, when) a peer refused or timed out on: not asked again of it for
+    /// [`REFUSAL_REST`], oldest first.
+    refused: std::collections::VecDeque<(P, usize, usize, Instant)>,
 }
 
 impl<P: Copy + Eq + Hash + fmt::Debug> HashPicker<P> {
@@ -382,11 +387,21 @@ impl<P: Copy + Eq + Hash + fmt::Debug> HashPicker<P> {
         if asked >= MAX_HASH_REQUESTS_PER_PEER {
             return None;
         }
+        while self
+            .refused
+            .front()
+            .is_some_and(|r| now >= r.3 + REFUSAL_REST)
+        {
+            self.refused.pop_front();
+        }
         for (fi, f) in self.files.iter().enumerate() {
             for (run, &have) in f.have.iter().enumerate() {
                 if have
                     || self.in_flight.iter().any(|r| r.file == fi && r.run == run)
-                    || self.refused.contains(&(peer, fi, run))
+                    || self
+                        .refused
+                        .iter()
+                        .any(|r| (r.0, r.1, r.2) == (peer, fi, run))
                 {
                     continue;
                 }
@@ -404,12 +419,12 @@ impl<P: Copy + Eq + Hash + fmt::Debug> HashPicker<P> {
         None
     }
 
-    /// Remembers that `peer` will not give (file, run).
-    fn refuse(&mut self, peer: P, file: usize, run: usize) {
+    /// Remembers that `peer` did not give (file, run) at `at`.
+    fn refuse(&mut self, peer: P, file: usize, run: usize, at: Instant) {
         if self.refused.len() >= MAX_REFUSALS {
             self.refused.pop_front();
         }
-        self.refused.push_back((peer, file, run));
+        self.refused.push_back((peer, file, run, at));
     }
 
     /// Takes the in-flight request `req` of `peer` out.
@@ -441,13 +456,13 @@ impl<P: Copy + Eq + Hash + fmt::Debug> HashPicker<P> {
         let root = match proven_root(req, &hashes, pad) {
             Ok(root) => root,
             Err(e) => {
-                self.refuse(peer, r.file, r.run);
+                self.refuse(peer, r.file, r.run, r.at);
                 return Err(e);
             }
         };
         let f = &mut self.files[r.file];
         if root != f.root {
-            self.refuse(peer, r.file, r.run);
+            self.refuse(peer, r.file, r.run, r.at);
             return Err(HashError::ProofMismatch);
         }
         if f.have[r.run] {
@@ -467,7 +482,7 @@ impl<P: Copy + Eq + Hash + fmt::Debug> HashPicker<P> {
     /// `peer` refused `req`: it is asked of another peer.
     pub fn handle_reject(&mut self, peer: P, req: &HashRequest) {
         if let Some(r) = self.take(peer, req) {
-            self.refuse(peer, r.file, r.run);
+            self.refuse(peer, r.file, r.run, r.at);
         }
     }
 
@@ -493,7 +508,7 @@ impl<P: Copy + Eq + Hash + fmt::Debug> HashPicker<P> {
             .partition(|r| now >= r.at + HASH_REQUEST_TIMEOUT);
         self.in_flight = keep;
         for r in late {
-            self.refuse(r.peer, r.file, r.run);
+            self.refuse(r.peer, r.file, r.run, now);
         }
     }
 }
@@ -634,6 +649,9 @@ mod tests {
         assert_eq!(picker.next_request(2, t0), None, "the only run is asked");
         picker.handle_reject(1, &r);
         assert_eq!(picker.next_request(1, t0), None, "1 refused it");
+        // After a rest it may be asked again (it may have the layers by then).
+        let mut again = picker.clone();
+        assert_eq!(again.next_request(1, t0 + REFUSAL_REST), Some(r));
         assert_eq!(picker.next_request(2, t0), Some(r));
         assert_eq!(picker.poll_timeout(), Some(t0 + HASH_REQUEST_TIMEOUT));
         picker.handle_timeout(t0 + HASH_REQUEST_TIMEOUT);

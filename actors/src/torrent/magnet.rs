@@ -1005,8 +1005,9 @@ impl MetaConn {
             }
             let body = &self.input[at + 4..end];
             let metadata_msg = len >= 2 && body[0] == 20 && body[1] == OUR_UT_METADATA_ID;
-            // Answers to our hash requests (BEP 52) go to the fetch loop, not to the replay.
-            let hash_msg = len >= 1 && (body[0] == 22 || body[0] == 23);
+            // Answers to our hash requests (BEP 52) go to the fetch loop, not to the replay;
+            // requests to us are refused at once (we have no layer yet).
+            let hash_msg = len >= 1 && (21..=23).contains(&body[0]);
             if hash_msg {
                 match shoal_engine::wire::decode(&self.input[at..end], max as u32) {
                     Ok(shoal_engine::wire::Decoded::Message {
@@ -1020,6 +1021,10 @@ impl MetaConn {
                         message: Message::HashReject(request),
                         ..
                     }) => events.push(ConnEvent::HashReject(request)),
+                    Ok(shoal_engine::wire::Decoded::Message {
+                        message: Message::HashRequest(request),
+                        ..
+                    }) => Message::HashReject(request).encode(&mut answers),
                     Ok(_) => {}
                     Err(e) => return Err(format!("protocol error: {e}")),
                 }
@@ -1193,6 +1198,41 @@ mod tests {
         let (_, answers) = c.frames().unwrap();
         assert_eq!(&answers[4..6], &[20, 3]);
         assert!(answers.ends_with(b"d8:msg_typei2e5:piecei0ee"));
+    }
+
+    #[test]
+    fn metadata_mode_takes_hash_answers_and_refuses_hash_requests() {
+        let mut c = conn();
+        let req = HashRequest {
+            pieces_root: [9; 32],
+            base_layer: 1,
+            index: 0,
+            length: 4,
+            proof_layers: 1,
+        };
+        let mut input = Vec::new();
+        Message::Hashes {
+            request: req,
+            hashes: &[1; 4 * 32],
+        }
+        .encode(&mut input);
+        Message::HashReject(req).encode(&mut input);
+        Message::HashRequest(req).encode(&mut input);
+        c.input.extend_from_slice(&input);
+        let (events, answers) = c.frames().unwrap();
+        assert!(
+            matches!(&events[0], ConnEvent::Hashes { req: r, hashes } if *r == req && hashes.len() == 128)
+        );
+        assert!(matches!(&events[1], ConnEvent::HashReject(r) if *r == req));
+        assert_eq!(events.len(), 2);
+        let mut reject = Vec::new();
+        Message::HashReject(req).encode(&mut reject);
+        assert_eq!(answers, reject);
+        assert!(c.replay.is_empty(), "hash messages are not replayed");
+        // Hashes that are not whole 32-byte hashes end the connection.
+        c.input = vec![0, 0, 0, 50, 22];
+        c.input.extend_from_slice(&[0; 49]);
+        assert!(c.frames().is_err());
     }
 
     #[test]
