@@ -29,7 +29,11 @@ fuzz_target!(|data: &[u8]| {
     let trees = PieceTrees::new(PIECE, &map);
     let n = |i: usize| u32::from_be_bytes(data[i..i + 4].try_into().unwrap());
     let req = HashRequest {
-        pieces_root: if data[3] & 1 == 0 { root } else { [data[3]; 32] },
+        pieces_root: if data[3] & 1 == 0 {
+            root
+        } else {
+            [data[3]; 32]
+        },
         base_layer: if data[3] & 2 == 0 { 2 } else { n(4) },
         index: n(8) % 4096,
         length: n(12) % 1100,
