@@ -264,8 +264,9 @@ struct Wanted {
     root: Hash256,
     /// Its pieces.
     pieces: u32,
-    /// The layer as it arrives (zeros where missing).
-    layer: Vec<Hash256>,
+    /// The runs verified so far, by run: memory grows only as proved hashes arrive (a small
+    /// dictionary may claim millions of pieces).
+    runs: BTreeMap<usize, Vec<Hash256>>,
     /// One flag per run of 512 pieces: verified and kept.
     have: Vec<bool>,
 }
@@ -344,7 +345,7 @@ impl<P: Copy + Eq + Hash + fmt::Debug> HashPicker<P> {
             .map(|(root, pieces)| Wanted {
                 root,
                 pieces,
-                layer: vec![[0; 32]; pieces as usize],
+                runs: BTreeMap::new(),
                 have: vec![false; pieces.div_ceil(MAX_HASHES_PER_REQUEST) as usize],
             })
             .collect();
@@ -372,11 +373,12 @@ impl<P: Copy + Eq + Hash + fmt::Debug> HashPicker<P> {
         (have, all)
     }
 
-    /// The piece layers fetched, by root (complete once [`HashPicker::is_done`]).
+    /// The piece layers fetched, by root (complete once [`HashPicker::is_done`]; before, the
+    /// runs verified so far, in order).
     pub fn layers(&self) -> BTreeMap<Hash256, Vec<Hash256>> {
         self.files
             .iter()
-            .map(|f| (f.root, f.layer.clone()))
+            .map(|f| (f.root, f.runs.values().flatten().copied().collect()))
             .collect()
     }
 
@@ -470,7 +472,7 @@ impl<P: Copy + Eq + Hash + fmt::Debug> HashPicker<P> {
         }
         let start = req.index as usize;
         let real = (f.pieces as usize - start).min(req.length as usize);
-        f.layer[start..start + real].copy_from_slice(&hashes[..real]);
+        f.runs.insert(r.run, hashes[..real].to_vec());
         f.have[r.run] = true;
         Ok(if self.is_done() {
             Accepted::Done
