@@ -606,7 +606,7 @@ mod tests {
     #[test]
     fn a_wrong_proof_or_count_is_refused_and_not_kept() {
         let large = layer(1100, 3);
-        let (trees, roots) = trees(&[large.clone()]);
+        let (trees, roots) = trees(std::slice::from_ref(&large));
         let mut picker: HashPicker<u8> = HashPicker::new(PIECE, [(roots[0], 1100 * PIECE)]);
         let t0 = Instant::now();
         let r = picker.next_request(1, t0).unwrap();
@@ -753,7 +753,7 @@ mod tests {
     #[test]
     fn a_short_proof_answer_has_only_the_uncles_asked() {
         let l = layer(8, 6);
-        let (trees, roots) = trees(&[l.clone()]);
+        let (trees, roots) = trees(std::slice::from_ref(&l));
         let req = HashRequest {
             pieces_root: roots[0],
             base_layer: 2,

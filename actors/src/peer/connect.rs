@@ -427,6 +427,10 @@ mod tests {
         (out.map(|e| e.1), inc.map(|e| e.1))
     }
 
+    /// What each side of a test connection saw: whether it is encrypted, and the remote's
+    /// handshake.
+    type Sides = (io::Result<(bool, Handshake)>, io::Result<(bool, Handshake)>);
+
     /// Like [`pair`], with an encryption policy on each side; each side also says whether its
     /// stream was encrypted, after moving a message each way over it.
     fn pair_with(
@@ -434,7 +438,7 @@ mod tests {
         ours_in: Handshake,
         dial: Encryption,
         answer: Encryption,
-    ) -> (io::Result<(bool, Handshake)>, io::Result<(bool, Handshake)>) {
+    ) -> Sides {
         pair_also(ours_out, ours_in, (None, None), dial, answer)
     }
 
@@ -445,7 +449,7 @@ mod tests {
         (also_out, also_in): (Option<InfoHash>, Option<InfoHash>),
         dial: Encryption,
         answer: Encryption,
-    ) -> (io::Result<(bool, Handshake)>, io::Result<(bool, Handshake)>) {
+    ) -> Sides {
         smol::block_on(async {
             let listener = smol::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
