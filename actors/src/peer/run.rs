@@ -717,8 +717,12 @@ impl Peer {
     /// A `hash request` (BEP 52): answered from our piece layers with the proof asked for, or
     /// refused (`hash reject`): a layer other than the piece layer, a run out of range or of
     /// more than 512 hashes, an unknown root, or while the write buffer holds more than
-    /// [`MAX_METADATA_BACKLOG`] (so a flood of requests cannot grow it).
+    /// [`MAX_METADATA_BACKLOG`] (so a flood of requests cannot grow it); past four times
+    /// that, a peer that does not read is not even answered.
     fn hash_request(&mut self, req: &shoal_engine::wire::HashRequest) {
+        if self.out.pending().len() > 4 * MAX_METADATA_BACKLOG {
+            return;
+        }
         let answer = match &self.hash_trees {
             Some(_) if self.out.pending().len() > MAX_METADATA_BACKLOG => None,
             Some(t) => match t.answer(req) {
