@@ -990,6 +990,10 @@ fn answer_handshake(
     let mut ours = our_handshake(meta, peer_id);
     match hybrid_v2_hash(meta) {
         Some(v2) if remote.info_hash == v2 || remote.supports_v2() => {
+            log::debug!(
+                "{}: a v2 peer of a hybrid torrent: answering with the v2 info hash",
+                meta.info_hash
+            );
             ours.info_hash = v2;
             (ours, Some(meta.info_hash))
         }
