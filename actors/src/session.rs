@@ -321,11 +321,11 @@ impl Session {
     /// [`Progress::checked_pieces`]: crate::shared::Progress::checked_pieces
     pub fn start_torrent(&self, add: AddTorrent) -> Result<Torrent> {
         if add.metainfo.piece_hashes().is_none() {
-            // A v2-only torrent's pieces are checked against its piece layers; without them
-            // (peers would have to send them: hash requests are not spoken yet) nothing can be.
+            // A v2-only torrent's pieces are checked against its piece layers; a `.torrent`
+            // without them is refused (its magnet fetches them from peers, proved).
             return Err(Error::Failed(
-                "this v2 torrent (BEP 52) has no piece layers, and fetching them from peers is \
-                 not supported yet"
+                "this v2 torrent (BEP 52) has no piece layers: add it by its magnet link \
+                 (urn:btmh), which fetches them from peers"
                     .into(),
             ));
         }
@@ -499,10 +499,19 @@ fn skey_lookup(torrents: Registry) -> crate::peer::encrypt::SkeyLookup {
         torrents
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .keys()
+            .values()
+            .flat_map(|t| std::iter::once(t.info_hash()).chain(t.alias))
             .find(|h| shoal_engine::mse::req2_hash(h) == *req2)
-            .copied()
     })
+}
+
+/// The torrent a peer names by `hash`: its info hash, or a hybrid torrent's v2 hash (BEP 52).
+fn find_torrent(torrents: &Registry, hash: &InfoHash) -> Option<Torrent> {
+    let torrents = torrents.lock().unwrap_or_else(|e| e.into_inner());
+    torrents
+        .get(hash)
+        .or_else(|| torrents.values().find(|t| t.alias == Some(*hash)))
+        .cloned()
 }
 
 /// Accepts uTP connections and routes each like a TCP one (the same bound on pending
@@ -633,12 +642,7 @@ async fn route_incoming<S: connect::PeerStream>(
         }
     };
     let remote = accepted.remote();
-    let torrent = torrents
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&remote.info_hash)
-        .cloned();
-    let Some(torrent) = torrent else {
+    let Some(torrent) = find_torrent(torrents, &remote.info_hash) else {
         log::debug!("incoming {addr}: unknown info hash {}", remote.info_hash);
         return;
     };

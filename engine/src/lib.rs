@@ -17,6 +17,8 @@
 //! - [`magnet`]: magnet links: parse one, or write one for a torrent.
 //! - [`merkle`]: SHA-256 merkle trees of BitTorrent v2: leaves, piece layers, roots.
 //! - [`extension`]: the extension protocol handshake of BEP 10, ours and a peer's.
+//! - [`hash_picker`]: BEP 52 hash requests: answering them from our piece layers, fetching
+//!   the piece layers a v2 magnet lacks, every answer proved against its file root.
 //! - [`metadata`]: BEP 9 metadata exchange: the `ut_metadata` codec, fetching the info
 //!   dictionary from several peers and checking it against the info hash, serving ours.
 //! - [`pex`]: BEP 11 peer exchange: the `ut_pex` codec and what to tell each peer, when.
@@ -39,6 +41,7 @@ pub mod bitfield;
 pub mod create;
 pub mod dht;
 pub mod extension;
+pub mod hash_picker;
 mod ids;
 pub mod lengths;
 pub mod magnet;

@@ -10,9 +10,10 @@
 //! lose duplicates; unknown keys are ignored. A `urn:btmh:` (BitTorrent v2, BEP 52) hash is a
 //! multihash: `1220` (SHA-256, 32 bytes) then 64 hexadecimal digits. Next to a `urn:btih:` (a
 //! hybrid torrent's magnet) a well-formed one is kept in [`Magnet::info_hash_v2`] (a malformed
-//! one is ignored, as before: the v1 hash is enough to fetch the torrent); as the only hash it
-//! is refused as unsupported, since fetching a v2-only torrent's metadata and piece layers from
-//! peers is not done yet.
+//! one is ignored: the v1 hash is enough to fetch the torrent, and the metadata is checked
+//! against both when both are given). As the only hash (a v2-only torrent) it must be
+//! well-formed; [`Magnet::info_hash`] is then its first 20 bytes, the hash the swarm knows the
+//! torrent by on the wire, at trackers and in the DHT ([`Magnet::is_v2_only`]).
 //!
 //! Everything is bounded: the URI length ([`MAX_MAGNET_LEN`]), and the trackers and peers kept
 //! ([`MAX_TRACKERS`], [`MAX_PEERS`]; the rest are ignored).
@@ -100,9 +101,10 @@ impl fmt::Display for MagnetPeer {
 /// A parsed magnet link.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Magnet {
-    /// The torrent's v1 info hash, from `xt=urn:btih:`.
+    /// The torrent's v1 info hash, from `xt=urn:btih:`; for a v2-only magnet, the first 20
+    /// bytes of [`Magnet::info_hash_v2`].
     pub info_hash: InfoHash,
-    /// A hybrid torrent's v2 info hash (SHA-256), from `xt=urn:btmh:1220...`, if given.
+    /// The v2 info hash (SHA-256) from `xt=urn:btmh:1220...`, if given.
     pub info_hash_v2: Option<[u8; 32]>,
     /// The display name from `dn`, if any: a hint until the metadata arrives.
     pub name: Option<String>,
@@ -121,8 +123,8 @@ pub enum MagnetError {
     TooLong(usize),
     /// There is no `xt=urn:btih:` parameter.
     MissingXt,
-    /// The only hash is a BitTorrent v2 `urn:btmh:` one, which we do not support yet.
-    UnsupportedV2,
+    /// The only hash is a BitTorrent v2 `urn:btmh:` one that is not a SHA-256 multihash.
+    BadMultihash,
     /// The hash after `urn:btih:` is neither 40 nor 32 characters long.
     BadHashLength(usize),
     /// A 40-character hash holds a character that is not a hexadecimal digit.
@@ -148,9 +150,9 @@ impl fmt::Display for MagnetError {
                 "magnet uri is {n} bytes, more than the maximum of {MAX_MAGNET_LEN}"
             ),
             Self::MissingXt => write!(f, "magnet uri has no \"xt=urn:btih:\" info hash"),
-            Self::UnsupportedV2 => write!(
+            Self::BadMultihash => write!(
                 f,
-                "magnet uri has only a bittorrent v2 hash (urn:btmh), which is not supported"
+                "magnet uri's v2 hash (urn:btmh) is not \"1220\" and 64 hex digits (sha-256)"
             ),
             Self::BadHashLength(n) => write!(
                 f,
@@ -384,10 +386,11 @@ impl Magnet {
                 }
             }
         }
-        let info_hash = match hash {
-            Some(h) => h,
-            None if saw_v2 => return Err(MagnetError::UnsupportedV2),
-            None => return Err(MagnetError::MissingXt),
+        let info_hash = match (hash, hash_v2) {
+            (Some(h), _) => h,
+            (None, Some(v2)) => InfoHash(v2[..20].try_into().expect("20 of 32 bytes")),
+            (None, None) if saw_v2 => return Err(MagnetError::BadMultihash),
+            (None, None) => return Err(MagnetError::MissingXt),
         };
         Ok(Magnet {
             info_hash,
@@ -408,11 +411,18 @@ impl Magnet {
         }
         Magnet {
             info_hash: m.info_hash,
-            info_hash_v2: m.info_hash_v2.filter(|_| m.info.version.has_v1()),
+            info_hash_v2: m.info_hash_v2,
             name: Some(m.info.name.clone()),
             trackers,
             peers: Vec::new(),
         }
+    }
+
+    /// Whether the magnet names a v2-only torrent: a `urn:btmh` hash and no `urn:btih` one
+    /// ([`Magnet::info_hash`] is then the v2 hash cut to 20 bytes).
+    pub fn is_v2_only(&self) -> bool {
+        self.info_hash_v2
+            .is_some_and(|h| h[..20] == self.info_hash.0[..])
     }
 
     /// The trackers as BEP 12 tiers: one tier each, so every one of them is announced to.
@@ -422,12 +432,18 @@ impl Magnet {
 }
 
 impl fmt::Display for Magnet {
-    /// The URI: `magnet:?xt=urn:btih:<hex>` (and `xt=urn:btmh:1220<hex>` for a hybrid), then `dn`, `tr` and `x.pe`, values
-    /// percent-encoded.
+    /// The URI: `magnet:?xt=urn:btih:<hex>` (and `xt=urn:btmh:1220<hex>` for a hybrid, or that
+    /// alone for a v2-only torrent), then `dn`, `tr` and `x.pe`, values percent-encoded.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "magnet:?xt=urn:btih:{}", self.info_hash)?;
+        write!(f, "magnet:?")?;
+        if !self.is_v2_only() {
+            write!(f, "xt=urn:btih:{}", self.info_hash)?;
+        }
         if let Some(h) = &self.info_hash_v2 {
-            write!(f, "&xt=urn:btmh:1220")?;
+            if !self.is_v2_only() {
+                write!(f, "&")?;
+            }
+            write!(f, "xt=urn:btmh:1220")?;
             for b in h {
                 write!(f, "{b:02x}")?;
             }
@@ -540,8 +556,8 @@ mod tests {
             ),
             (
                 "magnet:?xt=urn:btmh:1220cafe".into(),
-                MagnetError::UnsupportedV2,
-                "v2",
+                MagnetError::BadMultihash,
+                "v2 hash",
             ),
             (
                 "magnet:?xt=urn:btih:abc".into(),
@@ -652,11 +668,24 @@ mod tests {
             )),
             MagnetError::ConflictingHashes
         );
-        // Only a v2 hash, even a good one: not supported yet.
+        // Only a v2 hash: a v2-only torrent, known on the wire by the hash's first 20 bytes.
+        let only = Magnet::parse(&format!("magnet:?xt=urn:btmh:1220{v2}&dn=x")).unwrap();
+        assert!(only.is_v2_only() && !m.is_v2_only());
+        assert_eq!(only.info_hash.to_string(), v2[..40]);
         assert_eq!(
-            err(&format!("magnet:?xt=urn:btmh:1220{v2}")),
-            MagnetError::UnsupportedV2
+            only.to_string(),
+            format!("magnet:?xt=urn:btmh:1220{v2}&dn=x")
         );
+        assert_eq!(Magnet::parse(&only.to_string()).unwrap(), only);
+        let v2_only = format!(
+            "{}/../fuzz/corpus/metainfo_v2/seed-lt-v2-single.torrent",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let meta = Metainfo::from_bytes(&std::fs::read(v2_only).unwrap()).unwrap();
+        let link = Magnet::from_metainfo(&meta);
+        assert!(link.is_v2_only(), "{link}");
+        assert!(!link.to_string().contains("btih"), "{link}");
+        assert_eq!(Magnet::parse(&link.to_string()).unwrap(), link);
         // A hybrid torrent's magnet carries both hashes.
         let path = format!(
             "{}/../fuzz/corpus/metainfo_v2/seed-lt-hybrid-multi.torrent",

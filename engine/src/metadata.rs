@@ -38,6 +38,7 @@ use std::hash::Hash;
 use std::time::{Duration, Instant};
 
 use sha1::{Digest, Sha1};
+use sha2::Sha256;
 
 use crate::bencode::{self, Value};
 use crate::metainfo::{Metainfo, MAX_METAINFO_LEN};
@@ -354,7 +355,11 @@ pub enum Progress<P> {
     Duplicate,
     /// Every piece is in and the SHA-1 matches the info hash: the raw info dictionary.
     Done(Vec<u8>),
-    /// Every piece is in but the SHA-1 is wrong: all pieces were discarded.
+    /// Every piece is in and the SHA-1 matches the info hash, but the SHA-256 is not the
+    /// magnet's v2 hash (`urn:btmh`): every peer agrees on a dictionary that is not the one
+    /// the magnet names, so the magnet itself is wrong. The fetch is over.
+    V2Mismatch,
+    /// Every piece is in but the hash is wrong: all pieces were discarded.
     HashMismatch {
         /// Every peer that sent any piece, in the order of the pieces.
         blamed: Vec<P>,
@@ -370,6 +375,7 @@ impl<P: fmt::Debug> fmt::Debug for Progress<P> {
             Self::Stored => write!(f, "Stored"),
             Self::Duplicate => write!(f, "Duplicate"),
             Self::Done(b) => write!(f, "Done({} bytes)", b.len()),
+            Self::V2Mismatch => write!(f, "V2Mismatch"),
             Self::HashMismatch { blamed, banned } => f
                 .debug_struct("HashMismatch")
                 .field("blamed", blamed)
@@ -383,8 +389,13 @@ impl<P: fmt::Debug> fmt::Debug for Progress<P> {
 /// peer connection.
 #[derive(Debug)]
 pub struct MetadataFetch<P> {
-    /// The hash the assembled dictionary must have.
+    /// The hash the assembled dictionary must have (the SHA-1, unless `v1` is off).
     info_hash: InfoHash,
+    /// Whether the SHA-1 is checked: off for a v2-only magnet, whose `info_hash` is its
+    /// SHA-256 cut to 20 bytes.
+    v1: bool,
+    /// The SHA-256 the dictionary must have too (BEP 52), when the magnet gave one.
+    v2: Option<[u8; 32]>,
     /// The largest `metadata_size` accepted.
     max_size: usize,
     /// The chosen size, once a peer gave an acceptable one.
@@ -413,6 +424,8 @@ impl<P: Copy + Eq + Hash + fmt::Debug> MetadataFetch<P> {
     pub fn new(info_hash: InfoHash, max_size: usize) -> Self {
         Self {
             info_hash,
+            v1: true,
+            v2: None,
             max_size: max_size.min(MAX_METADATA_SIZE),
             size: None,
             slots: Vec::new(),
@@ -424,6 +437,14 @@ impl<P: Copy + Eq + Hash + fmt::Debug> MetadataFetch<P> {
             source: None,
             done: false,
         }
+    }
+
+    /// Checks the dictionary against a v2 info hash (`urn:btmh`) too; with `v1` false, only
+    /// against it (a v2-only magnet, whose wire info hash is the first 20 bytes of `v2`).
+    pub fn with_v2(mut self, v2: [u8; 32], v1: bool) -> Self {
+        self.v2 = Some(v2);
+        self.v1 = v1;
+        self
     }
 
     /// The info hash being fetched.
@@ -663,10 +684,18 @@ impl<P: Copy + Eq + Hash + fmt::Debug> MetadataFetch<P> {
         if self.received < count {
             return Ok(Progress::Stored);
         }
-        if InfoHash(Sha1::digest(&self.buffer).into()) == self.info_hash {
+        let v1_ok = !self.v1 || InfoHash(Sha1::digest(&self.buffer).into()) == self.info_hash;
+        let v2_ok = self
+            .v2
+            .is_none_or(|h| <[u8; 32]>::from(Sha256::digest(&self.buffer)) == h);
+        if v1_ok && (v2_ok || self.v1) {
             self.done = true;
             self.peers.clear();
             self.slots = Vec::new();
+            if !v2_ok {
+                self.buffer = Vec::new();
+                return Ok(Progress::V2Mismatch);
+            }
             return Ok(Progress::Done(std::mem::take(&mut self.buffer)));
         }
         Ok(self.fail())
@@ -861,6 +890,47 @@ mod tests {
         assert!(f.is_done());
         assert_eq!(f.next_request(1, now), None);
         assert_eq!(f.poll_timeout(), None);
+    }
+
+    /// Fetches `info` whole from peer 1 with `f`.
+    fn fetch_all(mut f: MetadataFetch<u8>, info: &[u8]) -> Progress<u8> {
+        let now = Instant::now();
+        f.add_peer(1, info.len() as i64).unwrap();
+        let mut last = Progress::Stored;
+        while let Some(i) = f.next_request(1, now) {
+            last = f
+                .handle_data(1, i, info.len() as i64, piece(info, i))
+                .unwrap();
+        }
+        last
+    }
+
+    #[test]
+    fn v2_and_hybrid_magnets_check_the_sha256() {
+        let info = dict(3 * METADATA_PIECE_LEN + 10);
+        let v2: [u8; 32] = Sha256::digest(&info).into();
+        let cut = InfoHash(v2[..20].try_into().unwrap());
+        // A v2-only magnet: the SHA-256 alone, the wire hash being its first 20 bytes.
+        let f = MetadataFetch::new(cut, DEFAULT_MAX_METADATA_SIZE).with_v2(v2, false);
+        assert_eq!(fetch_all(f, &info), Progress::Done(info.clone()));
+        let mut wrong = v2;
+        wrong[31] ^= 1;
+        let f = MetadataFetch::new(cut, DEFAULT_MAX_METADATA_SIZE).with_v2(wrong, false);
+        assert!(matches!(
+            fetch_all(f, &info),
+            Progress::HashMismatch {
+                banned: Some(1),
+                ..
+            }
+        ));
+        // A hybrid magnet: both hashes; a SHA-1 that matches with a SHA-256 that does not
+        // means the magnet is wrong, not the peer.
+        let f = MetadataFetch::new(hash_of(&info), DEFAULT_MAX_METADATA_SIZE).with_v2(v2, true);
+        assert_eq!(fetch_all(f, &info), Progress::Done(info.clone()));
+        let f = MetadataFetch::new(hash_of(&info), DEFAULT_MAX_METADATA_SIZE).with_v2(wrong, true);
+        assert_eq!(fetch_all(f, &info), Progress::V2Mismatch);
+        let f = MetadataFetch::new(cut, DEFAULT_MAX_METADATA_SIZE).with_v2(v2, true);
+        assert!(matches!(fetch_all(f, &info), Progress::HashMismatch { .. }));
     }
 
     #[test]

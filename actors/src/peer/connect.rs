@@ -38,6 +38,7 @@ use std::time::Duration;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, FutureExt};
 use shoal_engine::mse;
 use shoal_engine::wire::{Handshake, HANDSHAKE_LEN};
+use shoal_engine::InfoHash;
 use smol::net::TcpStream;
 
 use super::encrypt::{self, Encryption, HandshakeSlots, SkeyLookup};
@@ -207,13 +208,15 @@ pub(crate) async fn accept<S: PeerStream>(
 
 /// Completes a connection, within [`HANDSHAKE_TIMEOUT`]: dials if asked (encrypted as
 /// `encryption` says), then exchanges handshakes. `ours` names the torrent and our peer id; the
-/// remote handshake must name the same torrent and another peer id.
+/// remote handshake must name the same torrent (or `also`, a hybrid torrent's other info hash:
+/// BEP 52 lets a v2 peer answer a v1 handshake with the v2 hash) and another peer id.
 ///
 /// Under [`Encryption::Prefer`] and [`Encryption::Allow`] a dial that connects but whose MSE handshake fails (the peer
 /// hangs up on it, or speaks no MSE) is tried once more in plaintext.
 pub(crate) async fn establish(
     start: Start,
     ours: Handshake,
+    also: Option<InfoHash>,
     encryption: Encryption,
     utp: Option<&UtpEndpoint>,
 ) -> io::Result<Established> {
@@ -221,7 +224,7 @@ pub(crate) async fn establish(
         match start {
             Start::Accepted(a) => {
                 let mut stream = a.stream;
-                let remote = exchange(&mut stream, &ours, Some(a.remote), false).await?;
+                let remote = exchange(&mut stream, &ours, also, Some(a.remote), false).await?;
                 Ok(Established {
                     stream,
                     remote,
@@ -233,11 +236,11 @@ pub(crate) async fn establish(
                 // Over TCP and uTP at once, each through its whole handshake: the first to be
                 // established wins. A peer that accepts TCP and closes it (TCP turned off, say)
                 // must not keep its uTP side from being reached.
-                let tcp = dial_and_greet(addr, None, &ours, encryption);
+                let tcp = dial_and_greet(addr, None, &ours, also, encryption);
                 match utp {
                     None => tcp.await,
                     Some(u) => {
-                        first_ok(tcp, dial_and_greet(addr, Some(u), &ours, encryption)).await
+                        first_ok(tcp, dial_and_greet(addr, Some(u), &ours, also, encryption)).await
                     }
                 }
             }
@@ -253,6 +256,7 @@ async fn dial_and_greet(
     addr: SocketAddr,
     utp: Option<&UtpEndpoint>,
     ours: &Handshake,
+    also: Option<InfoHash>,
     encryption: Encryption,
 ) -> io::Result<Established> {
     let connect = || async {
@@ -275,7 +279,7 @@ async fn dial_and_greet(
             .or(timeout(MSE_DIAL_TIMEOUT, "mse handshake timed out"));
         match mse.await {
             Ok(mut stream) => {
-                let remote = exchange(&mut stream, ours, None, true).await?;
+                let remote = exchange(&mut stream, ours, also, None, true).await?;
                 let encrypted = stream.encrypted();
                 return Ok(Established {
                     stream: Box::new(stream),
@@ -294,7 +298,7 @@ async fn dial_and_greet(
         }
     }
     let (mut stream, transport) = connect().await?;
-    let remote = exchange(&mut stream, ours, None, false).await?;
+    let remote = exchange(&mut stream, ours, also, None, false).await?;
     Ok(Established {
         stream,
         remote,
@@ -346,10 +350,12 @@ async fn first_ok<T>(
 /// The handshake exchange, the same for both directions: ours goes out, theirs is read (unless
 /// the accept already read it) and checked, and ours is flushed.
 ///
-/// `sent`: ours already went out (as an MSE initial payload).
+/// `sent`: ours already went out (as an MSE initial payload). `also`: another info hash the
+/// remote may name (a hybrid torrent's other one).
 async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     ours: &Handshake,
+    also: Option<InfoHash>,
     known: Option<Handshake>,
     sent: bool,
 ) -> io::Result<Handshake> {
@@ -360,7 +366,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         Some(h) => h,
         None => read_handshake(stream).await?,
     };
-    if remote.info_hash != ours.info_hash {
+    if remote.info_hash != ours.info_hash && Some(remote.info_hash) != also {
         return Err(invalid("wrong info hash"));
     }
     if remote.peer_id == ours.peer_id {
@@ -421,6 +427,10 @@ mod tests {
         (out.map(|e| e.1), inc.map(|e| e.1))
     }
 
+    /// What each side of a test connection saw: whether it is encrypted, and the remote's
+    /// handshake.
+    type Sides = (io::Result<(bool, Handshake)>, io::Result<(bool, Handshake)>);
+
     /// Like [`pair`], with an encryption policy on each side; each side also says whether its
     /// stream was encrypted, after moving a message each way over it.
     fn pair_with(
@@ -428,7 +438,18 @@ mod tests {
         ours_in: Handshake,
         dial: Encryption,
         answer: Encryption,
-    ) -> (io::Result<(bool, Handshake)>, io::Result<(bool, Handshake)>) {
+    ) -> Sides {
+        pair_also(ours_out, ours_in, (None, None), dial, answer)
+    }
+
+    /// Like [`pair_with`], each side also accepting a second info hash (a hybrid's other one).
+    fn pair_also(
+        ours_out: Handshake,
+        ours_in: Handshake,
+        (also_out, also_in): (Option<InfoHash>, Option<InfoHash>),
+        dial: Encryption,
+        answer: Encryption,
+    ) -> Sides {
         smol::block_on(async {
             let listener = smol::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
@@ -446,7 +467,9 @@ mod tests {
                         Err(e) => return Err(e),
                     };
                     assert_eq!(accepted.addr(), from);
-                    let mut e = establish(Start::Accepted(accepted), ours_in, answer, None).await?;
+                    let mut e =
+                        establish(Start::Accepted(accepted), ours_in, also_in, answer, None)
+                            .await?;
                     e.stream.write_all(b"ping").await?;
                     e.stream.flush().await?;
                     let mut got = [0u8; 4];
@@ -456,7 +479,7 @@ mod tests {
                 }
             };
             let client = async {
-                let mut e = establish(Start::Dial(addr), ours_out, dial, None).await?;
+                let mut e = establish(Start::Dial(addr), ours_out, also_out, dial, None).await?;
                 let mut got = [0u8; 4];
                 e.stream.read_exact(&mut got).await?;
                 assert_eq!(&got, b"ping");
@@ -530,6 +553,32 @@ mod tests {
         let (out, inc) = pair(hs(1, 2), hs(1, 2));
         assert!(out.unwrap_err().to_string().contains("ourselves"));
         assert!(inc.unwrap_err().to_string().contains("ourselves"));
+    }
+
+    #[test]
+    fn a_hybrid_accepts_an_answer_naming_its_other_hash() {
+        // Dialled by the v1 hash (1) with the v2 bit, answered with the v2 hash (7): the BEP 52
+        // upgrade. Each side knows both hashes of the hybrid.
+        let (h1, h7) = (InfoHash([1; 20]), InfoHash([7; 20]));
+        let (out, inc) = pair_also(
+            hs(1, 2).with_v2(),
+            hs(7, 3).with_v2(),
+            (Some(h7), Some(h1)),
+            Encryption::Off,
+            Encryption::Prefer,
+        );
+        let (out, inc) = (out.unwrap().1, inc.unwrap().1);
+        assert_eq!((out.info_hash, inc.info_hash), (h7, h1));
+        assert!(out.supports_v2() && inc.supports_v2());
+        // Without the second hash, the same answer names another torrent.
+        let (out, _) = pair_also(
+            hs(1, 2).with_v2(),
+            hs(7, 3),
+            (None, Some(h1)),
+            Encryption::Off,
+            Encryption::Prefer,
+        );
+        assert!(out.unwrap_err().to_string().contains("info hash"));
     }
 
     #[test]

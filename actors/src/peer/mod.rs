@@ -149,6 +149,9 @@ pub(crate) struct PeerSetup {
     pub(crate) listen_port: Option<u16>,
     /// The torrent, whose info dictionary is served to peers that ask (BEP 9).
     pub(crate) metainfo: Arc<shoal_engine::metainfo::Metainfo>,
+    /// The trees of the torrent's piece layers, answering BEP 52 hash requests (`None`: a v1
+    /// torrent, or no file larger than a piece).
+    pub(crate) hash_trees: Option<Arc<shoal_engine::hash_picker::PieceTrees>>,
     /// The torrent's lengths.
     pub(crate) lengths: Lengths,
     /// The pieces we had when the torrent started (later ones come from the have-log).

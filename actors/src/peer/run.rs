@@ -99,6 +99,8 @@ struct Peer {
     listen_port: Option<u16>,
     /// The torrent, whose info dictionary we serve to peers that ask (BEP 9).
     metainfo: Arc<Metainfo>,
+    /// The trees of its piece layers, whose hashes we serve to peers that ask (BEP 52).
+    hash_trees: Option<Arc<shoal_engine::hash_picker::PieceTrees>>,
     /// What the peer's extended handshakes said (its `m` map among it).
     extensions: PeerExtensions,
     /// Scratch for metadata messages we send.
@@ -178,6 +180,7 @@ where
         our_reserved,
         listen_port,
         metainfo,
+        hash_trees,
         lengths,
         initial_have,
         picker,
@@ -213,6 +216,7 @@ where
         extended,
         listen_port,
         metainfo,
+        hash_trees,
         extensions: PeerExtensions::default(),
         scratch: Vec::new(),
         pex: pex.map(|found| (PexState::new(addr), found)),
@@ -665,6 +669,10 @@ impl Peer {
                 id: OUR_UT_PEX_ID,
                 payload,
             } => self.pex_message(payload),
+            Message::HashRequest(req) => self.hash_request(&req),
+            // We never ask (a torrent runs with its piece layers, fetched before it starts
+            // when it came from a v2 magnet): answers are dropped.
+            Message::Hashes { .. } | Message::HashReject(_) => {}
             // Suggestions and allowed-fast sets are hints we do not act on yet; DHT ports,
             // extension messages we did not offer and unknown ids are ignored.
             Message::Suggest(_)
@@ -704,6 +712,48 @@ impl Peer {
             ),
         }
         Ok(())
+    }
+
+    /// A `hash request` (BEP 52): answered from our piece layers with the proof asked for, or
+    /// refused (`hash reject`): a layer other than the piece layer, a run out of range or of
+    /// more than 512 hashes, an unknown root, or while the write buffer holds more than
+    /// [`MAX_METADATA_BACKLOG`] (so a flood of requests cannot grow it); past four times
+    /// that, a peer that does not read is not even answered.
+    fn hash_request(&mut self, req: &shoal_engine::wire::HashRequest) {
+        if self.out.pending().len() > 4 * MAX_METADATA_BACKLOG {
+            return;
+        }
+        let answer = match &self.hash_trees {
+            Some(_) if self.out.pending().len() > MAX_METADATA_BACKLOG => None,
+            Some(t) => match t.answer(req) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    log::debug!("peer {}: hash request refused: {e}", self.addr);
+                    None
+                }
+            },
+            None => None,
+        };
+        match answer {
+            Some(hashes) => {
+                log::debug!(
+                    "peer {}: answered a hash request: {} hashes from {} of layer {}",
+                    self.addr,
+                    hashes.len(),
+                    req.index,
+                    req.base_layer
+                );
+                self.scratch.clear();
+                for h in &hashes {
+                    self.scratch.extend_from_slice(h);
+                }
+                self.out.push(Message::Hashes {
+                    request: *req,
+                    hashes: &self.scratch,
+                });
+            }
+            None => self.out.push(Message::HashReject(*req)),
+        }
     }
 
     /// A `ut_pex` message (BEP 11): the peers it lists go to the torrent to dial, at most

@@ -86,6 +86,8 @@ pub(super) struct Entry {
 pub(super) struct State {
     /// The torrent.
     pub(super) meta: Arc<Metainfo>,
+    /// The trees of its piece layers, answering BEP 52 hash requests (v2 and hybrid torrents).
+    pub(super) hash_trees: Option<Arc<shoal_engine::hash_picker::PieceTrees>>,
     /// What the session gives every torrent.
     pub(super) ctx: SessionContext,
     /// This torrent's settings.
@@ -495,13 +497,20 @@ impl State {
         self.next_key += 1;
         let (control_tx, control_rx) = async_channel::bounded(PEER_CONTROL);
         let stats = Arc::new(PeerStats::default());
-        let ours = Handshake::new(self.meta.info_hash, self.ctx.peer_id);
+        let (ours, also) = match &origin {
+            Origin::Accepted(a) => answer_handshake(&self.meta, self.ctx.peer_id, a.remote()),
+            _ => (
+                our_handshake(&self.meta, self.ctx.peer_id),
+                hybrid_v2_hash(&self.meta),
+            ),
+        };
         let setup = PeerSetup {
             key,
             addr,
             our_reserved: ours.reserved,
             listen_port: Some(self.ctx.listen_port),
             metainfo: self.meta.clone(),
+            hash_trees: self.hash_trees.clone(),
             lengths: self.meta.info.lengths,
             initial_have: self.initial_have.clone(),
             picker: self.picker.clone(),
@@ -528,13 +537,21 @@ impl State {
                     Box::pin(connect::establish(
                         Start::Accepted(accepted),
                         ours,
+                        also,
                         encryption,
                         utp,
                     ))
                     .await
                 }
                 Origin::Dial => {
-                    Box::pin(connect::establish(Start::Dial(addr), ours, encryption, utp)).await
+                    Box::pin(connect::establish(
+                        Start::Dial(addr),
+                        ours,
+                        also,
+                        encryption,
+                        utp,
+                    ))
+                    .await
                 }
                 Origin::Established(h) => Ok(connect::Established {
                     stream: h.stream,
@@ -947,4 +964,43 @@ fn super_seed_unchokes(candidates: &[Candidate]) -> HashSet<PeerKey> {
         .filter(|c| c.interested)
         .map(|c| c.key)
         .collect()
+}
+
+/// Our handshake for `meta`: with the v2 bit for a v2 or hybrid torrent (BEP 52), by which a
+/// hybrid's peer dialled with the v1 hash may answer with the v2 one (the upgrade).
+pub(crate) fn our_handshake(meta: &Metainfo, peer_id: shoal_engine::PeerId) -> Handshake {
+    let h = Handshake::new(meta.info_hash, peer_id);
+    if meta.info.version.has_v2() {
+        h.with_v2()
+    } else {
+        h
+    }
+}
+
+/// A hybrid torrent's v2 info hash cut to 20 bytes: the other hash its peers may name.
+pub(crate) fn hybrid_v2_hash(meta: &Metainfo) -> Option<shoal_engine::InfoHash> {
+    meta.info_hash_v2_truncated()
+        .filter(|h| *h != meta.info_hash)
+}
+
+/// Our answer to a peer that dialled us: for a hybrid torrent, a peer that names the v2 hash,
+/// or names the v1 hash with the v2 bit set, is answered with the v2 hash (the BEP 52 upgrade,
+/// as libtorrent does); the other hash is accepted too.
+fn answer_handshake(
+    meta: &Metainfo,
+    peer_id: shoal_engine::PeerId,
+    remote: &Handshake,
+) -> (Handshake, Option<shoal_engine::InfoHash>) {
+    let mut ours = our_handshake(meta, peer_id);
+    match hybrid_v2_hash(meta) {
+        Some(v2) if remote.info_hash == v2 || remote.supports_v2() => {
+            log::debug!(
+                "{}: a v2 peer of a hybrid torrent: answering with the v2 info hash",
+                meta.info_hash
+            );
+            ours.info_hash = v2;
+            (ours, Some(meta.info_hash))
+        }
+        also => (ours, also),
+    }
 }

@@ -12,6 +12,13 @@
 //! counters get their sizes, and the torrent starts as any other, adopting the connections it
 //! has: each is handed to a normal peer whose first input is the kept messages, so no peer is
 //! dropped.
+//!
+//! A v2-only magnet (`urn:btmh`, BEP 52) fetches the dictionary by the v2 hash cut to 20 bytes
+//! and checks it against the whole SHA-256 (a hybrid magnet: against both hashes); the
+//! dictionary has each file's root but not its piece layer, so the phase goes on, still in
+//! metadata mode, asking the peers for the piece layers with hash requests
+//! ([`HashPicker`]): each run of hashes is kept only when its proof leads to its file's root,
+//! and a peer whose proof fails is banned. The torrent starts once every layer is here.
 
 use std::collections::HashMap;
 use std::io;
@@ -25,12 +32,13 @@ use std::time::{Duration, Instant};
 use async_channel::{Receiver, Sender};
 use futures_lite::{future, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use shoal_engine::extension::{OurHandshake, PeerExtensions, OUR_UT_METADATA_ID};
+use shoal_engine::hash_picker::{Accepted, HashError, HashPicker};
 use shoal_engine::magnet::{Magnet, MagnetPeer};
 use shoal_engine::metadata::{
     MetadataFetch, MetadataMessage, Progress as FetchProgress, DEFAULT_MAX_METADATA_SIZE,
 };
 use shoal_engine::metainfo::Metainfo;
-use shoal_engine::wire::{Handshake, Message};
+use shoal_engine::wire::{Handshake, HashRequest, Message};
 use shoal_engine::InfoHash;
 
 use super::start::{launch, layout, Carry};
@@ -137,6 +145,11 @@ pub(crate) fn start_magnet(add: AddMagnet, ctx: SessionContext) -> Torrent {
         addr,
         shared: shared.clone(),
         info_hash: add.magnet.info_hash,
+        alias: add
+            .magnet
+            .info_hash_v2
+            .map(|h| InfoHash(h[..20].try_into().expect("20 of 32 bytes")))
+            .filter(|h| *h != add.magnet.info_hash),
         place: place.clone(),
         resume: add.resume.clone(),
         down_limit,
@@ -159,7 +172,8 @@ pub(crate) fn start_magnet(add: AddMagnet, ctx: SessionContext) -> Torrent {
 fn load_saved(path: &PathBuf, info_hash: &InfoHash) -> Option<Metainfo> {
     let bytes = std::fs::read(path).ok()?;
     let meta = Metainfo::from_bytes(&bytes).ok()?;
-    (meta.info_hash == *info_hash).then_some(meta)
+    // A v2 torrent kept without its piece layers is fetched again, layers and all.
+    (meta.info_hash == *info_hash && meta.piece_hashes().is_some()).then_some(meta)
 }
 
 /// Writes the fetched metadata as a `.torrent` file (a temporary file renamed over).
@@ -254,6 +268,10 @@ enum ConnEvent {
     },
     /// It rejected a piece.
     Reject(u32),
+    /// Hashes answering a hash request (BEP 52), 32 bytes each.
+    Hashes { req: HashRequest, hashes: Vec<u8> },
+    /// It refused a hash request.
+    HashReject(HashRequest),
     /// The handshake is done.
     Connected,
     /// It ended.
@@ -264,6 +282,8 @@ enum ConnEvent {
 enum ConnCmd {
     /// Ask for this piece.
     Request(u32),
+    /// Ask for these hashes (BEP 52).
+    Hashes(HashRequest),
     /// End, handing the stream over (the task's result).
     Handover,
 }
@@ -308,6 +328,15 @@ struct Fetcher {
     paused: bool,
     /// Set when paused or resumed during the fetch: overrides [`AddMagnet::paused`] at start.
     pause_override: Option<bool>,
+    /// Whether the magnet is v2-only: our handshakes carry the v2 bit. A hybrid magnet's do
+    /// not: the metadata is fetched by the v1 hash, not upgraded (a peer answering with the v2
+    /// hash of the torrent it has, when the magnet's btmh is wrong, would otherwise be refused
+    /// before the metadata could show that the magnet is wrong).
+    v2: bool,
+    /// A hybrid magnet's v2 hash cut to 20 bytes, which peers may answer with.
+    also: Option<InfoHash>,
+    /// Once the dictionary of a v2-only torrent is here: it, and the fetch of its piece layers.
+    layers: Option<(Metainfo, HashPicker<u32>)>,
 }
 
 impl Fetcher {
@@ -336,7 +365,11 @@ impl Fetcher {
             ctx: ctx.clone(),
             settings: add.settings.clone(),
             shared: shared.clone(),
-            fetch: MetadataFetch::new(add.magnet.info_hash, add.max_metadata_size),
+            fetch: match add.magnet.info_hash_v2 {
+                Some(v2) => MetadataFetch::new(add.magnet.info_hash, add.max_metadata_size)
+                    .with_v2(v2, !add.magnet.is_v2_only()),
+                None => MetadataFetch::new(add.magnet.info_hash, add.max_metadata_size),
+            },
             swarm,
             conns: HashMap::new(),
             next: 0,
@@ -345,6 +378,13 @@ impl Fetcher {
             events,
             paused: false,
             pause_override: None,
+            v2: add.magnet.is_v2_only(),
+            also: add
+                .magnet
+                .info_hash_v2
+                .map(|h| InfoHash(h[..20].try_into().expect("20 of 32 bytes")))
+                .filter(|h| *h != add.magnet.info_hash),
+            layers: None,
         }
     }
 
@@ -377,9 +417,13 @@ impl Fetcher {
         }
         loop {
             self.dial();
+            let layers_wake = self.layers.as_ref().and_then(|(_, p)| p.poll_timeout());
             let wake = self
                 .fetch
                 .poll_timeout()
+                .into_iter()
+                .chain(layers_wake)
+                .min()
                 .map_or(Duration::from_secs(1), |t| {
                     t.saturating_duration_since(Instant::now())
                 })
@@ -456,22 +500,51 @@ impl Fetcher {
                     | TorrentMsg::SetSuperSeed(_) => {}
                 },
                 Ev::Peers(p) => self.swarm.add(p, now),
-                Ev::Tick => self.fetch.handle_timeout(now),
+                Ev::Tick => {
+                    self.fetch.handle_timeout(now);
+                    if let Some((_, picker)) = &mut self.layers {
+                        picker.handle_timeout(now);
+                    }
+                }
                 Ev::Conn(key, e) => {
-                    if let Some(raw) = self.conn_event(key, e, now) {
-                        let meta = match Metainfo::from_info_bytes(&raw, self.tiers.clone()) {
-                            Ok(m) => m,
-                            Err(e) => {
-                                // The hash matched, so every peer agrees on these bytes: the
-                                // torrent itself is unusable.
-                                let what = format!("the torrent's metadata is invalid: {e}");
-                                self.stop_all();
-                                self.shared.set_error(what);
-                                self.shared.set_state(TorrentState::Error);
-                                self.shared.set_stopped();
-                                return None;
+                    let done = match self.conn_event(key, e, now) {
+                        Ok(Some(raw)) => {
+                            match Metainfo::from_info_bytes(&raw, self.tiers.clone()) {
+                                Ok(m) if m.piece_hashes().is_some() => Some(m),
+                                Ok(m) => {
+                                    // A v2 torrent: its piece layers come next.
+                                    let pl = u64::from(m.info.piece_length);
+                                    let files: Vec<_> = m
+                                        .info
+                                        .files
+                                        .iter()
+                                        .filter(|f| !f.pad)
+                                        .filter_map(|f| f.pieces_root.map(|r| (r, f.length)))
+                                        .collect();
+                                    let picker = HashPicker::new(pl, files);
+                                    log::info!(
+                                        "{info_hash}: fetching the piece layers ({} runs of \
+                                         hashes)",
+                                        picker.progress().1
+                                    );
+                                    self.layers = Some((m, picker));
+                                    None
+                                }
+                                Err(e) => {
+                                    // The hash matched, so every peer agrees on these bytes:
+                                    // the torrent itself is unusable.
+                                    self.fail(format!("the torrent's metadata is invalid: {e}"));
+                                    return None;
+                                }
                             }
-                        };
+                        }
+                        Ok(None) => self.layers_done(),
+                        Err(what) => {
+                            self.fail(what);
+                            return None;
+                        }
+                    };
+                    if let Some(meta) = done {
                         let handover = self.handover().await;
                         return Some((
                             meta,
@@ -488,9 +561,52 @@ impl Fetcher {
         }
     }
 
-    /// Handles one connection's event; the raw info dictionary once it is complete and good.
-    fn conn_event(&mut self, key: u32, e: ConnEvent, now: Instant) -> Option<Vec<u8>> {
+    /// Ends the torrent in error: the magnet cannot be fetched.
+    fn fail(&mut self, what: String) {
+        log::warn!("{what}");
+        self.stop_all();
+        self.shared.set_error(what);
+        self.shared.set_state(TorrentState::Error);
+        self.shared.set_stopped();
+    }
+
+    /// The metainfo with its piece layers, once the layer fetch of a v2 torrent is over.
+    fn layers_done(&mut self) -> Option<Metainfo> {
+        if !self.layers.as_ref().is_some_and(|(_, p)| p.is_done()) {
+            return None;
+        }
+        let (meta, picker) = self.layers.take()?;
+        let meta = meta.with_piece_layers(picker.layers());
+        meta.piece_hashes().is_some().then_some(meta)
+    }
+
+    /// Handles one connection's event: the raw info dictionary once it is complete and good;
+    /// an error when the magnet itself is wrong.
+    fn conn_event(
+        &mut self,
+        key: u32,
+        e: ConnEvent,
+        now: Instant,
+    ) -> Result<Option<Vec<u8>>, String> {
         match e {
+            ConnEvent::Hashes { req, hashes } => {
+                let Some((_, picker)) = &mut self.layers else {
+                    return Ok(None);
+                };
+                match picker.handle_hashes(key, &req, &hashes) {
+                    Ok(Accepted::Stored | Accepted::Done | Accepted::Duplicate) => {}
+                    Err(HashError::Unsolicited) => {}
+                    Err(e) => {
+                        log::warn!("{}: bad piece-layer hashes: {e}", self.addr_of(key));
+                        self.ban(key, "sent hashes whose proof fails");
+                    }
+                }
+            }
+            ConnEvent::HashReject(req) => {
+                if let Some((_, picker)) = &mut self.layers {
+                    picker.handle_reject(key, &req);
+                }
+            }
             ConnEvent::Connected => {
                 if let Some(c) = self.conns.get_mut(&key) {
                     c.connected = true;
@@ -510,24 +626,34 @@ impl Fetcher {
                 total_size,
                 data,
             } => match self.fetch.handle_data(key, piece, total_size, &data) {
-                Ok(FetchProgress::Done(raw)) => return Some(raw),
+                Ok(FetchProgress::Done(raw)) => return Ok(Some(raw)),
+                Ok(FetchProgress::V2Mismatch) => {
+                    return Err(format!(
+                        "the metadata peers sent matches the magnet's v1 hash (urn:btih {}) but \
+                         not its v2 hash (urn:btmh): the magnet is wrong",
+                        self.fetch.info_hash()
+                    ))
+                }
                 Ok(FetchProgress::HashMismatch { blamed, banned }) => {
                     log::warn!(
                         "metadata failed the hash check; sent by {} peers",
                         blamed.len()
                     );
                     if let Some(b) = banned {
-                        self.ban(b);
+                        self.ban(b, "sent bad metadata");
                     }
                 }
                 Ok(_) => {}
                 Err(e) => {
                     log::debug!("{}: bad metadata piece: {e}", self.addr_of(key));
-                    self.ban(key);
+                    self.ban(key, "sent bad metadata");
                 }
             },
             ConnEvent::Closed { reason, connected } => {
                 self.fetch.remove_peer(key);
+                if let Some((_, picker)) = &mut self.layers {
+                    picker.remove_peer(key);
+                }
                 if let Some(c) = self.conns.remove(&key) {
                     self.ctx.slots.give_back(1);
                     if connected {
@@ -546,7 +672,7 @@ impl Fetcher {
                 }
             }
         }
-        None
+        Ok(None)
     }
 
     fn addr_of(&self, key: u32) -> String {
@@ -556,10 +682,13 @@ impl Fetcher {
     }
 
     /// Bans a connection's address and closes it.
-    fn ban(&mut self, key: u32) {
+    fn ban(&mut self, key: u32, why: &str) {
         self.fetch.remove_peer(key);
+        if let Some((_, picker)) = &mut self.layers {
+            picker.remove_peer(key);
+        }
         if let Some(c) = self.conns.remove(&key) {
-            log::warn!("banned {}: sent bad metadata", c.addr);
+            log::warn!("banned {}: {why}", c.addr);
             self.swarm.ban(c.addr, None);
             self.shared.emit(TorrentEvent::PeerBanned(c.addr));
             self.ctx.slots.give_back(1);
@@ -568,12 +697,21 @@ impl Fetcher {
         }
     }
 
-    /// Asks every connection for what the fetch wants of it.
+    /// Asks every connection for what the fetch wants of it: metadata pieces, then (a v2
+    /// torrent) piece-layer hashes of connections whose handshake is done.
     fn request_all(&mut self, now: Instant) {
         for (&key, c) in &self.conns {
             while let Some(piece) = self.fetch.next_request(key, now) {
                 if c.cmds.try_send(ConnCmd::Request(piece)).is_err() {
                     break;
+                }
+            }
+            if let (Some((_, picker)), true) = (&mut self.layers, c.connected) {
+                while let Some(req) = picker.next_request(key, now) {
+                    if c.cmds.try_send(ConnCmd::Hashes(req)).is_err() {
+                        // Asked of it again once the request times out.
+                        break;
+                    }
                 }
             }
         }
@@ -609,11 +747,12 @@ impl Fetcher {
         self.next = self.next.wrapping_add(1);
         let (cmds, cmds_rx) = async_channel::bounded(CONN_COMMANDS);
         let ours = Handshake::new(self.fetch.info_hash(), self.ctx.peer_id);
+        let ours = if self.v2 { ours.with_v2() } else { ours };
         let task = self.ctx.spawner.spawn(metadata_conn(
             key,
             addr,
             start,
-            ours,
+            (ours, self.also),
             (self.ctx.encryption, self.ctx.utp.clone()),
             self.ext.clone(),
             self.events_tx.clone(),
@@ -668,7 +807,7 @@ async fn metadata_conn(
     key: u32,
     addr: SocketAddr,
     start: Start,
-    ours: Handshake,
+    (ours, also): (Handshake, Option<InfoHash>),
     (encryption, utp): (
         crate::peer::encrypt::Encryption,
         Option<crate::utp::UtpEndpoint>,
@@ -677,7 +816,7 @@ async fn metadata_conn(
     events: Sender<(u32, ConnEvent)>,
     cmds: Receiver<ConnCmd>,
 ) -> Option<Handover> {
-    let established = connect::establish(start, ours, encryption, utp.as_ref()).await;
+    let established = connect::establish(start, ours, also, encryption, utp.as_ref()).await;
     let (stream, remote, encrypted, transport) = match established {
         Ok(e) => (e.stream, e.remote, e.encrypted, e.transport),
         Err(e) => {
@@ -804,6 +943,14 @@ impl MetaConn {
             match w {
                 W::Cmd(None) => return Err("torrent closed the connection".into()),
                 W::Cmd(Some(ConnCmd::Handover)) => return Ok(()),
+                W::Cmd(Some(ConnCmd::Hashes(req))) => {
+                    out.clear();
+                    Message::HashRequest(req).encode(&mut out);
+                    self.stream
+                        .write_all(&out)
+                        .await
+                        .map_err(|e| format!("connection error: {e}"))?;
+                }
                 W::Cmd(Some(ConnCmd::Request(piece))) => {
                     let Some(id) = self.their_id else { continue };
                     let mut payload = Vec::new();
@@ -859,7 +1006,30 @@ impl MetaConn {
             }
             let body = &self.input[at + 4..end];
             let metadata_msg = len >= 2 && body[0] == 20 && body[1] == OUR_UT_METADATA_ID;
-            if metadata_msg {
+            // Answers to our hash requests (BEP 52) go to the fetch loop, not to the replay;
+            // requests to us are refused at once (we have no layer yet).
+            let hash_msg = len >= 1 && (21..=23).contains(&body[0]);
+            if hash_msg {
+                match shoal_engine::wire::decode(&self.input[at..end], max as u32) {
+                    Ok(shoal_engine::wire::Decoded::Message {
+                        message: Message::Hashes { request, hashes },
+                        ..
+                    }) => events.push(ConnEvent::Hashes {
+                        req: request,
+                        hashes: hashes.to_vec(),
+                    }),
+                    Ok(shoal_engine::wire::Decoded::Message {
+                        message: Message::HashReject(request),
+                        ..
+                    }) => events.push(ConnEvent::HashReject(request)),
+                    Ok(shoal_engine::wire::Decoded::Message {
+                        message: Message::HashRequest(request),
+                        ..
+                    }) => Message::HashReject(request).encode(&mut answers),
+                    Ok(_) => {}
+                    Err(e) => return Err(format!("protocol error: {e}")),
+                }
+            } else if metadata_msg {
                 match MetadataMessage::parse(&body[2..]) {
                     Ok(MetadataMessage::Request { piece }) => {
                         if let Some(id) = self.their_id {
@@ -1029,6 +1199,41 @@ mod tests {
         let (_, answers) = c.frames().unwrap();
         assert_eq!(&answers[4..6], &[20, 3]);
         assert!(answers.ends_with(b"d8:msg_typei2e5:piecei0ee"));
+    }
+
+    #[test]
+    fn metadata_mode_takes_hash_answers_and_refuses_hash_requests() {
+        let mut c = conn();
+        let req = HashRequest {
+            pieces_root: [9; 32],
+            base_layer: 1,
+            index: 0,
+            length: 4,
+            proof_layers: 1,
+        };
+        let mut input = Vec::new();
+        Message::Hashes {
+            request: req,
+            hashes: &[1; 4 * 32],
+        }
+        .encode(&mut input);
+        Message::HashReject(req).encode(&mut input);
+        Message::HashRequest(req).encode(&mut input);
+        c.input.extend_from_slice(&input);
+        let (events, answers) = c.frames().unwrap();
+        assert!(
+            matches!(&events[0], ConnEvent::Hashes { req: r, hashes } if *r == req && hashes.len() == 128)
+        );
+        assert!(matches!(&events[1], ConnEvent::HashReject(r) if *r == req));
+        assert_eq!(events.len(), 2);
+        let mut reject = Vec::new();
+        Message::HashReject(req).encode(&mut reject);
+        assert_eq!(answers, reject);
+        assert!(c.replay.is_empty(), "hash messages are not replayed");
+        // Hashes that are not whole 32-byte hashes end the connection.
+        c.input = vec![0, 0, 0, 50, 22];
+        c.input.extend_from_slice(&[0; 49]);
+        assert!(c.frames().is_err());
     }
 
     #[test]

@@ -369,6 +369,8 @@ pub struct Torrent {
     shared: Arc<Shared>,
     /// The info hash.
     info_hash: InfoHash,
+    /// A hybrid torrent's v2 info hash cut to 20 bytes: peers may name the torrent by it too.
+    pub(crate) alias: Option<InfoHash>,
     /// Where the torrent's files are, once known (at once, or when a magnet's metadata
     /// arrives): for removal with its files.
     pub(crate) place: Arc<std::sync::OnceLock<Place>>,

@@ -60,6 +60,7 @@ pub(crate) fn start(add: AddTorrent, ctx: SessionContext) -> Torrent {
         addr,
         shared,
         info_hash: meta.info_hash,
+        alias: super::actor::hybrid_v2_hash(&meta),
         place,
         resume: resume_path,
         down_limit,
@@ -338,6 +339,18 @@ pub(super) async fn launch(
 
     let mut state = State {
         meta: meta.clone(),
+        hash_trees: meta
+            .info
+            .version
+            .has_v2()
+            .then(|| {
+                shoal_engine::hash_picker::PieceTrees::new(
+                    u64::from(meta.info.piece_length),
+                    &meta.piece_layers,
+                )
+            })
+            .filter(|t| !t.is_empty())
+            .map(Arc::new),
         ctx: ctx.clone(),
         settings: add.settings.clone(),
         peer_settings: Arc::new(PeerSettings {

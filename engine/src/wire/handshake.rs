@@ -1,5 +1,5 @@
 //! The 68-byte handshake that opens every peer connection (BEP 3), with the reserved bits of
-//! BEP 5 (DHT), BEP 6 (fast extension) and BEP 10 (extension protocol).
+//! BEP 5 (DHT), BEP 6 (fast extension), BEP 10 (extension protocol) and BEP 52 (v2).
 
 use super::WireError;
 use crate::{InfoHash, PeerId};
@@ -16,6 +16,9 @@ const EXTENDED_BIT: (usize, u8) = (5, 0x10);
 const FAST_BIT: (usize, u8) = (7, 0x04);
 /// Reserved byte and mask of the DHT bit (BEP 5).
 const DHT_BIT: (usize, u8) = (7, 0x01);
+/// Reserved byte and mask of the BitTorrent v2 bit (BEP 52): the sender speaks v2 (the hash
+/// messages) and, dialling a hybrid torrent by its v1 hash, may be upgraded to its v2 hash.
+const V2_BIT: (usize, u8) = (7, 0x10);
 
 /// The greeting both sides send first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,6 +99,17 @@ impl Handshake {
     pub fn supports_dht(&self) -> bool {
         self.reserved[DHT_BIT.0] & DHT_BIT.1 != 0
     }
+
+    /// Whether the sender speaks BitTorrent v2 (BEP 52).
+    pub fn supports_v2(&self) -> bool {
+        self.reserved[V2_BIT.0] & V2_BIT.1 != 0
+    }
+
+    /// The same handshake advertising BitTorrent v2 (BEP 52), for a v2 or hybrid torrent.
+    pub fn with_v2(mut self) -> Self {
+        self.reserved[V2_BIT.0] |= V2_BIT.1;
+        self
+    }
 }
 
 #[cfg(test)]
@@ -153,6 +167,16 @@ mod tests {
         bytes[20..28].copy_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0x01]);
         let h = Handshake::decode(&bytes).unwrap().unwrap();
         assert!(h.supports_dht() && !h.supports_fast() && !h.supports_extended());
+        assert!(!h.supports_v2());
+    }
+
+    #[test]
+    fn v2_bit_is_bit_4_of_byte_7() {
+        let h = sample().with_v2();
+        assert_eq!(&h.to_bytes()[20..28], &[0, 0, 0, 0, 0, 0x10, 0, 0x14]);
+        let back = Handshake::decode(&h.to_bytes()).unwrap().unwrap();
+        assert!(back.supports_v2() && back.supports_fast() && back.supports_extended());
+        assert!(!sample().supports_v2());
     }
 
     proptest! {

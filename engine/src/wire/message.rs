@@ -18,7 +18,7 @@ use crate::lengths::BlockInfo;
 /// byte of it is buffered. A caller that knows the torrent can pass a tighter limit.
 pub const DEFAULT_MAX_MESSAGE_LEN: u32 = 2 * 1024 * 1024 + 13;
 
-/// Message ids of BEP 3, BEP 6 and BEP 10.
+/// Message ids of BEP 3, BEP 6, BEP 10 and BEP 52.
 mod id {
     pub const CHOKE: u8 = 0;
     pub const UNCHOKE: u8 = 1;
@@ -36,6 +36,52 @@ mod id {
     pub const REJECT: u8 = 16;
     pub const ALLOWED_FAST: u8 = 17;
     pub const EXTENDED: u8 = 20;
+    pub const HASH_REQUEST: u8 = 21;
+    pub const HASHES: u8 = 22;
+    pub const HASH_REJECT: u8 = 23;
+}
+
+/// Bytes of the header shared by `hash request`, `hashes` and `hash reject` (BEP 52): the
+/// file's `pieces root`, then base layer, index, length and proof layers, 4 bytes each.
+pub const HASH_HEADER_LEN: usize = 32 + 4 * 4;
+
+/// The header of the BEP 52 hash messages: which hashes of which file's merkle tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct HashRequest {
+    /// The file's merkle root (`pieces root`), naming the file.
+    pub pieces_root: [u8; 32],
+    /// The layer the hashes come from, counted from the leaves (0: 16 KiB blocks).
+    pub base_layer: u32,
+    /// The first hash's index in that layer.
+    pub index: u32,
+    /// How many hashes of the base layer.
+    pub length: u32,
+    /// How many layers above the base the proof covers (uncle hashes come after the base
+    /// hashes in a `hashes` message).
+    pub proof_layers: u32,
+}
+
+impl HashRequest {
+    /// Reads the header (the caller checked there are [`HASH_HEADER_LEN`] bytes).
+    fn read(p: &[u8]) -> Self {
+        let mut pieces_root = [0u8; 32];
+        pieces_root.copy_from_slice(&p[..32]);
+        Self {
+            pieces_root,
+            base_layer: be32(&p[32..36]),
+            index: be32(&p[36..40]),
+            length: be32(&p[40..44]),
+            proof_layers: be32(&p[44..48]),
+        }
+    }
+
+    /// Appends the header.
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.pieces_root);
+        for n in [self.base_layer, self.index, self.length, self.proof_layers] {
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+    }
 }
 
 /// One peer wire message. Variable-size payloads borrow from the buffer they were decoded from.
@@ -87,6 +133,18 @@ pub enum Message<'a> {
         /// The bencoded (or extension-specific) payload.
         payload: &'a [u8],
     },
+    /// The sender asks for hashes of a file's merkle tree (BEP 52).
+    HashRequest(HashRequest),
+    /// Hashes of a file's merkle tree (BEP 52): `length` hashes of the base layer, then the
+    /// uncle hashes of the proof, 32 bytes each (`hashes.len()` is a multiple of 32).
+    Hashes {
+        /// What they answer.
+        request: HashRequest,
+        /// The hashes laid end to end.
+        hashes: &'a [u8],
+    },
+    /// The sender will not send these hashes (BEP 52).
+    HashReject(HashRequest),
     /// A message with an id we do not know; ignore it.
     Unknown {
         /// The message id.
@@ -137,6 +195,9 @@ fn shape(id: u8) -> Option<(&'static str, Shape)> {
         id::REJECT => ("reject", Shape::Exact(12)),
         id::ALLOWED_FAST => ("allowed fast", Shape::Exact(4)),
         id::EXTENDED => ("extended", Shape::AtLeast(1)),
+        id::HASH_REQUEST => ("hash request", Shape::Exact(HASH_HEADER_LEN as u32)),
+        id::HASHES => ("hashes", Shape::AtLeast(HASH_HEADER_LEN as u32)),
+        id::HASH_REJECT => ("hash reject", Shape::Exact(HASH_HEADER_LEN as u32)),
         _ => return None,
     })
 }
@@ -197,6 +258,13 @@ pub fn decode(buf: &[u8], max_len: u32) -> Result<Decoded<'_>, WireError> {
             _ => {}
         }
     }
+    if id == id::HASHES && (payload_len as usize - HASH_HEADER_LEN) % 32 != 0 {
+        return Err(WireError::WrongPayloadLength {
+            message: "hashes",
+            got: payload_len,
+            expected: payload_len - (payload_len - HASH_HEADER_LEN as u32) % 32,
+        });
+    }
     let total = (len as usize).saturating_add(4);
     if buf.len() < total {
         return Ok(Decoded::NeedMore(total - buf.len()));
@@ -226,6 +294,12 @@ pub fn decode(buf: &[u8], max_len: u32) -> Result<Decoded<'_>, WireError> {
             id: p[0],
             payload: &p[1..],
         },
+        id::HASH_REQUEST => Message::HashRequest(HashRequest::read(p)),
+        id::HASHES => Message::Hashes {
+            request: HashRequest::read(p),
+            hashes: &p[HASH_HEADER_LEN..],
+        },
+        id::HASH_REJECT => Message::HashReject(HashRequest::read(p)),
         _ => Message::Unknown { id, payload: p },
     };
     Ok(Decoded::Message {
@@ -266,6 +340,9 @@ impl Message<'_> {
             Self::Reject(_) => id::REJECT,
             Self::AllowedFast(_) => id::ALLOWED_FAST,
             Self::Extended { .. } => id::EXTENDED,
+            Self::HashRequest(_) => id::HASH_REQUEST,
+            Self::Hashes { .. } => id::HASHES,
+            Self::HashReject(_) => id::HASH_REJECT,
             Self::Unknown { id, .. } => *id,
         })
     }
@@ -286,6 +363,8 @@ impl Message<'_> {
             Self::Bitfield(b) => b.len(),
             Self::Piece { data, .. } => 8 + data.len(),
             Self::Extended { payload, .. } => 1 + payload.len(),
+            Self::HashRequest(_) | Self::HashReject(_) => HASH_HEADER_LEN,
+            Self::Hashes { hashes, .. } => HASH_HEADER_LEN + hashes.len(),
             Self::Unknown { payload, .. } => payload.len(),
         }
     }
@@ -330,6 +409,11 @@ impl Message<'_> {
                 out.push(*id);
                 out.extend_from_slice(payload);
             }
+            Self::HashRequest(r) | Self::HashReject(r) => r.write(out),
+            Self::Hashes { request, hashes } => {
+                request.write(out);
+                out.extend_from_slice(hashes);
+            }
             Self::Unknown { payload, .. } => out.extend_from_slice(payload),
             Self::KeepAlive
             | Self::Choke
@@ -367,6 +451,11 @@ impl fmt::Debug for Message<'_> {
             Self::Extended { id, payload } => {
                 write!(f, "Extended({id}, {} bytes)", payload.len())
             }
+            Self::HashRequest(r) => write!(f, "HashRequest({r:?})"),
+            Self::Hashes { request, hashes } => {
+                write!(f, "Hashes({request:?}, {} hashes)", hashes.len() / 32)
+            }
+            Self::HashReject(r) => write!(f, "HashReject({r:?})"),
             Self::Unknown { id, payload } => write!(f, "Unknown({id}, {} bytes)", payload.len()),
         }
     }
@@ -425,10 +514,30 @@ mod tests {
                 payload: b"xyz",
             },
             Message::Unknown {
-                id: 21,
+                id: 24,
                 payload: &[],
             },
+            Message::HashRequest(hr()),
+            Message::Hashes {
+                request: hr(),
+                hashes: &[7; 96],
+            },
+            Message::Hashes {
+                request: hr(),
+                hashes: &[],
+            },
+            Message::HashReject(hr()),
         ]
+    }
+
+    fn hr() -> HashRequest {
+        HashRequest {
+            pieces_root: [0xab; 32],
+            base_layer: 2,
+            index: 512,
+            length: 512,
+            proof_layers: 9,
+        }
     }
 
     fn encode_all(msgs: &[Message<'_>]) -> Vec<u8> {
@@ -469,6 +578,46 @@ mod tests {
                 "{m:?}"
             );
         }
+    }
+
+    #[test]
+    fn hash_messages_are_checked_for_size() {
+        let mut bytes = Vec::new();
+        Message::HashRequest(hr()).encode(&mut bytes);
+        assert_eq!(bytes.len(), 4 + 1 + 48);
+        assert_eq!(&bytes[..5], &[0, 0, 0, 49, 21]);
+        assert_eq!(&bytes[5..37], &[0xab; 32]);
+        assert_eq!(
+            &bytes[37..53],
+            &[0, 0, 0, 2, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 0, 9]
+        );
+        // A hash request one byte short, or hashes that are not whole 32-byte hashes.
+        let short = [0, 0, 0, 48, 21];
+        assert!(matches!(
+            decode(&short, MAX),
+            Err(WireError::WrongPayloadLength {
+                message: "hash request",
+                got: 47,
+                ..
+            })
+        ));
+        let mut odd = vec![0, 0, 0, 49 + 31, 22];
+        odd.extend_from_slice(&[0; 48 + 31]);
+        let err = decode(&odd, MAX).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "hashes message has 79 bytes of payload, expected 48"
+        );
+        // Refused as soon as the header is there, before the body is buffered.
+        assert!(decode(&odd[..5], MAX).is_err());
+        let reject = [0, 0, 0, 10, 23];
+        assert!(matches!(
+            decode(&reject, MAX),
+            Err(WireError::WrongPayloadLength {
+                message: "hash reject",
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -650,6 +799,7 @@ mod tests {
         Port(u16),
         Extended(u8, Vec<u8>),
         Unknown(u8, Vec<u8>),
+        Hash(u8, HashRequest, Vec<u8>),
     }
 
     impl Owned {
@@ -692,6 +842,14 @@ mod tests {
                     id: *id,
                     payload: v,
                 },
+                Owned::Hash(k, r, v) => match k % 3 {
+                    0 => Message::HashRequest(*r),
+                    1 => Message::HashReject(*r),
+                    _ => Message::Hashes {
+                        request: *r,
+                        hashes: &v[..v.len() / 32 * 32],
+                    },
+                },
             }
         }
     }
@@ -707,7 +865,20 @@ mod tests {
             (any::<u32>(), any::<u32>(), bytes()).prop_map(|(p, s, d)| Owned::Piece(p, s, d)),
             any::<u16>().prop_map(Owned::Port),
             (any::<u8>(), bytes()).prop_map(|(id, v)| Owned::Extended(id, v)),
-            (21u8.., bytes()).prop_map(|(id, v)| Owned::Unknown(id, v)),
+            (24u8.., bytes()).prop_map(|(id, v)| Owned::Unknown(id, v)),
+            (any::<u8>(), any::<[u8; 32]>(), any::<[u32; 4]>(), bytes()).prop_map(
+                |(k, root, n, v)| Owned::Hash(
+                    k,
+                    HashRequest {
+                        pieces_root: root,
+                        base_layer: n[0],
+                        index: n[1],
+                        length: n[2],
+                        proof_layers: n[3],
+                    },
+                    v
+                )
+            ),
         ]
     }
 

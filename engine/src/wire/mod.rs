@@ -1,4 +1,5 @@
-//! The peer wire protocol of BEP 3 (with the message ids of BEP 6 and BEP 10) as pure code.
+//! The peer wire protocol of BEP 3 (with the message ids of BEP 6, BEP 10 and BEP 52) as pure
+//! code.
 //!
 //! - [`handshake`]: the 68-byte greeting that opens every connection.
 //! - [`message`]: the length-prefixed messages that follow it, a decoder that borrows from a
@@ -27,7 +28,9 @@ pub mod handshake;
 pub mod message;
 
 pub use handshake::{Handshake, HANDSHAKE_LEN, PROTOCOL};
-pub use message::{decode, piece_header, Decoded, Message, DEFAULT_MAX_MESSAGE_LEN};
+pub use message::{
+    decode, piece_header, Decoded, HashRequest, Message, DEFAULT_MAX_MESSAGE_LEN, HASH_HEADER_LEN,
+};
 
 /// A peer broke the wire protocol: the connection to it should be closed.
 #[derive(Clone, Debug, PartialEq, Eq)]
