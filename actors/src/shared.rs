@@ -154,6 +154,9 @@ pub struct Shared {
     checked: AtomicU32,
     /// Whether the pieces on disk at start came from the fast-resume record, not a check.
     from_record: AtomicBool,
+    /// Verified pieces found on disk (or in the record) when the check ended; unlike
+    /// `verified`, it does not grow as pieces arrive.
+    found_at_start: AtomicU32,
     /// Payload bytes per second received, measured by the torrent each second.
     download_rate: AtomicU64,
     /// Payload bytes per second sent, measured by the torrent each second.
@@ -244,6 +247,7 @@ impl Shared {
             state: AtomicU8::new(TorrentState::Checking.to_u8()),
             checked: AtomicU32::new(0),
             from_record: AtomicBool::new(false),
+            found_at_start: AtomicU32::new(0),
             download_rate: AtomicU64::new(0),
             upload_rate: AtomicU64::new(0),
             finished: Event::new(),
@@ -499,6 +503,11 @@ impl Shared {
         self.finished.notify(usize::MAX);
     }
 
+    /// Verified pieces found on disk (or taken from the record) when the check ended.
+    pub fn found_at_start(&self) -> u32 {
+        self.found_at_start.load(Ordering::Relaxed)
+    }
+
     /// Whether the pieces on disk at start came from the fast-resume record, not a check.
     pub fn from_record(&self) -> bool {
         self.from_record.load(Ordering::Relaxed)
@@ -534,6 +543,7 @@ impl Shared {
 
     /// The check is over: `verified` pieces are good and `left` bytes are missing.
     pub(crate) fn checked(&self, verified: u32, left: u64) {
+        self.found_at_start.store(verified, Ordering::Relaxed);
         self.verified.store(verified, Ordering::Release);
         self.left.store(left, Ordering::Relaxed);
         let num_pieces = self.num_pieces.load(Ordering::Acquire);

@@ -22,7 +22,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use shoal_actors::disk::{Mode, Storage};
 use shoal_actors::one_copy::OneCopy;
 use shoal_actors::session::{Encryption, Session, SessionSettings};
-use shoal_actors::shared::{Progress, TorrentEvent};
+use shoal_actors::shared::{Progress, TorrentEvent, TorrentState};
 use shoal_actors::torrent::{content_path, AddTorrent, Torrent, TorrentSettings};
 use shoal_engine::magnet::Magnet;
 use shoal_engine::metainfo::Metainfo;
@@ -381,9 +381,14 @@ pub fn download(args: DownloadArgs) -> CliResult {
                     session.local_addr()
                 ));
                 let torrent = session.start_magnet(add)?;
-                async { Ok(torrent.wait_checked().await.map(|()| torrent)) }
+                let waited = async { Ok(torrent.wait_checked().await.map(|()| torrent.clone())) }
                     .or(async { Err(next_signal(&mut signals).await) })
-                    .await
+                    .await;
+                if waited.is_err() && torrent.state() == TorrentState::Metadata {
+                    say("shoal: interrupted while fetching the metadata from peers; nothing was downloaded");
+                    return Err(Failure::Signal(waited.err().unwrap_or_default()));
+                }
+                waited
             }
             (None, None) => unreachable!("a source is a torrent or a magnet"),
         };
@@ -406,16 +411,19 @@ pub fn download(args: DownloadArgs) -> CliResult {
             args.output.display(),
             session.local_addr()
         ));
+        // Pieces may already be arriving (a magnet's torrent starts as soon as its metadata
+        // is checked): what was on disk is what the check found.
+        let found = torrent.found_at_start();
         if torrent.resumed_from_record() {
             say(&format!(
                 "shoal: {} from the resume record (no file changed since it was written); {} to fetch",
-                count(start.verified_pieces, "piece", "pieces"),
-                start.total_pieces - start.verified_pieces
+                count(found, "piece", "pieces"),
+                start.total_pieces.saturating_sub(found)
             ));
-        } else if start.verified_pieces > 0 {
+        } else if found > 0 {
             say(&format!(
                 "shoal: {} of {} already on disk (read and verified)",
-                start.verified_pieces,
+                found,
                 count(start.total_pieces, "piece", "pieces")
             ));
         }

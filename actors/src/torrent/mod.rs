@@ -402,6 +402,13 @@ impl Torrent {
         self.shared.from_record()
     }
 
+    /// How many verified pieces were on disk when the check ended (read and verified, or
+    /// taken from the fast-resume record): unlike `progress().verified_pieces`, it does not
+    /// grow as pieces arrive.
+    pub fn found_at_start(&self) -> u32 {
+        self.shared.found_at_start()
+    }
+
     /// A snapshot of its progress.
     pub fn progress(&self) -> Progress {
         self.shared.progress()
