@@ -30,7 +30,7 @@ impl Encryption {
     /// The engine's policy for a handshake under this setting (`None`: no MSE at all).
     pub(crate) fn policy(self) -> Option<Policy> {
         match self {
-            Encryption::Prefer => Some(Policy::PreferRc4),
+            Encryption::Prefer => Some(Policy::Either),
             Encryption::Require => Some(Policy::RequireRc4),
             Encryption::Off => None,
         }
