@@ -234,32 +234,28 @@ impl Upload {
             bytes += b.len as usize;
             end += b.len;
         }
-        let wbuf = out.bytes_mut();
         if run > 1 {
-            let start = wbuf.len();
+            let start = out.len();
+            let slots = out.slots(bytes + run * PIECE_HEADER_LEN);
+            // Each block's header, and its data slot behind it, for one vectored read.
+            let mut reads = Vec::with_capacity(run);
+            let mut rest = slots;
             for b in self.queue.iter().take(run) {
-                wbuf.extend_from_slice(&piece_header(b.piece, b.begin, b.len));
-                let data = wbuf.len();
-                wbuf.resize(data + b.len as usize, 0);
-            }
-            // The data slots between the headers, as one vectored read.
-            let mut slots = Vec::with_capacity(run);
-            let mut rest = &mut wbuf[start..];
-            for b in self.queue.iter().take(run) {
-                let (_, after_header) = rest.split_at_mut(PIECE_HEADER_LEN);
+                let (header, after_header) = rest.split_at_mut(PIECE_HEADER_LEN);
+                header.copy_from_slice(&piece_header(b.piece, b.begin, b.len));
                 let (data, after) = after_header.split_at_mut(b.len as usize);
-                slots.push(io::IoSliceMut::new(data));
+                reads.push(io::IoSliceMut::new(data));
                 rest = after;
             }
-            if let Ok(true) = src.read_run_cached(&first, &mut slots) {
+            if let Ok(true) = src.read_run_cached(&first, &mut reads) {
                 for b in self.queue.iter().take(run) {
                     uploaded(*b);
                 }
                 return run;
             }
-            wbuf.truncate(start);
+            out.truncate(start);
         }
-        usize::from(read_cached(src, first, wbuf, uploaded))
+        usize::from(read_cached(src, first, out, uploaded))
     }
 
     /// A disk read came back: its block goes out unless the peer cancelled it meanwhile or we
@@ -288,9 +284,8 @@ impl Upload {
         match done.data {
             Ok(data) => {
                 let b = done.block;
-                let wbuf = out.bytes_mut();
-                wbuf.extend_from_slice(&piece_header(b.piece, b.begin, b.len));
-                wbuf.extend_from_slice(&data);
+                out.extend(&piece_header(b.piece, b.begin, b.len));
+                out.extend(&data);
                 uploaded(b);
                 Ok(())
             }
@@ -303,21 +298,21 @@ impl Upload {
 fn read_cached(
     src: &impl BlockSource,
     b: BlockInfo,
-    wbuf: &mut Vec<u8>,
+    out: &mut WriteBuf,
     uploaded: &mut impl FnMut(BlockInfo),
 ) -> bool {
-    let start = wbuf.len();
-    wbuf.extend_from_slice(&piece_header(b.piece, b.begin, b.len));
-    let data = wbuf.len();
-    wbuf.resize(data + b.len as usize, 0);
-    match src.read_block_cached(&b, &mut wbuf[data..]) {
+    let start = out.len();
+    let slots = out.slots(PIECE_HEADER_LEN + b.len as usize);
+    let (header, data) = slots.split_at_mut(PIECE_HEADER_LEN);
+    header.copy_from_slice(&piece_header(b.piece, b.begin, b.len));
+    match src.read_block_cached(&b, data) {
         Ok(true) => {
             uploaded(b);
             true
         }
         // Not cached, or an error: a disk thread reads it (and reports any error).
         Ok(false) | Err(_) => {
-            wbuf.truncate(start);
+            out.truncate(start);
             false
         }
     }
@@ -470,7 +465,7 @@ mod tests {
                 .unwrap();
         }
         up.serve(&src, &mut out, |_| {});
-        let cap = out.bytes_mut().capacity();
+        let cap = out.capacity();
         assert!(
             cap < 256 * 1024 + 32 * 1024,
             "no doubling past the mark: {cap}"
@@ -480,7 +475,7 @@ mod tests {
         up.handle_rate(100 << 10);
         up.serve(&src, &mut out, |_| {});
         assert_eq!(out.unsent(), 4 * (16384 + 13), "64 KiB queued");
-        let cap = out.bytes_mut().capacity();
+        let cap = out.capacity();
         assert!(cap < 96 * 1024, "the bigger buffer was given back: {cap}");
     }
 
