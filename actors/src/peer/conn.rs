@@ -191,6 +191,9 @@ impl WriteBuf {
     /// appending them).
     pub(super) fn truncate(&mut self, len: usize) {
         self.end = self.end.min(len.max(self.pos));
+        if self.pos == self.end {
+            self.clear();
+        }
     }
 
     /// Where the queued bytes end, for [`truncate`](Self::truncate).
@@ -538,6 +541,32 @@ mod tests {
         assert!(out.is_empty());
         out.make_room(cap / 4);
         assert!(out.capacity() <= cap / 4, "given back");
+    }
+
+    #[test]
+    fn sent_bytes_are_handed_out_again_as_slots_without_zeroing() {
+        let mut out = WriteBuf::default();
+        out.extend(&[7; 100]);
+        out.advance(100);
+        assert!(out.is_empty());
+        // The next slots are the old bytes, not zeroes: nothing was written over them.
+        let start = out.len();
+        assert_eq!(out.slots(60), &[7; 60][..]);
+        out.truncate(start);
+        assert!(out.is_empty(), "taken back");
+        // Slots filled, a message behind them, then slots past the old end (zeroed once).
+        out.slots(10).fill(1);
+        out.push(Message::Have(2));
+        assert_eq!(out.slots(200).len(), 200);
+        let pending = out.pending();
+        assert_eq!(pending.len(), 10 + 9 + 200);
+        assert_eq!(&pending[..10], &[1; 10]);
+        assert_eq!(&pending[10..19], &[0, 0, 0, 5, 4, 0, 0, 0, 2]);
+        // A truncate never reaches below what is already written.
+        out.advance(15);
+        out.truncate(3);
+        assert_eq!(out.unsent(), 0);
+        assert!(out.is_empty());
     }
 
     #[test]
