@@ -19,8 +19,15 @@ use super::conn::WriteBuf;
 use super::{ServeFilter, Stop};
 use crate::disk::ReadDone;
 
-/// Requests from the peer we queue before refusing more.
-pub(super) const MAX_SERVE_QUEUE: usize = 512;
+/// Requests from the peer we queue before refusing more, and the `reqq` we advertise. A
+/// libtorrent downloader takes the `reqq` it is told as its limit of requests outstanding:
+/// 2,000, what libtorrent's own seeder says, lets it keep 32 MiB on the way, so its socket
+/// does not run dry while either side waits for a CPU on a busy machine. With 512 (8 MiB) its
+/// receive queue was nearly empty in 26-84% of samples during a transfer from `shoal seed`,
+/// against 5-37% from a libtorrent seeder, and 11-18% with 2,000. The queue holds only block
+/// coordinates (12 bytes each: 24 KiB at most per peer); blocks are read as the write buffer
+/// drains. Cancels search it linearly, like libtorrent's.
+pub(super) const MAX_SERVE_QUEUE: usize = 2000;
 
 /// Disk reads in flight for one peer's uploads.
 pub(super) const MAX_READS: usize = 8;
