@@ -10,7 +10,10 @@
 //! - (c) the same tuned libtorrent seeder with a libtorrent downloader (the reference), and
 //!   with aria2c (which finds the seeder through an embedded tracker: it cannot be given a
 //!   peer on its command line);
-//! - (d) `shoal seed` with the same libtorrent downloader: shoal's seeding against (c)'s;
+//! - (d) `shoal seed --encryption allow` with the same libtorrent downloader: shoal's seeding
+//!   against (c)'s, both answering the downloader's MSE offer with plaintext, as libtorrent's
+//!   seeder does by default; (d-prefer, only when asked for) the same under shoal's default
+//!   `prefer`, which answers RC4;
 //! - (untuned, only when asked for) a second libtorrent seeder with libtorrent's default
 //!   settings, with `shoal download` and with the libtorrent downloader: what this bench
 //!   measured before, when the seeder was the bottleneck for both downloaders;
@@ -43,7 +46,8 @@
 //!
 //! Knobs: `SHOAL_BENCH_MIB` (default 1024), `SHOAL_BENCH_RUNS` (5), `SHOAL_BENCH_DEPTHS`
 //! (`5`; `5,16,64` compares floors), `SHOAL_BENCH_PIECES` (KiB, `1024,256`), `SHOAL_BENCH_CASES`
-//! (a subset of `floor,a,b,lt,aria2,d,untuned`; all but `untuned` by default),
+//! (a subset of `floor,a,b,lt,aria2,d,d-prefer,untuned`; all but `d-prefer` and `untuned` by
+//! default),
 //! `SHOAL_BENCH_VERBOSE=1` echoes the children's output.
 
 #[path = "support/mod.rs"]
@@ -438,19 +442,29 @@ fn main() {
             .unwrap_or_else(|e| panic!("read {}: {e}", torrent.display()));
         println!("\n{mib} MiB, {piece_kib} KiB pieces, {runs} runs");
 
+        // `--encryption allow`: a libtorrent downloader (cases d) offers MSE with both levels,
+        // and the tuned libtorrent seeder answers plaintext; so does this one. Under the
+        // default `prefer` it would answer RC4 (case d-prefer, a seeder of its own).
         let shoal_port = support::free_port();
-        let mut shoal_seed = Proc::spawn({
-            let mut c = Command::new(&bench.shoal);
-            c.arg("seed").arg(&torrent).arg(&data).args([
-                "--listen",
-                &format!("127.0.0.1:{shoal_port}"),
-                "--no-trackers",
-            ]);
-            c
-        });
-        shoal_seed
-            .wait_line("shoal: seeding", SEEDER_LIMIT)
-            .expect("shoal seeder started");
+        let spawn_shoal_seed = |port: u16, encryption: &str| {
+            let mut seed = Proc::spawn({
+                let mut c = Command::new(&bench.shoal);
+                c.arg("seed").arg(&torrent).arg(&data).args([
+                    "--listen",
+                    &format!("127.0.0.1:{port}"),
+                    "--no-trackers",
+                    "--encryption",
+                    encryption,
+                ]);
+                c
+            });
+            seed.wait_line("shoal: seeding", SEEDER_LIMIT)
+                .expect("shoal seeder started");
+            seed
+        };
+        let shoal_seed = spawn_shoal_seed(shoal_port, "allow");
+        let prefer_port = support::free_port();
+        let prefer_seed = (lt && has("d-prefer")).then(|| spawn_shoal_seed(prefer_port, "prefer"));
         let lt_port = support::free_port();
         // Only the tuned seeder announces: aria2c, which finds its seeder there, is compared
         // against the tuned one.
@@ -559,7 +573,11 @@ fn main() {
                 }
                 if has("d") {
                     let s = lt_down("d", shoal_port, &mut Seeder::Shoal(shoal_seed.pid()));
-                    record("(d) shoal -> lt".into(), s);
+                    record("(d) shoal (allow) -> lt".into(), s);
+                }
+                if let Some(seed) = prefer_seed.as_ref() {
+                    let s = lt_down("d-prefer", prefer_port, &mut Seeder::Shoal(seed.pid()));
+                    record("(d-prefer) shoal (RC4) -> lt".into(), s);
                 }
             }
             if let Some(seed) = untuned_seed.as_mut() {
@@ -571,10 +589,11 @@ fn main() {
             }
         }
         drop(shoal_seed);
+        drop(prefer_seed);
         drop(lt_seed);
         drop(untuned_seed);
     }
-    for case in ["floor", "a", "b", "lt", "aria2", "d", "untuned"] {
+    for case in ["floor", "a", "b", "lt", "aria2", "d", "d-prefer", "untuned"] {
         let _ = std::fs::remove_dir_all(dir.join(format!("out-{case}")));
     }
 
