@@ -490,6 +490,11 @@ impl State {
                     }
                     self.departed.push_back((peer, slot.addr));
                     if let Some(ss) = self.superseed.as_mut() {
+                        log::debug!(
+                            "super-seeding: {} left holding offers {:?}",
+                            slot.addr,
+                            ss.offers(peer)
+                        );
                         ss.handle_leave(peer, Instant::now());
                     }
                     self.wake(None);

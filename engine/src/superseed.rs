@@ -982,6 +982,87 @@ mod tests {
     }
 
     #[test]
+    fn connections_that_end_and_come_back_cost_no_second_copy() {
+        // 12 peers, 96 pieces, a round a second: each peer fetches its offers from us, then
+        // takes one piece from another peer (whether or not we are connected to it); every
+        // round one connection to us ends (a downloader made room for a newcomer) and comes
+        // back three rounds later with its bitfield. Pieces at a peer whose connection ended
+        // are still in the swarm: the seed must upload each piece about once.
+        let t0 = Instant::now();
+        let n = 12usize;
+        let pieces = 96u32;
+        let mut ss = SuperSeed::new(pieces, 1, 21);
+        let mut has = vec![Bitfield::new(pieces); n];
+        let mut away: Vec<Option<u64>> = vec![None; n];
+        for k in 0..n {
+            ss.handle_join(PeerKey(k as u64), true, t0);
+        }
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut uploads = 0u32;
+        let mut round = 0u64;
+        let full = |has: &[Bitfield]| {
+            let mut u = Bitfield::new(pieces);
+            for h in has {
+                for i in h.iter_ones() {
+                    u.set(i);
+                }
+            }
+            u.all()
+        };
+        while !full(&has) && round < 2_000 {
+            round += 1;
+            let now = t0 + Duration::from_secs(round);
+            // Offers made: fetched from us at once by peers still connected.
+            while let Some(e) = ss.poll_event() {
+                if let Event::Offer { peer, piece } = e {
+                    let k = peer.0 as usize;
+                    if away[k].is_none() && !has[k].get(piece) {
+                        uploads += 1;
+                        has[k].set(piece);
+                        ss.handle_have(peer, piece, now);
+                    }
+                }
+            }
+            // Trading among the peers.
+            for k in 0..n {
+                let from = (next() % n as u64) as usize;
+                let got = has[from].iter_ones().find(|&i| !has[k].get(i));
+                if let Some(i) = got {
+                    has[k].set(i);
+                    if away[k].is_none() {
+                        ss.handle_have(PeerKey(k as u64), i, now);
+                    }
+                }
+            }
+            // One connection ends; those away for three rounds come back.
+            for k in 0..n {
+                if away[k].is_some_and(|r| round >= r + 3) {
+                    away[k] = None;
+                    ss.handle_join(PeerKey(k as u64), true, now);
+                    ss.handle_bitfield(PeerKey(k as u64), &has[k], now);
+                }
+            }
+            let k = (next() % n as u64) as usize;
+            if away[k].is_none() {
+                away[k] = Some(round);
+                ss.handle_leave(PeerKey(k as u64), now);
+            }
+            ss.handle_tick(now);
+        }
+        assert!(full(&has), "the swarm got every piece");
+        assert!(
+            uploads <= pieces + 4,
+            "seed uploaded {uploads} pieces of {pieces}"
+        );
+    }
+
+    #[test]
     fn a_swarm_gets_one_copy_of_each_piece_from_the_seed() {
         // 6 peers, 60 pieces; each peer fetches its offer from us, then peers trade: every
         // completed piece is taken by one other peer at once. The seed must upload each piece
