@@ -14,6 +14,8 @@
 //! `SHOAL_SWARM_IDLE` (idle connections to measure, 500), `SHOAL_SWARM_DIRECT=1` (also give
 //! every downloader the seeder's address directly), `SHOAL_SWARM_SUPER_SEED=1` (the seeder
 //! super-seeds, BEP 16: compare the copies it uploads before the swarm holds a full copy),
+//! `SHOAL_SWARM_SEED_LAST=1` (every downloader is added first, then the seeder: a waiting
+//! crowd, and completion times free of the time it takes to add the downloaders),
 //! `SHOAL_SWARM_LINGER` (s to watch the
 //! connections close once all are complete, 10).
 
@@ -137,6 +139,8 @@ fn raise_nofile() -> u64 {
 
 fn main() {
     if let Ok(mode) = std::env::var("SHOAL_SWARM_CHILD") {
+        // RUST_LOG=shoal_actors::picker=debug, say, to see each super-seeding offer.
+        let _ = env_logger::try_init();
         if mode == "idle" {
             idle_connections(env_u64("SHOAL_SWARM_IDLE", 500) as usize);
         } else {
@@ -253,192 +257,235 @@ fn swarm(n: usize) {
     seed.settings.max_peers = max_peers;
     let seed_super = std::env::var_os("SHOAL_SWARM_SUPER_SEED").is_some();
     seed.settings.super_seed = seed_super;
-    let seeder = rt
-        .block_on(seeder_session.add_torrent(seed))
-        .expect("seeder starts");
+    // SHOAL_SWARM_SEED_LAST=1: every downloader first, then the seeder (a crowd waiting for
+    // the first seed, super-seeding's own case); times then count from the seeder's start.
+    let seed_last = std::env::var_os("SHOAL_SWARM_SEED_LAST").is_some();
+    let mut seed = Some(seed);
+    let mut start_seeder = || {
+        rt.block_on(seeder_session.add_torrent(seed.take().expect("once")))
+            .expect("seeder starts")
+    };
+    let early_seeder = (!seed_last).then(&mut start_seeder);
     let seeder_addr = seeder_session.local_addr();
 
-    let mut peers: Vec<Peer> = Vec::with_capacity(n);
-    let mut add_error = None;
-    for i in 0..n {
-        let out = dir.join(format!("dl-{i}"));
-        let _ = std::fs::remove_dir_all(&out);
-        let session = match session(settings()) {
-            Ok(s) => s,
-            Err(e) => {
-                add_error = Some(format!("session {i}: {e}"));
+    // The downloaders are added on a thread of their own while this one watches the swarm
+    // from the start: under load adding them takes minutes, and the first ones download (and
+    // the seeder uploads) meanwhile.
+    let (added_tx, added_rx) = std::sync::mpsc::channel::<Peer>();
+    // Set when the watch ends (a timeout or a stall) before every downloader was added.
+    let stop_adding = std::sync::atomic::AtomicBool::new(false);
+    let adder = || {
+        let mut count = 0;
+        let mut add_error = None;
+        for i in 0..n {
+            if stop_adding.load(Ordering::Relaxed) {
+                add_error = Some(format!("stopped after {i}: the watch ended"));
                 break;
             }
-        };
-        let mut add = AddTorrent::download(meta.clone(), &out);
-        add.settings = TorrentSettings {
-            max_peers,
-            ..TorrentSettings::default()
-        };
-        if direct {
-            add.peers = vec![seeder_addr];
-        }
-        // A panic here (a thread that cannot be spawned, say) is what breaks; report it.
-        let added = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            rt.block_on(session.add_torrent(add))
-        }));
-        match added {
-            Ok(Ok(torrent)) => {
-                let events = torrent.subscribe();
-                peers.push(Peer {
-                    torrent,
-                    events,
-                    session,
-                    have: vec![false; pieces],
-                    complete_at: None,
-                });
+            let out = dir.join(format!("dl-{i}"));
+            let _ = std::fs::remove_dir_all(&out);
+            let session = match session(settings()) {
+                Ok(s) => s,
+                Err(e) => {
+                    add_error = Some(format!("session {i}: {e}"));
+                    break;
+                }
+            };
+            let mut add = AddTorrent::download(meta.clone(), &out);
+            add.settings = TorrentSettings {
+                max_peers,
+                ..TorrentSettings::default()
+            };
+            if direct {
+                add.peers = vec![seeder_addr];
             }
-            Ok(Err(e)) => {
-                add_error = Some(format!("torrent {i}: {e}"));
-                break;
-            }
-            Err(_) => {
-                add_error = Some(format!("torrent {i}: panicked while starting"));
-                break;
-            }
-        }
-    }
-    let setup = started.elapsed();
-    println!(
-        "  {} downloaders started in {:.1} s (each checks its empty file first); threads {}, \
-         RSS {:.0} MiB, heap {:.0} MiB, fds {}",
-        peers.len(),
-        setup.as_secs_f64(),
-        status("Threads:"),
-        status("VmRSS:") as f64 / 1024.0,
-        mib((LIVE.load(Ordering::Relaxed) - heap0) as u64),
-        open_fds()
-    );
-    if let Some(e) = &add_error {
-        println!("  BROKE while starting: {e}");
-    }
-
-    // Watch: availability, completion, resources.
-    let mut counts = vec![0u32; pieces];
-    let mut first_zero: Option<Duration> = None;
-    let mut uploaded_at_full_copy = 0u64;
-    let mut max_after_zero = 0usize;
-    let mut peak_conns = 0u64;
-    let mut heap_at_peak_conns = 0usize;
-    let mut peak_threads = 0u64;
-    let mut peak_fds = 0usize;
-    let mut last_progress = (Instant::now(), 0u64);
-    let mut last_print = Instant::now() - Duration::from_secs(10);
-    let mut stalled = false;
-    let mut samples: Vec<(f64, usize, usize, u64)> = Vec::new();
-    loop {
-        std::thread::sleep(Duration::from_millis(250));
-        let t = started.elapsed();
-        for p in peers.iter_mut() {
-            while let Ok(ev) = p.events.try_recv() {
-                match ev {
-                    TorrentEvent::PieceVerified(i) => {
-                        let i = i as usize;
-                        if i < pieces && !p.have[i] {
-                            p.have[i] = true;
-                            counts[i] += 1;
-                        }
-                    }
-                    TorrentEvent::Complete => {
-                        p.complete_at.get_or_insert(t);
-                    }
-                    _ => {}
+            // A panic here (a thread that cannot be spawned, say) is what breaks; report it.
+            let added = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                rt.block_on(session.add_torrent(add))
+            }));
+            match added {
+                Ok(Ok(torrent)) => {
+                    let events = torrent.subscribe();
+                    count += 1;
+                    let _ = added_tx.send(Peer {
+                        torrent,
+                        events,
+                        session,
+                        have: vec![false; pieces],
+                        complete_at: None,
+                    });
+                }
+                Ok(Err(e)) => {
+                    add_error = Some(format!("torrent {i}: {e}"));
+                    break;
+                }
+                Err(_) => {
+                    add_error = Some(format!("torrent {i}: panicked while starting"));
+                    break;
                 }
             }
-            if p.complete_at.is_none() && p.torrent.progress().complete {
-                p.complete_at = Some(t);
+        }
+        let setup = started.elapsed();
+        println!(
+            "  {count} downloaders started in {:.1} s (each checks its empty file first; the \
+             swarm downloads meanwhile); threads {}, RSS {:.0} MiB, heap {:.0} MiB, fds {}",
+            setup.as_secs_f64(),
+            status("Threads:"),
+            status("VmRSS:") as f64 / 1024.0,
+            mib(LIVE.load(Ordering::Relaxed).saturating_sub(heap0) as u64),
+            open_fds()
+        );
+        if let Some(e) = &add_error {
+            println!("  BROKE while starting: {e}");
+        }
+        setup
+    };
+    std::thread::scope(|scope| {
+        let adding = scope.spawn(adder);
+        let mut peers: Vec<Peer> = Vec::with_capacity(n);
+        let (seeder, started) = match early_seeder {
+            Some(s) => (s, started),
+            None => {
+                while !adding.is_finished() {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                let t = Instant::now();
+                println!("  the seeder starts now (SHOAL_SWARM_SEED_LAST): times from here");
+                (start_seeder(), t)
             }
-        }
-        let only_seeder = counts.iter().filter(|&&c| c == 0).count();
-        let done = peers.iter().filter(|p| p.complete_at.is_some()).count();
-        let verified: u64 = peers
-            .iter()
-            .map(|p| u64::from(p.torrent.progress().verified_pieces))
-            .sum();
-        let conns: u64 = peers
-            .iter()
-            .map(|p| u64::from(p.torrent.progress().peers))
-            .sum::<u64>()
-            + u64::from(seeder.progress().peers);
-        if conns > peak_conns {
-            peak_conns = conns;
-            heap_at_peak_conns = LIVE.load(Ordering::Relaxed).saturating_sub(heap0);
-        }
-        peak_threads = peak_threads.max(status("Threads:"));
-        peak_fds = peak_fds.max(open_fds());
-        if only_seeder == 0 && first_zero.is_none() {
-            first_zero = Some(t);
-            // The downloaders between them hold a full copy: what did that cost the seeder?
-            uploaded_at_full_copy = seeder.progress().uploaded;
-        }
-        if first_zero.is_some() {
-            max_after_zero = max_after_zero.max(only_seeder);
-        }
-        samples.push((t.as_secs_f64(), only_seeder, done, verified));
-        if verified > last_progress.1 {
-            last_progress = (Instant::now(), verified);
-        }
-        if last_print.elapsed() >= Duration::from_secs(5) || done == peers.len() {
-            last_print = Instant::now();
-            println!(
+        };
+
+        // Watch: availability, completion, resources.
+        let mut counts = vec![0u32; pieces];
+        let mut first_zero: Option<Duration> = None;
+        let mut uploaded_at_full_copy = 0u64;
+        let mut max_after_zero = 0usize;
+        let mut peak_conns = 0u64;
+        let mut heap_at_peak_conns = 0usize;
+        let mut peak_threads = 0u64;
+        let mut peak_fds = 0usize;
+        let mut last_progress = (Instant::now(), 0u64);
+        let mut last_print = Instant::now() - Duration::from_secs(10);
+        let mut stalled = false;
+        let mut samples: Vec<(f64, usize, usize, u64)> = Vec::new();
+        loop {
+            std::thread::sleep(Duration::from_millis(250));
+            let t = started.elapsed();
+            // Whether every downloader was added: checked before taking them in.
+            let all_added = adding.is_finished();
+            peers.extend(added_rx.try_iter());
+            for p in peers.iter_mut() {
+                while let Ok(ev) = p.events.try_recv() {
+                    match ev {
+                        TorrentEvent::PieceVerified(i) => {
+                            let i = i as usize;
+                            if i < pieces && !p.have[i] {
+                                p.have[i] = true;
+                                counts[i] += 1;
+                            }
+                        }
+                        TorrentEvent::Complete => {
+                            p.complete_at.get_or_insert(t);
+                        }
+                        _ => {}
+                    }
+                }
+                if p.complete_at.is_none() && p.torrent.progress().complete {
+                    p.complete_at = Some(t);
+                }
+            }
+            let only_seeder = counts.iter().filter(|&&c| c == 0).count();
+            let done = peers.iter().filter(|p| p.complete_at.is_some()).count();
+            let verified: u64 = peers
+                .iter()
+                .map(|p| u64::from(p.torrent.progress().verified_pieces))
+                .sum();
+            let conns: u64 = peers
+                .iter()
+                .map(|p| u64::from(p.torrent.progress().peers))
+                .sum::<u64>()
+                + u64::from(seeder.progress().peers);
+            if conns > peak_conns {
+                peak_conns = conns;
+                heap_at_peak_conns = LIVE.load(Ordering::Relaxed).saturating_sub(heap0);
+            }
+            peak_threads = peak_threads.max(status("Threads:"));
+            peak_fds = peak_fds.max(open_fds());
+            if only_seeder == 0 && first_zero.is_none() {
+                first_zero = Some(t);
+                // The downloaders between them hold a full copy: what did that cost the seeder?
+                uploaded_at_full_copy = seeder.progress().uploaded;
+            }
+            if first_zero.is_some() {
+                max_after_zero = max_after_zero.max(only_seeder);
+            }
+            samples.push((t.as_secs_f64(), only_seeder, done, verified));
+            if verified > last_progress.1 {
+                last_progress = (Instant::now(), verified);
+            }
+            let all_done = all_added && done == peers.len();
+            if last_print.elapsed() >= Duration::from_secs(5) || all_done {
+                last_print = Instant::now();
+                println!(
                 "  t {:>6.1} s: complete {done}/{}, pieces {:.1}%, only at seeder {only_seeder}, \
-                 connections {conns}, threads {}, RSS {:.0} MiB, fds {}, load {}",
+                 seeder: {} peers, {:.2} copies up; connections {conns}, threads {}, RSS {:.0} \
+                 MiB, fds {}, load {}",
                 t.as_secs_f64(),
                 peers.len(),
                 100.0 * verified as f64 / (pieces * peers.len().max(1)) as f64,
+                seeder.progress().peers,
+                seeder.progress().uploaded as f64 / meta.total_length() as f64,
                 status("Threads:"),
                 status("VmRSS:") as f64 / 1024.0,
                 open_fds(),
                 support::load()
             );
+            }
+            if all_done {
+                break;
+            }
+            if last_progress.0.elapsed() > Duration::from_secs(60) {
+                stalled = true;
+                println!("  STALL: no piece verified anywhere for 60 s");
+                break;
+            }
+            if t > limit {
+                println!("  TIMEOUT after {limit:?}");
+                break;
+            }
         }
-        if done == peers.len() {
-            break;
-        }
-        if last_progress.0.elapsed() > Duration::from_secs(60) {
-            stalled = true;
-            println!("  STALL: no piece verified anywhere for 60 s");
-            break;
-        }
-        if t > limit {
-            println!("  TIMEOUT after {limit:?}");
-            break;
-        }
-    }
-    let total = started.elapsed();
-    // Heap still held once every download is over (recycled buffers, pools, idle connections).
-    let heap_end = LIVE.load(Ordering::Relaxed).saturating_sub(heap0);
-    let done = peers.iter().filter(|p| p.complete_at.is_some()).count();
-    let mut finish: Vec<f64> = peers
-        .iter()
-        .filter_map(|p| p.complete_at.map(|d| d.as_secs_f64()))
-        .collect();
-    finish.sort_by(f64::total_cmp);
-    let pct = |q: f64| {
-        finish
-            .get(((finish.len() as f64 * q) as usize).min(finish.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
-    let hwm = status("VmHWM:") * 1024;
-    let heap_peak = PEAK.load(Ordering::Relaxed).saturating_sub(heap0);
-    let per_conn = if peak_conns > 0 {
-        heap_at_peak_conns as f64 / peak_conns as f64
-    } else {
-        f64::NAN
-    };
-    // Availability over time, at a few points.
-    let series: Vec<String> = [0.1, 0.25, 0.5, 0.75, 0.9]
-        .iter()
-        .filter_map(|&q| samples.get((samples.len() as f64 * q) as usize))
-        .map(|(t, only, _, _)| format!("{t:.0}s:{only}"))
-        .collect();
-    println!(
+        let total = started.elapsed();
+        stop_adding.store(true, Ordering::Relaxed);
+        let setup = adding.join().expect("the thread adding downloaders");
+        peers.extend(added_rx.try_iter());
+        // Heap still held once every download is over (recycled buffers, pools, idle connections).
+        let heap_end = LIVE.load(Ordering::Relaxed).saturating_sub(heap0);
+        let done = peers.iter().filter(|p| p.complete_at.is_some()).count();
+        let mut finish: Vec<f64> = peers
+            .iter()
+            .filter_map(|p| p.complete_at.map(|d| d.as_secs_f64()))
+            .collect();
+        finish.sort_by(f64::total_cmp);
+        let pct = |q: f64| {
+            finish
+                .get(((finish.len() as f64 * q) as usize).min(finish.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
+        let hwm = status("VmHWM:") * 1024;
+        let heap_peak = PEAK.load(Ordering::Relaxed).saturating_sub(heap0);
+        let per_conn = if peak_conns > 0 {
+            heap_at_peak_conns as f64 / peak_conns as f64
+        } else {
+            f64::NAN
+        };
+        // Availability over time, at a few points.
+        let series: Vec<String> = [0.1, 0.25, 0.5, 0.75, 0.9]
+            .iter()
+            .filter_map(|&q| samples.get((samples.len() as f64 * q) as usize))
+            .map(|(t, only, _, _)| format!("{t:.0}s:{only}"))
+            .collect();
+        println!(
         "  RESULT n={n}: {done}/{} complete{} in {:.1} s (start-up {:.1} s; first done {:.1} s, \
          median {:.1} s, last {:.1} s); peak RSS {:.0} MiB ({:.0} KiB per downloader), peak heap \
          {:.0} MiB, {:.0} MiB still held at the end; peak connections {peak_conns} (heap per connection, all-in: {:.0} KiB); \
@@ -456,7 +503,7 @@ fn swarm(n: usize) {
         mib(heap_end as u64),
         per_conn / 1024.0,
     );
-    println!(
+        println!(
         "  availability n={n}: pieces only at the seeder reached 0 at {} and stayed at most {} \
          afterwards; over time (t:count) {}; the seeder uploaded {:.2} copies of the torrent",
         first_zero.map_or("never".into(), |d| format!("{:.1} s", d.as_secs_f64())),
@@ -464,32 +511,33 @@ fn swarm(n: usize) {
         series.join(" "),
         seeder.progress().uploaded as f64 / meta.total_length() as f64
     );
-    println!(
+        println!(
         "  seeder n={n} ({}): uploaded {:.2} copies before the swarm held a full copy, {:.2} in all",
         if seed_super { "super-seeding" } else { "normal seeding" },
         uploaded_at_full_copy as f64 / meta.total_length() as f64,
         seeder.progress().uploaded as f64 / meta.total_length() as f64
     );
-    after_completion(&peers, &seeder, heap0);
-    let t = Instant::now();
-    rt.block_on(async {
-        for p in &peers {
-            p.session.shutdown().await;
+        after_completion(&peers, &seeder, heap0);
+        let t = Instant::now();
+        rt.block_on(async {
+            for p in &peers {
+                p.session.shutdown().await;
+            }
+            seeder_session.shutdown().await;
+            if let Some(p) = &pools {
+                p.shutdown().await;
+            }
+        });
+        println!(
+            "  shutdown of every session: {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+        drop(peers);
+        for i in 0..n {
+            let _ = std::fs::remove_dir_all(dir.join(format!("dl-{i}")));
         }
-        seeder_session.shutdown().await;
-        if let Some(p) = &pools {
-            p.shutdown().await;
-        }
+        tracker.shutdown();
     });
-    println!(
-        "  shutdown of every session: {:.1} s",
-        t.elapsed().as_secs_f64()
-    );
-    drop(peers);
-    for i in 0..n {
-        let _ = std::fs::remove_dir_all(dir.join(format!("dl-{i}")));
-    }
-    tracker.shutdown();
 }
 
 /// What the swarm still holds once every download is over: connections between seeds are of

@@ -57,9 +57,10 @@ const DEPARTED_REMEMBERED: usize = 256;
 /// The most failed pieces remembered block by block for blame (each holds 20 bytes a block).
 const MAX_SUSPECTS: usize = 1024;
 
-/// Pieces offered to a super-seeded peer at a time (BEP 16; libtorrent offers two). One: the
-/// seeder uploads each piece about once, and a peer's next piece follows as soon as its last
-/// has spread.
+/// Pieces offered to a super-seeded peer at a time, not counting those it completed (BEP 16;
+/// libtorrent offers two). One: the peer fetches one piece at a time, and its next follows as
+/// soon as it completed the last (up to `superseed::AHEAD` completed ones not yet seen
+/// spreading), so the seeder uploads each piece about once.
 const SUPER_SEED_OFFERS: usize = 1;
 
 /// The super-seeding policy for a torrent of these lengths, its random choices seeded from
@@ -496,6 +497,11 @@ impl State {
                     }
                     self.departed.push_back((peer, slot.addr));
                     if let Some(ss) = self.superseed.as_mut() {
+                        log::debug!(
+                            "super-seeding: {} left holding offers {:?}",
+                            slot.addr,
+                            ss.offers(peer)
+                        );
                         ss.handle_leave(peer, Instant::now());
                     }
                     self.wake(None);
