@@ -26,8 +26,14 @@ use crate::disk::ReadDone;
 /// receive queue was nearly empty in 26-84% of samples during a transfer from `shoal seed`,
 /// against 5-37% from a libtorrent seeder, and 11-18% with 2,000. The queue holds only block
 /// coordinates (12 bytes each: 24 KiB at most per peer); blocks are read as the write buffer
-/// drains. Cancels search it linearly, like libtorrent's.
+/// drains. A cancel is one lookup in `Upload::live`.
 pub(super) const MAX_SERVE_QUEUE: usize = 2000;
+
+/// Requests for blocks already queued, received while the peer leaves our write buffer full
+/// (it is not reading what it asked for), beyond which it is dropped. An honest peer repeats a
+/// request only when it timed out, at most once per outstanding request; twice the queue
+/// leaves room for that.
+const MAX_REPEATS: usize = 2 * MAX_SERVE_QUEUE;
 
 /// Disk reads in flight for one peer's uploads.
 pub(super) const MAX_READS: usize = 8;
@@ -92,6 +98,9 @@ pub(super) struct Upload {
     head_missed: bool,
     /// Bytes queued for sending beyond which no more blocks are read for the peer.
     write_high_water: usize,
+    /// Repeated requests since the write buffer was last below the mark (see
+    /// [`MAX_REPEATS`]).
+    repeats: usize,
 }
 
 impl Upload {
@@ -104,6 +113,7 @@ impl Upload {
             cancelled_in_flight: Vec::new(),
             head_missed: false,
             write_high_water: WRITE_HIGH_WATER,
+            repeats: 0,
         }
     }
 
@@ -127,10 +137,20 @@ impl Upload {
         fast: bool,
         out: &mut WriteBuf,
     ) -> Result<(), Stop> {
+        if out.unsent() < self.write_high_water {
+            self.repeats = 0;
+        }
         if allowed {
             // A request for a block already queued is answered once.
             if self.live.insert(block) {
                 self.queue.push_back(block);
+            } else if out.unsent() >= self.write_high_water {
+                self.repeats += 1;
+                if self.repeats > MAX_REPEATS {
+                    return Err(Stop::Local(
+                        "request flood: it repeats its requests and does not read".into(),
+                    ));
+                }
             }
         } else if fast {
             if out.unsent() > MAX_UNSENT {
@@ -671,6 +691,35 @@ mod tests {
         up.choked(true, &mut out);
         assert_eq!(out.unsent(), MAX_SERVE_QUEUE * 17);
         assert!(up.is_idle());
+    }
+
+    #[test]
+    fn a_peer_that_repeats_requests_and_does_not_read_is_dropped() {
+        let mut up = Upload::new();
+        let mut out = WriteBuf::default();
+        up.handle_request(block(0, 0), true, true, &mut out)
+            .unwrap();
+        // Repeats while we have nothing unsent are harmless (a timed-out request asked again).
+        for _ in 0..3 * MAX_REPEATS {
+            up.handle_request(block(0, 0), true, true, &mut out)
+                .unwrap();
+        }
+        // The write buffer at the mark: the peer is not reading.
+        out.extend(&vec![0u8; WRITE_HIGH_WATER]);
+        let mut stop = None;
+        for i in 0..=MAX_REPEATS {
+            if let Err(e) = up.handle_request(block(0, 0), true, true, &mut out) {
+                stop = Some((i, e));
+                break;
+            }
+        }
+        let (i, e) = stop.expect("dropped");
+        assert_eq!(i, MAX_REPEATS);
+        assert!(
+            matches!(e, Stop::Local(ref m) if m.contains("repeats")),
+            "{e:?}"
+        );
+        assert_eq!(up.queue.len(), 1, "answered once");
     }
 
     #[test]
